@@ -1,0 +1,85 @@
+"""The NumPy reference executor: runs any Plan step by step on the CPU.
+
+Buffers are flat arrays of the plan's dtype; every BufferView becomes a strided NumPy view once, at
+construction. `run` executes the steps in issue order, or, with `interleave_seed`, in a random
+interleaving that respects only stream order and event waits: a missing event then shows up as a
+wrong answer, as it would on a GPU.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from rnnplan.backends import pack_outputs
+from rnnplan.ir import semantics
+from rnnplan.scheduler.plan import BufferView, Plan
+from rnnplan.weights import Weights
+
+
+class NumpyExecutor:
+    def __init__(self, plan: Plan, weights: Weights):
+        self.plan = plan
+        self.dtype = np.dtype(plan.spec.dtype)
+        # NaN-filled so that a read of memory nothing wrote poisons the result instead of passing.
+        self.buffers = [np.full(b.size, np.nan, dtype=self.dtype) for b in plan.buffers]
+        for b in plan.buffers:
+            if b.role == "param":
+                self.view(BufferView(buffer=b.id, offset=0, rows=b.shape[0], cols=b.shape[1],
+                                     ld=b.shape[1]))[...] = weights.layout(b.source, b.transform)
+        self.steps = [(s, [self.view(v) for v in s.inputs], [self.view(v) for v in s.outputs])
+                      for s in plan.steps]
+
+    def view(self, v: BufferView) -> np.ndarray:
+        base = self.buffers[v.buffer][v.offset:v.end]
+        return np.lib.stride_tricks.as_strided(base, shape=(v.rows, v.cols),
+                                               strides=(v.ld * self.dtype.itemsize, self.dtype.itemsize))
+
+    def _execute(self, i: int) -> None:
+        step, ins, outs = self.steps[i]
+        for out, result in zip(outs, semantics.compute(step, ins)):
+            out[...] = result
+
+    def _issue_order(self) -> list[int]:
+        return list(range(len(self.steps)))
+
+    def _random_interleaving(self, seed: int) -> list[int]:
+        """A random execution order allowed by stream order and event waits alone."""
+        rng = random.Random(seed)
+        queues: dict[int, list[int]] = {}
+        for i, s in enumerate(self.plan.steps):
+            queues.setdefault(s.stream, []).append(i)
+        heads = {s: 0 for s in queues}
+        recorded: set[int] = set()
+        order = []
+        while len(order) < len(self.steps):
+            ready = [s for s, q in queues.items() if heads[s] < len(q)
+                     and all(e in recorded for e in self.plan.steps[q[heads[s]]].waits)]
+            if not ready:
+                raise RuntimeError("plan deadlocks: every stream waits on an event never recorded")
+            s = rng.choice(ready)
+            i = queues[s][heads[s]]
+            heads[s] += 1
+            order.append(i)
+            if self.plan.steps[i].record is not None:
+                recorded.add(self.plan.steps[i].record)
+        return order
+
+    def run(self, x, h0=None, c0=None, interleave_seed: int | None = None):
+        spec, plan = self.plan.spec, self.plan
+        x = np.asarray(x)
+        if spec.batch_first:
+            x = x.transpose(1, 0, 2)
+        self.view(plan.inputs["x"])[...] = x.reshape(spec.seq_len * spec.batch, spec.input_size)
+        for name, given in (("h0", h0), ("c0", c0)):
+            if name in plan.inputs:
+                dst = self.view(plan.inputs[name])
+                dst[...] = 0 if given is None else np.asarray(given).reshape(dst.shape)
+        order = self._issue_order() if interleave_seed is None else self._random_interleaving(interleave_seed)
+        for i in order:
+            self._execute(i)
+        out = self.view(plan.outputs["out"][0]).copy()
+        states = {name: np.stack([self.view(v) for v in plan.outputs[name]])
+                  for name in ("h_n", "c_n") if name in plan.outputs}
+        return pack_outputs(spec, out, states["h_n"], states.get("c_n"))

@@ -1,0 +1,184 @@
+"""`Graph`: the unrolled network as nodes over values, wrapping a `networkx.DiGraph` of dependencies.
+
+A graph is immutable in practice: passes call `rewrite` to get a new graph and never touch the old
+one. The networkx view, the producer/consumer maps and the topological order are derived lazily and
+cached, because most passes only need the maps and large graphs (10^5..10^6 nodes) are common.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from functools import cached_property
+
+import networkx as nx
+
+from rnnplan.ir.node import Node, Region, Value
+from rnnplan.spec import RNNSpec
+
+OUTPUT_NAMES = {"lstm": ("out", "h_n", "c_n"), "gru": ("out", "h_n"),
+                "rnn_tanh": ("out", "h_n"), "rnn_relu": ("out", "h_n")}
+
+
+class Graph:
+    """Nodes (in insertion order, names unique) plus the storages that values are written into piecewise.
+
+    `storages` maps the name of each piecewise-written storage (a layer's output sequence `y{l}`) to
+    its shape; every other storage is a value that owns itself (`Value.region is None`).
+    `passes` records the passes applied so far, in order.
+    """
+
+    def __init__(self, spec: RNNSpec, nodes: Mapping[str, Node] | Iterable[Node],
+                 storages: Mapping[str, tuple[int, int]], passes: tuple[str, ...] = ()):
+        self.spec = spec
+        if isinstance(nodes, Mapping):
+            self.nodes: dict[str, Node] = dict(nodes)
+        else:
+            self.nodes = {}
+            for n in nodes:
+                if n.name in self.nodes:
+                    raise ValueError(f"duplicate node name {n.name!r}")
+                self.nodes[n.name] = n
+        self.storages = dict(storages)
+        self.passes = passes
+
+    # ---- derived maps ---------------------------------------------------------------------------
+
+    @cached_property
+    def values(self) -> dict[str, Value]:
+        return {v.name: v for n in self.nodes.values() for v in n.outputs}
+
+    @cached_property
+    def producer(self) -> dict[str, str]:
+        """value name -> name of the node that defines it."""
+        return {v.name: n.name for n in self.nodes.values() for v in n.outputs}
+
+    @cached_property
+    def consumers(self) -> dict[str, list[str]]:
+        """value name -> names of the nodes that read it, in node order."""
+        users: dict[str, list[str]] = {name: [] for name in self.producer}
+        for n in self.nodes.values():
+            for v in dict.fromkeys(n.inputs):
+                users.setdefault(v, []).append(n.name)
+        return users
+
+    @cached_property
+    def nx(self) -> nx.DiGraph:
+        """Dependency DiGraph over node names (an edge per producer -> consumer pair)."""
+        g = nx.DiGraph()
+        g.add_nodes_from(self.nodes)
+        producer = self.producer
+        g.add_edges_from((producer[v], n.name) for n in self.nodes.values() for v in n.inputs
+                         if v in producer)
+        return g
+
+    @cached_property
+    def order(self) -> list[str]:
+        """A deterministic topological order: ties broken by insertion order."""
+        index = {name: i for i, name in enumerate(self.nodes)}
+        return list(nx.lexicographical_topological_sort(self.nx, key=index.__getitem__))
+
+    @cached_property
+    def kernel_deps(self) -> dict[str, tuple[str, ...]]:
+        """kernel node -> the kernel nodes whose outputs it reads, looking through views.
+
+        Views, inputs, states and params launch nothing, so a kernel depends on the kernels that
+        wrote the rectangles its views expose (for a batched input GEMM: every step it covers).
+        """
+        through: dict[str, tuple[str, ...]] = {}  # value -> kernels that produced it
+
+        def producers(value: str) -> tuple[str, ...]:
+            if value in through:
+                return through[value]
+            node = self.nodes[self.producer[value]]
+            if node.is_kernel:
+                found: tuple[str, ...] = (node.name,)
+            elif node.kind == "view":
+                found = tuple(dict.fromkeys(k for v in node.inputs for k in producers(v)))
+            else:
+                found = ()
+            through[value] = found
+            return found
+
+        return {n.name: tuple(dict.fromkeys(k for v in n.inputs for k in producers(v)))
+                for n in self.topo_nodes() if n.is_kernel}
+
+    @cached_property
+    def kernel_dag(self) -> nx.DiGraph:
+        """Dependency DiGraph over kernel nodes only (views made transparent)."""
+        g = nx.DiGraph()
+        g.add_nodes_from(self.kernel_deps)
+        g.add_edges_from((d, k) for k, deps in self.kernel_deps.items() for d in deps)
+        return g
+
+    def topo_nodes(self) -> Iterator[Node]:
+        return (self.nodes[name] for name in self.order)
+
+    def kernels(self) -> list[Node]:
+        return [n for n in self.topo_nodes() if n.is_kernel]
+
+    def root_region(self, value: str) -> Region:
+        """Where a value lives, in the coordinates of the storage that owns its memory."""
+        v = self.values[value]
+        if v.region is None:
+            return Region(v.name, (0, v.shape[0]), (0, v.shape[1]))
+        if v.region.storage in self.storages:
+            return v.region
+        return v.region.within(self.root_region(v.region.storage))
+
+    def storage_shape(self, storage: str) -> tuple[int, int]:
+        return self.storages[storage] if storage in self.storages else self.values[storage].shape
+
+    # ---- rewriting ------------------------------------------------------------------------------
+
+    def rewrite(self, pass_name: str, remove: Iterable[str] = (), add: Iterable[Node] = (),
+                replace: Iterable[Node] = ()) -> Graph:
+        """A new graph without `remove`, with `replace` swapped in by name and `add` appended."""
+        removed = set(remove)
+        swapped = {n.name: n for n in replace}
+        nodes = {k: swapped.get(k, n) for k, n in self.nodes.items() if k not in removed}
+        for n in add:
+            if n.name in nodes:
+                raise ValueError(f"{pass_name}: node name {n.name!r} already exists")
+            nodes[n.name] = n
+        return Graph(self.spec, nodes, self.storages, self.passes + (pass_name,))
+
+    def map_nodes(self, pass_name: str, fn) -> Graph:
+        """A new graph with every node replaced by fn(node) (same name)."""
+        return Graph(self.spec, {k: fn(n) for k, n in self.nodes.items()}, self.storages,
+                     self.passes + (pass_name,))
+
+    # ---- text dump ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __str__(self) -> str:
+        """One deterministic line per node, in topological order."""
+        return "\n".join(format_node(n) for n in self.topo_nodes())
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.spec.short()}: {len(self.nodes)} nodes, passes={list(self.passes)}>"
+
+
+def _brief(names: tuple[str, ...], keep: int = 3) -> str:
+    if len(names) <= keep:
+        return ", ".join(names)
+    return ", ".join(names[:keep - 1]) + f", ... (+{len(names) - keep + 1}), {names[-1]}"
+
+
+def format_node(n: Node) -> str:
+    what = {"gemm": lambda: f"gemm[{n.gemm.m}x{n.gemm.n}x{n.gemm.k},{n.gemm.weight_layout}]",
+            "pointwise": lambda: n.op,
+            "fused": lambda: "fused{" + "; ".join(f"{i.out}={i.op}({','.join(i.args)})"
+                                                  for i in n.expr) + "}",
+            }.get(n.kind, lambda: n.kind)()
+    outs = ", ".join(f"{v.name}{list(v.shape)}" + (f"@{v.region}" if v.region else "")
+                     for v in n.outputs)
+    sched = "".join(f" {k}={getattr(n, k)}" for k in ("level", "stream") if getattr(n, k) is not None)
+    src = f" src={n.source}{'^T' if n.transform == 'transpose' else ''}" if n.source else ""
+    return f"{n.name}: {what}({_brief(n.inputs)}) -> {outs or '-'}{src}{sched}"
+
+
+def replace(node: Node, **changes) -> Node:
+    return dataclasses.replace(node, **changes)

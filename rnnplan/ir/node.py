@@ -1,0 +1,153 @@
+"""IR data: regions, values, nodes and the fixed table of pointwise operations.
+
+Every value is a 2-D matrix (rows, cols). A value either owns storage of its own (`region=None`: a
+temporary that lowering gives a buffer) or lives in a rectangle of a named storage (`Region`): the
+input sequence `x`, the initial states `h0`/`c0`, a weight tensor, a layer's output sequence `y{l}`,
+or another value (a gate's columns of a combined GEMM's output). Nodes of kind `view` produce such
+values without computing anything: they are the input slices, state slices, weight-gate slices and
+the time chunks that batched GEMMs read; their inputs are the values that cover the rectangle, so
+that the DAG carries exactly the dependencies of the data they expose.
+
+Nodes are frozen dataclasses: passes build new nodes (`dataclasses.replace`), never mutate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+NodeKind = Literal["input", "state", "param", "view", "gemm", "pointwise", "fused", "output"]
+KERNEL_KINDS = frozenset({"gemm", "pointwise", "fused"})  # kinds that launch work on a device
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A rectangle rows[0]:rows[1], cols[0]:cols[1] of the storage named `storage`."""
+
+    storage: str
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows[1] - self.rows[0], self.cols[1] - self.cols[0])
+
+    def contains(self, other: Region) -> bool:
+        return (self.storage == other.storage and self.rows[0] <= other.rows[0]
+                and other.rows[1] <= self.rows[1] and self.cols[0] <= other.cols[0]
+                and other.cols[1] <= self.cols[1])
+
+    def within(self, outer: Region) -> Region:
+        """This region, given in the coordinates of `outer`'s storage, moved into outer's storage."""
+        r0, c0 = outer.rows[0], outer.cols[0]
+        return Region(outer.storage, (self.rows[0] + r0, self.rows[1] + r0),
+                      (self.cols[0] + c0, self.cols[1] + c0))
+
+    def __str__(self) -> str:
+        return f"{self.storage}[{self.rows[0]}:{self.rows[1]},{self.cols[0]}:{self.cols[1]}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    name: str
+    shape: tuple[int, int]
+    region: Region | None = None  # None: the value owns a temporary storage of its own
+
+
+@dataclass(frozen=True, slots=True)
+class Gemm:
+    """out (M, N) = A (M, K) @ W^T, W stored (N, K) ("nk", PyTorch's layout) or (K, N) ("kn")."""
+
+    m: int
+    n: int
+    k: int
+    weight_layout: Literal["nk", "kn"] = "nk"
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.n * self.k
+
+
+@dataclass(frozen=True, slots=True)
+class Instr:
+    """One operation of a fused expression: `out = op(*args)`; args name node inputs or earlier outs."""
+
+    out: str
+    op: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node of the unrolled network.
+
+    `inputs` are value names (in operand order); `outputs` the values it defines. `op` is the
+    pointwise operation name (kind pointwise), `gemm` the GEMM shape (kind gemm), `expr` the fused
+    expression (kind fused: the i-th input is called `in{i}`; outputs map to instruction outs by
+    `expr_outputs`). `source` names the tensor a param/input/state node stands for and `transform`
+    the one-time change of layout applied when it is loaded. `layer`, `direction`, `step` (processing
+    order), `time` (index into the sequence) and `gate` place the node in the network; `level` and
+    `stream` are set by scheduling.
+    """
+
+    name: str
+    kind: NodeKind
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[Value, ...] = ()
+    op: str | None = None
+    gemm: Gemm | None = None
+    expr: tuple[Instr, ...] = ()
+    expr_outputs: tuple[str, ...] = ()
+    source: str | None = None
+    transform: Literal["none", "transpose"] = "none"
+    role: str = ""
+    layer: int | None = None
+    direction: int | None = None
+    step: int | None = None
+    time: int | None = None
+    gate: str | None = None
+    level: int | None = None
+    stream: int | None = None
+    extra: tuple[tuple[str, object], ...] = field(default=())
+
+    @property
+    def is_kernel(self) -> bool:
+        return self.kind in KERNEL_KINDS
+
+    @property
+    def cell_step(self) -> tuple[int, int, int] | None:
+        """(layer, direction, step) when the node belongs to one cell-step."""
+        if self.layer is None or self.direction is None or self.step is None:
+            return None
+        return (self.layer, self.direction, self.step)
+
+
+# ---- pointwise operations: the one fixed table every backend implements -------------------------
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # Written with exp(-|x|) so that large |x| neither overflows nor loses precision.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PointwiseOp:
+    name: str
+    arity: int
+    numpy: object  # callable on float32 arrays; broadcasting (1, N) rows is allowed; NaN propagates
+
+
+POINTWISE_OPS: dict[str, PointwiseOp] = {
+    op.name: op
+    for op in (
+        PointwiseOp("add", 2, np.add),
+        PointwiseOp("mul", 2, np.multiply),
+        PointwiseOp("sigmoid", 1, _sigmoid),
+        PointwiseOp("tanh", 1, np.tanh),
+        PointwiseOp("relu", 1, lambda a: np.maximum(a, np.float32(0))),  # maximum keeps NaN, as torch
+        PointwiseOp("one_minus", 1, lambda a: np.float32(1) - a),
+    )
+}

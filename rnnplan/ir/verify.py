@@ -1,0 +1,181 @@
+"""`verify(graph)`: the invariants every graph satisfies, before and after every pass.
+
+- names: node keys match node names; value names are unique; every input names a defined value;
+- acyclic;
+- shapes chain along every edge, by the per-kind rules in `SHAPE_RULES`;
+- regions lie inside their storage, views are exactly covered by their inputs, and no two values
+  write overlapping rectangles of a piecewise storage (each element is written once);
+- every node is reachable from the graph's inputs (input, state and param nodes) and every value
+  is read (no dead code);
+- every output the cell needs (`out`, `h_n`, and `c_n` for LSTM) is present exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import networkx as nx
+
+from rnnplan.ir.graph import OUTPUT_NAMES, Graph
+from rnnplan.ir.node import POINTWISE_OPS, Node, Region
+
+SOURCE_KINDS = ("input", "state", "param")
+
+
+class GraphError(ValueError):
+    """A graph breaks an invariant; the message lists every problem found (up to a limit)."""
+
+
+def _broadcasts(shape: tuple[int, int], out: tuple[int, int]) -> bool:
+    return all(s in (1, o) for s, o in zip(shape, out))
+
+
+def _gemm(g: Graph, n: Node) -> list[str]:
+    if n.gemm is None or len(n.inputs) != 2 or len(n.outputs) != 1:
+        return [f"{n.name}: a gemm needs gemm params, inputs (A, W) and one output"]
+    a, w = (g.values[v].shape for v in n.inputs)
+    m, nn, k = n.gemm.m, n.gemm.n, n.gemm.k
+    want_w = (nn, k) if n.gemm.weight_layout == "nk" else (k, nn)
+    errs = []
+    if a != (m, k):
+        errs.append(f"{n.name}: operand A {n.inputs[0]} has shape {a}, gemm wants {(m, k)}")
+    if w != want_w:
+        errs.append(f"{n.name}: weight {n.inputs[1]} has shape {w}, gemm ({n.gemm.weight_layout}) "
+                    f"wants {want_w}")
+    if n.outputs[0].shape != (m, nn):
+        errs.append(f"{n.name}: output shape {n.outputs[0].shape} != {(m, nn)}")
+    return errs
+
+
+def _pointwise(g: Graph, n: Node) -> list[str]:
+    op = POINTWISE_OPS.get(n.op or "")
+    if op is None:
+        return [f"{n.name}: unknown pointwise op {n.op!r}; known: {sorted(POINTWISE_OPS)}"]
+    if len(n.inputs) != op.arity or len(n.outputs) != 1:
+        return [f"{n.name}: {n.op} takes {op.arity} input(s) and gives one output"]
+    out = n.outputs[0].shape
+    return [f"{n.name}: input {v} of shape {g.values[v].shape} does not broadcast to {out}"
+            for v in n.inputs if not _broadcasts(g.values[v].shape, out)]
+
+
+def _fused(g: Graph, n: Node) -> list[str]:
+    known = {f"in{i}": g.values[v].shape for i, v in enumerate(n.inputs)}
+    errs = []
+    if len(n.outputs) != len(n.expr_outputs):
+        errs.append(f"{n.name}: {len(n.outputs)} outputs but {len(n.expr_outputs)} expression outputs")
+    out_shape = n.outputs[0].shape if n.outputs else (0, 0)
+    for ins in n.expr:
+        op = POINTWISE_OPS.get(ins.op)
+        if op is None or len(ins.args) != op.arity:
+            errs.append(f"{n.name}: bad instruction {ins}")
+        missing = [a for a in ins.args if a not in known]
+        if missing:
+            errs.append(f"{n.name}: instruction {ins.out} reads undefined {missing}")
+        known[ins.out] = out_shape
+    for v, e in zip(n.outputs, n.expr_outputs):
+        if e not in known:
+            errs.append(f"{n.name}: output {v.name} maps to undefined {e!r}")
+        elif v.shape != out_shape:
+            errs.append(f"{n.name}: outputs differ in shape")
+    return errs
+
+
+def _view(g: Graph, n: Node) -> list[str]:
+    if len(n.outputs) != 1 or n.outputs[0].region is None or not n.inputs:
+        return [f"{n.name}: a view has inputs and one output with a region"]
+    region = n.outputs[0].region
+    covered = 0
+    for v in n.inputs:
+        if v == region.storage:  # a window into the value itself
+            covered = region.shape[0] * region.shape[1]
+            continue
+        vr = g.values[v].region
+        if vr is None or vr.storage != region.storage:
+            return [f"{n.name}: input {v} does not live in storage {region.storage}"]
+        r = (max(vr.rows[0], region.rows[0]), min(vr.rows[1], region.rows[1]))
+        c = (max(vr.cols[0], region.cols[0]), min(vr.cols[1], region.cols[1]))
+        covered += max(0, r[1] - r[0]) * max(0, c[1] - c[0])
+    if covered != region.shape[0] * region.shape[1]:
+        return [f"{n.name}: inputs cover {covered} of the {region.shape[0] * region.shape[1]} "
+                f"elements of {region}"]
+    return []
+
+
+def _source(g: Graph, n: Node) -> list[str]:
+    if n.inputs or len(n.outputs) != 1 or n.outputs[0].region is not None or not n.source:
+        return [f"{n.name}: a {n.kind} node has no inputs, a source and one self-owned output"]
+    return []
+
+
+def _output(g: Graph, n: Node) -> list[str]:
+    return [] if n.inputs and not n.outputs else [f"{n.name}: an output node reads values, defines none"]
+
+
+SHAPE_RULES = {"gemm": _gemm, "pointwise": _pointwise, "fused": _fused, "view": _view,
+               "input": _source, "state": _source, "param": _source, "output": _output}
+
+
+def _regions(g: Graph) -> list[str]:
+    errs = []
+    writes: dict[str, list[tuple[Region, str]]] = defaultdict(list)
+    for v in g.values.values():
+        r = v.region
+        if r is None:
+            continue
+        if r.shape != v.shape:
+            errs.append(f"{v.name}: region {r} has shape {r.shape}, value has {v.shape}")
+        known = r.storage in g.storages or r.storage in g.values
+        if not known:
+            errs.append(f"{v.name}: region in unknown storage {r.storage}")
+            continue
+        rows, cols = g.storage_shape(r.storage)
+        if not (0 <= r.rows[0] < r.rows[1] <= rows and 0 <= r.cols[0] < r.cols[1] <= cols):
+            errs.append(f"{v.name}: region {r} is outside storage of shape {(rows, cols)}")
+        if r.storage in g.storages and g.nodes[g.producer[v.name]].kind != "view":
+            writes[r.storage].append((r, v.name))
+    for storage, rects in writes.items():  # sweep over rows: compare only rectangles whose rows meet
+        rects.sort(key=lambda rv: (rv[0].rows, rv[0].cols))
+        active: list[tuple[Region, str]] = []
+        for b, bn in rects:
+            active = [(a, an) for a, an in active if a.rows[1] > b.rows[0]]
+            errs += [f"{an} and {bn} both write {storage} at {a} / {b}" for a, an in active
+                     if a.cols[0] < b.cols[1] and b.cols[0] < a.cols[1]]
+            active.append((b, bn))
+    return errs
+
+
+def verify(graph: Graph, limit: int = 20) -> Graph:
+    """Check every invariant; raise GraphError listing the problems, else return the graph."""
+    errs: list[str] = []
+    seen_values: set[str] = set()
+    for key, n in graph.nodes.items():
+        if key != n.name:
+            errs.append(f"node stored under {key!r} is named {n.name!r}")
+        for v in n.outputs:
+            if v.name in seen_values:
+                errs.append(f"value {v.name} is defined twice")
+            seen_values.add(v.name)
+    for n in graph.nodes.values():
+        undefined = [v for v in n.inputs if v not in graph.producer]
+        if undefined:
+            errs.append(f"{n.name}: reads undefined value(s) {undefined}")
+    if errs:
+        raise GraphError("\n".join(errs[:limit]))
+    if not nx.is_directed_acyclic_graph(graph.nx):
+        cycle = nx.find_cycle(graph.nx)
+        raise GraphError(f"graph has a cycle: {' -> '.join(u for u, _ in cycle)}")
+    for n in graph.nodes.values():
+        rule = SHAPE_RULES.get(n.kind)
+        errs += rule(graph, n) if rule else [f"{n.name}: unknown node kind {n.kind!r}"]
+        if not n.inputs and n.kind not in SOURCE_KINDS:
+            errs.append(f"{n.name}: a {n.kind} node with no inputs is unreachable from the inputs")
+    errs += _regions(graph)
+    errs += [f"value {v} is never read" for v, users in graph.consumers.items() if not users]
+    outputs = [n.name for n in graph.nodes.values() if n.kind == "output"]
+    want = OUTPUT_NAMES[graph.spec.cell]
+    if sorted(outputs) != sorted(want):
+        errs.append(f"outputs are {sorted(outputs)}, the cell needs {sorted(want)}")
+    if errs:
+        more = f"\n... and {len(errs) - limit} more" if len(errs) > limit else ""
+        raise GraphError("\n".join(errs[:limit]) + more)
+    return graph

@@ -1,0 +1,172 @@
+"""Lowering: an optimized Graph becomes a Plan (ordered steps, streams, events, buffer table).
+
+Needs: a verified graph; `level`/`stream` on kernel nodes if `wavefront_streams` ran (otherwise
+every kernel goes on stream 0 in the graph's topological order).
+Guarantees:
+- issue order is (level, stream, topological index) when streams were assigned, else topological;
+- every cross-stream dependency is covered by the fewest event waits (`clocks.reduce_waits`);
+- temporaries share buffers by liveness, and a buffer is handed to a new value only when every
+  earlier access to it happens-before the new writer (stream order or events), so reuse never
+  adds a race and never needs an extra event;
+- inputs, initial states, params and layer output sequences (`y{l}`) each get their own buffer.
+Does not: reuse the `y{l}` sequences of lower layers, or reorder work within a level for locality.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import networkx as nx
+import numpy as np
+
+from rnnplan.ir.graph import Graph
+from rnnplan.ir.node import Node, Region
+from rnnplan.scheduler.clocks import Clocks, reduce_waits
+from rnnplan.scheduler.plan import (Buffer, BufferView, FusedInstr, GemmParams, Plan, PlanStats,
+                                    Step)
+from rnnplan.spec import PlanOptions
+
+ROLE_OF_KIND = {"input": "input", "state": "state", "param": "param"}
+
+
+def kernel_levels(graph: Graph) -> dict[str, int]:
+    """Wavefront level of each kernel: its generation in the kernel DAG (longest path from a source)."""
+    return {k: lvl for lvl, gen in enumerate(nx.topological_generations(graph.kernel_dag)) for k in gen}
+
+
+class _Buffers:
+    """The buffer table, with liveness-based reuse of temporaries."""
+
+    def __init__(self, graph: Graph, clocks: Clocks):
+        self.graph, self.clocks = graph, clocks
+        self.table: list[dict] = []
+        self.of_storage: dict[str, int] = {}
+        self.free: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)  # size -> (buf, accessors)
+        self.temp_bytes_no_reuse = 0
+
+    def _new(self, name: str, role: str, shape: tuple[int, int], **extra) -> int:
+        self.table.append(dict(id=len(self.table), name=name, role=role, size=shape[0] * shape[1],
+                               shape=shape, **extra))
+        return len(self.table) - 1
+
+    def fixed(self, storage: str, role: str, shape: tuple[int, int], node: Node | None = None) -> None:
+        extra = dict(source=node.source, transform=node.transform) if node is not None else {}
+        self.of_storage[storage] = self._new(storage, role, shape, **extra)
+
+    def temp(self, value: str, shape: tuple[int, int], step: int) -> None:
+        """Give a temporary a buffer: a released one whose accesses all happen before `step`, or a new one."""
+        size = shape[0] * shape[1]
+        self.temp_bytes_no_reuse += size
+        pool = self.free[size]
+        for i, (buf, accessors) in enumerate(pool):
+            if all(self.clocks.happens_before(a, step) for a in accessors):
+                del pool[i]
+                self.table[buf]["values"] += 1
+                self.of_storage[value] = buf
+                return
+        self.of_storage[value] = self._new(value, "temp", shape, values=1)
+
+    def release(self, storage: str, accessors: list[int]) -> None:
+        buf = self.of_storage[storage]
+        self.free[self.table[buf]["size"]].append((buf, accessors))
+
+    def view(self, value: str) -> BufferView:
+        r: Region = self.graph.root_region(value)
+        ld = self.graph.storage_shape(r.storage)[1]
+        return BufferView.model_construct(buffer=self.of_storage[r.storage], offset=r.rows[0] * ld + r.cols[0],
+                                          rows=r.shape[0], cols=r.shape[1], ld=ld)
+
+
+def _order(graph: Graph, levels: dict[str, int]) -> list[Node]:
+    kernels = graph.kernels()
+    if any(k.stream is not None for k in kernels):
+        index = {k.name: i for i, k in enumerate(kernels)}
+        kernels.sort(key=lambda k: (levels[k.name], k.stream or 0, index[k.name]))
+    return kernels
+
+
+def lower(graph: Graph, options: PlanOptions) -> Plan:
+    spec = graph.spec
+    levels = kernel_levels(graph)
+    order = _order(graph, levels)
+    num_streams = max([k.stream or 0 for k in order] + [0]) + 1
+    clocks = Clocks(num_streams, len(order))
+    buffers = _Buffers(graph, clocks)
+
+    # Buffers that never move: graph inputs, states, params, and the layer output sequences.
+    for n in graph.nodes.values():
+        if n.kind in ROLE_OF_KIND:
+            buffers.fixed(n.outputs[0].name, ROLE_OF_KIND[n.kind], n.outputs[0].shape, n)
+    for storage, shape in graph.storages.items():
+        last = storage == f"y{spec.num_layers - 1}"
+        buffers.fixed(storage, "output" if last else "seq", shape)
+
+    # Which temporaries each kernel reads (through views), and which are pinned by graph outputs.
+    root = {v: graph.root_region(v).storage for v in graph.values}
+    temp_roots = {v for v, val in graph.values.items() if val.region is None
+                  and graph.nodes[graph.producer[v]].is_kernel}
+    reads = {k.name: {root[v] for v in k.inputs} & temp_roots for k in order}
+    pinned = {root[v] for n in graph.nodes.values() if n.kind == "output" for v in n.inputs}
+    readers_left = defaultdict(int)
+    for k in order:
+        for r in reads[k.name]:
+            readers_left[r] += 1
+    accessors: dict[str, list[int]] = defaultdict(list)
+
+    index: dict[str, int] = {}
+    records: dict[int, int] = {}  # step -> event id
+    waits: list[tuple[int, ...]] = []
+    for i, k in enumerate(order):
+        stream = k.stream or 0
+        deps = [index[d] for d in graph.kernel_deps[k.name]]
+        wait_on = reduce_waits(clocks, stream, deps)
+        for d in wait_on:
+            records.setdefault(d, len(records))
+        waits.append(tuple(sorted(records[d] for d in wait_on)))
+        index[k.name] = clocks.add(stream, wait_on)
+        for v in k.outputs:
+            if v.name in temp_roots:
+                buffers.temp(v.name, v.shape, i)
+                accessors[v.name].append(i)
+        for r in reads[k.name]:
+            accessors[r].append(i)
+            readers_left[r] -= 1
+            if readers_left[r] == 0 and r not in pinned:
+                buffers.release(r, accessors.pop(r))
+
+    steps = []
+    for i, k in enumerate(order):
+        g = k.gemm
+        steps.append(Step.model_construct(
+            name=k.name, kind=k.kind, stream=k.stream or 0, level=levels[k.name],
+            inputs=tuple(buffers.view(v) for v in k.inputs),
+            outputs=tuple(buffers.view(v.name) for v in k.outputs),
+            deps=tuple(index[d] for d in graph.kernel_deps[k.name]), waits=waits[i],
+            record=records.get(i), op=k.op,
+            gemm=GemmParams.model_construct(m=g.m, n=g.n, k=g.k, weight_layout=g.weight_layout)
+            if g else None,
+            expr=tuple(FusedInstr.model_construct(out=e.out, op=e.op, args=e.args) for e in k.expr),
+            expr_outputs=k.expr_outputs, layer=k.layer, direction=k.direction, step=k.step))
+
+    inputs = {n.name: buffers.view(n.outputs[0].name) for n in graph.nodes.values()
+              if n.kind in ("input", "state")}
+    outputs = {n.name: tuple(buffers.view(v) for v in n.inputs) for n in graph.nodes.values()
+               if n.kind == "output"}
+    table = tuple(Buffer.model_construct(**{"source": None, "transform": "none", **b})
+                  for b in buffers.table)
+    itemsize = np.dtype(spec.dtype).itemsize
+    fixed_bytes = sum(b.size for b in table if b.role != "temp")
+    stats = PlanStats(
+        nodes=len(graph.nodes), kernels=len(steps),
+        gemms=sum(s.kind == "gemm" for s in steps),
+        pointwise=sum(s.kind == "pointwise" for s in steps),
+        fused=sum(s.kind == "fused" for s in steps),
+        events=len(records), waits=sum(len(w) for w in waits),
+        streams=len({s.stream for s in steps}), flops=sum(s.flops for s in steps),
+        critical_path=max(levels.values(), default=-1) + 1,
+        peak_bytes=sum(b.size for b in table) * itemsize,
+        bytes_without_reuse=(fixed_bytes + buffers.temp_bytes_no_reuse) * itemsize)
+    return Plan.model_construct(
+        schema_version=1, spec=spec, options=options, passes=graph.passes, num_streams=num_streams,
+        num_events=len(records), buffers=table, steps=tuple(steps), inputs=inputs, outputs=outputs,
+        stats=stats)

@@ -1,0 +1,144 @@
+"""`Plan`: what a backend executes, as pydantic models that serialize to versioned JSON.
+
+A plan is a list of steps in host issue order. Each step is one kernel (a GEMM, a pointwise op or a
+fused pointwise expression) on one stream; before it the stream waits on `waits` (event ids), after
+it the stream records `record`. Operands are `BufferView`s: a rectangle (rows x cols, row stride
+`ld`, starting `offset` elements in) of one buffer of the buffer table. `deps` lists the steps whose
+outputs the step reads, so that `verify_plan` can prove every dependency is ordered.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from rnnplan.spec import PlanOptions, RNNSpec
+
+SCHEMA_VERSION = 1
+
+BufferRole = Literal["input", "state", "param", "seq", "output", "temp"]
+HOST_WRITTEN: frozenset[str] = frozenset({"input", "state", "param"})  # filled before steps run
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BufferView(_Frozen):
+    buffer: int
+    offset: int
+    rows: int
+    cols: int
+    ld: int
+
+    @property
+    def end(self) -> int:
+        """One past the last element touched."""
+        return self.offset + (self.rows - 1) * self.ld + self.cols
+
+
+class Buffer(_Frozen):
+    """A flat device allocation of `size` elements of the spec's dtype.
+
+    For params, `source` names the PyTorch tensor and `transform` the one-time layout change;
+    `shape` is the 2-D layout the buffer holds (after the transform). Temp buffers are shared by
+    values whose lifetimes do not overlap; `values` lists them (for dumps).
+    """
+
+    id: int
+    name: str
+    role: BufferRole
+    size: int
+    shape: tuple[int, int]
+    source: str | None = None
+    transform: Literal["none", "transpose"] = "none"
+    values: int = 1
+
+
+class GemmParams(_Frozen):
+    m: int
+    n: int
+    k: int
+    weight_layout: Literal["nk", "kn"]
+
+
+class FusedInstr(_Frozen):
+    out: str
+    op: str
+    args: tuple[str, ...]
+
+
+class Step(_Frozen):
+    name: str
+    kind: Literal["gemm", "pointwise", "fused"]
+    stream: int
+    level: int
+    inputs: tuple[BufferView, ...]
+    outputs: tuple[BufferView, ...]
+    deps: tuple[int, ...] = ()
+    waits: tuple[int, ...] = ()
+    record: int | None = None
+    op: str | None = None
+    gemm: GemmParams | None = None
+    expr: tuple[FusedInstr, ...] = ()
+    expr_outputs: tuple[str, ...] = ()
+    layer: int | None = None
+    direction: int | None = None
+    step: int | None = None
+
+    @property
+    def flops(self) -> int:
+        if self.gemm is not None:
+            return 2 * self.gemm.m * self.gemm.n * self.gemm.k
+        o = self.outputs[0]
+        return o.rows * o.cols * max(1, len(self.expr))
+
+
+class PlanStats(_Frozen):
+    nodes: int
+    kernels: int
+    gemms: int
+    pointwise: int
+    fused: int
+    events: int
+    waits: int
+    streams: int
+    flops: int
+    critical_path: int
+    peak_bytes: int
+    bytes_without_reuse: int
+
+
+class Plan(_Frozen):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    spec: RNNSpec
+    options: PlanOptions
+    passes: tuple[str, ...]
+    num_streams: int
+    num_events: int
+    buffers: tuple[Buffer, ...]
+    steps: tuple[Step, ...]
+    inputs: dict[str, BufferView]
+    outputs: dict[str, tuple[BufferView, ...]]
+    stats: PlanStats
+
+    def to_json(self, indent: int | None = None) -> str:
+        return self.model_dump_json(indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Plan:
+        """Load a plan; malformed JSON, another schema version or an inconsistent plan raise PlanError."""
+        from rnnplan.scheduler.verify_plan import load_plan
+
+        return load_plan(text)
+
+    def summary(self) -> str:
+        from rnnplan.scheduler.summary import summarize
+
+        return summarize(self)
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (f"<Plan {self.spec.short()} passes={list(self.passes)} kernels={s.kernels} "
+                f"streams={s.streams} events={s.events}>")

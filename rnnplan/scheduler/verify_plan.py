@@ -1,0 +1,230 @@
+"""`verify_plan(plan)`: prove a plan safe to run on concurrent streams.
+
+Checks, and the error each raises (all collected into one PlanError):
+- structure: buffer ids, views inside their buffers, streams in range, every event recorded by
+  exactly one step and waited on only after that step was issued, deps pointing backwards;
+- shapes: per step kind (`_SHAPE_RULES`), and the plan's inputs/outputs against the spec;
+- ordering: every dependency happens-before its consumer (stream order or an event chain);
+- memory: two accesses to overlapping memory, one of them a write, are ordered by happens-before
+  the same way as issue order (so no unsafe reuse and no race); what a step reads from device-
+  written memory was written by its deps, and nothing is read before it is written; steps never
+  write input, state or param buffers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+from pydantic import ValidationError
+
+from rnnplan.ir.node import POINTWISE_OPS
+from rnnplan.scheduler.clocks import Clocks
+from rnnplan.scheduler.plan import HOST_WRITTEN, SCHEMA_VERSION, BufferView, Plan, Step
+
+
+class PlanError(ValueError):
+    """A plan is malformed, inconsistent or unsafe; the message lists what is wrong."""
+
+
+def _rect(v: BufferView) -> tuple[int, int, int, int] | None:
+    """(row0, row1, col0, col1) in the buffer seen with row stride v.ld, or None if the view wraps."""
+    r0, c0 = divmod(v.offset, v.ld)
+    return None if c0 + v.cols > v.ld else (r0, r0 + v.rows, c0, c0 + v.cols)
+
+
+def overlap(a: BufferView, b: BufferView) -> int:
+    """Elements shared by two views of one buffer (an upper bound when their strides differ)."""
+    if a.end <= b.offset or b.end <= a.offset:
+        return 0
+    ra, rb = _rect(a), _rect(b)
+    if a.ld == b.ld and ra and rb:
+        rows = min(ra[1], rb[1]) - max(ra[0], rb[0])
+        cols = min(ra[3], rb[3]) - max(ra[2], rb[2])
+        return max(0, rows) * max(0, cols)
+    return min(a.end, b.end) - max(a.offset, b.offset)
+
+
+def covers(w: BufferView, a: BufferView) -> bool:
+    """Does writing w overwrite every element a touches?"""
+    contiguous = w.cols == w.ld or w.rows == 1
+    if contiguous and w.offset <= a.offset and a.end <= w.end:
+        return True
+    rw, ra = _rect(w), _rect(a)
+    return (w.ld == a.ld and rw is not None and ra is not None and rw[0] <= ra[0] and ra[1] <= rw[1]
+            and rw[2] <= ra[2] and ra[3] <= rw[3])
+
+
+def _broadcast_ok(v: BufferView, out: BufferView) -> bool:
+    return v.rows in (1, out.rows) and v.cols in (1, out.cols)
+
+
+def _gemm(s: Step) -> list[str]:
+    if s.gemm is None or len(s.inputs) != 2 or len(s.outputs) != 1:
+        return ["a gemm step needs gemm params, two inputs and one output"]
+    g, (a, w), c = s.gemm, s.inputs, s.outputs[0]
+    want_w = (g.n, g.k) if g.weight_layout == "nk" else (g.k, g.n)
+    errs = [f"A is {a.rows}x{a.cols}, wants {g.m}x{g.k}"] if (a.rows, a.cols) != (g.m, g.k) else []
+    errs += [f"W is {w.rows}x{w.cols}, wants {want_w}"] if (w.rows, w.cols) != want_w else []
+    errs += [f"C is {c.rows}x{c.cols}, wants {g.m}x{g.n}"] if (c.rows, c.cols) != (g.m, g.n) else []
+    return errs
+
+
+def _pointwise(s: Step) -> list[str]:
+    op = POINTWISE_OPS.get(s.op or "")
+    if op is None or len(s.inputs) != op.arity or len(s.outputs) != 1:
+        return [f"pointwise op {s.op!r} with {len(s.inputs)} inputs"]
+    return [f"input {i} does not broadcast" for i, v in enumerate(s.inputs)
+            if not _broadcast_ok(v, s.outputs[0])]
+
+
+def _fused(s: Step) -> list[str]:
+    names = {f"in{i}" for i in range(len(s.inputs))}
+    errs = []
+    for ins in s.expr:
+        op = POINTWISE_OPS.get(ins.op)
+        if op is None or len(ins.args) != op.arity or any(a not in names for a in ins.args):
+            errs.append(f"bad instruction {ins.out}={ins.op}{ins.args}")
+        names.add(ins.out)
+    if not s.outputs or len(s.outputs) != len(s.expr_outputs) or any(o not in names for o in s.expr_outputs):
+        errs.append("outputs do not match the expression's outputs")
+    elif any((o.rows, o.cols) != (s.outputs[0].rows, s.outputs[0].cols) for o in s.outputs):
+        errs.append("outputs differ in shape")
+    else:
+        errs += [f"input {i} does not broadcast" for i, v in enumerate(s.inputs)
+                 if not _broadcast_ok(v, s.outputs[0])]
+    return errs
+
+
+_SHAPE_RULES = {"gemm": _gemm, "pointwise": _pointwise, "fused": _fused}
+
+
+def _interface(plan: Plan) -> list[str]:
+    """The plan's inputs and outputs have the shapes the spec implies."""
+    sp = plan.spec
+    T, B, H, LD = sp.seq_len, sp.batch, sp.hidden_size, sp.num_layers * sp.directions
+    want_in = {"x": (T * B, sp.input_size)} | {f"{s}0": (LD * B, H) for s in sp.state_names}
+    want_out = {"out": [(T * B, sp.directions * H)]} | {f"{s}_n": [(B, H)] * LD for s in sp.state_names}
+    errs = []
+    got_in = {k: (v.rows, v.cols) for k, v in plan.inputs.items()}
+    if got_in != want_in:
+        errs.append(f"plan inputs {got_in} do not match the spec's {want_in}")
+    got_out = {k: [(v.rows, v.cols) for v in vs] for k, vs in plan.outputs.items()}
+    if got_out != want_out:
+        errs.append(f"plan outputs {got_out} do not match the spec's {want_out}")
+    return errs
+
+
+class _Memory:
+    """Live accesses per buffer page; a write retires the accesses it fully overwrites."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        # Pages of one time step's rows keep the live lists short for sequence-long buffers.
+        batch = plan.spec.batch
+        self.page = {b.id: b.shape[1] * batch if b.shape[0] % batch == 0 else b.size
+                     for b in plan.buffers}
+        self.live: dict[tuple[int, int], list[list]] = defaultdict(list)  # access: [step, view, write, alive]
+
+    def _pages(self, v: BufferView) -> range:
+        p = self.page[v.buffer]
+        return range(v.offset // p, (v.end - 1) // p + 1)
+
+    def touching(self, v: BufferView) -> list[list]:
+        found = {id(a): a for p in self._pages(v) for a in self.live[(v.buffer, p)]
+                 if a[3] and overlap(a[1], v)}
+        return list(found.values())
+
+    def add(self, step: int, v: BufferView, write: bool) -> None:
+        acc = [step, v, write, True]
+        for p in self._pages(v):
+            bucket = self.live[(v.buffer, p)]
+            bucket[:] = [a for a in bucket if a[3]]
+            bucket.append(acc)
+
+
+def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
+    mem = _Memory(plan)
+    host = {b.id for b in plan.buffers if b.role in HOST_WRITTEN}
+    for i, s in enumerate(plan.steps):
+        deps = set(s.deps)
+        for v in s.inputs:
+            if v.buffer in host:
+                continue
+            found = mem.touching(v)
+            writes = [a for a in found if a[2]]
+            stale = [plan.steps[a[0]].name for a in writes if a[0] not in deps]
+            if stale:
+                errs.append(f"{s.name} reads buffer {v.buffer} last written by {stale}, not by its deps")
+            if sum(overlap(a[1], v) for a in writes) < v.rows * v.cols:
+                errs.append(f"{s.name} reads elements of buffer {v.buffer} that nothing wrote before it")
+            mem.add(i, v, False)
+        for v in s.outputs:
+            if v.buffer in host:
+                errs.append(f"{s.name} writes buffer {v.buffer}, which holds an input, state or param")
+                continue
+            for a in mem.touching(v):
+                if a[0] != i and not clocks.happens_before(a[0], i):
+                    kind = "write" if a[2] else "read"
+                    errs.append(f"{s.name} (stream {s.stream}) overwrites buffer {v.buffer} while the "
+                                f"{kind} by {plan.steps[a[0]].name} (stream {plan.steps[a[0]].stream}) "
+                                f"may still be running: unsafe reuse")
+                if covers(v, a[1]) and a[0] != i:
+                    a[3] = False
+            mem.add(i, v, True)
+
+
+def verify_plan(plan: Plan, limit: int = 20) -> Plan:
+    """Check every invariant; raise PlanError listing the problems, else return the plan."""
+    errs: list[str] = []
+    for i, b in enumerate(plan.buffers):
+        if b.id != i or b.size < b.shape[0] * b.shape[1]:
+            errs.append(f"buffer {i} ({b.name}): id {b.id}, size {b.size} for shape {b.shape}")
+    views = [v for vs in plan.outputs.values() for v in vs] + list(plan.inputs.values())
+    views += [v for s in plan.steps for v in s.inputs + s.outputs]
+    for v in views:
+        if not (0 <= v.buffer < len(plan.buffers)) or v.offset < 0 or min(v.rows, v.cols) < 1 \
+                or v.cols > v.ld or v.end > plan.buffers[v.buffer].size:
+            errs.append(f"view {v} is outside its buffer")
+    errs += _interface(plan)
+    recorder: dict[int, int] = {}
+    for i, s in enumerate(plan.steps):
+        errs += [f"{s.name}: {e}" for e in _SHAPE_RULES[s.kind](s)]
+        if not 0 <= s.stream < plan.num_streams:
+            errs.append(f"{s.name}: stream {s.stream} not in 0..{plan.num_streams - 1}")
+        errs += [f"{s.name}: dep {d} is not an earlier step" for d in s.deps if not 0 <= d < i]
+        errs += [f"{s.name}: waits on event {e} before any step recorded it" for e in s.waits
+                 if e not in recorder]
+        if s.record is not None:
+            if s.record in recorder or not 0 <= s.record < plan.num_events:
+                errs.append(f"{s.name}: records event {s.record}, already recorded or out of range")
+            recorder[s.record] = i
+    if errs:
+        raise PlanError("\n".join(errs[:limit]))
+    clocks = Clocks(plan.num_streams, len(plan.steps))
+    for s in plan.steps:
+        clocks.add(s.stream, [recorder[e] for e in s.waits])
+    for i, s in enumerate(plan.steps):
+        errs += [f"{s.name} (stream {s.stream}) reads {plan.steps[d].name} (stream "
+                 f"{plan.steps[d].stream}) with no event or stream order between them"
+                 for d in s.deps if not clocks.happens_before(d, i)]
+    _memory(plan, clocks, errs)
+    if errs:
+        more = f"\n... and {len(errs) - limit} more" if len(errs) > limit else ""
+        raise PlanError("\n".join(errs[:limit]) + more)
+    return plan
+
+
+def load_plan(text: str | bytes) -> Plan:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PlanError(f"plan JSON is malformed: {e}") from None
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version != SCHEMA_VERSION:
+        raise PlanError(f"plan schema_version is {version!r}; this rnnplan reads version {SCHEMA_VERSION}")
+    try:
+        plan = Plan.model_validate(raw)
+    except ValidationError as e:
+        raise PlanError(f"plan JSON does not match the schema:\n{e}") from None
+    return verify_plan(plan)

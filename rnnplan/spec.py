@@ -1,0 +1,104 @@
+"""The two user-facing configuration models: what network to run (`RNNSpec`) and how to plan it
+(`PlanOptions`). Both are frozen pydantic models, so they validate at the edge, name the offending
+field on error, hash (they key the plan cache) and round-trip through JSON."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+Cell = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
+
+# Gate names in PyTorch's row order of weight_ih / weight_hh: LSTM i,f,g,o; GRU r,z,n; Elman one gate.
+GATES: dict[str, tuple[str, ...]] = {
+    "lstm": ("i", "f", "g", "o"),
+    "gru": ("r", "z", "n"),
+    "rnn_tanh": ("h",),
+    "rnn_relu": ("h",),
+}
+
+
+class RNNSpec(BaseModel):
+    """A stacked recurrent network and the shape of one inference call, with PyTorch's semantics."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cell: Cell
+    input_size: PositiveInt
+    hidden_size: PositiveInt
+    num_layers: PositiveInt
+    seq_len: PositiveInt
+    batch: PositiveInt
+    bidirectional: bool = False
+    bias: bool = True
+    batch_first: bool = False
+    dtype: Literal["float32", "float16"] = "float32"
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        return GATES[self.cell]
+
+    def layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.hidden_size * self.directions
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return ("h", "c") if self.cell == "lstm" else ("h",)
+
+    def short(self) -> str:
+        """One line for summaries and logs."""
+        return (f"{self.cell} {self.num_layers}x{self.hidden_size} in={self.input_size} "
+                f"B={self.batch} T={self.seq_len}{' bidir' if self.bidirectional else ''}"
+                f"{'' if self.bias else ' nobias'} {self.dtype}")
+
+
+# The paper's configuration (Appleyard et al. 2016, section 4): the CLI default.
+PAPER_SPEC = RNNSpec(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64)
+
+
+class PlanOptions(BaseModel):
+    """How to plan: which passes run, how many streams, the input-GEMM chunk and the GEMM math mode.
+
+    `passes=None` means every pass in canonical order (`rnnplan.PASSES`); `()` gives the naive plan.
+    `num_streams=None` means one stream per layer and direction. `input_chunk=None` lets the planner
+    choose the number of steps merged into one input GEMM for layers above the first.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    passes: tuple[str, ...] | None = None
+    num_streams: PositiveInt | None = None
+    input_chunk: int | None = Field(default=None)
+    math: Literal["fp32", "tf32"] = "fp32"
+
+    @field_validator("passes")
+    @classmethod
+    def _known_passes(cls, passes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if passes is None:
+            return None
+        from rnnplan.scheduler.manager import PASSES  # lazy: the registry imports the passes
+
+        unknown = [p for p in passes if p not in PASSES]
+        if unknown:
+            raise ValueError(f"unknown pass name(s) {unknown}; known passes, in canonical order: "
+                             f"{list(PASSES)}")
+        if len(set(passes)) != len(passes):
+            raise ValueError(f"pass names repeat in {list(passes)}")
+        return tuple(p for p in PASSES if p in passes)  # canonical order, whatever order was given
+
+    @field_validator("input_chunk")
+    @classmethod
+    def _positive_chunk(cls, chunk: int | None) -> int | None:
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"input_chunk must be >= 1 (steps per merged input GEMM), got {chunk}")
+        return chunk
+
+    def check_against(self, spec: RNNSpec) -> None:
+        """Raise ValueError for options that contradict the spec, naming the option and its range."""
+        if self.input_chunk is not None and self.input_chunk > spec.seq_len:
+            raise ValueError(f"input_chunk must be in 1..seq_len={spec.seq_len}, got {self.input_chunk}")
