@@ -1,0 +1,62 @@
+"""Shared test helpers: matching torch modules, running them, and comparing results."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import rnnplan as rp
+
+TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN, "rnn_relu": torch.nn.RNN}
+
+
+def torch_module(spec: rp.RNNSpec, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    kw = {"nonlinearity": spec.cell[4:]} if spec.cell.startswith("rnn") else {}
+    return TORCH_CLASSES[spec.cell](spec.input_size, spec.hidden_size, num_layers=spec.num_layers,
+                                    bias=spec.bias, batch_first=spec.batch_first,
+                                    bidirectional=spec.bidirectional, **kw).eval()
+
+
+def random_inputs(spec: rp.RNNSpec, seed: int = 0, with_state: bool = True):
+    rng = np.random.default_rng(seed)
+    shape = (spec.batch, spec.seq_len, spec.input_size) if spec.batch_first else \
+        (spec.seq_len, spec.batch, spec.input_size)
+    x = rng.standard_normal(shape).astype(spec.dtype)
+    if not with_state:
+        return x, None
+    st = (spec.num_layers * spec.directions, spec.batch, spec.hidden_size)
+    h0 = rng.standard_normal(st).astype(spec.dtype)
+    if spec.cell == "lstm":
+        return x, (h0, rng.standard_normal(st).astype(spec.dtype))
+    return x, h0
+
+
+def run_torch(module, x, state):
+    with torch.no_grad():
+        tx = torch.from_numpy(np.asarray(x, np.float32))
+        if state is None:
+            out, st = module(tx)
+        elif isinstance(state, tuple):
+            out, st = module(tx, tuple(torch.from_numpy(np.asarray(s, np.float32)) for s in state))
+        else:
+            out, st = module(tx, torch.from_numpy(np.asarray(state, np.float32)))
+    st = tuple(s.numpy() for s in st) if isinstance(st, tuple) else st.numpy()
+    return out.numpy(), st
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def assert_same_result(got, want, tol: float) -> None:
+    """(out, state) pairs as torch returns them; every tensor within relative error `tol`."""
+    (out, st), (wout, wst) = got, want
+    assert rel_err(out, wout) <= tol, f"out: {rel_err(out, wout)}"
+    sts = st if isinstance(st, tuple) else (st,)
+    wsts = wst if isinstance(wst, tuple) else (wst,)
+    assert len(sts) == len(wsts)
+    for name, s, w in zip(("h_n", "c_n"), sts, wsts):
+        assert rel_err(s, w) <= tol, f"{name}: {rel_err(s, w)}"
