@@ -74,9 +74,12 @@ class Graph:
 
     @cached_property
     def order(self) -> list[str]:
-        """A deterministic topological order: ties broken by insertion order."""
-        index = {name: i for i, name in enumerate(self.nodes)}
-        return list(nx.lexicographical_topological_sort(self.nx, key=index.__getitem__))
+        """A deterministic topological order that reads well: among ready nodes, by (layer,
+        direction, step), then insertion order; so rewritten graphs dump cell-step by cell-step."""
+        key = {name: (-1 if n.layer is None else n.layer, n.direction or 0,
+                      -1 if n.step is None else n.step, i)
+               for i, (name, n) in enumerate(self.nodes.items())}
+        return list(nx.lexicographical_topological_sort(self.nx, key=key.__getitem__))
 
     @cached_property
     def kernel_deps(self) -> dict[str, tuple[str, ...]]:
@@ -142,6 +145,27 @@ class Graph:
                 raise ValueError(f"{pass_name}: node name {n.name!r} already exists")
             nodes[n.name] = n
         return Graph(self.spec, nodes, self.storages, self.passes + (pass_name,))
+
+    def without_dead(self) -> Graph:
+        """This graph minus nodes whose outputs nobody reads (views and params a rewrite orphaned)."""
+        users = {v: len(u) for v, u in self.consumers.items()}
+        dead: set[str] = set()
+        work = [n for n in self.nodes.values()
+                if n.kind != "output" and n.outputs and all(users[v.name] == 0 for v in n.outputs)]
+        while work:
+            n = work.pop()
+            if n.name in dead:
+                continue
+            dead.add(n.name)
+            for v in set(n.inputs):
+                users[v] -= 1
+                p = self.nodes[self.producer[v]]
+                if users[v] == 0 and all(users[o.name] == 0 for o in p.outputs):
+                    work.append(p)
+        if not dead:
+            return self
+        return Graph(self.spec, {k: n for k, n in self.nodes.items() if k not in dead}, self.storages,
+                     self.passes)
 
     def map_nodes(self, pass_name: str, fn) -> Graph:
         """A new graph with every node replaced by fn(node) (same name)."""

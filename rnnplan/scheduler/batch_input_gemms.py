@@ -1,0 +1,83 @@
+"""Pass `batch_input_gemms` (paper §3.2 "batching the input GEMMs over time"): the input-projection
+GEMMs (W_ih x_t) of consecutive steps of one layer-direction do not depend on the recurrence, so
+they merge into one GEMM over a block of time steps: M = steps * batch rows instead of batch.
+
+Needs: input GEMMs (role `gemm_ih`) whose operand A is a row block of `x` or of the previous
+layer's output sequence `y{l-1}` (as `ir.build` makes them), combined per gate or not.
+Guarantees: layer 0 gets one GEMM over all steps (its input is all there at the start); layers above
+get chunks of `input_chunk` steps in processing order (`choose_input_chunk` when the option is
+None), so layer l's chunk k waits only for the steps of layer l-1 it reads and layers still overlap
+in a wavefront. Each old per-step result survives, under its old name, as a row view of the merged
+result, so no consumer changes. Orphaned per-step input views are removed.
+Does not: merge across directions or layers, or pick chunk sizes from a cost model (a later issue).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from rnnplan.ir.build import DIRECTIONS
+from rnnplan.ir.graph import Graph
+from rnnplan.ir.node import Gemm, Node, Region, Value
+from rnnplan.spec import RNNSpec
+
+
+def choose_input_chunk(spec: RNNSpec) -> int:
+    """Steps per merged input GEMM above layer 0 when the option leaves it open.
+
+    ceil(sqrt(T)) balances the two costs: the GEMM count per layer (T / chunk) and the delay before
+    a layer can start (chunk steps of the layer below). For T = 100 it gives 10, the paper's choice.
+    """
+    return max(1, min(spec.seq_len, math.ceil(math.sqrt(spec.seq_len))))
+
+
+def _is_input_gemm(graph: Graph, n: Node) -> bool:
+    if n.kind != "gemm" or n.role != "gemm_ih" or n.step is None:
+        return False
+    r = graph.values[n.inputs[0]].region
+    return r is not None and (r.storage == "x" or r.storage in graph.storages)
+
+
+def batch_input_gemms(graph: Graph, options=None) -> Graph:
+    spec = graph.spec
+    chunk = (options.input_chunk if options is not None and options.input_chunk else None) \
+        or choose_input_chunk(spec)
+    width = len(str(spec.seq_len - 1))
+    groups: dict[tuple, list[Node]] = defaultdict(list)
+    for n in graph.nodes.values():
+        if _is_input_gemm(graph, n):
+            groups[(n.layer, n.direction, n.gate, n.inputs[1], n.gemm)].append(n)
+    remove, add, views_made = [], [], set()
+    for (layer, d, gate, weight, gemm), members in groups.items():
+        members.sort(key=lambda n: n.step)
+        size = len(members) if layer == 0 else chunk
+        for start in range(0, len(members), size):
+            block = members[start:start + size]
+            if len(block) < 2:
+                continue
+            times = [n.time for n in block]
+            t0, t1 = min(times), max(times)
+            prefix = f"L{layer}.{DIRECTIONS[d]}.t{t0:0{width}d}-{t1:0{width}d}"
+            a_regions = [graph.values[n.inputs[0]].region for n in block]
+            rows = (min(r.rows[0] for r in a_regions), max(r.rows[1] for r in a_regions))
+            a_region = Region(a_regions[0].storage, rows, a_regions[0].cols)
+            a_name = f"{prefix}.in"
+            if a_name not in views_made:
+                views_made.add(a_name)
+                a_inputs = tuple(dict.fromkeys(i for n in block for i in graph.nodes[
+                    graph.producer[n.inputs[0]]].inputs))
+                add.append(Node(a_name, "view", a_inputs, (Value(a_name, a_region.shape, a_region),),
+                                role="view", layer=layer, direction=d))
+            name = f"{prefix}.gemm_ih" + (f".{gate}" if gate else "")
+            g = Gemm(a_region.shape[0], gemm.n, gemm.k, gemm.weight_layout)
+            add.append(Node(name, "gemm", (a_name, weight), (Value(name, (g.m, g.n)),), gemm=g,
+                            role="gemm_ih", layer=layer, direction=d, gate=gate))
+            for old in block:
+                r = graph.values[old.inputs[0]].region
+                region = Region(name, (r.rows[0] - rows[0], r.rows[1] - rows[0]), (0, g.n))
+                remove.append(old.name)
+                add.append(Node(old.name, "view", (name,), (Value(old.outputs[0].name, region.shape, region),),
+                                role="view", layer=old.layer, direction=old.direction, step=old.step,
+                                time=old.time, gate=old.gate))
+    return graph.rewrite("batch_input_gemms", remove=remove, add=add).without_dead()

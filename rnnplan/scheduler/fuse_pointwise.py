@@ -1,0 +1,70 @@
+"""Pass `fuse_pointwise` (paper §3.1 "fusing point-wise operations"): the connected pointwise nodes
+of one cell-step (bias adds, pre-activation sums, activations, the state update) become one fused
+node that carries them as a small expression, so a backend launches one kernel per cell-step and
+intermediate gate values never touch memory.
+
+Needs: pointwise nodes tagged with their cell-step (layer, direction, step), as `ir.build` makes.
+Guarantees: per cell-step, each connected component of two or more pointwise nodes is one `fused`
+node; its inputs are the values the component reads from outside (`in0`, `in1`, ... in first-use
+order), its outputs the values read outside it (the new h, with its region in `y{l}`, and c),
+under their old names; the expression lists the component's operations in topological order.
+For the cells we build, that is exactly one fused node per cell-step.
+Does not: fuse across cell-steps, or fuse pointwise work into GEMM epilogues.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import networkx as nx
+
+from rnnplan.ir.build import DIRECTIONS
+from rnnplan.ir.graph import Graph
+from rnnplan.ir.node import Instr, Node
+
+
+def _fuse(graph: Graph, members: list[Node], name: str) -> Node:
+    inside = {v.name for n in members for v in n.outputs}
+    local: dict[str, str] = {}
+    inputs: list[str] = []
+    expr = []
+    for n in members:  # members come in topological order
+        args = []
+        for v in n.inputs:
+            if v not in inside and v not in local:
+                local[v] = f"in{len(inputs)}"
+                inputs.append(v)
+            args.append(local[v])
+        out = n.outputs[0]
+        local[out.name] = f"t{len(expr)}"
+        expr.append(Instr(local[out.name], n.op, tuple(args)))
+    member_names = {n.name for n in members}
+    outputs = [v for n in members for v in n.outputs
+               if any(u not in member_names for u in graph.consumers[v.name])]
+    first = members[0]
+    return Node(name, "fused", tuple(inputs), tuple(outputs), expr=tuple(expr),
+                expr_outputs=tuple(local[v.name] for v in outputs), role="cell", layer=first.layer,
+                direction=first.direction, step=first.step, time=first.time)
+
+
+def fuse_pointwise(graph: Graph, options=None) -> Graph:
+    by_step: dict[tuple, list[Node]] = defaultdict(list)
+    for n in graph.topo_nodes():
+        if n.kind == "pointwise" and n.cell_step is not None:
+            by_step[n.cell_step].append(n)
+    width = len(str(graph.spec.seq_len - 1))
+    remove, add = [], []
+    for (layer, d, _), members in by_step.items():
+        names = {n.name for n in members}
+        links = nx.Graph()
+        links.add_nodes_from(names)
+        links.add_edges_from((graph.producer[v], n.name) for n in members for v in n.inputs
+                             if graph.producer[v] in names)
+        components = sorted((c for c in nx.connected_components(links) if len(c) > 1),
+                            key=lambda c: min(i for i, n in enumerate(members) if n.name in c))
+        prefix = f"L{layer}.{DIRECTIONS[d]}.t{members[0].time:0{width}d}.cell"
+        for k, comp in enumerate(components):
+            group = [n for n in members if n.name in comp]
+            remove += [n.name for n in group]
+            add.append(_fuse(graph, group, prefix if len(components) == 1 else f"{prefix}{k}"))
+    return graph.rewrite("fuse_pointwise", remove=remove, add=add)

@@ -1,0 +1,50 @@
+"""Pass `wavefront_streams` (paper §3.3 "multiple streams" and the multi-layer wavefront): give every
+node a wavefront level and every kernel a stream, so that independent work (layer l at step t and
+layer l+1 at step t-1; the two directions of a layer) runs concurrently.
+
+Needs: any graph (it reads only the kernel dependency DAG and the layer/direction/step tags).
+Guarantees:
+- `level` of a kernel is its generation in the kernel DAG (`networkx.topological_generations`,
+  i.e. the longest chain of kernels before it); a view/param/input node gets the level of the
+  latest kernel it depends on (-1 when none);
+- each layer-direction's chain of cell-step kernels stays on one stream, `(layer*D + d) % S`, so the
+  recurrence needs no events; kernels off the chains (batched input GEMMs) go to spare streams
+  round-robin when `num_streams` exceeds the number of chains, else to their chain's stream;
+- the lowering then issues kernels by (level, stream) and turns each cross-stream dependency into an
+  event, keeping only the waits that stream order and other waits do not already imply.
+Does not: balance streams by cost (every chain gets one stream) or assign devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import networkx as nx
+
+from rnnplan.ir.graph import Graph
+from rnnplan.spec import PlanOptions
+
+
+def wavefront_streams(graph: Graph, options: PlanOptions | None = None) -> Graph:
+    spec = graph.spec
+    chains = spec.num_layers * spec.directions
+    streams = (options.num_streams if options is not None and options.num_streams else None) or chains
+    kernel_level = {k: lvl for lvl, gen in enumerate(nx.topological_generations(graph.kernel_dag))
+                    for k in gen}
+    level: dict[str, int] = {}
+    stream: dict[str, int | None] = {}
+    spare = 0
+    for n in graph.topo_nodes():
+        if n.is_kernel:
+            level[n.name] = kernel_level[n.name]
+            chain = n.layer * spec.directions + (n.direction or 0)
+            if n.cell_step is None and streams > chains:
+                stream[n.name] = chains + spare % (streams - chains)
+                spare += 1
+            else:
+                stream[n.name] = chain % streams
+        else:
+            level[n.name] = max((level[graph.producer[v]] for v in n.inputs), default=-1)
+            stream[n.name] = None
+    return graph.map_nodes("wavefront_streams", lambda n: dataclasses.replace(
+        n, level=level[n.name], stream=stream[n.name]))
