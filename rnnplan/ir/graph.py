@@ -74,8 +74,12 @@ class Graph:
 
     @cached_property
     def order(self) -> list[str]:
-        """A deterministic topological order that reads well: among ready nodes, by (layer,
-        direction, step), then insertion order; so rewritten graphs dump cell-step by cell-step."""
+        """A deterministic topological order (networkx's, over insertion-ordered nodes and edges)."""
+        return list(nx.topological_sort(self.nx))
+
+    def readable_order(self) -> list[str]:
+        """The topological order used for dumps: among ready nodes, by (layer, direction, step),
+        then insertion order, so that even rewritten graphs read cell-step by cell-step."""
         key = {name: (-1 if n.layer is None else n.layer, n.direction or 0,
                       -1 if n.step is None else n.step, i)
                for i, (name, n) in enumerate(self.nodes.items())}
@@ -179,7 +183,7 @@ class Graph:
 
     def __str__(self) -> str:
         """One deterministic line per node, in topological order."""
-        return "\n".join(format_node(n) for n in self.topo_nodes())
+        return "\n".join(format_node(self.nodes[name]) for name in self.readable_order())
 
     def __repr__(self) -> str:
         return f"<Graph {self.spec.short()}: {len(self.nodes)} nodes, passes={list(self.passes)}>"

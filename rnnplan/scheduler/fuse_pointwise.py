@@ -28,7 +28,7 @@ def _fuse(graph: Graph, members: list[Node], name: str) -> Node:
     local: dict[str, str] = {}
     inputs: list[str] = []
     expr = []
-    for n in members:  # members come in topological order
+    for n in members:  # in topological order
         args = []
         for v in n.inputs:
             if v not in inside and v not in local:
@@ -49,22 +49,22 @@ def _fuse(graph: Graph, members: list[Node], name: str) -> Node:
 
 def fuse_pointwise(graph: Graph, options=None) -> Graph:
     by_step: dict[tuple, list[Node]] = defaultdict(list)
-    for n in graph.topo_nodes():
+    for n in graph.nodes.values():
         if n.kind == "pointwise" and n.cell_step is not None:
             by_step[n.cell_step].append(n)
     width = len(str(graph.spec.seq_len - 1))
     remove, add = [], []
     for (layer, d, _), members in by_step.items():
-        names = {n.name for n in members}
-        links = nx.Graph()
-        links.add_nodes_from(names)
+        links = nx.DiGraph()  # this cell-step's pointwise nodes and the values between them
+        links.add_nodes_from(n.name for n in members)
         links.add_edges_from((graph.producer[v], n.name) for n in members for v in n.inputs
-                             if graph.producer[v] in names)
-        components = sorted((c for c in nx.connected_components(links) if len(c) > 1),
-                            key=lambda c: min(i for i, n in enumerate(members) if n.name in c))
+                             if graph.producer[v] in links)
+        order = {name: i for i, name in enumerate(nx.topological_sort(links))}
+        components = sorted((c for c in nx.weakly_connected_components(links) if len(c) > 1),
+                            key=lambda c: min(order[name] for name in c))
         prefix = f"L{layer}.{DIRECTIONS[d]}.t{members[0].time:0{width}d}.cell"
         for k, comp in enumerate(components):
-            group = [n for n in members if n.name in comp]
+            group = sorted((graph.nodes[name] for name in comp), key=lambda n: order[n.name])
             remove += [n.name for n in group]
             add.append(_fuse(graph, group, prefix if len(components) == 1 else f"{prefix}{k}"))
     return graph.rewrite("fuse_pointwise", remove=remove, add=add)

@@ -1,0 +1,162 @@
+"""Each pass on small graphs: what it requires, what it guarantees (before/expected pairs)."""
+
+import math
+
+import networkx as nx
+import pytest
+
+import rnnplan as rp
+from rnnplan.ir import build, verify
+from rnnplan.scheduler.batch_input_gemms import choose_input_chunk
+from rnnplan.scheduler.manager import REGISTRY, apply_passes
+
+SPEC = rp.RNNSpec(cell="lstm", input_size=7, hidden_size=13, num_layers=2, seq_len=5, batch=3, bidirectional=True)
+
+
+def run(spec, *names, **opts):
+    return apply_passes(build(spec), rp.PlanOptions(passes=names, **opts), check=True)
+
+
+def kinds_at(g, layer, d, step):
+    return sorted(n.kind for n in g.nodes.values() if n.cell_step == (layer, d, step) and n.is_kernel)
+
+
+def test_registry_is_canonical_and_passes_are_pure():
+    assert rp.PASSES == ("combine_gates", "pretranspose", "batch_input_gemms", "fuse_pointwise",
+                         "wavefront_streams")
+    naive = build(SPEC)
+    before = str(naive)
+    for name in rp.PASSES:
+        REGISTRY[name](naive, rp.PlanOptions())
+    assert str(naive) == before and naive.passes == ()
+
+
+def test_combine_gates_lstm_8_to_2():
+    g = run(SPEC, "combine_gates")
+    assert kinds_at(build(SPEC), 1, 1, 2).count("gemm") == 8
+    assert kinds_at(g, 1, 1, 2).count("gemm") == 2
+    gemm = g.nodes["L1.rev.t2.gemm_hh"]
+    assert (gemm.gemm.m, gemm.gemm.n, gemm.gemm.k) == (3, 52, 13)
+    assert gemm.inputs == ("L1.rev.t3.h", "weight_hh_l1_reverse")  # reverse: step t reads h of t+1
+    # The old per-gate result is a column view of the combined one, under its old name.
+    view = g.nodes["L1.rev.t2.gemm_hh.f"]
+    assert view.kind == "view" and view.outputs[0].region.cols == (13, 26)
+    assert "L1.rev.w_hh.f" not in g.nodes  # orphaned per-gate weight views are gone
+
+
+@pytest.mark.parametrize("cell, gates", [("gru", 3), ("rnn_tanh", 1)])
+def test_combine_gates_other_cells(cell, gates):
+    spec = SPEC.model_copy(update={"cell": cell})
+    g = run(spec, "combine_gates")
+    assert kinds_at(g, 0, 0, 0).count("gemm") == 2
+    assert g.nodes["L0.fwd.t0.gemm_ih" if gates > 1 else "L0.fwd.t0.gemm_ih.h"].gemm.n == gates * 13
+
+
+def test_pretranspose_records_layout_and_transform():
+    g = run(SPEC, "pretranspose")
+    p = g.nodes["weight_ih_l1.T"]
+    assert (p.kind, p.source, p.transform, p.outputs[0].shape) == ("param", "weight_ih_l1", "transpose", (26, 52))
+    assert "weight_ih_l1" not in g.nodes and "bias_ih_l1" in g.nodes  # biases keep their layout
+    assert all(n.gemm.weight_layout == "kn" for n in g.nodes.values() if n.kind == "gemm")
+    assert g.values["L1.fwd.w_ih.g"].region.cols == (26, 39)
+    plan = rp.build_plan(SPEC, passes=("pretranspose",))
+    assert {b.source for b in plan.buffers if b.transform == "transpose"} == {
+        n for n in rp.Weights.random(SPEC).tensors if n.startswith("weight")}
+
+
+@pytest.mark.parametrize("chunk, expected", [(None, None), (1, 5), (2, 3), (5, 1)])
+def test_batch_input_gemms_chunks(chunk, expected):
+    g = run(SPEC, "combine_gates", "batch_input_gemms", input_chunk=chunk)
+    chunk = chunk or choose_input_chunk(SPEC)
+    expected = expected or math.ceil(5 / chunk)
+    for d in (0, 1):
+        layer0 = [n for n in g.nodes.values() if n.kind == "gemm" and n.role == "gemm_ih" and n.layer == 0
+                  and n.direction == d]
+        assert len(layer0) == 1 and layer0[0].gemm.m == 15  # all steps at once
+        layer1 = [n for n in g.nodes.values() if n.kind == "gemm" and n.role == "gemm_ih" and n.layer == 1
+                  and n.direction == d]
+        assert len(layer1) == expected
+        assert sum(n.gemm.m for n in layer1) == 15
+
+
+def test_chunk_waits_only_for_the_steps_it_reads():
+    spec = SPEC.model_copy(update={"bidirectional": False, "seq_len": 7})
+    g = run(spec, "combine_gates", "batch_input_gemms", "fuse_pointwise", input_chunk=3)
+    deps = g.kernel_deps["L1.fwd.t3-5.gemm_ih"]
+    assert deps == ("L0.fwd.t3.cell", "L0.fwd.t4.cell", "L0.fwd.t5.cell")
+    # A one-step tail chunk stays a per-step GEMM, waiting for that step alone.
+    assert g.nodes["L1.fwd.t6.gemm_ih"].kind == "gemm"
+    assert g.kernel_deps["L1.fwd.t6.gemm_ih"] == ("L0.fwd.t6.cell",)
+    assert choose_input_chunk(rp.PAPER_SPEC) == 10
+
+
+def test_fuse_pointwise_one_kernel_per_cell_step():
+    g = run(SPEC, "fuse_pointwise")
+    for n in g.nodes.values():
+        assert n.kind != "pointwise"
+    cell = g.nodes["L0.rev.t3.cell"]
+    assert cell.kind == "fused" and [v.name for v in cell.outputs] == ["L0.rev.t3.c", "L0.rev.t3.h"]
+    assert cell.outputs[1].region.storage == "y0"
+    assert [i.op for i in cell.expr].count("sigmoid") == 3 and len(cell.expr) == 21
+
+
+def test_wavefront_levels_and_streams():
+    g = run(SPEC, *rp.PASSES)
+    levels = {k: lvl for lvl, gen in enumerate(nx.topological_generations(g.kernel_dag)) for k in gen}
+    for n in g.nodes.values():
+        assert n.level is not None
+        if n.is_kernel:
+            assert n.level == levels[n.name]
+            if n.cell_step is not None:
+                assert n.stream == n.layer * 2 + n.direction
+    # Layer 1 starts before layer 0 ends: a wavefront, not layer after layer.
+    l0_end = max(n.level for n in g.nodes.values() if n.is_kernel and n.layer == 0)
+    l1_start = min(n.level for n in g.nodes.values() if n.is_kernel and n.layer == 1)
+    assert l1_start < l0_end or SPEC.bidirectional  # bidirectional layers need the whole reverse pass
+    uni = SPEC.model_copy(update={"bidirectional": False, "seq_len": 8})
+    g = run(uni, *rp.PASSES, input_chunk=2)
+    l0_end = max(n.level for n in g.nodes.values() if n.is_kernel and n.layer == 0)
+    l1_start = min(n.level for n in g.nodes.values() if n.is_kernel and n.layer == 1)
+    assert l1_start < l0_end
+
+
+def test_streams_option_spare_and_wrapping():
+    g = run(SPEC, *rp.PASSES, num_streams=6)
+    off_chain = [n for n in g.nodes.values() if n.is_kernel and n.cell_step is None]
+    assert {n.stream for n in off_chain} <= {4, 5} and len({n.stream for n in off_chain}) == 2
+    g = run(SPEC, *rp.PASSES, num_streams=3)
+    assert {n.stream for n in g.nodes.values() if n.is_kernel} == {0, 1, 2}
+    assert g.nodes["L1.rev.t0.cell"].stream == 3 % 3
+
+
+def test_paper_configuration_counts():
+    plan = rp.build_plan(rp.PAPER_SPEC)
+    per_step = {}
+    for s in plan.steps:
+        if s.step is not None:
+            per_step.setdefault((s.layer, s.direction, s.step), []).append(s.kind)
+    assert len(per_step) == 4 * 100
+    assert all(sorted(k) == ["fused", "gemm"] for k in per_step.values())
+    assert plan.stats.pointwise == 0 and plan.stats.fused == 400
+    assert plan.stats.gemms == 400 + 1 + 3 * 10  # recurrent + layer-0 input + 10 chunks per upper layer
+    assert plan.stats.streams == 4
+
+
+def test_options_errors_name_the_option_and_range():
+    with pytest.raises(ValueError, match=r"input_chunk must be in 1..seq_len=5, got 6"):
+        rp.build_plan(SPEC, options=rp.PlanOptions(input_chunk=6))
+    with pytest.raises(ValueError, match="input_chunk must be >= 1"):
+        rp.PlanOptions(input_chunk=0)
+    with pytest.raises(ValueError, match="num_streams"):
+        rp.PlanOptions(num_streams=0)
+    with pytest.raises(ValueError, match=r"unknown pass name\(s\) \['fuse'\]; known passes"):
+        rp.PlanOptions(passes=("fuse",))
+    with pytest.raises(ValueError, match="repeat"):
+        rp.PlanOptions(passes=("pretranspose", "pretranspose"))
+    assert rp.PlanOptions(passes=("wavefront_streams", "combine_gates")).passes == ("combine_gates", "wavefront_streams")
+
+
+def test_plan_cache_returns_the_same_plan():
+    a = rp.build_plan(SPEC, options=rp.PlanOptions(input_chunk=2))
+    assert rp.build_plan(SPEC, options=rp.PlanOptions(input_chunk=2)) is a
+    assert rp.build_plan(SPEC, options=rp.PlanOptions(input_chunk=3)) is not a

@@ -1,0 +1,117 @@
+"""verify_plan accepts every plan we build and rejects deliberately broken ones."""
+
+import numpy as np
+import pytest
+
+import rnnplan as rp
+from rnnplan.scheduler import PlanError, verify_plan
+
+SPEC = rp.RNNSpec(cell="lstm", input_size=5, hidden_size=6, num_layers=2, seq_len=6, batch=2)
+
+
+def plan(**opts):
+    return rp.build_plan(SPEC, options=rp.PlanOptions(input_chunk=2, **opts))
+
+
+def with_steps(p, steps):
+    return p.model_copy(update={"steps": tuple(steps)})
+
+
+def edit(p, i, **changes):
+    steps = list(p.steps)
+    steps[i] = steps[i].model_copy(update=changes)
+    return with_steps(p, steps)
+
+
+def test_built_plans_verify():
+    for passes in [(), ("wavefront_streams",), None]:
+        verify_plan(rp.build_plan(SPEC, passes=passes))
+
+
+def test_missing_event_is_rejected():
+    p = plan()
+    i = next(i for i, s in enumerate(p.steps) if s.waits)
+    with pytest.raises(PlanError, match="with no event or stream order between them"):
+        verify_plan(edit(p, i, waits=()))
+
+
+def test_wait_before_record_is_rejected():
+    p = plan()
+    i = next(i for i, s in enumerate(p.steps) if s.waits)
+    steps = list(p.steps)
+    moved = steps.pop(i)
+    steps.insert(0, moved.model_copy(update={"deps": ()}))
+    with pytest.raises(PlanError, match="before any step recorded it"):
+        verify_plan(with_steps(p, steps))
+
+
+def merge_buffers(p, src, dst):
+    """What a buggy allocator would do: put every value of buffer src into buffer dst."""
+    def move(views):
+        return tuple(v.model_copy(update={"buffer": dst}) if v.buffer == src else v for v in views)
+    return with_steps(p, [s.model_copy(update={"inputs": move(s.inputs), "outputs": move(s.outputs)})
+                          for s in p.steps])
+
+
+def test_unsafe_reuse_is_rejected_and_accepted_reuse_is_safe():
+    """Merging two temps used on different streams is a race unless their uses are ordered:
+    verify_plan must reject the races, and what it accepts must compute the right answer in any
+    stream interleaving."""
+    p = plan(num_streams=3)
+    w = rp.Weights.random(SPEC, seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 2, 5)).astype(np.float32)
+    want, _ = rp.Executor(p, w, backend="numpy").run(x)
+    temps = [b for b in p.buffers if b.role == "temp"]
+    streams_of = {b.id: {s.stream for s in p.steps for v in s.inputs + s.outputs if v.buffer == b.id}
+                  for b in temps}
+    caught = accepted = 0
+    for a in temps:
+        for b in temps:
+            if a.id < b.id and a.size == b.size and streams_of[a.id] != streams_of[b.id]:
+                merged = merge_buffers(p, b.id, a.id)
+                try:
+                    verify_plan(merged)
+                except PlanError as e:
+                    caught += "unsafe reuse" in str(e)
+                    continue
+                accepted += 1
+                ex = rp.Executor(merged, w, backend="numpy")
+                for seed in range(5):
+                    assert np.array_equal(ex.run(x, interleave_seed=seed)[0], want)
+    assert caught > 0 and accepted > 0
+
+
+def test_read_before_write_is_rejected():
+    p = plan(passes=())
+    i = next(i for i, s in enumerate(p.steps) if s.deps)
+    with pytest.raises(PlanError, match="nothing wrote before it|not by its deps|not an earlier step"):
+        verify_plan(edit(p, i, deps=()))
+
+
+def test_shape_errors_are_rejected():
+    p = plan()
+    i = next(i for i, s in enumerate(p.steps) if s.kind == "gemm")
+    g = p.steps[i].gemm
+    with pytest.raises(PlanError, match="A is"):
+        verify_plan(edit(p, i, gemm=g.model_copy(update={"k": g.k + 1})))
+    out = p.steps[i].outputs[0]
+    with pytest.raises(PlanError, match="outside its buffer"):
+        verify_plan(edit(p, i, outputs=(out.model_copy(update={"offset": 10**9}),)))
+
+
+def test_writing_an_input_is_rejected():
+    p = plan()
+    i = next(i for i, s in enumerate(p.steps) if s.kind == "fused")
+    out = p.steps[i].outputs[0]
+    into_x = out.model_copy(update={"buffer": p.inputs["x"].buffer, "offset": 0, "ld": out.cols})
+    with pytest.raises(PlanError, match="holds an input, state or param"):
+        verify_plan(edit(p, i, outputs=(into_x,) + p.steps[i].outputs[1:]))
+
+
+def test_stream_out_of_range_and_double_record():
+    p = plan()
+    with pytest.raises(PlanError, match="not in 0.."):
+        verify_plan(edit(p, 0, stream=p.num_streams))
+    rec = [i for i, s in enumerate(p.steps) if s.record is not None]
+    with pytest.raises(PlanError, match="already recorded"):
+        verify_plan(edit(p, rec[1], record=p.steps[rec[0]].record))
