@@ -7,6 +7,7 @@ import argparse
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 from pydantic import ValidationError
@@ -18,7 +19,17 @@ EXAMPLES = """examples:
   rnnplan run --backend numpy --passes none    # the naive plan on the CPU
   rnnplan plan --cell gru --layers 2 --hidden-size 256 --bidirectional
   rnnplan plan --passes combine_gates,fuse_pointwise --json plan.json
+  rnnplan plan --seq-len 8 --dot plan.dot --svg plan.svg     # kernels by stream, levels as ranks
+  rnnplan plan --view cell --max-steps 20 --svg cells.svg    # one box per cell-step
+  rnnplan plan --png wavefront.png --trace timeline.json     # layer x step grid; Perfetto trace
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags: one line and exit status 2, no usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class CLIError(Exception):
@@ -61,16 +72,50 @@ def _options(a: argparse.Namespace) -> PlanOptions:
 def _plan(a: argparse.Namespace):
     from rnnplan.scheduler import build_plan
 
-    return build_plan(_spec(a), options=_options(a))
+    with Progress("planning") as progress:
+        return build_plan(_spec(a), options=_options(a), progress=progress)
+
+
+class Progress:
+    """Stage-by-stage progress on stderr, shown only once the work has taken over two seconds."""
+
+    def __init__(self, what: str, after_s: float = 2.0):
+        self.what, self.after_s, self.shown = what, after_s, False
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        elapsed = time.perf_counter() - self.t0
+        if elapsed >= self.after_s:
+            bar = "#" * (20 * done // total)
+            print(f"\r{self.what} [{bar:<20}] {done}/{total} {stage:<20} {elapsed:6.1f} s",
+                  end="", file=sys.stderr, flush=True)
+            self.shown = True
+
+    def __exit__(self, *exc):
+        if self.shown:
+            print(file=sys.stderr)
 
 
 def cmd_plan(a: argparse.Namespace) -> None:
+    from rnnplan import viz
+
     plan = _plan(a)
     print(plan.summary())
-    if a.json:
-        with open(a.json, "w") as f:
-            f.write(plan.to_json(indent=1))
-        print(f"wrote {a.json}")
+    dot = plan.to_dot(a.view, a.max_steps) if (a.dot or a.svg) else None
+    writers = [
+        (a.json, lambda p: Path(p).write_text(plan.to_json(indent=1))),
+        (a.dot, lambda p: Path(p).write_text(dot)),
+        (a.svg, lambda p: viz.render(dot, p)),
+        (a.png, lambda p: viz.save_wavefront_png(plan, p)),
+        (a.trace, lambda p: viz.write_trace(viz.predicted_trace(plan), p)),
+    ]
+    for path, write in writers:
+        if path:
+            write(path)
+            print(f"wrote {path}")
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -104,12 +149,19 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rnnplan", description="Plan and run stacked RNN inference as a DAG.",
+    p = _Parser(prog="rnnplan", description="Plan and run stacked RNN inference as a DAG.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     pp = sub.add_parser("plan", help="build a plan and print its summary")
     _spec_flags(pp)
-    pp.add_argument("--json", metavar="PATH", help="write the plan as JSON")
+    out = pp.add_argument_group("outputs")
+    out.add_argument("--json", metavar="PATH", help="write the plan as JSON (Plan.from_json reads it back)")
+    out.add_argument("--dot", metavar="PATH", help="write the Graphviz DOT text of the plan")
+    out.add_argument("--svg", metavar="PATH", help="render the DOT view to SVG (or .png) with Graphviz's dot")
+    out.add_argument("--png", metavar="PATH", help="write the wavefront picture: layer x step grid by level and stream")
+    out.add_argument("--trace", metavar="PATH", help="write a predicted timeline as Chrome trace JSON (Perfetto)")
+    out.add_argument("--view", default="op", choices=["op", "cell"], help="DOT view: one node per kernel or per cell-step")
+    out.add_argument("--max-steps", type=int, default=None, help="draw only the first N steps of each layer")
     pp.set_defaults(func=cmd_plan)
     pr = sub.add_parser("run", help="build a plan and execute it with random input")
     _spec_flags(pr)

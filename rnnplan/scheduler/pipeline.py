@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from functools import lru_cache
 
 from rnnplan.ir import build, verify
 from rnnplan.scheduler.lower import lower
-from rnnplan.scheduler.manager import apply_passes
+from rnnplan.scheduler.manager import PASSES, REGISTRY, apply_passes
 from rnnplan.scheduler.plan import Plan
 from rnnplan.scheduler.verify_plan import verify_plan
 from rnnplan.spec import PlanOptions, RNNSpec
 
 
 def build_plan(spec: RNNSpec, passes: tuple[str, ...] | list[str] | None = None,
-               options: PlanOptions | None = None) -> Plan:
+               options: PlanOptions | None = None, progress=None) -> Plan:
     """Plan `spec`. `passes` (a shortcut for `options.passes`) selects passes; `()` is the naive plan.
 
     Plans are cached by (spec, options): a repeated call returns the same (immutable) Plan.
+    `progress(stage, done, total)`, if given, is called as planning moves from stage to stage.
     """
     options = options or PlanOptions()
     if passes is not None:
@@ -26,7 +26,16 @@ def build_plan(spec: RNNSpec, passes: tuple[str, ...] | list[str] | None = None,
             raise ValueError("passes given twice (argument and options.passes) with different values")
         options = PlanOptions(**{**options.model_dump(exclude={"passes"}), "passes": tuple(passes)})
     options.check_against(spec)
-    return _cached_plan(spec, options)
+    key = (spec, options)
+    if key not in _CACHE:
+        _CACHE[key] = _plan(spec, options, progress or (lambda *a: None))
+        while len(_CACHE) > CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+    return _CACHE[key]
+
+
+CACHE_SIZE = 32
+_CACHE: dict[tuple[RNNSpec, PlanOptions], Plan] = {}
 
 
 @contextmanager
@@ -42,13 +51,25 @@ def _no_cyclic_gc():
             gc.enable()
 
 
-@lru_cache(maxsize=32)
-def _cached_plan(spec: RNNSpec, options: PlanOptions) -> Plan:
+def _plan(spec: RNNSpec, options: PlanOptions, progress) -> Plan:
     # The final graph and the plan are always verified; verifying after every pass is the tests' job
     # (apply_passes(check=True)), as it would double planning time for large graphs.
+    names = PASSES if options.passes is None else options.passes
+    total = len(names) + 4
     with _no_cyclic_gc():
-        graph = verify(apply_passes(build(spec), options, check=False))
-        return verify_plan(lower(graph, options))
+        progress("build", 0, total)
+        graph = build(spec)
+        for i, name in enumerate(names):
+            progress(name, i + 1, total)
+            graph = REGISTRY[name](graph, options)
+        progress("verify graph", total - 3, total)
+        verify(graph)
+        progress("lower", total - 2, total)
+        plan = lower(graph, options)
+        progress("verify plan", total - 1, total)
+        verify_plan(plan)
+        progress("done", total, total)
+        return plan
 
 
 def build_graph(spec: RNNSpec, options: PlanOptions | None = None):

@@ -133,6 +133,18 @@ class Plan(_Frozen):
 
         return load_plan(text)
 
+    def to_dot(self, view: str = "op", max_steps: int | None = None) -> str:
+        """Graphviz text: `view="op"` one node per kernel, `"cell"` one node per cell-step."""
+        from rnnplan.viz.dot import to_dot
+
+        return to_dot(self, view, max_steps)
+
+    def render(self, path, view: str = "op", max_steps: int | None = None):
+        """Write the DOT view as SVG or PNG (by suffix) with Graphviz's `dot`."""
+        from rnnplan.viz.dot import render
+
+        return render(self.to_dot(view, max_steps), path)
+
     def summary(self) -> str:
         from rnnplan.scheduler.summary import summarize
 

@@ -30,7 +30,7 @@ def summarize(plan: Plan) -> str:
         ("  fused", f"{s.fused:,}"),
         ("streams", f"{s.streams} (" + ", ".join(f"{k}:{per_stream[k]}" for k in sorted(per_stream)) + ")"),
         ("events", f"{s.events:,} recorded, {s.waits:,} waits"),
-        ("flops", f"{s.flops / 1e9:,.3f} GFLOP"),
+        ("flops", f"{s.flops:,} ({s.flops / 1e9:,.3f} GFLOP)"),
         ("critical path", f"{s.critical_path:,} dependent kernels"),
         ("peak memory", f"{_human_bytes(s.peak_bytes)} ({_human_bytes(s.bytes_without_reuse)} without reuse)"),
         ("buffers", f"{len(plan.buffers):,}"),

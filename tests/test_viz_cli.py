@@ -1,0 +1,164 @@
+"""Plan inspection: summary and DOT goldens, DOT rendering, JSON round trip and rejection,
+wavefront picture, predicted timeline, and the command line through a subprocess."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rnnplan as rp
+from rnnplan.scheduler import PlanError
+from rnnplan.viz import predicted_trace, save_wavefront_png, to_dot
+
+GOLDEN = Path(__file__).parent / "golden"
+TINY = rp.RNNSpec(cell="lstm", input_size=3, hidden_size=4, num_layers=2, seq_len=3, batch=2)
+UPDATE = os.environ.get("RNNPLAN_UPDATE_GOLDEN") == "1"
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; RNNPLAN_UPDATE_GOLDEN=1 rewrites it after review"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return rp.build_plan(TINY, options=rp.PlanOptions(input_chunk=2))
+
+
+def test_summary_golden(tiny):
+    golden("tiny_summary.txt", tiny.summary() + "\n")
+
+
+def test_graph_dump_golden():
+    golden("tiny_graph.txt", str(rp.build_graph(TINY, rp.PlanOptions(input_chunk=2))) + "\n")
+
+
+def test_dot_goldens(tiny):
+    golden("tiny_op.dot", tiny.to_dot())
+    golden("tiny_cell.dot", tiny.to_dot(view="cell"))
+
+
+def test_dot_structure(tiny):
+    dot = tiny.to_dot()
+    assert dot.count("subgraph cluster_stream") == tiny.stats.streams
+    assert dot.count("style=dashed") == tiny.stats.waits  # one event edge per wait
+    assert dot.count("rank=same") == tiny.stats.critical_path
+    assert "#9ecae1" in dot and "#fdae6b" in dot  # gemm and fused colours
+    small = to_dot(rp.build_plan(rp.PAPER_SPEC), view="cell", max_steps=3)
+    assert small.count("step ") == 4 * 3
+
+
+@pytest.mark.skipif(shutil.which("dot") is None and not os.environ.get("CI"),
+                    reason="Graphviz not installed (CI installs it)")
+def test_dot_renders_with_graphviz(tiny, tmp_path):
+    for view in ("op", "cell"):
+        svg = tiny.render(tmp_path / f"{view}.svg", view=view)
+        assert svg.read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert tiny.render(tmp_path / "op.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_render_without_graphviz_says_how_to_install(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get install graphviz"):
+        tiny.render(tmp_path / "x.svg")
+    with pytest.raises(ValueError, match="view must be"):
+        tiny.to_dot(view="layer")
+
+
+def test_json_round_trip_is_exact(tiny):
+    text = tiny.to_json()
+    back = rp.Plan.from_json(text)
+    assert back == tiny and back.to_json() == text
+    assert json.loads(text)["schema_version"] == 1
+
+
+def test_json_rejections(tiny):
+    raw = json.loads(tiny.to_json())
+    with pytest.raises(PlanError, match="malformed"):
+        rp.Plan.from_json("{not json")
+    with pytest.raises(PlanError, match="schema_version is 2"):
+        rp.Plan.from_json(json.dumps({**raw, "schema_version": 2}))
+    with pytest.raises(PlanError, match="does not match the schema"):
+        rp.Plan.from_json(json.dumps({**raw, "steps": "many"}))
+    waiting = next(i for i, s in enumerate(raw["steps"]) if s["waits"])
+    raw["steps"][waiting]["waits"] = []  # hand-edited: drop an event wait
+    with pytest.raises(PlanError, match="no event or stream order"):
+        rp.Plan.from_json(json.dumps(raw))
+
+
+def test_wavefront_png(tiny, tmp_path):
+    path = save_wavefront_png(tiny, tmp_path / "w.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 5000
+
+
+def test_predicted_trace(tiny):
+    trace = predicted_trace(tiny)
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(spans) == len(tiny.steps)
+    assert {e["tid"] for e in spans} == set(range(tiny.num_streams))
+    end = {e["name"]: e["ts"] + e["dur"] for e in spans}
+    for e, step in zip(spans, tiny.steps):
+        for d in step.deps:  # a step starts after the steps it depends on end
+            assert e["ts"] >= end[tiny.steps[d].name] - 1e-6
+
+
+# ---- command line, through a subprocess -------------------------------------------------------------
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run([sys.executable, "-m", "rnnplan.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+TINY_FLAGS = ["--input-size", "3", "--hidden-size", "4", "--layers", "2", "--seq-len", "3", "--batch", "2"]
+
+
+def test_cli_help_has_examples():
+    r = cli("--help")
+    assert r.returncode == 0 and "examples:" in r.stdout and "rnnplan plan" in r.stdout
+
+
+def test_cli_plan_writes_everything(tmp_path):
+    files = {f: tmp_path / f for f in ("p.json", "p.dot", "p.png", "t.json")}
+    r = cli("plan", *TINY_FLAGS, "--input-chunk", "2", "--json", str(files["p.json"]), "--dot",
+            str(files["p.dot"]), "--png", str(files["p.png"]), "--trace", str(files["t.json"]))
+    assert r.returncode == 0, r.stderr
+    assert "critical path" in r.stdout and all(p.exists() for p in files.values())
+    assert rp.Plan.from_json(files["p.json"].read_text()).spec == TINY
+
+
+def test_cli_run_numpy_prints_shape_checksum_time(tmp_path):
+    w = rp.Weights.random(TINY, seed=3).save(tmp_path / "w.npz")
+    r = cli("run", *TINY_FLAGS, "--backend", "numpy", "--weights", str(w), "--passes", "none")
+    assert r.returncode == 0, r.stderr
+    assert "shape (3, 2, 4)" in r.stdout and "checksum" in r.stdout and "ms per forward" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["plan", "--passes", "fuse_all"], "unknown pass name"),
+    (["plan", "--hidden-size", "0"], "hidden_size"),
+    (["plan", "--seq-len", "4", "--input-chunk", "9"], "input_chunk must be in 1..seq_len=4"),
+    (["plan", "--streams", "0"], "num_streams"),
+    (["run", "--weights", "/nonexistent/w.npz", "--backend", "numpy"], "cannot read weights"),
+    (["plan", "--cell", "transformer"], "invalid choice"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_cli_errors_are_one_line(args, message):
+    r = cli(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+
+
+def test_cli_missing_graphviz_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "PATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "rnnplan.cli", "plan", *TINY_FLAGS, "--svg", str(tmp_path / "x.svg")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 2 and "install graphviz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
