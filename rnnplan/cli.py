@@ -128,7 +128,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     weights = Weights.load(a.weights) if a.weights else Weights.random(spec, seed=a.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ex = Executor(plan, weights, backend=a.backend)
+        ex = Executor(plan, weights, backend=a.backend, mode=a.mode)
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
     plan_s = time.perf_counter() - t0
@@ -146,6 +146,23 @@ def cmd_run(a: argparse.Namespace) -> None:
           f"stream(s), built in {plan_s:.2f} s")
     print(f"output      shape {tuple(out.shape)}  checksum {checksum:.6f}")
     print(f"time        {np.median(times) * 1e3:.2f} ms per forward (median of {len(times)})")
+
+
+def cmd_kernels(a: argparse.Namespace) -> None:
+    from rnnplan.backends.kernels import plan_kernels
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = plan_kernels(_plan(a))
+    for name, src in sources.items():
+        (out / f"{name}.cu").write_text(src)
+    print(f"wrote {len(sources)} CUDA source file(s) to {out} (compile: nvcc -arch=sm_90 -std=c++17 -c FILE.cu)")
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    from rnnplan.bench import main as bench_main
+
+    bench_main(quick=a.quick, out=a.out, repeats=a.repeats)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -169,7 +186,18 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--weights", metavar="FILE.npz", help="weights saved by Weights.save (default: random)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--repeat", type=int, default=3, help="forwards to time (median reported)")
+    pr.add_argument("--mode", default="graph", choices=["graph", "streams"],
+                    help="cupy backend: replay one CUDA graph, or launch from Python every call")
     pr.set_defaults(func=cmd_run)
+    pk = sub.add_parser("kernels", help="write every generated CUDA kernel of a plan as .cu files")
+    _spec_flags(pk)
+    pk.add_argument("--out", required=True, metavar="DIR")
+    pk.set_defaults(func=cmd_kernels)
+    pb = sub.add_parser("bench", help="GPU benchmark: the paper's ablation and rnnplan against cuDNN (needs CuPy, torch, a GPU)")
+    pb.add_argument("--quick", action="store_true", help="fewer rows and repeats")
+    pb.add_argument("--repeats", type=int, default=30)
+    pb.add_argument("--out", metavar="DIR", default=None, help="write results.json, results.md and ablation.png here")
+    pb.set_defaults(func=cmd_bench)
     return p
 
 

@@ -32,9 +32,14 @@ def cupy_unavailable_reason() -> str | None:
 
 
 class Executor:
-    """Runs `plan` with `weights` on `backend` ("numpy", "cupy", or "auto": cupy when usable)."""
+    """Runs `plan` with `weights` on `backend` ("numpy", "cupy", or "auto": cupy when usable).
 
-    def __init__(self, plan: Plan, weights: Weights, backend: str = "auto", **options: Any):
+    `mode` applies to the cupy backend: "graph" (default) replays one CUDA graph per call,
+    "streams" launches every step from Python. Other keyword options go to the backend.
+    """
+
+    def __init__(self, plan: Plan, weights: Weights, backend: str = "auto", mode: str = "graph",
+                 **options: Any):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         weights.check(plan.spec)
@@ -54,8 +59,9 @@ class Executor:
                 raise RuntimeError(f"backend='cupy' is not usable: {reason}")
             from rnnplan.backends.cupy_backend import CupyExecutor
 
-            self.impl = CupyExecutor(plan, weights, **options)
+            self.impl = CupyExecutor(plan, weights, mode=mode, **options)
         self.backend = backend
+        self.mode = mode if backend == "cupy" else "numpy"
 
     def run(self, x, state=None, **kw):
         """Forward the whole sequence. Returns what torch returns: LSTM `(out, (h_n, c_n))`,

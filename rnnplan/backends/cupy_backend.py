@@ -1,0 +1,202 @@
+"""The CuPy GPU executor: runs a Plan on one NVIDIA GPU.
+
+At construction: the plan's memory estimate is checked against free device memory; every buffer of
+the plan's table is allocated once; weights are uploaded and transformed (pre-transposed) once;
+pointwise and fused steps get kernels generated from their expressions (compiled once per distinct
+kernel, cached per process); GEMMs go to cuBLAS through one handle per stream (`cublas.py`).
+
+Each call issues the plan on its streams: a fork event lets every stream start after the input is
+copied in, each step waits on its plan events and records its own, and a join brings all streams
+back before the outputs are copied out. `mode="graph"` (default) captures that issue sequence once
+into a CUDA graph and replays it per call; `mode="streams"` issues it from Python every call.
+
+Ownership: `run` returns fresh CuPy arrays (copies), so a later call never overwrites them. The
+call is ordered after work already queued on the caller's current CuPy stream, and that stream
+waits for the results, so no host synchronization is needed in between.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rnnplan.backends import pack_outputs
+from rnnplan.backends.cublas import WORKSPACE_BYTES, Cublas
+from rnnplan.backends.kernels import THREADS, kernel_key, kernel_source, launch_grid
+from rnnplan.scheduler.plan import BufferView, Plan, Step
+from rnnplan.weights import Weights
+
+MODES = ("graph", "streams")
+_KERNELS: dict[tuple[int, str], object] = {}  # (device, kernel name) -> compiled cupy.RawKernel
+
+
+class DeviceMemoryError(RuntimeError):
+    """The plan does not fit in the device memory that is free."""
+
+
+def _compiled(cp, device_id: int, step: Step, dtype: str):
+    key = kernel_key(step, dtype)
+    cache_key = (device_id, key.name)
+    if cache_key not in _KERNELS:
+        _KERNELS[cache_key] = cp.RawKernel(kernel_source(key), key.name, options=("-std=c++17",))
+    return _KERNELS[cache_key], key.vec
+
+
+class CupyExecutor:
+    def __init__(self, plan: Plan, weights: Weights, mode: str = "graph", device: int | None = None):
+        import cupy as cp
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.cp, self.plan, self.mode = cp, plan, mode
+        self.dtype = np.dtype(plan.spec.dtype)
+        self.device = cp.cuda.Device(device) if device is not None else cp.cuda.Device()
+        with self.device:
+            self._check_memory()
+            self.buffers = [cp.empty(b.size, dtype=self.dtype) for b in plan.buffers]
+            for b in plan.buffers:
+                if b.role == "param":
+                    self.buffers[b.id][:] = cp.asarray(weights.layout(b.source, b.transform).astype(self.dtype)).ravel()
+            self.streams = [cp.cuda.Stream(non_blocking=True) for _ in range(plan.num_streams)]
+            self.events = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(plan.num_events)]
+            self.fork = cp.cuda.Event(disable_timing=True)
+            self.joins = [cp.cuda.Event(disable_timing=True) for _ in self.streams]
+            self.caller_ready, self.results_ready = cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True)
+            self.workspaces = [cp.empty(WORKSPACE_BYTES, dtype=np.uint8) for _ in self.streams]
+            self.blas = Cublas(self.streams, self.workspaces, plan.options.math, plan.spec.dtype)
+            self.program = [self._prepare(s) for s in plan.steps]
+            self.graph = None
+            self._issue()  # first issue outside capture: compiles nothing late, settles cuBLAS
+            self.streams[0].synchronize()
+            if mode == "graph":
+                self.graph = self._capture()
+
+    # ---- set-up ---------------------------------------------------------------------------------
+
+    def _check_memory(self) -> None:
+        free, _total = self.cp.cuda.runtime.memGetInfo()
+        spec = self.plan.spec
+        outputs = (spec.seq_len + 2 * spec.num_layers * spec.directions) * spec.batch * \
+            spec.hidden_size * spec.directions * self.dtype.itemsize
+        need = self.plan.stats.peak_bytes + self.plan.num_streams * WORKSPACE_BYTES + outputs
+        if need > free:
+            raise DeviceMemoryError(
+                f"the plan needs about {need / 2**20:,.1f} MiB of device memory ({self.plan.stats.peak_bytes / 2**20:,.1f} "
+                f"MiB of buffers), GPU {self.device.id} has {free / 2**20:,.1f} MiB free")
+
+    def view(self, v: BufferView):
+        """A CuPy view (rows x cols, row stride ld) of a plan buffer."""
+        base = self.buffers[v.buffer][v.offset:v.end]
+        return self.cp.lib.stride_tricks.as_strided(base, shape=(v.rows, v.cols),
+                                                    strides=(v.ld * self.dtype.itemsize, self.dtype.itemsize))
+
+    def _ptr(self, v: BufferView) -> int:
+        return self.buffers[v.buffer].data.ptr + v.offset * self.dtype.itemsize
+
+    def _prepare(self, step: Step):
+        """(waits, stream, launch, record) for one step, with every argument computed now."""
+        stream = self.streams[step.stream]
+        if step.kind == "gemm":
+            g, (a, w), c = step.gemm, step.inputs, step.outputs[0]
+            args = (step.stream, g.m, g.n, g.k, self._ptr(w), w.ld, g.weight_layout, self._ptr(a), a.ld,
+                    self._ptr(c), c.ld)
+            gemm = self.blas.gemm
+
+            def launch():
+                gemm(*args)
+        else:
+            kernel, vec = _compiled(self.cp, self.device.id, step, self.plan.spec.dtype)
+            out = step.outputs[0]
+            args = []
+            for v in step.inputs + step.outputs:
+                args += [self.buffers[v.buffer][v.offset:v.end], np.int32(v.ld)]
+            args = tuple(args + [np.int32(out.rows), np.int32(out.cols)])
+            grid = (launch_grid(out.rows, out.cols, vec),)
+
+            def launch():
+                kernel(grid, (THREADS,), args, stream=stream)
+        return step.waits, stream, launch, step.record
+
+    def _issue(self) -> None:
+        """Enqueue the whole plan: fork from stream 0, every step with its waits and record, join."""
+        first = self.streams[0]
+        self.fork.record(first)
+        for s in self.streams[1:]:
+            s.wait_event(self.fork)
+        events = self.events
+        for waits, stream, launch, record in self.program:
+            for e in waits:
+                stream.wait_event(events[e])
+            launch()
+            if record is not None:
+                events[record].record(stream)
+        for s, ev in zip(self.streams[1:], self.joins):
+            ev.record(s)
+            first.wait_event(ev)
+
+    def _capture(self):
+        first = self.streams[0]
+        mode = getattr(self.cp.cuda.runtime, "streamCaptureModeRelaxed", None)
+        first.begin_capture(mode) if mode is not None else first.begin_capture()
+        try:
+            self._issue()
+        finally:
+            graph = first.end_capture()
+        return graph
+
+    # ---- calls ----------------------------------------------------------------------------------
+
+    def _on_device(self, a, name: str):
+        cp = self.cp
+        if isinstance(a, cp.ndarray):
+            arr = a
+        elif hasattr(a, "__cuda_array_interface__"):
+            arr = cp.asarray(a)  # zero-copy: a torch CUDA tensor, a Numba array ...
+        elif hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__") and a.__dlpack_device__()[0] == 2:
+            arr = cp.from_dlpack(a)  # kDLCUDA
+        else:
+            return cp.asarray(np.asarray(a))  # host memory: one copy to the device
+        if arr.device.id != self.device.id:
+            raise ValueError(f"{name} is on GPU {arr.device.id}; this executor runs on GPU {self.device.id}")
+        return arr
+
+    def poison(self) -> None:
+        """Fill every buffer that steps write with NaN (tests: an element nobody writes shows up)."""
+        with self.device:
+            for b in self.plan.buffers:
+                if b.role in ("temp", "seq", "output"):
+                    self.buffers[b.id].fill(np.nan)
+            self.device.synchronize()
+
+    def run(self, x, h0=None, c0=None):
+        cp, plan, spec = self.cp, self.plan, self.plan.spec
+        with self.device:
+            x = self._on_device(x, "x")
+            given = {"h0": h0 if h0 is None else self._on_device(h0, "h0"),
+                     "c0": c0 if c0 is None else self._on_device(c0, "c0")}
+            first = self.streams[0]
+            self.caller_ready.record(cp.cuda.get_current_stream())
+            first.wait_event(self.caller_ready)
+            with first:
+                dst = self.view(plan.inputs["x"]).reshape(spec.seq_len, spec.batch, spec.input_size)
+                dst[...] = x.transpose(1, 0, 2) if spec.batch_first else x
+                for name in ("h0", "c0"):
+                    if name in plan.inputs:
+                        state = self.view(plan.inputs[name])
+                        if given[name] is None:
+                            state.fill(0)
+                        else:
+                            state[...] = given[name].reshape(state.shape)
+                if self.graph is not None:
+                    self.graph.launch(stream=first)
+                else:
+                    self._issue()
+                out = self.view(plan.outputs["out"][0]).copy()
+                states = {name: cp.stack([self.view(v) for v in plan.outputs[name]])
+                          for name in ("h_n", "c_n") if name in plan.outputs}
+                self.results_ready.record(first)
+            cp.cuda.get_current_stream().wait_event(self.results_ready)
+        return pack_outputs(spec, out, states["h_n"], states.get("c_n"))
+
+    def close(self) -> None:
+        self.graph = None
+        self.blas.close()

@@ -1,0 +1,140 @@
+"""The CuPy backend on a GPU, against torch on the GPU and the NumPy backend.
+
+Marked `gpu`: skipped where CuPy or a usable GPU is missing. Outputs are poisoned with NaN before
+every run, and every check runs twice in a row to expose races.
+"""
+
+import numpy as np
+import pytest
+
+import rnnplan as rp
+from rnnplan.backends import cupy_unavailable_reason
+from tests.helpers import random_inputs, rel_err, torch_module
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(cupy_unavailable_reason() is not None, reason=str(cupy_unavailable_reason()))]
+
+TOL = {"fp32": 1e-5, "tf32": 1e-3, "fp16": 5e-3}
+SPECS = [
+    dict(cell="lstm", input_size=7, hidden_size=13, num_layers=2, seq_len=9, batch=3, bidirectional=True),
+    dict(cell="gru", input_size=33, hidden_size=47, num_layers=3, seq_len=11, batch=5),
+    dict(cell="rnn_tanh", input_size=5, hidden_size=17, num_layers=2, seq_len=6, batch=4, bidirectional=True),
+    dict(cell="rnn_relu", input_size=12, hidden_size=20, num_layers=1, seq_len=5, batch=2, bias=False),
+    dict(cell="lstm", input_size=64, hidden_size=128, num_layers=3, seq_len=20, batch=8, batch_first=True),
+    dict(cell="gru", input_size=32, hidden_size=64, num_layers=2, seq_len=7, batch=16, bidirectional=True),
+]
+
+
+def torch_reference(module, x, state, device="cuda"):
+    """torch on the GPU in strict fp32 (no TF32 anywhere): the reference for every precision."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    m = module.to(device).float()
+    with torch.no_grad():
+        tx = torch.as_tensor(np.asarray(x, np.float32), device=device)
+        if state is None:
+            out, st = m(tx)
+        elif isinstance(state, tuple):
+            out, st = m(tx, tuple(torch.as_tensor(np.asarray(s, np.float32), device=device) for s in state))
+        else:
+            out, st = m(tx, torch.as_tensor(np.asarray(state, np.float32), device=device))
+    st = tuple(s.cpu().numpy() for s in st) if isinstance(st, tuple) else (st.cpu().numpy(),)
+    return out.cpu().numpy(), st
+
+
+def host(result):
+    out, st = result
+    st = st if isinstance(st, tuple) else (st,)
+    return out.get(), tuple(s.get() for s in st)
+
+
+def check(spec_kw, precision, mode, seed):
+    dtype = "float16" if precision == "fp16" else "float32"
+    spec = rp.RNNSpec(**spec_kw, dtype=dtype)
+    module = torch_module(spec, seed)
+    weights = rp.Weights.from_torch(module, spec)
+    if dtype == "float16":  # the reference sees the same fp16-rounded weights
+        weights = rp.Weights({k: v.astype(np.float16) for k, v in weights.tensors.items()}, weights.arch)
+        for p in module.parameters():
+            p.data = p.data.half().float()
+    math = "tf32" if precision == "tf32" else "fp32"
+    plan = rp.build_plan(spec, options=rp.PlanOptions(math=math))
+    ex = rp.Executor(plan, weights, backend="cupy", mode=mode)
+    x, state = random_inputs(spec, seed, with_state=seed % 2 == 0)
+    want_out, want_st = torch_reference(module, x, state)
+    for _ in range(2):
+        ex.impl.poison()
+        out, st = host(ex.run(x, state))
+        assert np.isfinite(out.astype(np.float32)).all()
+        assert rel_err(out, want_out) <= TOL[precision], (precision, rel_err(out, want_out))
+        for s, w in zip(st, want_st):
+            assert rel_err(s, w) <= TOL[precision]
+    return ex, x, state, out
+
+
+@pytest.mark.parametrize("spec_kw", SPECS, ids=lambda k: f"{k['cell']}-{k['num_layers']}x{k['hidden_size']}")
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16"])
+def test_graph_mode_matches_torch(spec_kw, precision):
+    check(spec_kw, precision, "graph", seed=SPECS.index(spec_kw))
+
+
+@pytest.mark.parametrize("spec_kw", SPECS[:3], ids=lambda k: k["cell"])
+def test_streams_mode_matches_torch_and_numpy(spec_kw):
+    ex, x, state, out = check(spec_kw, "fp32", "streams", seed=7)
+    want, _ = rp.Executor(ex.plan, rp.Weights.from_torch(torch_module(ex.spec, 7), ex.spec), backend="numpy").run(x, state)
+    assert rel_err(out, want) <= 1e-5
+
+
+@pytest.mark.parametrize("passes", [(), ("combine_gates",), ("fuse_pointwise", "wavefront_streams"),
+                                    ("batch_input_gemms", "wavefront_streams"), ("pretranspose",)])
+def test_pass_subsets_on_gpu(passes):
+    spec = rp.RNNSpec(**SPECS[0])
+    w = rp.Weights.random(spec, seed=3)
+    x, state = random_inputs(spec, 3)
+    want, _ = rp.Executor(rp.build_plan(spec, passes=()), w, backend="numpy").run(x, state)
+    for mode in ("graph", "streams"):
+        ex = rp.Executor(rp.build_plan(spec, passes=passes), w, backend="cupy", mode=mode)
+        for _ in range(2):
+            ex.impl.poison()
+            assert rel_err(ex.run(x, state)[0].get(), want) <= 1e-5
+
+
+def test_inputs_from_numpy_cupy_and_torch_and_ownership():
+    import cupy as cp
+    import torch
+
+    spec = rp.RNNSpec(**SPECS[4])
+    w = rp.Weights.random(spec, seed=1)
+    ex = rp.Executor(rp.build_plan(spec), w, backend="cupy")
+    x, state = random_inputs(spec, 1)
+    first, (h, c) = ex.run(x, state)
+    assert isinstance(first, cp.ndarray) and first.shape == (8, 20, 128)  # batch_first
+    kept = first.copy()
+    for xx, ss in ((cp.asarray(x), tuple(cp.asarray(s) for s in state)),
+                   (torch.as_tensor(x, device="cuda"), tuple(torch.as_tensor(s, device="cuda") for s in state))):
+        again, _ = ex.run(xx, ss)
+        assert rel_err(again.get(), kept.get()) == 0.0
+    ex.run(random_inputs(spec, 2)[0])  # a later call must not overwrite what an earlier one returned
+    assert rel_err(first.get(), kept.get()) == 0.0
+    with pytest.raises(ValueError, match="x has dtype float64"):
+        ex.run(torch.zeros((8, 20, 64), dtype=torch.float64, device="cuda"))
+
+
+def test_several_executors_alive():
+    specs = [rp.RNNSpec(**SPECS[0]), rp.RNNSpec(**SPECS[1])]
+    exs = [rp.Executor(rp.build_plan(s), rp.Weights.random(s, seed=i), backend="cupy") for i, s in enumerate(specs)]
+    nps = [rp.Executor(rp.build_plan(s), rp.Weights.random(s, seed=i), backend="numpy") for i, s in enumerate(specs)]
+    inputs = [random_inputs(s, 5) for s in specs]
+    for _ in range(2):
+        for ex, ref, (x, st) in zip(exs, nps, inputs):
+            assert rel_err(ex.run(x, st)[0].get(), ref.run(x, st)[0]) <= 1e-5
+
+
+def test_plan_too_large_for_the_device():
+    from rnnplan.backends.cupy_backend import CupyExecutor, DeviceMemoryError
+
+    spec = rp.RNNSpec(cell="lstm", input_size=8192, hidden_size=8192, num_layers=1, seq_len=2, batch=2_000_000)
+    with pytest.raises(DeviceMemoryError, match="the plan needs about .* MiB of device memory"):
+        CupyExecutor(rp.build_plan(spec), weights=None)  # fails on the estimate, before weights are read
