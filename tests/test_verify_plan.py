@@ -48,7 +48,7 @@ def test_wait_before_record_is_rejected():
 def merge_buffers(p, src, dst):
     """What a buggy allocator would do: put every value of buffer src into buffer dst."""
     def move(views):
-        return tuple(v.model_copy(update={"buffer": dst}) if v.buffer == src else v for v in views)
+        return tuple(v._replace(buffer=dst) if v.buffer == src else v for v in views)
     return with_steps(p, [s.model_copy(update={"inputs": move(s.inputs), "outputs": move(s.outputs)})
                           for s in p.steps])
 
@@ -96,14 +96,14 @@ def test_shape_errors_are_rejected():
         verify_plan(edit(p, i, gemm=g.model_copy(update={"k": g.k + 1})))
     out = p.steps[i].outputs[0]
     with pytest.raises(PlanError, match="outside its buffer"):
-        verify_plan(edit(p, i, outputs=(out.model_copy(update={"offset": 10**9}),)))
+        verify_plan(edit(p, i, outputs=(out._replace(offset=10**9),)))
 
 
 def test_writing_an_input_is_rejected():
     p = plan()
     i = next(i for i, s in enumerate(p.steps) if s.kind == "fused")
     out = p.steps[i].outputs[0]
-    into_x = out.model_copy(update={"buffer": p.inputs["x"].buffer, "offset": 0, "ld": out.cols})
+    into_x = out._replace(buffer=p.inputs["x"].buffer, offset=0, ld=out.cols)
     with pytest.raises(PlanError, match="holds an input, state or param"):
         verify_plan(edit(p, i, outputs=(into_x,) + p.steps[i].outputs[1:]))
 

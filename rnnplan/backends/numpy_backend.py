@@ -26,8 +26,8 @@ class NumpyExecutor:
         self.buffers = [np.full(b.size, np.nan, dtype=self.dtype) for b in plan.buffers]
         for b in plan.buffers:
             if b.role == "param":
-                self.view(BufferView(buffer=b.id, offset=0, rows=b.shape[0], cols=b.shape[1],
-                                     ld=b.shape[1]))[...] = weights.layout(b.source, b.transform)
+                self.view(BufferView(b.id, 0, b.shape[0], b.shape[1], b.shape[1]))[...] = \
+                    weights.layout(b.source, b.transform)
         self.steps = [(s, [self.view(v) for v in s.inputs], [self.view(v) for v in s.outputs])
                       for s in plan.steps]
 

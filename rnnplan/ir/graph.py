@@ -8,6 +8,7 @@ cached, because most passes only need the maps and large graphs (10^5..10^6 node
 from __future__ import annotations
 
 import dataclasses
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cached_property
 
@@ -124,14 +125,23 @@ class Graph:
     def kernels(self) -> list[Node]:
         return [n for n in self.topo_nodes() if n.is_kernel]
 
+    @cached_property
+    def _roots(self) -> dict[str, Region]:
+        return {}
+
     def root_region(self, value: str) -> Region:
         """Where a value lives, in the coordinates of the storage that owns its memory."""
-        v = self.values[value]
-        if v.region is None:
-            return Region(v.name, (0, v.shape[0]), (0, v.shape[1]))
-        if v.region.storage in self.storages:
-            return v.region
-        return v.region.within(self.root_region(v.region.storage))
+        found = self._roots.get(value)
+        if found is None:
+            v = self.values[value]
+            if v.region is None:
+                found = Region(v.name, (0, v.shape[0]), (0, v.shape[1]))
+            elif v.region.storage in self.storages:
+                found = v.region
+            else:
+                found = v.region.within(self.root_region(v.region.storage))
+            self._roots[value] = found
+        return found
 
     def storage_shape(self, storage: str) -> tuple[int, int]:
         return self.storages[storage] if storage in self.storages else self.values[storage].shape
@@ -139,37 +149,81 @@ class Graph:
     # ---- rewriting ------------------------------------------------------------------------------
 
     def rewrite(self, pass_name: str, remove: Iterable[str] = (), add: Iterable[Node] = (),
-                replace: Iterable[Node] = ()) -> Graph:
-        """A new graph without `remove`, with `replace` swapped in by name and `add` appended."""
+                replace: Iterable[Node] = (), prune: bool = False) -> Graph:
+        """A new graph without `remove`, with `replace` swapped in by name and `add` appended.
+
+        With `prune`, nodes that the rewrite left unread (orphaned views and params) go too. The
+        value maps of the new graph are derived from this graph's by the change alone, so a local
+        rewrite of a large graph costs time in proportion to the change, plus one dict copy.
+        """
         removed = set(remove)
-        swapped = {n.name: n for n in replace}
-        nodes = {k: swapped.get(k, n) for k, n in self.nodes.items() if k not in removed}
-        for n in add:
+        swapped = [n for n in replace]
+        nodes = dict(self.nodes)
+        for k in removed:
+            del nodes[k]
+        for n in swapped:
+            nodes[n.name] = n
+        added = list(add)
+        for n in added:
             if n.name in nodes:
                 raise ValueError(f"{pass_name}: node name {n.name!r} already exists")
             nodes[n.name] = n
-        return Graph(self.spec, nodes, self.storages, self.passes + (pass_name,))
+        g = Graph(self.spec, nodes, self.storages, self.passes + (pass_name,))
+        old = [self.nodes[k] for k in removed] + [self.nodes[n.name] for n in swapped]
+        g._derive_maps(self, old, swapped + added)
+        return g._prune(old) if prune else g
 
-    def without_dead(self) -> Graph:
-        """This graph minus nodes whose outputs nobody reads (views and params a rewrite orphaned)."""
-        users = {v: len(u) for v, u in self.consumers.items()}
-        dead: set[str] = set()
-        work = [n for n in self.nodes.values()
-                if n.kind != "output" and n.outputs and all(users[v.name] == 0 for v in n.outputs)]
+    def _derive_maps(self, before: Graph, gone: list[Node], new: list[Node]) -> None:
+        values, producer = dict(before.values), dict(before.producer)
+        consumers = dict(before.consumers)  # lists are replaced, never mutated: `before` shares them
+        drop: dict[str, set[str]] = defaultdict(set)
+        gain: dict[str, list[str]] = defaultdict(list)
+        for n in gone:
+            for v in n.outputs:
+                del values[v.name], producer[v.name]
+                drop[v.name]  # revisited below: dropped if nothing defines or reads it any more
+            for v in n.inputs:
+                drop[v].add(n.name)
+        for n in new:
+            for v in n.outputs:
+                values[v.name], producer[v.name] = v, n.name
+                gain[v.name]
+            for v in dict.fromkeys(n.inputs):
+                gain[v].append(n.name)
+        for v in drop.keys() | gain.keys():
+            gone_readers = drop.get(v, ())
+            kept = [u for u in consumers.get(v, ()) if u not in gone_readers] + gain.get(v, [])
+            if kept or v in producer:
+                consumers[v] = kept
+            else:
+                consumers.pop(v, None)
+        self.__dict__.update(values=values, producer=producer, consumers=consumers)
+
+    def _prune(self, gone: list[Node]) -> Graph:
+        """Drop nodes that nothing reads any more, starting from what `gone` used to read."""
+        users = self.consumers
+        counts: dict[str, int] = {}
+        dead: list[Node] = []
+        dead_names: set[str] = set()
+        work = list(dict.fromkeys(self.producer[v] for n in gone for v in n.inputs if v in self.producer))
         while work:
-            n = work.pop()
-            if n.name in dead:
+            name = work.pop()
+            n = self.nodes.get(name)
+            if n is None or name in dead_names or n.kind == "output" or not n.outputs:
                 continue
-            dead.add(n.name)
-            for v in set(n.inputs):
-                users[v] -= 1
-                p = self.nodes[self.producer[v]]
-                if users[v] == 0 and all(users[o.name] == 0 for o in p.outputs):
-                    work.append(p)
+            if all(counts.get(o.name, len(users.get(o.name, ()))) == 0 for o in n.outputs):
+                dead_names.add(name)
+                dead.append(n)
+                for v in dict.fromkeys(n.inputs):
+                    counts[v] = counts.get(v, len(users[v])) - 1
+                    if counts[v] == 0:
+                        work.append(self.producer[v])
         if not dead:
             return self
-        return Graph(self.spec, {k: n for k, n in self.nodes.items() if k not in dead}, self.storages,
-                     self.passes)
+        nodes = {k: n for k, n in self.nodes.items() if k not in dead_names}
+        g = Graph(self.spec, nodes, self.storages, self.passes)
+        g._derive_maps(self, dead, [])
+        return g
 
     def map_nodes(self, pass_name: str, fn) -> Graph:
         """A new graph with every node replaced by fn(node) (same name)."""

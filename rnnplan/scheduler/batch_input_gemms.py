@@ -80,4 +80,4 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
                 add.append(Node(old.name, "view", (name,), (Value(old.outputs[0].name, region.shape, region),),
                                 role="view", layer=old.layer, direction=old.direction, step=old.step,
                                 time=old.time, gate=old.gate))
-    return graph.rewrite("batch_input_gemms", remove=remove, add=add).without_dead()
+    return graph.rewrite("batch_input_gemms", remove=remove, add=add, prune=True)

@@ -63,4 +63,4 @@ def combine_gates(graph: Graph, options=None) -> Graph:
                             time=old.time, gate=old.gate))
     if not remove:
         return graph.rewrite("combine_gates")
-    return graph.rewrite("combine_gates", remove=remove, add=add).without_dead()
+    return graph.rewrite("combine_gates", remove=remove, add=add, prune=True)

@@ -53,18 +53,24 @@ def fuse_pointwise(graph: Graph, options=None) -> Graph:
         if n.kind == "pointwise" and n.cell_step is not None:
             by_step[n.cell_step].append(n)
     width = len(str(graph.spec.seq_len - 1))
+    producer, nodes = graph.producer, graph.nodes
     remove, add = [], []
     for (layer, d, _), members in by_step.items():
-        links = nx.DiGraph()  # this cell-step's pointwise nodes and the values between them
-        links.add_nodes_from(n.name for n in members)
-        links.add_edges_from((graph.producer[v], n.name) for n in members for v in n.inputs
-                             if graph.producer[v] in links)
-        order = {name: i for i, name in enumerate(nx.topological_sort(links))}
-        components = sorted((c for c in nx.weakly_connected_components(links) if len(c) > 1),
-                            key=lambda c: min(order[name] for name in c))
+        names = {n.name for n in members}
+        # Connected components through the values that flow between this cell-step's pointwise nodes.
+        parts = nx.utils.UnionFind(names)
+        for n in members:
+            for v in n.inputs:
+                if producer[v] in names:
+                    parts.union(producer[v], n.name)
+        # Node order is a topological order within a cell-step: ir.build emits each node after its
+        # inputs, and rewrites keep the relative order of the nodes they do not touch.
+        position = {n.name: i for i, n in enumerate(members)}
+        components = sorted((sorted(c, key=position.__getitem__) for c in parts.to_sets() if len(c) > 1),
+                            key=lambda c: position[c[0]])
         prefix = f"L{layer}.{DIRECTIONS[d]}.t{members[0].time:0{width}d}.cell"
         for k, comp in enumerate(components):
-            group = sorted((graph.nodes[name] for name in comp), key=lambda n: order[n.name])
-            remove += [n.name for n in group]
+            group = [nodes[name] for name in comp]
+            remove += comp
             add.append(_fuse(graph, group, prefix if len(components) == 1 else f"{prefix}{k}"))
     return graph.rewrite("fuse_pointwise", remove=remove, add=add)

@@ -73,8 +73,8 @@ class _Buffers:
     def view(self, value: str) -> BufferView:
         r: Region = self.graph.root_region(value)
         ld = self.graph.storage_shape(r.storage)[1]
-        return BufferView.model_construct(buffer=self.of_storage[r.storage], offset=r.rows[0] * ld + r.cols[0],
-                                          rows=r.shape[0], cols=r.shape[1], ld=ld)
+        return BufferView(self.of_storage[r.storage], r.rows[0] * ld + r.cols[0], r.rows[1] - r.rows[0],
+                          r.cols[1] - r.cols[0], ld)
 
 
 def _order(graph: Graph, levels: dict[str, int]) -> list[Node]:

@@ -9,7 +9,7 @@ outputs the step reads, so that `verify_plan` can prove every dependency is orde
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,7 +25,12 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class BufferView(_Frozen):
+class BufferView(NamedTuple):
+    """A rows x cols rectangle of one buffer, row stride `ld`, starting `offset` elements in.
+
+    A NamedTuple rather than a model: plans hold one per operand (10^5 and more for long
+    sequences), and pydantic validates and serializes it all the same (as a 5-element array)."""
+
     buffer: int
     offset: int
     rows: int
