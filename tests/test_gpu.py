@@ -122,6 +122,35 @@ def test_inputs_from_numpy_cupy_and_torch_and_ownership():
         ex.run(torch.zeros((8, 20, 64), dtype=torch.float64, device="cuda"))
 
 
+def random_specs(n, seed=2026):
+    """Odd sizes from a seeded generator: every cell, 1-3 layers, either direction, either layout."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        yield dict(cell=str(rng.choice(["lstm", "gru", "rnn_tanh", "rnn_relu"])), input_size=int(rng.integers(1, 70)),
+                   hidden_size=int(rng.integers(1, 70)), num_layers=int(rng.integers(1, 4)),
+                   seq_len=int(rng.integers(1, 13)), batch=int(rng.integers(1, 9)),
+                   bidirectional=bool(rng.integers(2)), bias=bool(rng.integers(2)), batch_first=bool(rng.integers(2)))
+
+
+@pytest.mark.parametrize("spec_kw", list(random_specs(8)), ids=lambda k: "-".join(str(v) for v in k.values()))
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_random_specs_match_torch(spec_kw, precision):
+    check(spec_kw, precision, "graph", seed=11)
+
+
+def test_input_on_another_gpu_is_rejected(monkeypatch):
+    import rnnplan.backends.cupy_backend as cb
+
+    spec = rp.RNNSpec(**SPECS[2])
+    ex = rp.Executor(rp.build_plan(spec), rp.Weights.random(spec), backend="cupy")
+    x, _ = random_inputs(spec, 0)
+    import cupy as cp
+
+    monkeypatch.setattr(cb, "_device_id", lambda arr: 1)  # as if the array lived on GPU 1
+    with pytest.raises(ValueError, match="x is on GPU 1; this executor runs on GPU 0"):
+        ex.run(cp.asarray(x))
+
+
 def test_several_executors_alive():
     specs = [rp.RNNSpec(**SPECS[0]), rp.RNNSpec(**SPECS[1])]
     exs = [rp.Executor(rp.build_plan(s), rp.Weights.random(s, seed=i), backend="cupy") for i, s in enumerate(specs)]

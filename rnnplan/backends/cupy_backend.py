@@ -29,6 +29,10 @@ MODES = ("graph", "streams")
 _KERNELS: dict[tuple[int, str], object] = {}  # (device, kernel name) -> compiled cupy.RawKernel
 
 
+def _device_id(arr) -> int:
+    return arr.device.id
+
+
 class DeviceMemoryError(RuntimeError):
     """The plan does not fit in the device memory that is free."""
 
@@ -155,8 +159,8 @@ class CupyExecutor:
             arr = cp.from_dlpack(a)  # kDLCUDA
         else:
             return cp.asarray(np.asarray(a))  # host memory: one copy to the device
-        if arr.device.id != self.device.id:
-            raise ValueError(f"{name} is on GPU {arr.device.id}; this executor runs on GPU {self.device.id}")
+        if _device_id(arr) != self.device.id:
+            raise ValueError(f"{name} is on GPU {_device_id(arr)}; this executor runs on GPU {self.device.id}")
         return arr
 
     def poison(self) -> None:
