@@ -226,9 +226,15 @@ class Graph:
         return g
 
     def map_nodes(self, pass_name: str, fn) -> Graph:
-        """A new graph with every node replaced by fn(node) (same name)."""
-        return Graph(self.spec, {k: fn(n) for k, n in self.nodes.items()}, self.storages,
-                     self.passes + (pass_name,))
+        """A new graph with every node replaced by fn(node), which keeps the node's name, inputs and
+        outputs and changes only attributes (level, stream ...). The structure is the same, so the
+        new graph inherits every derived map this one has computed."""
+        g = Graph(self.spec, {k: fn(n) for k, n in self.nodes.items()}, self.storages,
+                  self.passes + (pass_name,))
+        for key in ("values", "producer", "consumers", "nx", "order", "kernel_deps", "kernel_dag", "_roots"):
+            if key in self.__dict__:
+                g.__dict__[key] = self.__dict__[key]
+        return g
 
     # ---- text dump ------------------------------------------------------------------------------
 

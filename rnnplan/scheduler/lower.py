@@ -30,7 +30,11 @@ ROLE_OF_KIND = {"input": "input", "state": "state", "param": "param"}
 
 
 def kernel_levels(graph: Graph) -> dict[str, int]:
-    """Wavefront level of each kernel: its generation in the kernel DAG (longest path from a source)."""
+    """Wavefront level of each kernel: its generation in the kernel DAG (longest path from a source).
+    Taken from the nodes when `wavefront_streams` already set it."""
+    kernels = [n for n in graph.nodes.values() if n.is_kernel]
+    if kernels and all(n.level is not None for n in kernels):
+        return {n.name: n.level for n in kernels}
     return {k: lvl for lvl, gen in enumerate(nx.topological_generations(graph.kernel_dag)) for k in gen}
 
 
