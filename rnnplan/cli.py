@@ -135,17 +135,32 @@ def cmd_run(a: argparse.Namespace) -> None:
     shape = (spec.batch, spec.seq_len, spec.input_size) if spec.batch_first else \
         (spec.seq_len, spec.batch, spec.input_size)
     x = np.random.default_rng(a.seed).standard_normal(shape).astype(spec.dtype)
+    sync = lambda: None  # noqa: E731
+    if ex.backend == "cupy":  # time the forward, not the host-to-device copy of x
+        import cupy
+
+        x = cupy.asarray(x)
+        sync = cupy.cuda.get_current_stream().synchronize
     times = []
-    for _ in range(max(1, a.repeat)):
+    for _ in range(max(1, a.repeat) + 1):  # the first call warms up
         t = time.perf_counter()
         out, _state = ex.run(x)
-        checksum = float(np.asarray(out.get() if hasattr(out, "get") else out, dtype=np.float64).sum())
+        sync()
         times.append(time.perf_counter() - t)
+    times = times[1:] if len(times) > 1 else times
+    checksum = float(np.asarray(out.get() if hasattr(out, "get") else out, dtype=np.float64).sum())
     print(f"spec        {spec.short()}")
     print(f"backend     {ex.backend}   plan: {plan.stats.kernels:,} kernels on {plan.stats.streams} "
           f"stream(s), built in {plan_s:.2f} s")
     print(f"output      shape {tuple(out.shape)}  checksum {checksum:.6f}")
-    print(f"time        {np.median(times) * 1e3:.2f} ms per forward (median of {len(times)})")
+    where = ", input already on the GPU" if ex.backend == "cupy" else ""
+    print(f"time        {np.median(times) * 1e3:.3f} ms per forward, wall clock{where} "
+          f"(median of {len(times)}, after one warm-up)")
+    if a.trace:
+        from rnnplan.viz import write_trace
+
+        write_trace(ex.trace(x), a.trace)
+        print(f"wrote {a.trace} (measured timeline, Chrome trace JSON)")
 
 
 def cmd_kernels(a: argparse.Namespace) -> None:
@@ -186,6 +201,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--weights", metavar="FILE.npz", help="weights saved by Weights.save (default: random)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--repeat", type=int, default=3, help="forwards to time (median reported)")
+    pr.add_argument("--trace", metavar="PATH", help="also write a measured timeline (Chrome trace JSON) of one run")
     pr.add_argument("--mode", default="graph", choices=["graph", "streams"],
                     help="cupy backend: replay one CUDA graph, or launch from Python every call")
     pr.set_defaults(func=cmd_run)

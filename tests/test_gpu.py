@@ -167,3 +167,17 @@ def test_plan_too_large_for_the_device():
     spec = rp.RNNSpec(cell="lstm", input_size=8192, hidden_size=8192, num_layers=1, seq_len=2, batch=2_000_000)
     with pytest.raises(DeviceMemoryError, match="the plan needs about .* MiB of device memory"):
         CupyExecutor(rp.build_plan(spec), weights=None)  # fails on the estimate, before weights are read
+
+
+def test_measured_gpu_timeline():
+    spec = rp.RNNSpec(**SPECS[0])
+    plan = rp.build_plan(spec)
+    ex = rp.Executor(plan, rp.Weights.random(spec), backend="cupy")
+    trace = ex.trace(random_inputs(spec, 0)[0])
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(spans) == len(plan.steps) and trace["otherData"]["source"] == "measured on cupy"
+    end = {e["name"]: e["ts"] + e["dur"] for e in spans}
+    for e, step in zip(spans, plan.steps):
+        assert e["dur"] > 0
+        for d in step.deps:  # measured: a step starts after the steps it reads have ended
+            assert e["ts"] >= end[plan.steps[d].name] - 1.0

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import rnnplan as rp
@@ -108,6 +109,16 @@ def test_predicted_trace(tiny):
             assert e["ts"] >= end[tiny.steps[d].name] - 1e-6
 
 
+def test_measured_trace_numpy(tiny):
+    ex = rp.Executor(tiny, rp.Weights.random(TINY), backend="numpy")
+    x = np.random.default_rng(0).standard_normal((3, 2, 3)).astype(np.float32)
+    trace = ex.trace(x)
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(spans) == len(tiny.steps) and trace["otherData"]["source"] == "measured on numpy"
+    starts = [e["ts"] for e in spans]
+    assert starts == sorted(starts) and all(e["dur"] > 0 for e in spans)
+
+
 # ---- command line, through a subprocess -------------------------------------------------------------
 
 
@@ -136,9 +147,11 @@ def test_cli_plan_writes_everything(tmp_path):
 
 def test_cli_run_numpy_prints_shape_checksum_time(tmp_path):
     w = rp.Weights.random(TINY, seed=3).save(tmp_path / "w.npz")
-    r = cli("run", *TINY_FLAGS, "--backend", "numpy", "--weights", str(w), "--passes", "none")
+    r = cli("run", *TINY_FLAGS, "--backend", "numpy", "--weights", str(w), "--passes", "none",
+            "--trace", str(tmp_path / "t.json"))
     assert r.returncode == 0, r.stderr
     assert "shape (3, 2, 4)" in r.stdout and "checksum" in r.stdout and "ms per forward" in r.stdout
+    assert json.loads((tmp_path / "t.json").read_text())["otherData"]["source"] == "measured on numpy"
 
 
 @pytest.mark.parametrize("args, message", [

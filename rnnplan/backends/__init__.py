@@ -71,6 +71,15 @@ class Executor:
 
     __call__ = run
 
+    def trace(self, x, state=None) -> dict:
+        """Run once and return the measured timeline as Chrome trace JSON (one track per stream),
+        the format of `rnnplan.viz.predicted_trace`: GPU event times on cupy (every step launched
+        from Python, so gaps include launch cost), host times on numpy."""
+        from rnnplan.viz.timeline import trace_events
+
+        h0, c0 = check_inputs(self.spec, x, state)
+        return trace_events(self.plan, self.impl.timeline(x, h0, c0), f"measured on {self.backend}")
+
 
 def _check(name: str, a, shape: tuple[int, ...], dtype: str) -> None:
     got_shape = tuple(getattr(a, "shape", ()))

@@ -120,17 +120,22 @@ class CupyExecutor:
                 kernel(grid, (THREADS,), args, stream=stream)
         return step.waits, stream, launch, step.record
 
-    def _issue(self) -> None:
-        """Enqueue the whole plan: fork from stream 0, every step with its waits and record, join."""
+    def _issue(self, marks=None) -> None:
+        """Enqueue the whole plan: fork from stream 0, every step with its waits and record, join.
+        `marks`, if given, holds a (start, end) pair of timing events to record around each step."""
         first = self.streams[0]
         self.fork.record(first)
         for s in self.streams[1:]:
             s.wait_event(self.fork)
         events = self.events
-        for waits, stream, launch, record in self.program:
+        for i, (waits, stream, launch, record) in enumerate(self.program):
             for e in waits:
                 stream.wait_event(events[e])
+            if marks is not None:
+                marks[i][0].record(stream)
             launch()
+            if marks is not None:
+                marks[i][1].record(stream)
             if record is not None:
                 events[record].record(stream)
         for s, ev in zip(self.streams[1:], self.joins):
@@ -171,25 +176,46 @@ class CupyExecutor:
                     self.buffers[b.id].fill(np.nan)
             self.device.synchronize()
 
-    def run(self, x, h0=None, c0=None):
+    def _load(self, x, h0, c0) -> None:
+        """Copy the input and initial state into the plan's buffers, on stream 0, after the caller's work."""
         cp, plan, spec = self.cp, self.plan, self.plan.spec
+        x = self._on_device(x, "x")
+        given = {"h0": h0 if h0 is None else self._on_device(h0, "h0"),
+                 "c0": c0 if c0 is None else self._on_device(c0, "c0")}
+        first = self.streams[0]
+        self.caller_ready.record(cp.cuda.get_current_stream())
+        first.wait_event(self.caller_ready)
+        with first:
+            dst = self.view(plan.inputs["x"]).reshape(spec.seq_len, spec.batch, spec.input_size)
+            dst[...] = x.transpose(1, 0, 2) if spec.batch_first else x
+            for name in ("h0", "c0"):
+                if name in plan.inputs:
+                    state = self.view(plan.inputs[name])
+                    if given[name] is None:
+                        state.fill(0)
+                    else:
+                        state[...] = given[name].reshape(state.shape)
+
+    def timeline(self, x, h0=None, c0=None) -> list[tuple[float, float]]:
+        """Run once, launching from Python with a timing event before and after every step;
+        (start_us, end_us) of each step relative to the start of the run, measured on the GPU."""
+        cp = self.cp
         with self.device:
-            x = self._on_device(x, "x")
-            given = {"h0": h0 if h0 is None else self._on_device(h0, "h0"),
-                     "c0": c0 if c0 is None else self._on_device(c0, "c0")}
+            self._load(x, h0, c0)
+            marks = [(cp.cuda.Event(), cp.cuda.Event()) for _ in self.program]
+            origin = cp.cuda.Event()
+            origin.record(self.streams[0])
+            self._issue(marks)
+            self.streams[0].synchronize()
+            return [(cp.cuda.get_elapsed_time(origin, a) * 1e3, cp.cuda.get_elapsed_time(origin, b) * 1e3)
+                    for a, b in marks]
+
+    def run(self, x, h0=None, c0=None):
+        cp, plan = self.cp, self.plan
+        with self.device:
+            self._load(x, h0, c0)
             first = self.streams[0]
-            self.caller_ready.record(cp.cuda.get_current_stream())
-            first.wait_event(self.caller_ready)
             with first:
-                dst = self.view(plan.inputs["x"]).reshape(spec.seq_len, spec.batch, spec.input_size)
-                dst[...] = x.transpose(1, 0, 2) if spec.batch_first else x
-                for name in ("h0", "c0"):
-                    if name in plan.inputs:
-                        state = self.view(plan.inputs[name])
-                        if given[name] is None:
-                            state.fill(0)
-                        else:
-                            state[...] = given[name].reshape(state.shape)
                 if self.graph is not None:
                     self.graph.launch(stream=first)
                 else:
@@ -199,7 +225,7 @@ class CupyExecutor:
                           for name in ("h_n", "c_n") if name in plan.outputs}
                 self.results_ready.record(first)
             cp.cuda.get_current_stream().wait_event(self.results_ready)
-        return pack_outputs(spec, out, states["h_n"], states.get("c_n"))
+        return pack_outputs(plan.spec, out, states["h_n"], states.get("c_n"))
 
     def close(self) -> None:
         self.graph = None

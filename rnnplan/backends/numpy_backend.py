@@ -9,6 +9,7 @@ wrong answer, as it would on a GPU.
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class NumpyExecutor:
                 recorded.add(self.plan.steps[i].record)
         return order
 
-    def run(self, x, h0=None, c0=None, interleave_seed: int | None = None):
+    def _load(self, x, h0, c0) -> None:
         spec, plan = self.plan.spec, self.plan
         x = np.asarray(x)
         if spec.batch_first:
@@ -76,6 +77,10 @@ class NumpyExecutor:
             if name in plan.inputs:
                 dst = self.view(plan.inputs[name])
                 dst[...] = 0 if given is None else np.asarray(given).reshape(dst.shape)
+
+    def run(self, x, h0=None, c0=None, interleave_seed: int | None = None):
+        spec, plan = self.plan.spec, self.plan
+        self._load(x, h0, c0)
         order = self._issue_order() if interleave_seed is None else self._random_interleaving(interleave_seed)
         for i in order:
             self._execute(i)
@@ -83,3 +88,14 @@ class NumpyExecutor:
         states = {name: np.stack([self.view(v) for v in plan.outputs[name]])
                   for name in ("h_n", "c_n") if name in plan.outputs}
         return pack_outputs(spec, out, states["h_n"], states.get("c_n"))
+
+    def timeline(self, x, h0=None, c0=None) -> list[tuple[float, float]]:
+        """Run once in issue order; (start_us, end_us) of every step, by the host clock."""
+        self._load(x, h0, c0)
+        times = []
+        t0 = time.perf_counter()
+        for i in range(len(self.steps)):
+            start = time.perf_counter()
+            self._execute(i)
+            times.append(((start - t0) * 1e6, (time.perf_counter() - t0) * 1e6))
+        return times
