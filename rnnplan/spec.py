@@ -67,6 +67,8 @@ class PlanOptions(BaseModel):
     `passes=None` means every pass in canonical order (`rnnplan.PASSES`); `()` gives the naive plan.
     `num_streams=None` means one stream per layer and direction. `input_chunk=None` lets the planner
     choose the number of steps merged into one input GEMM for layers above the first.
+    `lowering="persistent"` runs the whole recurrence as one persistent GPU kernel
+    (`rnnplan.scheduler.persistent`); "graph" keeps one kernel per GEMM and cell-step.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -75,6 +77,7 @@ class PlanOptions(BaseModel):
     num_streams: PositiveInt | None = None
     input_chunk: int | None = Field(default=None)
     math: Literal["fp32", "tf32"] = "fp32"
+    lowering: Literal["graph", "persistent"] = "graph"
 
     @field_validator("passes")
     @classmethod

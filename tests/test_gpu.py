@@ -181,3 +181,39 @@ def test_measured_gpu_timeline():
         assert e["dur"] > 0
         for d in step.deps:  # measured: a step starts after the steps it reads have ended
             assert e["ts"] >= end[plan.steps[d].name] - 1.0
+
+
+PERSISTENT = [
+    dict(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=1),
+    dict(cell="gru", input_size=33, hidden_size=47, num_layers=3, seq_len=11, batch=5, bidirectional=True),
+    dict(cell="rnn_tanh", input_size=5, hidden_size=17, num_layers=2, seq_len=6, batch=4, bidirectional=True),
+    dict(cell="rnn_relu", input_size=12, hidden_size=20, num_layers=1, seq_len=5, batch=2, bias=False),
+    dict(cell="lstm", input_size=64, hidden_size=128, num_layers=3, seq_len=20, batch=8, batch_first=True),
+]
+
+
+@pytest.mark.parametrize("spec_kw", PERSISTENT, ids=lambda k: f"{k['cell']}-{k['num_layers']}x{k['hidden_size']}")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("mode", ["graph", "streams"])
+def test_persistent_lowering_matches_torch(spec_kw, precision, mode):
+    dtype = "float16" if precision == "fp16" else "float32"
+    spec = rp.RNNSpec(**spec_kw, dtype=dtype)
+    module = torch_module(spec, 3)
+    weights = rp.Weights.from_torch(module, spec)
+    if dtype == "float16":
+        weights = rp.Weights({k: v.astype(np.float16) for k, v in weights.tensors.items()}, weights.arch)
+        for p in module.parameters():
+            p.data = p.data.half().float()
+    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
+    assert sum(s.kind == "recurrent" for s in plan.steps) == 1
+    ex = rp.Executor(plan, weights, backend="cupy", mode=mode)
+    x, state = random_inputs(spec, 4)
+    want_out, want_st = torch_reference(module, x, state)
+    ref_out, _ = rp.Executor(plan, weights, backend="numpy").run(x, state)
+    for _ in range(2):
+        ex.impl.poison()
+        out, st = host(ex.run(x, state))
+        assert rel_err(out, want_out) <= TOL[precision]
+        assert rel_err(out, ref_out) <= TOL[precision]
+        for s_, w in zip(st, want_st):
+            assert rel_err(s_, w) <= TOL[precision]

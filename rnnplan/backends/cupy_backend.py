@@ -22,6 +22,7 @@ import numpy as np
 from rnnplan.backends import pack_outputs
 from rnnplan.backends.cublas import WORKSPACE_BYTES, Cublas
 from rnnplan.backends.kernels import THREADS, kernel_key, kernel_source, launch_grid
+from rnnplan.backends.persistent_kernel import kernel_name, recurrent_source, smem_layout
 from rnnplan.scheduler.plan import BufferView, Plan, Step
 from rnnplan.weights import Weights
 
@@ -67,6 +68,7 @@ class CupyExecutor:
             self.caller_ready, self.results_ready = cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True)
             self.workspaces = [cp.empty(WORKSPACE_BYTES, dtype=np.uint8) for _ in self.streams]
             self.blas = Cublas(self.streams, self.workspaces, plan.options.math, plan.spec.dtype)
+            self._keep_alive: list = []  # device arrays that captured launches point to
             self.program = [self._prepare(s) for s in plan.steps]
             self.graph = None
             self._issue()  # first issue outside capture: compiles nothing late, settles cuBLAS
@@ -99,7 +101,9 @@ class CupyExecutor:
     def _prepare(self, step: Step):
         """(waits, stream, launch, record) for one step, with every argument computed now."""
         stream = self.streams[step.stream]
-        if step.kind == "gemm":
+        if step.kind == "recurrent":
+            launch = self._prepare_recurrent(step, stream)
+        elif step.kind == "gemm":
             g, (a, w), c = step.gemm, step.inputs, step.outputs[0]
             args = (step.stream, g.m, g.n, g.k, self._ptr(w), w.ld, g.weight_layout, self._ptr(a), a.ld,
                     self._ptr(c), c.ld)
@@ -119,6 +123,34 @@ class CupyExecutor:
             def launch():
                 kernel(grid, (THREADS,), args, stream=stream)
         return step.waits, stream, launch, step.record
+
+    def _prepare_recurrent(self, step: Step, stream):
+        """The persistent kernel of a `recurrent` step: every block must be resident at once (they
+        wait on each other), so the launch is cooperative and the device is checked first."""
+        cp, r = self.cp, step.recurrence
+        props = cp.cuda.runtime.getDeviceProperties(self.device.id)
+        smem = smem_layout(r)
+        blocks = len(r.chains) * -(-r.hidden // r.units_per_block)
+        per_sm = min(2048 // THREADS, props["sharedMemPerMultiprocessor"] // (smem + 1024))
+        if smem > props["sharedMemPerBlockOptin"] or blocks > per_sm * props["multiProcessorCount"]:
+            raise RuntimeError(
+                f"the persistent kernel needs {blocks} resident blocks with {smem / 1024:.0f} KiB of shared memory "
+                f"each; GPU {self.device.id} holds {per_sm * props['multiProcessorCount']} such blocks")
+        key = (self.device.id, kernel_name(r))
+        if key not in _KERNELS:
+            _KERNELS[key] = cp.RawKernel(recurrent_source(r), kernel_name(r), options=("-std=c++17",),
+                                         enable_cooperative_groups=True)
+        kernel = _KERNELS[key]
+        kernel.max_dynamic_shared_size_bytes = smem
+        ptrs = cp.asarray([self._ptr(v) for v in step.inputs + step.outputs], dtype=np.uint64)
+        counters = cp.zeros(len(r.chains), dtype=np.int32)
+        self._keep_alive += [ptrs, counters]
+        memset = cp.cuda.runtime.memsetAsync
+
+        def launch():
+            memset(counters.data.ptr, 0, counters.nbytes, stream.ptr)
+            kernel((blocks,), (THREADS,), (ptrs, counters), shared_mem=smem, stream=stream)
+        return launch
 
     def _issue(self, marks=None) -> None:
         """Enqueue the whole plan: fork from stream 0, every step with its waits and record, join.

@@ -260,6 +260,9 @@ def format_node(n: Node) -> str:
             "pointwise": lambda: n.op,
             "fused": lambda: "fused{" + "; ".join(f"{i.out}={i.op}({','.join(i.args)})"
                                                   for i in n.expr) + "}",
+            "recurrent": lambda: (f"recurrent[{n.recurrence.cell} {n.recurrence.num_layers}x{n.recurrence.hidden}"
+                                  f" x{n.recurrence.directions} T={n.recurrence.seq_len},"
+                                  f" {n.recurrence.units_per_block} units/block]"),
             }.get(n.kind, lambda: n.kind)()
     outs = ", ".join(f"{v.name}{list(v.shape)}" + (f"@{v.region}" if v.region else "")
                      for v in n.outputs)

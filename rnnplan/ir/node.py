@@ -18,8 +18,8 @@ from typing import Literal
 
 import numpy as np
 
-NodeKind = Literal["input", "state", "param", "view", "gemm", "pointwise", "fused", "output"]
-KERNEL_KINDS = frozenset({"gemm", "pointwise", "fused"})  # kinds that launch work on a device
+NodeKind = Literal["input", "state", "param", "view", "gemm", "pointwise", "fused", "recurrent", "output"]
+KERNEL_KINDS = frozenset({"gemm", "pointwise", "fused", "recurrent"})  # kinds that launch work on a device
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +86,8 @@ class Node:
     `inputs` are value names (in operand order); `outputs` the values it defines. `op` is the
     pointwise operation name (kind pointwise), `gemm` the GEMM shape (kind gemm), `expr` the fused
     expression (kind fused: the i-th input is called `in{i}`; outputs map to instruction outs by
-    `expr_outputs`). `source` names the tensor a param/input/state node stands for and `transform`
+    `expr_outputs`); `recurrence` the parameters of a whole-network recurrent kernel (kind
+    recurrent, see `ir/recurrence.py`). `source` names the tensor a param/input/state node stands for and `transform`
     the one-time change of layout applied when it is loaded. `layer`, `direction`, `step` (processing
     order), `time` (index into the sequence) and `gate` place the node in the network; `level` and
     `stream` are set by scheduling.
@@ -100,6 +101,7 @@ class Node:
     gemm: Gemm | None = None
     expr: tuple[Instr, ...] = ()
     expr_outputs: tuple[str, ...] = ()
+    recurrence: object | None = None  # a rnnplan.ir.recurrence.Recurrence (kind recurrent)
     source: str | None = None
     transform: Literal["none", "transpose"] = "none"
     role: str = ""

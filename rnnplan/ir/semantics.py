@@ -13,6 +13,7 @@ import numpy as np
 
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import POINTWISE_OPS, Instr, Node, Region
+from rnnplan.ir.recurrence import run_recurrence
 
 
 def f32(a: np.ndarray) -> np.ndarray:
@@ -37,7 +38,9 @@ def fused(expr: Sequence[Instr], expr_outputs: Sequence[str],
 
 
 def compute(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The float32 results of a kernel node (gemm, pointwise, fused) on its operand arrays."""
+    """The float32 results of a kernel node (gemm, pointwise, fused, recurrent) on its operand arrays."""
+    if node.kind == "recurrent":
+        return run_recurrence(node.recurrence, args)
     if node.kind == "gemm":
         return [gemm(args[0], args[1], node.gemm.weight_layout)]
     if node.kind == "pointwise":

@@ -18,6 +18,7 @@ import networkx as nx
 
 from rnnplan.ir.graph import OUTPUT_NAMES, Graph
 from rnnplan.ir.node import POINTWISE_OPS, Node, Region
+from rnnplan.ir.recurrence import operand_shapes
 
 SOURCE_KINDS = ("input", "state", "param")
 
@@ -80,6 +81,17 @@ def _fused(g: Graph, n: Node) -> list[str]:
     return errs
 
 
+def _recurrent(g: Graph, n: Node) -> list[str]:
+    if n.recurrence is None:
+        return [f"{n.name}: a recurrent node needs its recurrence parameters"]
+    ins, outs = operand_shapes(n.recurrence)
+    got_in = [g.values[v].shape for v in n.inputs]
+    got_out = [v.shape for v in n.outputs]
+    if got_in != ins or got_out != outs:
+        return [f"{n.name}: operand shapes {got_in} -> {got_out}, the recurrence needs {ins} -> {outs}"]
+    return []
+
+
 def _view(g: Graph, n: Node) -> list[str]:
     if len(n.outputs) != 1 or n.outputs[0].region is None or not n.inputs:
         return [f"{n.name}: a view has inputs and one output with a region"]
@@ -111,7 +123,7 @@ def _output(g: Graph, n: Node) -> list[str]:
     return [] if n.inputs and not n.outputs else [f"{n.name}: an output node reads values, defines none"]
 
 
-SHAPE_RULES = {"gemm": _gemm, "pointwise": _pointwise, "fused": _fused, "view": _view,
+SHAPE_RULES = {"gemm": _gemm, "pointwise": _pointwise, "fused": _fused, "recurrent": _recurrent, "view": _view,
                "input": _source, "state": _source, "param": _source, "output": _output}
 
 

@@ -74,9 +74,28 @@ class FusedInstr(_Frozen):
     args: tuple[str, ...]
 
 
+class RecurrenceParams(_Frozen):
+    """A recurrent step's parameters (the fields of `rnnplan.ir.recurrence.Recurrence`)."""
+
+    cell: str
+    num_layers: int
+    directions: int
+    seq_len: int
+    batch: int
+    hidden: int
+    input_size: int
+    bias: bool
+    dtype: str
+    units_per_block: int
+
+    @property
+    def chains(self) -> list[tuple[int, int]]:
+        return [(l, d) for l in range(self.num_layers) for d in range(self.directions)]
+
+
 class Step(_Frozen):
     name: str
-    kind: Literal["gemm", "pointwise", "fused"]
+    kind: Literal["gemm", "pointwise", "fused", "recurrent"]
     stream: int
     level: int
     inputs: tuple[BufferView, ...]
@@ -88,6 +107,7 @@ class Step(_Frozen):
     gemm: GemmParams | None = None
     expr: tuple[FusedInstr, ...] = ()
     expr_outputs: tuple[str, ...] = ()
+    recurrence: RecurrenceParams | None = None
     layer: int | None = None
     direction: int | None = None
     step: int | None = None
@@ -96,6 +116,11 @@ class Step(_Frozen):
     def flops(self) -> int:
         if self.gemm is not None:
             return 2 * self.gemm.m * self.gemm.n * self.gemm.k
+        if self.recurrence is not None:  # the recurrent GEMMs and the upper layers' input GEMMs
+            r = self.recurrence
+            per_step = sum(r.hidden + (r.directions * r.hidden if layer else 0) for layer, _ in r.chains)
+            gates = {"lstm": 4, "gru": 3}.get(r.cell, 1)
+            return 2 * r.seq_len * r.batch * gates * r.hidden * per_step
         o = self.outputs[0]
         return o.rows * o.cols * max(1, len(self.expr))
 

@@ -22,7 +22,7 @@ def summarize(plan: Plan) -> str:
         ("spec", plan.spec.short()),
         ("passes", ", ".join(plan.passes) or "(none: naive plan)"),
         ("options", f"streams={o.num_streams or 'per layer-direction'} input_chunk="
-                    f"{o.input_chunk or 'auto'} math={o.math}"),
+                    f"{o.input_chunk or 'auto'} math={o.math} lowering={o.lowering}"),
         ("graph nodes", f"{s.nodes:,}"),
         ("kernels", f"{s.kernels:,}"),
         ("  gemm", f"{s.gemms:,}"),
@@ -35,5 +35,10 @@ def summarize(plan: Plan) -> str:
         ("peak memory", f"{_human_bytes(s.peak_bytes)} ({_human_bytes(s.bytes_without_reuse)} without reuse)"),
         ("buffers", f"{len(plan.buffers):,}"),
     ]
+    rec = next((st for st in plan.steps if st.recurrence is not None), None)
+    if rec is not None:
+        r = rec.recurrence
+        rows.append(("persistent", f"1 kernel, {len(r.chains) * -(-r.hidden // r.units_per_block)} blocks of "
+                                   f"{r.units_per_block} hidden units, weights held in shared memory"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

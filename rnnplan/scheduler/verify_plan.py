@@ -19,6 +19,7 @@ from collections import defaultdict
 from pydantic import ValidationError
 
 from rnnplan.ir.node import POINTWISE_OPS
+from rnnplan.ir.recurrence import operand_shapes
 from rnnplan.scheduler.clocks import Clocks
 from rnnplan.scheduler.plan import HOST_WRITTEN, SCHEMA_VERSION, BufferView, Plan, Step
 
@@ -96,7 +97,16 @@ def _fused(s: Step) -> list[str]:
     return errs
 
 
-_SHAPE_RULES = {"gemm": _gemm, "pointwise": _pointwise, "fused": _fused}
+def _recurrent(s: Step) -> list[str]:
+    if s.recurrence is None:
+        return ["a recurrent step needs its recurrence parameters"]
+    ins, outs = operand_shapes(s.recurrence)
+    got_in = [(v.rows, v.cols) for v in s.inputs]
+    got_out = [(v.rows, v.cols) for v in s.outputs]
+    return [] if (got_in, got_out) == (ins, outs) else [f"operands {got_in} -> {got_out}, needs {ins} -> {outs}"]
+
+
+_SHAPE_RULES = {"gemm": _gemm, "pointwise": _pointwise, "fused": _fused, "recurrent": _recurrent}
 
 
 def _interface(plan: Plan) -> list[str]:

@@ -1,0 +1,194 @@
+"""CUDA source for the persistent `recurrent` step (see `rnnplan/scheduler/persistent.py`).
+
+Block b owns hidden units [u0, u0+U) of one chain (layer, direction): it copies its rows of W_hh
+(and, above layer 0, of W_ih) into shared memory once, then walks the chain's steps. Before step
+s it waits, on per-chain progress counters in global memory, for every block of its chain to have
+finished step s-1 and, above layer 0, for the layer below to have produced time t in every
+direction; so layers overlap in a wavefront without a grid-wide barrier. Gate pre-activations
+are warp-level dot products in fp32 (FFMA) against h and the layer input staged in shared memory;
+c never leaves the block. Data that other blocks wrote during the kernel is read with __ldcg (L2,
+not a stale L1 line); writers fence before they bump their counter.
+
+Pure Python: generates source; the CuPy executor compiles and launches it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from rnnplan.ir.recurrence import GATE_COUNT
+
+THREADS = 256
+
+CELL_CODE = {
+    "lstm": """
+            const float ig = sigm(GX(0) + GH(0)), fg = sigm(GX(1) + GH(1));
+            const float gg = tanhf(GX(2) + GH(2)), og = sigm(GX(3) + GH(3));
+            c = fg * c + ig * gg;
+            const float h = og * tanhf(c);""",
+    "gru": """
+            const float rg = sigm(GX(0) + GH(0)), zg = sigm(GX(1) + GH(1));
+            const float ng = tanhf(GX(2) + rg * GH(2));
+            const float h = (1.0f - zg) * ng + zg * hprev;""",
+    "rnn_tanh": """
+            const float h = tanhf(GX(0) + GH(0));""",
+    "rnn_relu": """
+            const float v = GX(0) + GH(0);
+            const float h = v != v ? v : fmaxf(v, 0.0f);  // keep NaN, as PyTorch does""",
+}
+
+
+def kernel_name(r) -> str:
+    key = repr((r.cell, r.num_layers, r.directions, r.seq_len, r.batch, r.hidden, r.bias, r.dtype, r.units_per_block))
+    return "rnnplan_recurrent_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def smem_layout(r) -> int:
+    """Dynamic shared memory bytes the kernel carves (must match the source below)."""
+    G, H, B, U = GATE_COUNT[r.cell], r.hidden, r.batch, r.units_per_block
+    kmax = r.directions * H if r.num_layers > 1 else 0
+    itemsize = 2 if r.dtype == "float16" else 4
+    weights = G * U * (H + kmax) * itemsize
+    weights = (weights + 15) // 16 * 16
+    return weights + 4 * (B * H + B * kmax + 2 * B * G * U + B * U)
+
+
+def recurrent_source(r) -> str:
+    G, H, B, U = GATE_COUNT[r.cell], r.hidden, r.batch, r.units_per_block
+    D, L, T = r.directions, r.num_layers, r.seq_len
+    nbc = -(-H // U)
+    kmax = D * H if L > 1 else 0
+    lstm = int(r.cell == "lstm")
+    st = "__half" if r.dtype == "float16" else "float"
+    return f"""#include <cuda_fp16.h>
+
+#define G {G}
+#define H {H}
+#define B {B}
+#define U {U}
+#define D {D}
+#define L {L}
+#define T {T}
+#define NBC {nbc}
+#define KMAX {kmax}
+#define BIAS {int(r.bias)}
+#define LSTM {lstm}
+#define PER_CHAIN {4 if r.bias else 2}
+#define NSTATE {1 + lstm}
+typedef {st} st;
+
+__device__ __forceinline__ float to_f(float v) {{ return v; }}
+__device__ __forceinline__ float to_f(__half v) {{ return __half2float(v); }}
+__device__ __forceinline__ void put(float* p, float v) {{ *p = v; }}
+__device__ __forceinline__ void put(__half* p, float v) {{ *p = __float2half_rn(v); }}
+__device__ __forceinline__ float sigm(float x) {{ return 1.0f / (1.0f + expf(-x)); }}
+__device__ __forceinline__ void wait_at_least(const int* counter, int target) {{
+    while (*((volatile const int*)counter) < target) {{ __nanosleep(20); }}
+}}
+
+extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
+    const unsigned long long* __restrict__ ptrs, int* counters)
+{{
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+    const int chain = blockIdx.x / NBC, layer = chain / D, dir = chain % D;
+    const int u0 = (blockIdx.x % NBC) * U, nu = min(U, H - u0);
+    const int kin = layer == 0 ? 0 : D * H;
+    const unsigned long long* cp = ptrs + chain * PER_CHAIN;
+    const st* first = (const st*)cp[0];  // layer 0: x @ W_ih^T for every step; above: W_ih
+    const st* whh = (const st*)cp[1];
+    const st* bih = BIAS ? (const st*)cp[2] : nullptr;
+    const st* bhh = BIAS ? (const st*)cp[3] : nullptr;
+    const st* h0 = (const st*)ptrs[L * D * PER_CHAIN];
+    const st* c0 = LSTM ? (const st*)ptrs[L * D * PER_CHAIN + 1] : nullptr;
+    st* y = (st*)ptrs[L * D * PER_CHAIN + NSTATE + layer];
+    const st* yin = layer ? (const st*)ptrs[L * D * PER_CHAIN + NSTATE + layer - 1] : nullptr;
+    st* cn = LSTM ? (st*)ptrs[L * D * PER_CHAIN + NSTATE + L] : nullptr;
+
+    st* wh_s = (st*)smem;
+    st* wi_s = wh_s + G * U * H;
+    float* h_s = (float*)(smem + ((G * U * (H + KMAX) * sizeof(st) + 15) / 16) * 16);
+    float* x_s = h_s + B * H;
+    float* gx_s = x_s + B * KMAX;
+    float* gh_s = gx_s + B * G * U;
+    float* c_s = gh_s + B * G * U;
+
+    for (int i = tid; i < G * nu * H; i += blockDim.x) {{
+        const int g = i / (nu * H), u = (i / H) % nu, k = i % H;
+        wh_s[(g * U + u) * H + k] = whh[(size_t)(g * H + u0 + u) * H + k];
+    }}
+    for (int i = tid; i < G * nu * kin; i += blockDim.x) {{
+        const int g = i / (nu * kin), u = (i / kin) % nu, k = i % kin;
+        wi_s[(g * U + u) * kin + k] = first[(size_t)(g * H + u0 + u) * kin + k];
+    }}
+    if (LSTM) for (int i = tid; i < B * nu; i += blockDim.x) {{
+        const int b = i / nu, u = i % nu;
+        c_s[b * U + u] = to_f(c0[(size_t)(chain * B + b) * H + u0 + u]);
+    }}
+    __syncthreads();
+
+    for (int s = 0; s < T; ++s) {{
+        const int t = dir == 0 ? s : T - 1 - s;
+        const int tprev = dir == 0 ? t - 1 : t + 1;
+        if (tid == 0) {{
+            if (s > 0) wait_at_least(&counters[chain], s * NBC);
+            if (layer > 0)
+                for (int d2 = 0; d2 < D; ++d2)
+                    wait_at_least(&counters[(layer - 1) * D + d2], (d2 == 0 ? t + 1 : T - t) * NBC);
+            __threadfence();
+        }}
+        __syncthreads();
+        for (int i = tid; i < B * H; i += blockDim.x) {{
+            const int b = i / H, k = i % H;
+            h_s[i] = s == 0 ? to_f(h0[(size_t)(chain * B + b) * H + k])
+                            : to_f(__ldcg(&y[((size_t)tprev * B + b) * (D * H) + dir * H + k]));
+        }}
+        for (int i = tid; i < B * kin; i += blockDim.x) {{
+            const int b = i / kin, k = i % kin;
+            x_s[b * kin + k] = to_f(__ldcg(&yin[((size_t)t * B + b) * (D * H) + k]));
+        }}
+        __syncthreads();
+        for (int item = warp; item < B * G * nu; item += nwarps) {{
+            const int b = item / (G * nu), g = (item / nu) % G, u = item % nu;
+            const st* wr = wh_s + (g * U + u) * H;
+            const float* hr = h_s + b * H;
+            float ah = 0.0f, ax = 0.0f;
+            for (int k = lane; k < H; k += 32) ah += to_f(wr[k]) * hr[k];
+            if (kin) {{
+                const st* wx = wi_s + (g * U + u) * kin;
+                const float* xr = x_s + b * kin;
+                for (int k = lane; k < kin; k += 32) ax += to_f(wx[k]) * xr[k];
+            }}
+            for (int o = 16; o > 0; o >>= 1) {{
+                ah += __shfl_xor_sync(0xffffffffu, ah, o);
+                ax += __shfl_xor_sync(0xffffffffu, ax, o);
+            }}
+            if (lane == 0) {{
+                const int col = g * H + u0 + u;
+                if (layer == 0) ax = to_f(first[((size_t)t * B + b) * (G * H) + col]);
+                if (BIAS) {{ ax += to_f(bih[col]); ah += to_f(bhh[col]); }}
+                gx_s[(b * G + g) * U + u] = ax;
+                gh_s[(b * G + g) * U + u] = ah;
+            }}
+        }}
+        __syncthreads();
+        for (int i = tid; i < B * nu; i += blockDim.x) {{
+            const int b = i / nu, u = i % nu;
+#define GX(g) gx_s[(b * G + (g)) * U + u]
+#define GH(g) gh_s[(b * G + (g)) * U + u]
+            const float hprev = h_s[b * H + u0 + u];
+            float c = LSTM ? c_s[b * U + u] : 0.0f;
+            (void)hprev; (void)c;
+{CELL_CODE[r.cell]}
+            if (LSTM) c_s[b * U + u] = c;
+            put(&y[((size_t)t * B + b) * (D * H) + dir * H + u0 + u], h);
+            if (LSTM && s == T - 1) put(&cn[(size_t)(chain * B + b) * H + u0 + u], c);
+#undef GX
+#undef GH
+        }}
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) atomicAdd(&counters[chain], 1);
+    }}
+}}
+"""

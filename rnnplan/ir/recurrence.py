@@ -1,0 +1,109 @@
+"""The `recurrent` node: the whole recurrence of the network (every layer's recurrent GEMM and cell
+update, every step, both directions) as one kernel, for the persistent lowering.
+
+Operands, in order (`operand_shapes`): per chain (layer l, direction d, in layer-major order)
+- l = 0: `xproj`, layer 0's input projection x @ W_ih^T for every step, (T*B, G*H), no bias;
+  l > 0: `w_ih`, (G*H, D*H) in PyTorch's layout (the projection is computed inside the kernel);
+- `w_hh` (G*H, H) in PyTorch's layout; with bias, `b_ih` and `b_hh` (1, G*H);
+then `h0` (and `c0` for LSTM), (L*D*B, H). Outputs: every layer's output sequence `y{l}`
+(T*B, D*H), then `c_n` (L*D*B, H) for LSTM. `run_recurrence` is the reference semantics: plain
+loops over layers, directions and steps with PyTorch's cell equations; h is rounded to the storage
+dtype each step (it is re-read from memory), c stays in fp32 (it stays on-chip).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rnnplan.ir.node import POINTWISE_OPS
+
+GATE_COUNT = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Recurrence:
+    cell: str
+    num_layers: int
+    directions: int
+    seq_len: int
+    batch: int
+    hidden: int
+    input_size: int
+    bias: bool
+    dtype: str
+    units_per_block: int  # hidden units of one chain that one GPU block owns (its weight slice)
+
+    @property
+    def gates(self) -> int:
+        return GATE_COUNT[self.cell]
+
+    @property
+    def chains(self) -> list[tuple[int, int]]:
+        return [(l, d) for l in range(self.num_layers) for d in range(self.directions)]
+
+    @property
+    def blocks_per_chain(self) -> int:
+        return -(-self.hidden // self.units_per_block)
+
+
+def operand_shapes(r) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(input shapes, output shapes) of a recurrent node or step, in operand order."""
+    G, H, T, B, D, L = GATE_COUNT[r.cell], r.hidden, r.seq_len, r.batch, r.directions, r.num_layers
+    ins = []
+    for layer in range(L):
+        for _ in range(D):
+            ins.append((T * B, G * H) if layer == 0 else (G * H, D * H))
+            ins.append((G * H, H))
+            if r.bias:
+                ins += [(1, G * H), (1, G * H)]
+    ins += [(L * D * B, H)] * (2 if r.cell == "lstm" else 1)
+    outs = [(T * B, D * H)] * L + ([(L * D * B, H)] if r.cell == "lstm" else [])
+    return ins, outs
+
+
+def _cell(cell: str, gx: np.ndarray, gh: np.ndarray, h: np.ndarray, c: np.ndarray | None):
+    sig, tanh = POINTWISE_OPS["sigmoid"].numpy, POINTWISE_OPS["tanh"].numpy
+    if cell == "lstm":
+        i, f, g, o = np.split(gx + gh, 4, axis=1)
+        c = sig(f) * c + sig(i) * tanh(g)
+        return sig(o) * tanh(c), c
+    if cell == "gru":
+        xr, xz, xn = np.split(gx, 3, axis=1)
+        hr, hz, hn = np.split(gh, 3, axis=1)
+        r, z = sig(xr + hr), sig(xz + hz)
+        n = tanh(xn + r * hn)
+        return (np.float32(1) - z) * n + z * h, None
+    return POINTWISE_OPS[cell[4:]].numpy(gx + gh), None
+
+
+def run_recurrence(r, args) -> list[np.ndarray]:
+    """Reference semantics of the recurrent node (float32 math, `r.dtype` storage for h)."""
+    f32 = np.float32
+    dtype = np.dtype(r.dtype)
+    T, B, H, D, L = r.seq_len, r.batch, r.hidden, r.directions, r.num_layers
+    args = list(args)
+    per_chain = 4 if r.bias else 2
+    ys = [np.empty((T * B, D * H), dtype) for _ in range(L)]
+    c_n = np.empty((L * D * B, H), dtype)
+    h0 = args[L * D * per_chain]
+    c0 = args[L * D * per_chain + 1] if r.cell == "lstm" else None
+    for ci, (layer, d) in enumerate(r.chains):
+        ops = [a.astype(f32) for a in args[ci * per_chain:(ci + 1) * per_chain]]
+        rows = slice(ci * B, (ci + 1) * B)
+        h = h0[rows].astype(f32)
+        c = c0[rows].astype(f32) if c0 is not None else None
+        for s in range(T):
+            t = s if d == 0 else T - 1 - s
+            here = slice(t * B, (t + 1) * B)
+            gx = ops[0][here] if layer == 0 else ys[layer - 1][here].astype(f32) @ ops[0].T
+            gh = h @ ops[1].T
+            if r.bias:
+                gx, gh = gx + ops[2], gh + ops[3]
+            h, c = _cell(r.cell, gx, gh, h, c)
+            ys[layer][here, d * H:(d + 1) * H] = h
+            h = ys[layer][here, d * H:(d + 1) * H].astype(f32)  # as the kernel re-reads it
+        if c is not None:
+            c_n[rows] = c
+    return ys + ([c_n] if r.cell == "lstm" else [])

@@ -1,0 +1,134 @@
+"""Lowering `persistent` (PlanOptions.lowering): the whole recurrence becomes one `recurrent` node,
+which a GPU runs as one persistent kernel: each block holds its slice of the recurrent weights in
+shared memory for the whole sequence, and blocks hand steps to each other through per-chain
+progress counters, so layers still overlap in a wavefront.
+
+Needs: a graph from `ir.build`, after any subset of passes (it rebuilds the recurrence from the
+spec; from the incoming graph it keeps the inputs, states and params).
+Guarantees: layer 0's input projection stays a cuBLAS GEMM over all steps per direction (reading
+the pre-transposed weight if `pretranspose` made one); everything recurrent, including the input
+projections of layers above the first, is the `recurrent` node; outputs read its results through
+views, so the plan's interface is unchanged.
+Does not (yet): choose itself from the real device (it sizes blocks for DEFAULT_DEVICE, an H200,
+and the executor refuses a device that cannot hold them); use tensor cores (math is FFMA in fp32,
+so it pays off at small batch); overlap the upper layers' input projections with cuBLAS.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rnnplan.ir.build import DIRECTIONS, param_shapes
+from rnnplan.ir.graph import Graph
+from rnnplan.ir.node import Gemm, Node, Region, Value
+from rnnplan.ir.recurrence import GATE_COUNT, Recurrence
+from rnnplan.spec import RNNSpec
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceShape:
+    """What the persistent lowering needs to know of a GPU."""
+
+    name: str
+    sms: int
+    smem_per_block: int  # opt-in dynamic shared memory per block, bytes
+
+
+DEFAULT_DEVICE = DeviceShape("NVIDIA H200", sms=132, smem_per_block=232_448)
+
+
+def smem_bytes(spec: RNNSpec, units: int) -> int:
+    """Shared memory of one block of the widest chain: its weight slices (storage dtype) plus fp32
+    staging for h, the layer input, the gate pre-activations and c."""
+    G, H, B = GATE_COUNT[spec.cell], spec.hidden_size, spec.batch
+    k_in = spec.directions * H if spec.num_layers > 1 else 0
+    itemsize = 2 if spec.dtype == "float16" else 4
+    weights = G * units * (H + k_in) * itemsize
+    return weights + 4 * (B * (H + k_in) + 2 * B * G * units + B * units) + 64
+
+
+def choose_units(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[int | None, str]:
+    """Hidden units per block (so that all blocks fill the device once), and why, or None and why not."""
+    chains = spec.num_layers * spec.directions
+    per_chain = max(1, device.sms // chains)
+    units = math.ceil(spec.hidden_size / per_chain)
+    need = smem_bytes(spec, units)
+    mib = sum(math.prod(s) for n, s in param_shapes(spec).items()
+              if n.startswith("weight_hh") or (n.startswith("weight_ih") and not n.startswith("weight_ih_l0")))
+    mib *= (2 if spec.dtype == "float16" else 4) / 2**20
+    blocks = chains * math.ceil(spec.hidden_size / units)
+    if chains > device.sms:
+        return None, f"{chains} layer-directions need more blocks than the {device.sms} SMs of {device.name}"
+    if need > device.smem_per_block:
+        return None, (f"recurrent weights {mib:.1f} MiB need {need / 1024:.0f} KiB of shared memory per block "
+                      f"over {blocks} blocks; {device.name} has {device.smem_per_block / 1024:.0f} KiB")
+    return units, (f"recurrent weights {mib:.1f} MiB fit on-chip: {blocks} blocks x {need / 1024:.0f} KiB "
+                   f"shared memory on {device.name}")
+
+
+def persistent_recurrence(graph: Graph, options=None) -> Graph:
+    spec = graph.spec
+    units, reason = choose_units(spec)
+    if units is None:
+        raise ValueError(f"lowering='persistent' does not fit: {reason}")
+    T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers
+    G = GATE_COUNT[spec.cell]
+    shapes = param_shapes(spec)
+    nodes = [n for n in graph.nodes.values() if n.kind in ("input", "state")]
+    params = {(n.source, n.transform): n for n in graph.nodes.values() if n.kind == "param"}
+
+    def param(source: str, transform: str = "none") -> str:
+        if (source, transform) not in params:
+            shape = shapes[source] if len(shapes[source]) == 2 else (1, shapes[source][0])
+            params[(source, transform)] = Node(source, "param", (), (Value(source, shape),), source=source,
+                                               role="param")
+        node = params[(source, transform)]
+        if node not in nodes:
+            nodes.append(node)
+        return node.outputs[0].name
+
+    inputs = []
+    for layer in range(L):
+        for d in range(D):
+            sfx = f"_l{layer}{'_reverse' if d else ''}"
+            if layer == 0:
+                t_param = ("weight_ih" + sfx, "transpose")
+                layout = "kn" if t_param in params else "nk"
+                w = param(*t_param) if layout == "kn" else param("weight_ih" + sfx)
+                name = f"L0.{DIRECTIONS[d]}.xproj"
+                g = Gemm(T * B, G * H, spec.input_size, layout)
+                nodes.append(Node(name, "gemm", ("x", w), (Value(name, (g.m, g.n)),), gemm=g, role="gemm_ih",
+                                  layer=0, direction=d))
+                inputs.append(name)
+            else:
+                inputs.append(param("weight_ih" + sfx))
+            inputs.append(param("weight_hh" + sfx))
+            if spec.bias:
+                inputs += [param("bias_ih" + sfx), param("bias_hh" + sfx)]
+    inputs += [f"{s}0" for s in spec.state_names]
+    seqs = [Value(f"y{layer}.seq", (T * B, D * H), Region(f"y{layer}", (0, T * B), (0, D * H))) for layer in range(L)]
+    outs = seqs + ([Value("c_n.all", (L * D * B, H))] if spec.cell == "lstm" else [])
+    rec = Recurrence(spec.cell, L, D, T, B, H, spec.input_size, spec.bias, spec.dtype, units)
+    nodes.append(Node("recurrence", "recurrent", tuple(inputs), tuple(outs), recurrence=rec, role="recurrence",
+                      extra=(("reason", reason),)))
+    last = f"y{L - 1}"
+    nodes.append(Node("out.seq", "view", (f"{last}.seq",),
+                      (Value("out.seq", (T * B, D * H), Region(last, (0, T * B), (0, D * H))),), role="view"))
+    nodes.append(Node("out", "output", ("out.seq",), role="out"))
+    finals = {s: [] for s in spec.state_names}
+    for ci, (layer, d) in enumerate((layer, d) for layer in range(L) for d in range(D)):
+        t = T - 1 if d == 0 else 0
+        h = f"L{layer}.{DIRECTIONS[d]}.h_n"
+        nodes.append(Node(h, "view", (f"y{layer}.seq",), (Value(h, (B, H), Region(
+            f"y{layer}", (t * B, (t + 1) * B), (d * H, (d + 1) * H))),), role="view", layer=layer, direction=d))
+        finals["h"].append(h)
+        if spec.cell == "lstm":
+            c = f"L{layer}.{DIRECTIONS[d]}.c_n"
+            nodes.append(Node(c, "view", ("c_n.all",), (Value(c, (B, H), Region("c_n.all", (ci * B, (ci + 1) * B),
+                                                                                   (0, H))),),
+                              role="view", layer=layer, direction=d))
+            finals["c"].append(c)
+    for s, names in finals.items():
+        nodes.append(Node(f"{s}_n", "output", tuple(names), role=f"{s}_n"))
+    return Graph(spec, nodes, graph.storages, graph.passes + ("persistent_recurrence",))

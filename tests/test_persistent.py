@@ -1,0 +1,51 @@
+"""The persistent lowering on the CPU: plan shape, fit decisions, and the reference semantics of the
+recurrent node against torch (the GPU kernel is checked against both in test_gpu.py)."""
+
+import pytest
+
+import rnnplan as rp
+from rnnplan.scheduler.persistent import DEFAULT_DEVICE, DeviceShape, choose_units
+from tests.helpers import assert_same_result, random_inputs, run_torch, torch_module
+
+PERSISTENT = rp.PlanOptions(lowering="persistent")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("layers, bidir, bias, batch_first", [(1, False, True, False), (2, True, False, True),
+                                                              (3, True, True, False)])
+def test_reference_matches_torch(cell, layers, bidir, bias, batch_first):
+    spec = rp.RNNSpec(cell=cell, input_size=7, hidden_size=13, num_layers=layers, seq_len=6, batch=3,
+                      bidirectional=bidir, bias=bias, batch_first=batch_first)
+    module = torch_module(spec, 1)
+    x, state = random_inputs(spec, 2, with_state=layers != 2)
+    for passes in (None, (), ("pretranspose",)):
+        plan = rp.build_plan(spec, passes=passes, options=PERSISTENT)
+        got = rp.Executor(plan, rp.Weights.from_torch(module, spec), backend="numpy").run(x, state)
+        assert_same_result(got, run_torch(module, x, state), 1e-5)
+
+
+def test_plan_shape_and_summary():
+    spec = rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=1,
+                      bidirectional=True)
+    plan = rp.build_plan(spec, options=PERSISTENT)
+    assert [s.kind for s in plan.steps] == ["gemm", "gemm", "recurrent"]
+    assert plan.stats.critical_path == 2
+    r = plan.steps[-1].recurrence
+    assert r.units_per_block * (DEFAULT_DEVICE.sms // 4) >= 256
+    assert "1 kernel" in plan.summary() and "lowering=persistent" in plan.summary()
+    assert rp.Plan.from_json(plan.to_json()) == plan
+    gemm = plan.steps[0]
+    assert gemm.gemm.m == 100 and gemm.gemm.n == 1024  # layer 0's input projection, all steps at once
+
+
+def test_fit_decisions_say_why():
+    small = rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=10, batch=1)
+    units, why = choose_units(small)
+    assert units is not None and "fit on-chip" in why and "MiB" in why
+    big = rp.RNNSpec(cell="lstm", input_size=2048, hidden_size=2048, num_layers=4, seq_len=10, batch=1)
+    units, why = choose_units(big)
+    assert units is None and "KiB of shared memory per block" in why
+    with pytest.raises(ValueError, match="lowering='persistent' does not fit"):
+        rp.build_plan(big, options=PERSISTENT)
+    tiny_gpu = DeviceShape("a small GPU", sms=2, smem_per_block=48 * 1024)
+    assert choose_units(small.model_copy(update={"num_layers": 3}), tiny_gpu)[0] is None
