@@ -1,7 +1,11 @@
-"""Persistent lowering against the graph lowering and cuDNN (eager and CUDA graph), same run.
+"""Persistent lowering against the graph lowering and cuDNN (eager and CUDA graph), same run, on
+small-batch configurations (where the FFMA persistent kernel is meant to win) and ANCHORS.md's rows.
 
-    python benchmarks/persistent_bench.py
+    python benchmarks/persistent_bench.py [OUT.json]
 """
+
+import json
+import sys
 
 import numpy as np
 import torch
@@ -9,7 +13,20 @@ import torch
 import rnnplan as rp
 from rnnplan.bench import ROWS, _median_ms, _reference, _torch_setup
 
-for label, kw in ROWS:
+SMALL = [
+    ("LSTM 1x256 B1 T100", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=1, seq_len=100, batch=1)),
+    ("LSTM 4x256 B1 T100", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=1)),
+    ("LSTM 1x1024 B1 T100", dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=1)),
+    ("LSTM 2x512 B8 T100", dict(cell="lstm", input_size=512, hidden_size=512, num_layers=2, seq_len=100, batch=8)),
+    ("LSTM 2x256 B4 T100 bidir", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=100,
+                                      batch=4, bidirectional=True)),
+    ("GRU 2x256 B4 T100", dict(cell="gru", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=4)),
+    ("RNN-tanh 2x512 B1 T100", dict(cell="rnn_tanh", input_size=512, hidden_size=512, num_layers=2, seq_len=100,
+                                    batch=1)),
+]
+results = []
+
+for label, kw in SMALL + ROWS:
     for precision in ("fp32", "fp16"):
         spec = rp.RNNSpec(**kw, dtype="float16" if precision == "fp16" else "float32")
         try:
@@ -44,6 +61,13 @@ for label, kw in ROWS:
                 module(static)
             cudnn_graph = _median_ms(lambda i: g.replay(), 30)
         r = next(st.recurrence for st in plan.steps if st.recurrence)
+        results.append(dict(row=label, precision=precision, persistent_ms=ours, graph_lowering_ms=theirs_plan,
+                            cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph, rel_err=err,
+                            blocks=len(r.chains) * -(-r.hidden // r.units_per_block), units=r.units_per_block))
         print(f"{label:<30} {precision}: persistent {ours:8.3f} ms | graph lowering {theirs_plan:8.3f} | cuDNN eager {eager:8.3f}"
               f" | cuDNN graph {cudnn_graph:8.3f} | x{cudnn_graph / ours:.2f} vs cuDNN graph | err {err:.1e} | "
               f"{len(r.chains) * -(-r.hidden // r.units_per_block)} blocks x {r.units_per_block} units", flush=True)
+
+if len(sys.argv) > 1:
+    with open(sys.argv[1], "w") as f:
+        json.dump(results, f, indent=1)

@@ -189,6 +189,7 @@ PERSISTENT = [
     dict(cell="rnn_tanh", input_size=5, hidden_size=17, num_layers=2, seq_len=6, batch=4, bidirectional=True),
     dict(cell="rnn_relu", input_size=12, hidden_size=20, num_layers=1, seq_len=5, batch=2, bias=False),
     dict(cell="lstm", input_size=64, hidden_size=128, num_layers=3, seq_len=20, batch=8, batch_first=True),
+    dict(cell="gru", input_size=8, hidden_size=40, num_layers=2, seq_len=4, batch=20, bidirectional=True),  # 2 batch tiles
 ]
 
 

@@ -5,9 +5,10 @@ Block b owns hidden units [u0, u0+U) of one chain (layer, direction): it copies 
 s it waits, on per-chain progress counters in global memory, for every block of its chain to have
 finished step s-1 and, above layer 0, for the layer below to have produced time t in every
 direction; so layers overlap in a wavefront without a grid-wide barrier. Gate pre-activations
-are warp-level dot products in fp32 (FFMA) against h and the layer input staged in shared memory;
+are warp-level dot products in fp32 (FFMA), one warp per weight row for a tile of up to 16 batch
+rows, against h and the layer input staged in shared memory;
 c never leaves the block. Data that other blocks wrote during the kernel is read with __ldcg (L2,
-not a stale L1 line); writers fence before they bump their counter.
+not a stale L1 line); a block's thread 0 fences after the block's barrier, then bumps the counter.
 
 Pure Python: generates source; the CuPy executor compiles and launches it.
 """
@@ -71,6 +72,7 @@ def recurrent_source(r) -> str:
 #define T {T}
 #define NBC {nbc}
 #define KMAX {kmax}
+#define BT {min(B, 16)}
 #define BIAS {int(r.bias)}
 #define LSTM {lstm}
 #define PER_CHAIN {4 if r.bias else 2}
@@ -148,27 +150,46 @@ extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
             x_s[b * kin + k] = to_f(__ldcg(&yin[((size_t)t * B + b) * (D * H) + k]));
         }}
         __syncthreads();
-        for (int item = warp; item < B * G * nu; item += nwarps) {{
-            const int b = item / (G * nu), g = (item / nu) % G, u = item % nu;
+        // One warp per weight row (gate g, unit u): lanes split k, every batch row of the tile
+        // accumulates in registers, so each weight element is read from shared memory once per tile.
+        for (int item = warp; item < G * nu; item += nwarps) {{
+            const int g = item / nu, u = item % nu;
             const st* wr = wh_s + (g * U + u) * H;
-            const float* hr = h_s + b * H;
-            float ah = 0.0f, ax = 0.0f;
-            for (int k = lane; k < H; k += 32) ah += to_f(wr[k]) * hr[k];
-            if (kin) {{
-                const st* wx = wi_s + (g * U + u) * kin;
-                const float* xr = x_s + b * kin;
-                for (int k = lane; k < kin; k += 32) ax += to_f(wx[k]) * xr[k];
-            }}
-            for (int o = 16; o > 0; o >>= 1) {{
-                ah += __shfl_xor_sync(0xffffffffu, ah, o);
-                ax += __shfl_xor_sync(0xffffffffu, ax, o);
-            }}
-            if (lane == 0) {{
-                const int col = g * H + u0 + u;
-                if (layer == 0) ax = to_f(first[((size_t)t * B + b) * (G * H) + col]);
-                if (BIAS) {{ ax += to_f(bih[col]); ah += to_f(bhh[col]); }}
-                gx_s[(b * G + g) * U + u] = ax;
-                gh_s[(b * G + g) * U + u] = ah;
+            const st* wx = wi_s + (g * U + u) * kin;
+            const int col = g * H + u0 + u;
+            for (int b0 = 0; b0 < B; b0 += BT) {{
+                float ah[BT], ax[BT];
+#pragma unroll
+                for (int j = 0; j < BT; ++j) {{ ah[j] = 0.0f; ax[j] = 0.0f; }}
+                for (int k = lane; k < H; k += 32) {{
+                    const float w = to_f(wr[k]);
+#pragma unroll
+                    for (int j = 0; j < BT; ++j) if (b0 + j < B) ah[j] += w * h_s[(b0 + j) * H + k];
+                }}
+                for (int k = lane; k < kin; k += 32) {{
+                    const float w = to_f(wx[k]);
+#pragma unroll
+                    for (int j = 0; j < BT; ++j) if (b0 + j < B) ax[j] += w * x_s[(b0 + j) * kin + k];
+                }}
+#pragma unroll
+                for (int j = 0; j < BT; ++j) {{
+                    for (int o = 16; o > 0; o >>= 1) {{
+                        ah[j] += __shfl_xor_sync(0xffffffffu, ah[j], o);
+                        ax[j] += __shfl_xor_sync(0xffffffffu, ax[j], o);
+                    }}
+                }}
+                if (lane == 0) {{
+#pragma unroll
+                    for (int j = 0; j < BT; ++j) {{
+                        const int b = b0 + j;
+                        if (b >= B) break;
+                        float x_part = layer == 0 ? to_f(first[((size_t)t * B + b) * (G * H) + col]) : ax[j];
+                        float h_part = ah[j];
+                        if (BIAS) {{ x_part += to_f(bih[col]); h_part += to_f(bhh[col]); }}
+                        gx_s[(b * G + g) * U + u] = x_part;
+                        gh_s[(b * G + g) * U + u] = h_part;
+                    }}
+                }}
             }}
         }}
         __syncthreads();
@@ -186,9 +207,10 @@ extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
 #undef GX
 #undef GH
         }}
-        __threadfence();
+        // As cooperative groups' grid sync: the barrier orders the block's writes before thread 0's
+        // fence, which (fences being cumulative) publishes them before the counter moves.
         __syncthreads();
-        if (tid == 0) atomicAdd(&counters[chain], 1);
+        if (tid == 0) {{ __threadfence(); atomicAdd(&counters[chain], 1); }}
     }}
 }}
 """
