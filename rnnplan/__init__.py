@@ -12,11 +12,11 @@ Plan -> `rnnplan.backends` executor. CuPy is imported only by the cupy backend.
 from rnnplan.backends import Executor
 from rnnplan.ir import Graph, GraphError, build, verify
 from rnnplan.scheduler import PASSES, Plan, PlanError, build_graph, build_plan, verify_plan
-from rnnplan.spec import PAPER_SPEC, PlanOptions, RNNSpec
+from rnnplan.spec import PAPER_SPEC, DeviceShape, PlanOptions, RNNSpec
 from rnnplan.weights import Weights, WeightsError
 
 __version__ = "0.1.0"
 
-__all__ = ["PAPER_SPEC", "PASSES", "Executor", "Graph", "GraphError", "Plan", "PlanError", "PlanOptions",
+__all__ = ["PAPER_SPEC", "PASSES", "DeviceShape", "Executor", "Graph", "GraphError", "Plan", "PlanError", "PlanOptions",
            "RNNSpec", "Weights", "WeightsError", "build", "build_graph", "build_plan", "verify",
            "verify_plan"]

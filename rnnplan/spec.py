@@ -61,6 +61,21 @@ class RNNSpec(BaseModel):
 PAPER_SPEC = RNNSpec(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64)
 
 
+class DeviceShape(BaseModel):
+    """What planning needs to know of a GPU (`rnnplan.backends.describe_device()` reads one)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    sms: PositiveInt
+    smem_per_block: PositiveInt  # opt-in dynamic shared memory per block, bytes
+    cooperative_launch: bool = True
+
+
+# What `lowering="persistent"` sizes its blocks for when no device is described.
+H200 = DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448)
+
+
 class PlanOptions(BaseModel):
     """How to plan: which passes run, how many streams, the input-GEMM chunk and the GEMM math mode.
 
@@ -68,7 +83,9 @@ class PlanOptions(BaseModel):
     `num_streams=None` means one stream per layer and direction. `input_chunk=None` lets the planner
     choose the number of steps merged into one input GEMM for layers above the first.
     `lowering="persistent"` runs the whole recurrence as one persistent GPU kernel
-    (`rnnplan.scheduler.persistent`); "graph" keeps one kernel per GEMM and cell-step.
+    (`rnnplan.scheduler.persistent`); "graph" keeps one kernel per GEMM and cell-step; "auto"
+    picks persistent where it fits `device` and is expected to win, else graph. `device` describes
+    the GPU to plan for (default for persistent: an H200; "auto" without it plans graph).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,7 +94,8 @@ class PlanOptions(BaseModel):
     num_streams: PositiveInt | None = None
     input_chunk: int | None = Field(default=None)
     math: Literal["fp32", "tf32"] = "fp32"
-    lowering: Literal["graph", "persistent"] = "graph"
+    lowering: Literal["graph", "persistent", "auto"] = "graph"
+    device: DeviceShape | None = None
 
     @field_validator("passes")
     @classmethod

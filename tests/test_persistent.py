@@ -4,7 +4,8 @@ recurrent node against torch (the GPU kernel is checked against both in test_gpu
 import pytest
 
 import rnnplan as rp
-from rnnplan.scheduler.persistent import DEFAULT_DEVICE, DeviceShape, choose_units
+from rnnplan.scheduler.persistent import AUTO_MAX_BATCH, DEFAULT_DEVICE, choose_lowering, choose_units
+from rnnplan.spec import DeviceShape
 from tests.helpers import assert_same_result, random_inputs, run_torch, torch_module
 
 PERSISTENT = rp.PlanOptions(lowering="persistent")
@@ -47,5 +48,24 @@ def test_fit_decisions_say_why():
     assert units is None and "KiB of shared memory per block" in why
     with pytest.raises(ValueError, match="lowering='persistent' does not fit"):
         rp.build_plan(big, options=PERSISTENT)
-    tiny_gpu = DeviceShape("a small GPU", sms=2, smem_per_block=48 * 1024)
+    tiny_gpu = DeviceShape(name="a small GPU", sms=2, smem_per_block=48 * 1024)
     assert choose_units(small.model_copy(update={"num_layers": 3}), tiny_gpu)[0] is None
+
+
+def test_auto_lowering_decides_and_says_why():
+    small = rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=10, batch=1)
+    h200 = DEFAULT_DEVICE
+    assert choose_lowering(small, rp.PlanOptions(lowering="auto"))[0] == "graph"  # no device described
+    lowering, why = choose_lowering(small, rp.PlanOptions(lowering="auto", device=h200))
+    assert lowering == "persistent" and "fit on-chip" in why
+    wide = small.model_copy(update={"batch": AUTO_MAX_BATCH + 1})
+    lowering, why = choose_lowering(wide, rp.PlanOptions(lowering="auto", device=h200))
+    assert lowering == "graph" and "batch" in why
+    assert choose_lowering(rp.PAPER_SPEC, rp.PlanOptions(lowering="auto", device=h200))[0] == "graph"
+    no_coop = h200.model_copy(update={"cooperative_launch": False})
+    assert "cooperative" in choose_lowering(small, rp.PlanOptions(lowering="auto", device=no_coop))[1]
+    plan = rp.build_plan(small, options=rp.PlanOptions(lowering="auto", device=h200))
+    assert plan.lowering == "persistent" and "fit on-chip" in plan.lowering_reason
+    assert "lowering       persistent: auto: recurrent weights" in plan.summary()
+    assert "persistent lowering: auto: recurrent weights" in plan.to_dot()
+    assert rp.build_plan(wide, options=rp.PlanOptions(lowering="auto", device=h200)).lowering == "graph"

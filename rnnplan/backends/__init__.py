@@ -31,6 +31,21 @@ def cupy_unavailable_reason() -> str | None:
     return None
 
 
+def describe_device(device: int = 0):
+    """A DeviceShape of a CUDA device, read through CuPy, for PlanOptions(device=...)."""
+    from rnnplan.spec import DeviceShape
+
+    reason = cupy_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"cannot describe a GPU: {reason}")
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(device)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return DeviceShape(name=name, sms=props["multiProcessorCount"], smem_per_block=props["sharedMemPerBlockOptin"],
+                       cooperative_launch=bool(props.get("cooperativeLaunch", 1)))
+
+
 class Executor:
     """Runs `plan` with `weights` on `backend` ("numpy", "cupy", or "auto": cupy when usable).
 
@@ -118,4 +133,4 @@ def pack_outputs(spec, out: np.ndarray, h_n, c_n):
     return (out, (h_n, c_n)) if spec.cell == "lstm" else (out, h_n)
 
 
-__all__ = ["BACKENDS", "Executor", "check_inputs", "cupy_unavailable_reason", "pack_outputs"]
+__all__ = ["BACKENDS", "Executor", "check_inputs", "cupy_unavailable_reason", "describe_device", "pack_outputs"]

@@ -9,33 +9,49 @@ Guarantees: layer 0's input projection stays a cuBLAS GEMM over all steps per di
 the pre-transposed weight if `pretranspose` made one); everything recurrent, including the input
 projections of layers above the first, is the `recurrent` node; outputs read its results through
 views, so the plan's interface is unchanged.
-Does not (yet): choose itself from the real device (it sizes blocks for DEFAULT_DEVICE, an H200,
-and the executor refuses a device that cannot hold them); use tensor cores (math is FFMA in fp32,
-so it pays off at small batch); overlap the upper layers' input projections with cuBLAS.
+`choose_lowering` resolves `lowering="auto"`: persistent where the weights fit the described device
+on-chip, it supports cooperative launch, and the batch is at most AUTO_MAX_BATCH, else graph, with
+the reason either way (the plan records both).
+Does not (yet): use tensor cores (math is FFMA in fp32, so it pays off at small batch only: see
+BENCHMARKS.md); overlap the upper layers' input projections with cuBLAS; hold weights in registers.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from rnnplan.ir.build import DIRECTIONS, param_shapes
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Gemm, Node, Region, Value
 from rnnplan.ir.recurrence import GATE_COUNT, Recurrence
-from rnnplan.spec import RNNSpec
+from rnnplan.spec import H200, DeviceShape, RNNSpec
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceShape:
-    """What the persistent lowering needs to know of a GPU."""
-
-    name: str
-    sms: int
-    smem_per_block: int  # opt-in dynamic shared memory per block, bytes
+DEFAULT_DEVICE = H200
+# Measured on an H200 (BENCHMARKS.md): the FFMA persistent kernel beats cuDNN graph at batch 1 and
+# loses at batch 4 and above, where its dot products are bound by shared-memory reads.
+AUTO_MAX_BATCH = 2
 
 
-DEFAULT_DEVICE = DeviceShape("NVIDIA H200", sms=132, smem_per_block=232_448)
+def choose_lowering(spec: RNNSpec, options) -> tuple[str, str]:
+    """("graph" | "persistent", why) for the options' lowering and device."""
+    if options.lowering == "graph":
+        return "graph", "requested"
+    device = options.device or (DEFAULT_DEVICE if options.lowering == "persistent" else None)
+    if device is None:
+        return "graph", "auto: no device described (PlanOptions(device=rnnplan.backends.describe_device()))"
+    units, why = choose_units(spec, device)
+    if options.lowering == "persistent":
+        if units is None:
+            raise ValueError(f"lowering='persistent' does not fit: {why}")
+        return "persistent", why
+    if units is None:
+        return "graph", f"auto: {why}"
+    if not device.cooperative_launch:
+        return "graph", f"auto: {device.name} has no cooperative launch"
+    if spec.batch > AUTO_MAX_BATCH:
+        return "graph", f"auto: batch {spec.batch} > {AUTO_MAX_BATCH}, where the FFMA persistent kernel loses; {why}"
+    return "persistent", f"auto: {why}"
 
 
 def smem_bytes(spec: RNNSpec, units: int) -> int:
@@ -69,7 +85,8 @@ def choose_units(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[i
 
 def persistent_recurrence(graph: Graph, options=None) -> Graph:
     spec = graph.spec
-    units, reason = choose_units(spec)
+    device = (options.device if options is not None else None) or DEFAULT_DEVICE
+    units, reason = choose_units(spec, device)
     if units is None:
         raise ValueError(f"lowering='persistent' does not fit: {reason}")
     T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers

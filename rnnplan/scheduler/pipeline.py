@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from rnnplan.ir import build, verify
 from rnnplan.scheduler.lower import lower
-from rnnplan.scheduler.persistent import persistent_recurrence
+from rnnplan.scheduler.persistent import choose_lowering, persistent_recurrence
 from rnnplan.scheduler.manager import PASSES, REGISTRY, apply_passes
 from rnnplan.scheduler.plan import Plan
 from rnnplan.scheduler.verify_plan import verify_plan
@@ -56,20 +56,21 @@ def _plan(spec: RNNSpec, options: PlanOptions, progress) -> Plan:
     # The final graph and the plan are always verified; verifying after every pass is the tests' job
     # (apply_passes(check=True)), as it would double planning time for large graphs.
     names = PASSES if options.passes is None else options.passes
-    total = len(names) + 4 + (options.lowering == "persistent")
+    lowering, why = choose_lowering(spec, options)
+    total = len(names) + 4 + (lowering == "persistent")
     with _no_cyclic_gc():
         progress("build", 0, total)
         graph = build(spec)
         for i, name in enumerate(names):
             progress(name, i + 1, total)
             graph = REGISTRY[name](graph, options)
-        if options.lowering == "persistent":
+        if lowering == "persistent":
             progress("persistent_recurrence", total - 4, total)
             graph = persistent_recurrence(graph, options)
         progress("verify graph", total - 3, total)
         verify(graph)
         progress("lower", total - 2, total)
-        plan = lower(graph, options)
+        plan = lower(graph, options).model_copy(update={"lowering": lowering, "lowering_reason": why})
         progress("verify plan", total - 1, total)
         verify_plan(plan)
         progress("done", total, total)
@@ -81,4 +82,5 @@ def build_graph(spec: RNNSpec, options: PlanOptions | None = None):
     options = options or PlanOptions()
     options.check_against(spec)
     graph = apply_passes(build(spec), options, check=False)
-    return verify(persistent_recurrence(graph, options) if options.lowering == "persistent" else graph)
+    persistent = choose_lowering(spec, options)[0] == "persistent"
+    return verify(persistent_recurrence(graph, options) if persistent else graph)

@@ -145,6 +145,8 @@ class Plan(_Frozen):
     spec: RNNSpec
     options: PlanOptions
     passes: tuple[str, ...]
+    lowering: Literal["graph", "persistent"] = "graph"
+    lowering_reason: str = ""
     num_streams: int
     num_events: int
     buffers: tuple[Buffer, ...]

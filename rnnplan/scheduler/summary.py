@@ -35,6 +35,7 @@ def summarize(plan: Plan) -> str:
         ("peak memory", f"{_human_bytes(s.peak_bytes)} ({_human_bytes(s.bytes_without_reuse)} without reuse)"),
         ("buffers", f"{len(plan.buffers):,}"),
     ]
+    rows.insert(3, ("lowering", f"{plan.lowering}: {plan.lowering_reason}" if plan.lowering_reason else plan.lowering))
     rec = next((st for st in plan.steps if st.recurrence is not None), None)
     if rec is not None:
         r = rec.recurrence

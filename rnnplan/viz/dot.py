@@ -15,8 +15,8 @@ from pathlib import Path
 
 from rnnplan.scheduler.plan import Plan
 
-KIND_COLOURS = {"gemm": "#9ecae1", "pointwise": "#fdd0a2", "fused": "#fdae6b", "cell": "#c7e9c0",
-                "chunk": "#bcbddc"}
+KIND_COLOURS = {"gemm": "#9ecae1", "pointwise": "#fdd0a2", "fused": "#fdae6b", "recurrent": "#e6550d",
+                "cell": "#c7e9c0", "chunk": "#bcbddc"}
 DIR_NAMES = ("fwd", "rev")
 NL = "\\n"  # a line break inside a DOT label
 INSTALL_HINT = ("Graphviz's `dot` program is not installed: install it with `apt-get install graphviz` "
@@ -49,7 +49,9 @@ def _edges(plan: Plan, kept: set[int]) -> list[tuple[int, int, bool]]:
 
 
 def _header(plan: Plan, view: str) -> list[str]:
-    return ["digraph plan {", f"  label={_q(plan.spec.short() + ' | ' + (', '.join(plan.passes) or 'naive') + f' | {view} view')};",
+    title = f"{plan.spec.short()} | {', '.join(plan.passes) or 'naive'} | {view} view"
+    lowering = f"{plan.lowering} lowering" + (f": {plan.lowering_reason}" if plan.lowering_reason else "")
+    return ["digraph plan {", f"  label={_q(title + NL + lowering)};",
             "  labelloc=t; rankdir=LR; newrank=true; fontname=Helvetica;",
             "  node [shape=box, style=filled, fontname=Helvetica, fontsize=10];",
             "  edge [color=\"#999999\"];"]
@@ -64,7 +66,10 @@ def _op_view(plan: Plan, kept: list[int]) -> list[str]:
         lines += [f"  subgraph cluster_stream{stream} {{", f"    label=\"stream {stream}\"; color=\"#cccccc\";"]
         for i in by_stream[stream]:
             s = plan.steps[i]
-            what = f"{s.gemm.m}x{s.gemm.n}x{s.gemm.k}" if s.gemm else (s.op or f"{len(s.expr)} ops")
+            r = s.recurrence
+            what = (f"{s.gemm.m}x{s.gemm.n}x{s.gemm.k}" if s.gemm else
+                    f"{r.cell}, {len(r.chains)} chains x {r.seq_len} steps, {r.units_per_block} units/block" if r else
+                    s.op or f"{len(s.expr)} ops")
             label = _q(NL.join((s.name, f"{s.kind} {what}", f"level {s.level}")))
             lines.append(f"    s{i} [label={label}, fillcolor=\"{KIND_COLOURS[s.kind]}\"];")
         lines.append("  }")
