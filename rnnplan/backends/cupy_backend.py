@@ -143,13 +143,14 @@ class CupyExecutor:
         kernel = _KERNELS[key]
         kernel.max_dynamic_shared_size_bytes = smem
         ptrs = cp.asarray([self._ptr(v) for v in step.inputs + step.outputs], dtype=np.uint64)
-        counters = cp.zeros(len(r.chains), dtype=np.int32)
-        self._keep_alive += [ptrs, counters]
+        # h of every chain and step with the tag of the step that wrote it; zeroed before each run.
+        exchange = cp.zeros(len(r.chains) * r.seq_len * r.batch * r.hidden, dtype=np.uint64)
+        self._keep_alive += [ptrs, exchange]
         memset = cp.cuda.runtime.memsetAsync
 
         def launch():
-            memset(counters.data.ptr, 0, counters.nbytes, stream.ptr)
-            kernel((blocks,), (THREADS,), (ptrs, counters), shared_mem=smem, stream=stream)
+            memset(exchange.data.ptr, 0, exchange.nbytes, stream.ptr)
+            kernel((blocks,), (THREADS,), (ptrs, exchange), shared_mem=smem, stream=stream)
         return launch
 
     def _issue(self, marks=None) -> None:

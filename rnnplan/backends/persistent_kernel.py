@@ -1,14 +1,14 @@
 """CUDA source for the persistent `recurrent` step (see `rnnplan/scheduler/persistent.py`).
 
 Block b owns hidden units [u0, u0+U) of one chain (layer, direction): it copies its rows of W_hh
-(and, above layer 0, of W_ih) into shared memory once, then walks the chain's steps. Before step
-s it waits, on per-chain progress counters in global memory, for every block of its chain to have
-finished step s-1 and, above layer 0, for the layer below to have produced time t in every
-direction; so layers overlap in a wavefront without a grid-wide barrier. Gate pre-activations
+(and, above layer 0, of W_ih) into shared memory once, then walks the chain's steps. Blocks hand
+h to each other through an exchange buffer (one slot per chain and time step, zeroed before each
+run) of 8-byte words holding the value and the tag of the step that produced it: a reader polls the
+words it needs until their tags say they are written, so the data is its own flag (no fence, no
+counter, one L2 round trip per hand-off), and layers overlap in a wavefront with no grid barrier. Gate pre-activations
 are warp-level dot products in fp32 (FFMA), one warp per weight row for a tile of up to 16 batch
 rows, against h and the layer input staged in shared memory;
-c never leaves the block. Data that other blocks wrote during the kernel is read with __ldcg (L2,
-not a stale L1 line); a block's thread 0 fences after the block's barrier, then bumps the counter.
+c never leaves the block. The outputs `y` are written alongside and read only after the kernel.
 
 Pure Python: generates source; the CuPy executor compiles and launches it.
 """
@@ -84,12 +84,16 @@ __device__ __forceinline__ float to_f(__half v) {{ return __half2float(v); }}
 __device__ __forceinline__ void put(float* p, float v) {{ *p = v; }}
 __device__ __forceinline__ void put(__half* p, float v) {{ *p = __float2half_rn(v); }}
 __device__ __forceinline__ float sigm(float x) {{ return 1.0f / (1.0f + expf(-x)); }}
-__device__ __forceinline__ void wait_at_least(const int* counter, int target) {{
-    while (*((volatile const int*)counter) < target) {{ __nanosleep(20); }}
+// An 8-byte exchange word: the fp32 value (already rounded to the storage type) and, above it, the
+// producing step + 1. One aligned 8-byte access is atomic, so a reader never sees a torn pair.
+__device__ __forceinline__ float await_value(const unsigned long long* p, unsigned int tag) {{
+    unsigned long long v;
+    while ((unsigned int)((v = *((volatile const unsigned long long*)p)) >> 32) != tag) {{ __nanosleep(20); }}
+    return __uint_as_float((unsigned int)(v & 0xffffffffull));
 }}
 
 extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
-    const unsigned long long* __restrict__ ptrs, int* counters)
+    const unsigned long long* __restrict__ ptrs, unsigned long long* xch)
 {{
     extern __shared__ __align__(16) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
@@ -104,7 +108,6 @@ extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
     const st* h0 = (const st*)ptrs[L * D * PER_CHAIN];
     const st* c0 = LSTM ? (const st*)ptrs[L * D * PER_CHAIN + 1] : nullptr;
     st* y = (st*)ptrs[L * D * PER_CHAIN + NSTATE + layer];
-    const st* yin = layer ? (const st*)ptrs[L * D * PER_CHAIN + NSTATE + layer - 1] : nullptr;
     st* cn = LSTM ? (st*)ptrs[L * D * PER_CHAIN + NSTATE + L] : nullptr;
 
     st* wh_s = (st*)smem;
@@ -132,22 +135,15 @@ extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
     for (int s = 0; s < T; ++s) {{
         const int t = dir == 0 ? s : T - 1 - s;
         const int tprev = dir == 0 ? t - 1 : t + 1;
-        if (tid == 0) {{
-            if (s > 0) wait_at_least(&counters[chain], s * NBC);
-            if (layer > 0)
-                for (int d2 = 0; d2 < D; ++d2)
-                    wait_at_least(&counters[(layer - 1) * D + d2], (d2 == 0 ? t + 1 : T - t) * NBC);
-            __threadfence();
-        }}
-        __syncthreads();
         for (int i = tid; i < B * H; i += blockDim.x) {{
             const int b = i / H, k = i % H;
             h_s[i] = s == 0 ? to_f(h0[(size_t)(chain * B + b) * H + k])
-                            : to_f(__ldcg(&y[((size_t)tprev * B + b) * (D * H) + dir * H + k]));
+                            : await_value(&xch[((size_t)chain * T + tprev) * (B * H) + i], s);
         }}
         for (int i = tid; i < B * kin; i += blockDim.x) {{
-            const int b = i / kin, k = i % kin;
-            x_s[b * kin + k] = to_f(__ldcg(&yin[((size_t)t * B + b) * (D * H) + k]));
+            const int b = i / kin, j = i % kin, d2 = j / H, k = j % H;
+            const int producer = (layer - 1) * D + d2, step = d2 == 0 ? t : T - 1 - t;
+            x_s[i] = await_value(&xch[((size_t)producer * T + t) * (B * H) + b * H + k], step + 1);
         }}
         __syncthreads();
         // One warp per weight row (gate g, unit u): lanes split k, every batch row of the tile
@@ -202,15 +198,16 @@ extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
             (void)hprev; (void)c;
 {CELL_CODE[r.cell]}
             if (LSTM) c_s[b * U + u] = c;
-            put(&y[((size_t)t * B + b) * (D * H) + dir * H + u0 + u], h);
+            st hv;
+            put(&hv, h);  // rounded to the storage type: what the reference and the readers see
+            y[((size_t)t * B + b) * (D * H) + dir * H + u0 + u] = hv;
+            const unsigned long long word = ((unsigned long long)(s + 1) << 32) | __float_as_uint(to_f(hv));
+            __stcg(&xch[((size_t)chain * T + t) * (B * H) + b * H + u0 + u], word);
             if (LSTM && s == T - 1) put(&cn[(size_t)(chain * B + b) * H + u0 + u], c);
 #undef GX
 #undef GH
         }}
-        // As cooperative groups' grid sync: the barrier orders the block's writes before thread 0's
-        // fence, which (fences being cumulative) publishes them before the counter moves.
         __syncthreads();
-        if (tid == 0) {{ __threadfence(); atomicAdd(&counters[chain], 1); }}
     }}
 }}
 """
