@@ -22,7 +22,7 @@ for kw in CONFIGS:
         w = rp.Weights.random(spec, seed=0)
         x = cp.asarray(np.random.default_rng(0).standard_normal((spec.seq_len, spec.batch, spec.input_size)).astype(dtype))
         row = []
-        for sms in (132, 96, 64, 32, 16):
+        for sms in (132,):
             device = DEFAULT_DEVICE.model_copy(update={"sms": sms})
             try:
                 plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", device=device))

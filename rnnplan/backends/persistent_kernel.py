@@ -6,8 +6,9 @@ h to each other through an exchange buffer (one slot per chain and time step, ze
 run) of 8-byte words holding the value and the tag of the step that produced it: a reader polls the
 words it needs until their tags say they are written, so the data is its own flag (no fence, no
 counter, one L2 round trip per hand-off), and layers overlap in a wavefront with no grid barrier. Gate pre-activations
-are warp-level dot products in fp32 (FFMA), one warp per weight row for a tile of up to 16 batch
-rows, against h and the layer input staged in shared memory;
+are warp-level dot products in fp32 (FFMA), a warp taking up to 4 weight rows and 8 batch rows at
+once with the products accumulated in registers, against h and the layer input staged in shared
+memory;
 c never leaves the block. The outputs `y` are written alongside and read only after the kernel.
 
 Pure Python: generates source; the CuPy executor compiles and launches it.
@@ -37,6 +38,11 @@ CELL_CODE = {
             const float v = GX(0) + GH(0);
             const float h = v != v ? v : fmaxf(v, 0.0f);  // keep NaN, as PyTorch does""",
 }
+
+
+def rows_per_warp(rows: int) -> int:
+    """Weight rows a warp works on at once: up to 4, but never so many that warps sit idle."""
+    return max(1, min(4, rows // (THREADS // 32)))
 
 
 def kernel_name(r) -> str:
@@ -72,7 +78,8 @@ def recurrent_source(r) -> str:
 #define T {T}
 #define NBC {nbc}
 #define KMAX {kmax}
-#define BT {min(B, 16)}
+#define BT {min(B, 8)}
+#define RW {rows_per_warp(G * U)}
 #define BIAS {int(r.bias)}
 #define LSTM {lstm}
 #define PER_CHAIN {4 if r.bias else 2}
@@ -88,7 +95,7 @@ __device__ __forceinline__ float sigm(float x) {{ return 1.0f / (1.0f + expf(-x)
 // producing step + 1. One aligned 8-byte access is atomic, so a reader never sees a torn pair.
 __device__ __forceinline__ float await_value(const unsigned long long* p, unsigned int tag) {{
     unsigned long long v;
-    while ((unsigned int)((v = *((volatile const unsigned long long*)p)) >> 32) != tag) {{ __nanosleep(20); }}
+    while ((unsigned int)((v = *((volatile const unsigned long long*)p)) >> 32) != tag) {{ }}
     return __uint_as_float((unsigned int)(v & 0xffffffffull));
 }}
 
@@ -146,44 +153,68 @@ extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
             x_s[i] = await_value(&xch[((size_t)producer * T + t) * (B * H) + b * H + k], step + 1);
         }}
         __syncthreads();
-        // One warp per weight row (gate g, unit u): lanes split k, every batch row of the tile
-        // accumulates in registers, so each weight element is read from shared memory once per tile.
-        for (int item = warp; item < G * nu; item += nwarps) {{
-            const int g = item / nu, u = item % nu;
-            const st* wr = wh_s + (g * U + u) * H;
-            const st* wx = wi_s + (g * U + u) * kin;
-            const int col = g * H + u0 + u;
+        // Each warp takes RW weight rows (gate g, unit u) at a time; lanes split k, and RW x BT
+        // accumulators (rows x batch rows of the tile) live in registers, so every h value loaded
+        // from shared memory feeds RW rows and every weight value feeds BT batch rows.
+        for (int row0 = warp * RW; row0 < G * nu; row0 += nwarps * RW) {{
             for (int b0 = 0; b0 < B; b0 += BT) {{
-                float ah[BT], ax[BT];
+                float ah[RW][BT], ax[RW][BT];
 #pragma unroll
-                for (int j = 0; j < BT; ++j) {{ ah[j] = 0.0f; ax[j] = 0.0f; }}
+                for (int q = 0; q < RW; ++q)
+#pragma unroll
+                    for (int j = 0; j < BT; ++j) {{ ah[q][j] = 0.0f; ax[q][j] = 0.0f; }}
                 for (int k = lane; k < H; k += 32) {{
-                    const float w = to_f(wr[k]);
+                    float hv[BT];
 #pragma unroll
-                    for (int j = 0; j < BT; ++j) if (b0 + j < B) ah[j] += w * h_s[(b0 + j) * H + k];
-                }}
-                for (int k = lane; k < kin; k += 32) {{
-                    const float w = to_f(wx[k]);
+                    for (int j = 0; j < BT; ++j) hv[j] = b0 + j < B ? h_s[(b0 + j) * H + k] : 0.0f;
 #pragma unroll
-                    for (int j = 0; j < BT; ++j) if (b0 + j < B) ax[j] += w * x_s[(b0 + j) * kin + k];
-                }}
+                    for (int q = 0; q < RW; ++q) {{
+                        const int row = row0 + q;
+                        if (row < G * nu) {{
+                            const float w = to_f(wh_s[((row / nu) * U + row % nu) * H + k]);
 #pragma unroll
-                for (int j = 0; j < BT; ++j) {{
-                    for (int o = 16; o > 0; o >>= 1) {{
-                        ah[j] += __shfl_xor_sync(0xffffffffu, ah[j], o);
-                        ax[j] += __shfl_xor_sync(0xffffffffu, ax[j], o);
+                            for (int j = 0; j < BT; ++j) ah[q][j] += w * hv[j];
+                        }}
                     }}
                 }}
+                for (int k = lane; k < kin; k += 32) {{
+                    float xv[BT];
+#pragma unroll
+                    for (int j = 0; j < BT; ++j) xv[j] = b0 + j < B ? x_s[(b0 + j) * kin + k] : 0.0f;
+#pragma unroll
+                    for (int q = 0; q < RW; ++q) {{
+                        const int row = row0 + q;
+                        if (row < G * nu) {{
+                            const float w = to_f(wi_s[((row / nu) * U + row % nu) * kin + k]);
+#pragma unroll
+                            for (int j = 0; j < BT; ++j) ax[q][j] += w * xv[j];
+                        }}
+                    }}
+                }}
+#pragma unroll
+                for (int q = 0; q < RW; ++q)
+#pragma unroll
+                    for (int j = 0; j < BT; ++j)
+                        for (int o = 16; o > 0; o >>= 1) {{
+                            ah[q][j] += __shfl_xor_sync(0xffffffffu, ah[q][j], o);
+                            ax[q][j] += __shfl_xor_sync(0xffffffffu, ax[q][j], o);
+                        }}
                 if (lane == 0) {{
 #pragma unroll
-                    for (int j = 0; j < BT; ++j) {{
-                        const int b = b0 + j;
-                        if (b >= B) break;
-                        float x_part = layer == 0 ? to_f(first[((size_t)t * B + b) * (G * H) + col]) : ax[j];
-                        float h_part = ah[j];
-                        if (BIAS) {{ x_part += to_f(bih[col]); h_part += to_f(bhh[col]); }}
-                        gx_s[(b * G + g) * U + u] = x_part;
-                        gh_s[(b * G + g) * U + u] = h_part;
+                    for (int q = 0; q < RW; ++q) {{
+                        const int row = row0 + q;
+                        if (row >= G * nu) break;
+                        const int g = row / nu, u = row % nu, col = g * H + u0 + u;
+#pragma unroll
+                        for (int j = 0; j < BT; ++j) {{
+                            const int b = b0 + j;
+                            if (b >= B) break;
+                            float x_part = layer == 0 ? to_f(first[((size_t)t * B + b) * (G * H) + col]) : ax[q][j];
+                            float h_part = ah[q][j];
+                            if (BIAS) {{ x_part += to_f(bih[col]); h_part += to_f(bhh[col]); }}
+                            gx_s[(b * G + g) * U + u] = x_part;
+                            gh_s[(b * G + g) * U + u] = h_part;
+                        }}
                     }}
                 }}
             }}
