@@ -7,11 +7,12 @@ small-batch configurations (where the FFMA persistent kernel is meant to win) an
 import json
 import sys
 
+import cupy as cp
 import numpy as np
 import torch
 
 import rnnplan as rp
-from rnnplan.bench import ROWS, _median_ms, _reference, _torch_setup
+from rnnplan.bench import ROWS, _median_ms, _reference, _torch_setup, cudnn_times
 
 SMALL = [
     ("LSTM 1x256 B1 T100", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=1, seq_len=100, batch=1)),
@@ -42,24 +43,11 @@ for label, kw in SMALL + ROWS:
         ex = rp.Executor(plan, w, backend="cupy")
         got = ex.run(x)[0].get().astype(np.float32)
         err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
-        import cupy as cp
         xc = cp.asarray(x)
         ours = _median_ms(lambda i: ex.run(xc), 30)
         graph_ex = rp.Executor(rp.build_plan(spec), w, backend="cupy")
         theirs_plan = _median_ms(lambda i: graph_ex.run(xc), 30)
-        xt = torch.as_tensor(x, device="cuda")
-        with torch.no_grad():
-            eager = _median_ms(lambda i: module(xt), 30)
-            static = xt.clone()
-            s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    module(static)
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                module(static)
-            cudnn_graph = _median_ms(lambda i: g.replay(), 30)
+        eager, cudnn_graph = cudnn_times(torch, module, [torch.as_tensor(x, device="cuda")], 30)
         r = next(st.recurrence for st in plan.steps if st.recurrence)
         results.append(dict(row=label, precision=precision, persistent_ms=ours, graph_lowering_ms=theirs_plan,
                             cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph, rel_err=err,

@@ -47,6 +47,28 @@ def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def cudnn_times(torch, module, xs_t: list, repeats: int) -> tuple[float, float]:
+    """(eager ms, CUDA-graph ms) of the torch module over the rotated inputs; the graph is captured
+    once on a static input, and each replay first copies the call's input into it."""
+    with torch.no_grad():
+        eager = _median_ms(lambda i: module(xs_t[i % len(xs_t)]), repeats)
+        static_x = xs_t[0].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                module(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            module(static_x)
+
+        def replay(i):
+            static_x.copy_(xs_t[i % len(xs_t)])
+            graph.replay()
+        return eager, _median_ms(replay, repeats)
+
+
 def _torch_setup(torch, spec: rp.RNNSpec, precision: str, seed: int = 0):
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
@@ -96,23 +118,7 @@ def bench_row(torch, cp, label: str, kw: dict, precision: str, repeats: int) -> 
     xs_cp = [cp.asarray(x) for x in xs_np]
     xs_t = [torch.as_tensor(x, device="cuda") for x in xs_np]
     ours = _median_ms(lambda i: ex.run(xs_cp[i % 4]), repeats)
-    with torch.no_grad():
-        eager = _median_ms(lambda i: module(xs_t[i % 4]), repeats)
-        static_x = xs_t[0].clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                module(static_x)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            module(static_x)
-
-        def replay(i):
-            static_x.copy_(xs_t[i % 4])
-            graph.replay()
-        cudnn_graph = _median_ms(replay, repeats)
+    eager, cudnn_graph = cudnn_times(torch, module, xs_t, repeats)
     return dict(row=label, precision=precision, rnnplan_ms=ours, cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph,
                 vs_cudnn_graph=cudnn_graph / ours, vs_cudnn_eager=eager / ours, rel_err=err, cudnn_rel_err=cudnn_err,
                 ok=err <= TOL[precision], plan_s=plan_s, kernels=plan.stats.kernels, streams=plan.stats.streams)

@@ -18,6 +18,8 @@ from typing import Literal
 
 import numpy as np
 
+from rnnplan.ir.recurrence import Recurrence
+
 NodeKind = Literal["input", "state", "param", "view", "gemm", "pointwise", "fused", "recurrent", "output"]
 KERNEL_KINDS = frozenset({"gemm", "pointwise", "fused", "recurrent"})  # kinds that launch work on a device
 
@@ -101,7 +103,7 @@ class Node:
     gemm: Gemm | None = None
     expr: tuple[Instr, ...] = ()
     expr_outputs: tuple[str, ...] = ()
-    recurrence: object | None = None  # a rnnplan.ir.recurrence.Recurrence (kind recurrent)
+    recurrence: Recurrence | None = None
     source: str | None = None
     transform: Literal["none", "transpose"] = "none"
     role: str = ""

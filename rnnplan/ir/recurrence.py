@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rnnplan.ir.node import POINTWISE_OPS
 
 GATE_COUNT = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
@@ -64,6 +63,8 @@ def operand_shapes(r) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
 
 
 def _cell(cell: str, gx: np.ndarray, gh: np.ndarray, h: np.ndarray, c: np.ndarray | None):
+    from rnnplan.ir.node import POINTWISE_OPS  # node.py imports this module for the Recurrence type
+
     sig, tanh = POINTWISE_OPS["sigmoid"].numpy, POINTWISE_OPS["tanh"].numpy
     if cell == "lstm":
         i, f, g, o = np.split(gx + gh, 4, axis=1)

@@ -23,7 +23,7 @@ from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Node, Region
 from rnnplan.scheduler.clocks import Clocks, reduce_waits
 from rnnplan.scheduler.plan import (Buffer, BufferView, FusedInstr, GemmParams, Plan, PlanStats,
-                                    RecurrenceParams, Step)
+                                    Step)
 from rnnplan.spec import PlanOptions
 
 ROLE_OF_KIND = {"input": "input", "state": "state", "param": "param"}
@@ -151,8 +151,7 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
             if g else None,
             expr=tuple(FusedInstr.model_construct(out=e.out, op=e.op, args=e.args) for e in k.expr),
             expr_outputs=k.expr_outputs, layer=k.layer, direction=k.direction, step=k.step,
-            recurrence=RecurrenceParams(**{f: getattr(k.recurrence, f) for f in RecurrenceParams.model_fields})
-            if k.recurrence is not None else None))
+            recurrence=k.recurrence))
 
     inputs = {n.name: buffers.view(n.outputs[0].name) for n in graph.nodes.values()
               if n.kind in ("input", "state")}

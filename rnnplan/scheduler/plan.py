@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from rnnplan.ir.recurrence import Recurrence
 from rnnplan.spec import PlanOptions, RNNSpec
 
 SCHEMA_VERSION = 1
@@ -74,25 +75,6 @@ class FusedInstr(_Frozen):
     args: tuple[str, ...]
 
 
-class RecurrenceParams(_Frozen):
-    """A recurrent step's parameters (the fields of `rnnplan.ir.recurrence.Recurrence`)."""
-
-    cell: str
-    num_layers: int
-    directions: int
-    seq_len: int
-    batch: int
-    hidden: int
-    input_size: int
-    bias: bool
-    dtype: str
-    units_per_block: int
-
-    @property
-    def chains(self) -> list[tuple[int, int]]:
-        return [(l, d) for l in range(self.num_layers) for d in range(self.directions)]
-
-
 class Step(_Frozen):
     name: str
     kind: Literal["gemm", "pointwise", "fused", "recurrent"]
@@ -107,7 +89,7 @@ class Step(_Frozen):
     gemm: GemmParams | None = None
     expr: tuple[FusedInstr, ...] = ()
     expr_outputs: tuple[str, ...] = ()
-    recurrence: RecurrenceParams | None = None
+    recurrence: Recurrence | None = None  # the IR's parameters, serialized field by field
     layer: int | None = None
     direction: int | None = None
     step: int | None = None
