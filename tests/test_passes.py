@@ -6,7 +6,7 @@ import networkx as nx
 import pytest
 
 import rnnplan as rp
-from rnnplan.ir import build, verify
+from rnnplan.ir import build
 from rnnplan.scheduler.batch_input_gemms import choose_input_chunk
 from rnnplan.scheduler.manager import REGISTRY, apply_passes
 

@@ -7,7 +7,6 @@ cached, because most passes only need the maps and large graphs (10^5..10^6 node
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cached_property
@@ -270,6 +269,3 @@ def format_node(n: Node) -> str:
     src = f" src={n.source}{'^T' if n.transform == 'transpose' else ''}" if n.source else ""
     return f"{n.name}: {what}({_brief(n.inputs)}) -> {outs or '-'}{src}{sched}"
 
-
-def replace(node: Node, **changes) -> Node:
-    return dataclasses.replace(node, **changes)
