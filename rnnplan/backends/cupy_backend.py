@@ -3,7 +3,9 @@
 At construction: the plan's memory estimate is checked against free device memory; every buffer of
 the plan's table is allocated once; weights are uploaded and transformed (pre-transposed) once;
 pointwise and fused steps get kernels generated from their expressions (compiled once per distinct
-kernel, cached per process); GEMMs go to cuBLAS through one handle per stream (`cublas.py`).
+kernel, cached per process); GEMMs go to cuBLAS through one handle per stream (`cublas.py`); a
+`recurrent` step (persistent lowering) becomes one cooperative launch of the kernel that
+`persistent_kernel.py` generates, after a check that the device can hold all its blocks at once.
 
 Each call issues the plan on its streams: a fork event lets every stream start after the input is
 copied in, each step waits on its plan events and records its own, and a join brings all streams
@@ -71,7 +73,7 @@ class CupyExecutor:
             self._keep_alive: list = []  # device arrays that captured launches point to
             self.program = [self._prepare(s) for s in plan.steps]
             self.graph = None
-            self._issue()  # first issue outside capture: compiles nothing late, settles cuBLAS
+            self._issue()  # one run outside capture, so that loading modules and cuBLAS set-up happen now
             self.streams[0].synchronize()
             if mode == "graph":
                 self.graph = self._capture()
