@@ -13,7 +13,7 @@ Nodes are frozen dataclasses: passes build new nodes (`dataclasses.replace`), ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
@@ -126,6 +126,20 @@ class Node:
         if self.layer is None or self.direction is None or self.step is None:
             return None
         return (self.layer, self.direction, self.step)
+
+
+_NODE_FIELDS = tuple(f.name for f in fields(Node))
+
+
+def scheduled(node: Node, level: int | None, stream: int | None) -> Node:
+    """`dataclasses.replace(node, level=..., stream=...)` at a fraction of the cost: scheduling
+    touches every node of large graphs, and a frozen dataclass's replace re-runs its whole __init__."""
+    new = object.__new__(Node)
+    for name in _NODE_FIELDS:
+        object.__setattr__(new, name, getattr(node, name))
+    object.__setattr__(new, "level", level)
+    object.__setattr__(new, "stream", stream)
+    return new
 
 
 # ---- pointwise operations: the one fixed table every backend implements -------------------------

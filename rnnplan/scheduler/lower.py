@@ -149,7 +149,7 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
             record=records.get(i), op=k.op,
             gemm=GemmParams.model_construct(m=g.m, n=g.n, k=g.k, weight_layout=g.weight_layout)
             if g else None,
-            expr=tuple(FusedInstr.model_construct(out=e.out, op=e.op, args=e.args) for e in k.expr),
+            expr=tuple(FusedInstr(e.out, e.op, e.args) for e in k.expr),
             expr_outputs=k.expr_outputs, layer=k.layer, direction=k.direction, step=k.step,
             recurrence=k.recurrence))
 

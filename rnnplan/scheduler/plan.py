@@ -69,7 +69,9 @@ class GemmParams(_Frozen):
     weight_layout: Literal["nk", "kn"]
 
 
-class FusedInstr(_Frozen):
+class FusedInstr(NamedTuple):
+    """One operation of a fused step's expression (a NamedTuple, like BufferView, for planner speed)."""
+
     out: str
     op: str
     args: tuple[str, ...]

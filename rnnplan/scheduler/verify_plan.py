@@ -140,9 +140,15 @@ class _Memory:
         p = self.page[v.buffer]
         return range(v.offset // p, (v.end - 1) // p + 1)
 
-    def touching(self, v: BufferView) -> list[list]:
-        found = {id(a): a for p in self._pages(v) for a in self.live[(v.buffer, p)]
-                 if a[3] and overlap(a[1], v)}
+    def touching(self, v: BufferView) -> list[tuple[list, int]]:
+        """(access, elements shared with v) for every live access that overlaps v."""
+        found: dict[int, tuple[list, int]] = {}
+        for p in self._pages(v):
+            for a in self.live[(v.buffer, p)]:
+                if a[3] and id(a) not in found:
+                    shared = overlap(a[1], v)
+                    if shared:
+                        found[id(a)] = (a, shared)
         return list(found.values())
 
     def add(self, step: int, v: BufferView, write: bool) -> None:
@@ -161,19 +167,18 @@ def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
         for v in s.inputs:
             if v.buffer in host:
                 continue
-            found = mem.touching(v)
-            writes = [a for a in found if a[2]]
-            stale = [plan.steps[a[0]].name for a in writes if a[0] not in deps]
+            writes = [(a, shared) for a, shared in mem.touching(v) if a[2]]
+            stale = [plan.steps[a[0]].name for a, _ in writes if a[0] not in deps]
             if stale:
                 errs.append(f"{s.name} reads buffer {v.buffer} last written by {stale}, not by its deps")
-            if sum(overlap(a[1], v) for a in writes) < v.rows * v.cols:
+            if sum(shared for _, shared in writes) < v.rows * v.cols:
                 errs.append(f"{s.name} reads elements of buffer {v.buffer} that nothing wrote before it")
             mem.add(i, v, False)
         for v in s.outputs:
             if v.buffer in host:
                 errs.append(f"{s.name} writes buffer {v.buffer}, which holds an input, state or param")
                 continue
-            for a in mem.touching(v):
+            for a, _ in mem.touching(v):
                 if a[0] != i and not clocks.happens_before(a[0], i):
                     kind = "write" if a[2] else "read"
                     errs.append(f"{s.name} (stream {s.stream}) overwrites buffer {v.buffer} while the "

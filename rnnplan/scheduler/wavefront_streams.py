@@ -17,11 +17,10 @@ Does not: balance streams by cost (every chain gets one stream) or assign device
 
 from __future__ import annotations
 
-import dataclasses
-
 import networkx as nx
 
 from rnnplan.ir.graph import Graph
+from rnnplan.ir.node import scheduled
 from rnnplan.spec import PlanOptions
 
 
@@ -46,5 +45,4 @@ def wavefront_streams(graph: Graph, options: PlanOptions | None = None) -> Graph
         else:
             level[n.name] = max((level[graph.producer[v]] for v in n.inputs), default=-1)
             stream[n.name] = None
-    return graph.map_nodes("wavefront_streams", lambda n: dataclasses.replace(
-        n, level=level[n.name], stream=stream[n.name]))
+    return graph.map_nodes("wavefront_streams", lambda n: scheduled(n, level[n.name], stream[n.name]))
