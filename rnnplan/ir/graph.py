@@ -180,9 +180,10 @@ class Graph:
         for n in gone:
             for v in n.outputs:
                 del values[v.name], producer[v.name]
-                drop[v.name]  # revisited below: dropped if nothing defines or reads it any more
             for v in n.inputs:
                 drop[v].add(n.name)
+            for v in n.outputs:
+                drop[v.name]  # revisited below: dropped if nothing defines it any more
         for n in new:
             for v in n.outputs:
                 values[v.name], producer[v.name] = v, n.name
@@ -190,12 +191,13 @@ class Graph:
             for v in dict.fromkeys(n.inputs):
                 gain[v].append(n.name)
         for v in drop.keys() | gain.keys():
-            gone_readers = drop.get(v, ())
-            kept = [u for u in consumers.get(v, ()) if u not in gone_readers] + gain.get(v, [])
-            if kept or v in producer:
-                consumers[v] = kept
-            else:
+            if v not in producer:  # e.g. a fused cell's internal values: gone with their readers
                 consumers.pop(v, None)
+                continue
+            gone_readers = drop.get(v)
+            old = consumers.get(v, ())
+            kept = [u for u in old if u not in gone_readers] if gone_readers else list(old)
+            consumers[v] = kept + gain.get(v, [])
         self.__dict__.update(values=values, producer=producer, consumers=consumers)
 
     def _prune(self, gone: list[Node]) -> Graph:
