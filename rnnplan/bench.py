@@ -131,7 +131,7 @@ def ablation(torch, cp, repeats: int, precision: str = "tf32") -> list[dict]:
     ref = None
     rows = []
     steps = [((), "streams")] + [(rp.PASSES[:k], "streams") for k in range(1, len(rp.PASSES) + 1)] + [(rp.PASSES, "graph")]
-    for passes, mode in steps:
+    for done, (passes, mode) in enumerate(steps, 1):
         plan = rp.build_plan(spec, options=rp.PlanOptions(passes=passes, math=precision))
         ex = rp.Executor(plan, weights, backend="cupy", mode=mode)
         out = ex.run(x)[0].get()
@@ -140,7 +140,7 @@ def ablation(torch, cp, repeats: int, precision: str = "tf32") -> list[dict]:
         label = "all passes + CUDA graph" if mode == "graph" else ("naive" if not passes else "+ " + passes[-1])
         ms = _median_ms(lambda i: ex.run(x), repeats if passes else max(5, repeats // 3))
         rows.append(dict(step=label, ms=ms, kernels=plan.stats.kernels, rel_err_vs_naive=err))
-        print(f"  ablation {label:<32} {ms:9.3f} ms  {plan.stats.kernels:6d} kernels", flush=True)
+        print(f"  [{done}/{len(steps)}] ablation {label:<32} {ms:9.3f} ms  {plan.stats.kernels:6d} kernels", flush=True)
         ex.impl.close()
     return rows
 
@@ -199,12 +199,13 @@ def main(quick: bool = False, out: str | None = None, repeats: int = 30) -> None
     print(json.dumps(env), flush=True)
     abl = ablation(torch, cp, repeats)
     rows = []
-    for label, kw in ROWS[:2] if quick else ROWS:
-        for precision in PRECISIONS:
-            r = bench_row(torch, cp, label, kw, precision, repeats)
-            rows.append(r)
-            print(f"  {label:<30} {precision}  rnnplan {r['rnnplan_ms']:8.3f}  eager {r['cudnn_eager_ms']:8.3f}  "
-                  f"graph {r['cudnn_graph_ms']:8.3f}  x{r['vs_cudnn_graph']:.2f} vs graph  err {r['rel_err']:.1e}", flush=True)
+    todo = [(label, kw, precision) for label, kw in (ROWS[:2] if quick else ROWS) for precision in PRECISIONS]
+    for done, (label, kw, precision) in enumerate(todo, 1):
+        r = bench_row(torch, cp, label, kw, precision, repeats)
+        rows.append(r)
+        print(f"  [{done}/{len(todo)}] {label:<30} {precision}  rnnplan {r['rnnplan_ms']:8.3f}  "
+              f"eager {r['cudnn_eager_ms']:8.3f}  graph {r['cudnn_graph_ms']:8.3f}  "
+              f"x{r['vs_cudnn_graph']:.2f} vs graph  err {r['rel_err']:.1e}", flush=True)
     text = _markdown(env, abl, rows)
     print(text)
     if out:
