@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -160,7 +161,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     checksum = float(np.asarray(out.get() if hasattr(out, "get") else out, dtype=np.float64).sum())
     print(f"spec        {spec.short()}")
     print(f"backend     {ex.backend}   plan: {plan.stats.kernels:,} kernels on {plan.stats.streams} "
-          f"stream(s), built in {plan_s:.2f} s")
+          f"stream(s); plan and executor ready in {plan_s:.2f} s")
     print(f"output      shape {tuple(out.shape)}  checksum {checksum:.6f}")
     where = ", input already on the GPU" if ex.backend == "cupy" else ""
     print(f"time        {np.median(times) * 1e3:.3f} ms per forward, wall clock{where} "
@@ -236,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (CLIError, ValueError, RuntimeError, OSError) as e:  # pydantic's ValidationError is a ValueError
         msg = _one_line(e)
         print(f"rnnplan {args.command}: error: {msg}", file=sys.stderr)
