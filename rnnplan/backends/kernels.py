@@ -137,10 +137,15 @@ extern "C" __global__ void __launch_bounds__({THREADS}) {key.name}(
 
 
 def plan_kernels(plan: Plan) -> dict[str, str]:
-    """name -> CUDA source of every distinct kernel the plan's pointwise and fused steps need."""
+    """name -> CUDA source of every distinct kernel the plan needs: its pointwise and fused steps,
+    and the persistent kernel of a recurrent step. GEMMs are cuBLAS calls and have no source."""
+    from rnnplan.backends.persistent_kernel import kernel_name, recurrent_source
+
     found = {}
     for s in plan.steps:
-        if s.kind != "gemm":
+        if s.kind == "recurrent":
+            found.setdefault(kernel_name(s.recurrence), recurrent_source(s.recurrence))
+        elif s.kind != "gemm":
             key = kernel_key(s, plan.spec.dtype)
             found.setdefault(key.name, kernel_source(key))
     return found
