@@ -69,3 +69,21 @@ def test_auto_lowering_decides_and_says_why():
     assert "lowering       persistent: auto: recurrent weights" in plan.summary()
     assert "persistent lowering: auto: recurrent weights" in plan.to_dot()
     assert rp.build_plan(wide, options=rp.PlanOptions(lowering="auto", device=h200)).lowering == "graph"
+
+
+def test_inspection_of_a_persistent_plan(tmp_path):
+    from rnnplan.ir.recurrence import wavefront
+    from rnnplan.viz import predicted_trace, save_wavefront_png
+
+    spec = rp.RNNSpec(cell="lstm", input_size=16, hidden_size=32, num_layers=3, seq_len=4, batch=1)
+    plan = rp.build_plan(spec, options=PERSISTENT)
+    r = plan.steps[-1].recurrence
+    levels = wavefront(r)
+    assert levels[(0, 0, 0)] == 0 and levels[(2, 0, 3)] == 3 + 2  # one round per step, one per layer
+    bidir_plan = rp.build_plan(spec.model_copy(update={"bidirectional": True}), options=PERSISTENT)
+    bidir = wavefront(bidir_plan.steps[-1].recurrence)
+    assert bidir[(1, 0, 0)] == 4  # layer 1 waits for the whole reverse pass of layer 0
+    assert "whole network" in plan.to_dot(view="cell") and "recurrence" in plan.to_dot()
+    assert save_wavefront_png(plan, tmp_path / "w.png").stat().st_size > 5000
+    spans = [e for e in predicted_trace(plan)["traceEvents"] if e["ph"] == "X"]
+    assert spans[-1]["name"] == "recurrence" and spans[-1]["dur"] >= 6 * 2.3

@@ -62,6 +62,24 @@ def operand_shapes(r) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     return ins, outs
 
 
+def wavefront(r) -> dict[tuple[int, int, int], int]:
+    """(layer, direction, step) -> the earliest round at which the persistent kernel can run that
+    cell-step: one round after its own previous step and after the layer below produced its time
+    step in every direction. The largest value + 1 is the kernel's dependent depth."""
+    T, D = r.seq_len, r.directions
+    level: dict[tuple[int, int, int], int] = {}
+    for layer in range(r.num_layers):
+        for d in range(D):
+            for s in range(T):
+                t = s if d == 0 else T - 1 - s
+                ready = level[(layer, d, s - 1)] + 1 if s else 0
+                if layer:
+                    ready = max([ready] + [level[(layer - 1, d2, t if d2 == 0 else T - 1 - t)] + 1
+                                           for d2 in range(D)])
+                level[(layer, d, s)] = ready
+    return level
+
+
 def _cell(cell: str, gx: np.ndarray, gh: np.ndarray, h: np.ndarray, c: np.ndarray | None):
     from rnnplan.ir.node import POINTWISE_OPS  # node.py imports this module for the Recurrence type
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rnnplan.ir.recurrence import wavefront
 from rnnplan.scheduler.plan import Plan, Step
 
 
@@ -22,6 +23,8 @@ class CostModel:
     bandwidth_gbs: float = 4300.0
     launch_us: float = 7.0          # Python-launched kernel; a CUDA graph node costs ~1.1 us
     small_gemm_efficiency: float = 0.15  # small GEMMs reach a fraction of the dense ceiling
+    handoff_us: float = 2.3         # one round of the persistent kernel (measured, LSTM 1x256, B 1)
+    ffma_tflops: float = 51.0       # the persistent kernel's fp32 FFMA arithmetic
 
     @classmethod
     def for_plan(cls, plan: Plan, graph_replay: bool = False) -> CostModel:
@@ -31,6 +34,9 @@ class CostModel:
     def step_us(self, step: Step, itemsize: int) -> float:
         moved = sum(v.rows * v.cols for v in step.inputs + step.outputs) * itemsize
         memory_us = moved / (self.bandwidth_gbs * 1e3)
+        if step.recurrence is not None:  # rounds of the in-kernel wavefront, or its arithmetic
+            rounds = max(wavefront(step.recurrence).values()) + 1
+            return self.launch_us + max(rounds * self.handoff_us, step.flops / (self.ffma_tflops * 1e6))
         if step.gemm is not None:
             g = step.gemm
             fill = min(1.0, max(self.small_gemm_efficiency, g.m * g.n / (132 * 128 * 128)))

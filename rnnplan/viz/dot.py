@@ -95,9 +95,12 @@ def _cell_view(plan: Plan, kept: list[int]) -> list[str]:
     chains = defaultdict(list)
     for key in members:
         first = plan.steps[members[key][0]]
-        chains[(first.layer, first.direction or 0)].append(key)
+        # A step of no layer (the persistent kernel, which runs them all) gets a cluster of its own.
+        chains[(-1 if first.layer is None else first.layer, first.direction or 0)].append(key)
     for (layer, d), keys in sorted(chains.items()):
-        lines += [f"  subgraph cluster_L{layer}_{d} {{", f"    label=\"layer {layer} {DIR_NAMES[d]}\"; color=\"#cccccc\";"]
+        title = "whole network" if layer < 0 else f"layer {layer} {DIR_NAMES[d]}"
+        lines += [f"  subgraph cluster_L{layer}_{d} {{".replace("L-1", "all"),
+                  f"    label=\"{title}\"; color=\"#cccccc\";"]
         for key in keys:
             steps = [plan.steps[i] for i in members[key]]
             if key[0] == "chunk":
