@@ -218,3 +218,19 @@ def test_persistent_lowering_matches_torch(spec_kw, precision, mode):
         assert rel_err(out, ref_out) <= TOL[precision]
         for s_, w in zip(st, want_st):
             assert rel_err(s_, w) <= TOL[precision]
+
+
+def test_auto_lowering_with_the_real_device():
+    from rnnplan.backends import describe_device
+
+    device = describe_device()
+    assert device.sms > 0 and device.smem_per_block >= 48 * 1024
+    small = rp.RNNSpec(cell="lstm", input_size=64, hidden_size=64, num_layers=2, seq_len=8, batch=1)
+    plan = rp.build_plan(small, options=rp.PlanOptions(lowering="auto", device=device))
+    assert plan.lowering == "persistent" and device.name in plan.lowering_reason
+    wide = rp.build_plan(small.model_copy(update={"batch": 16}), options=rp.PlanOptions(lowering="auto", device=device))
+    assert wide.lowering == "graph"
+    w = rp.Weights.random(small, seed=2)
+    x, state = random_inputs(small, 2)
+    want, _ = rp.Executor(rp.build_plan(small, passes=()), w, backend="numpy").run(x, state)
+    assert rel_err(rp.Executor(plan, w, backend="cupy").run(x, state)[0].get(), want) <= 1e-5
