@@ -51,10 +51,10 @@ for label, kw in SMALL + ROWS:
         r = next(st.recurrence for st in plan.steps if st.recurrence)
         results.append(dict(row=label, precision=precision, persistent_ms=ours, graph_lowering_ms=theirs_plan,
                             cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph, rel_err=err,
-                            blocks=len(r.chains) * -(-r.hidden // r.units_per_block), units=r.units_per_block))
+                            blocks=r.blocks, units=r.units_per_block))
         print(f"{label:<30} {precision}: persistent {ours:8.3f} ms | graph lowering {theirs_plan:8.3f} | cuDNN eager {eager:8.3f}"
               f" | cuDNN graph {cudnn_graph:8.3f} | x{cudnn_graph / ours:.2f} vs cuDNN graph | err {err:.1e} | "
-              f"{len(r.chains) * -(-r.hidden // r.units_per_block)} blocks x {r.units_per_block} units", flush=True)
+              f"{r.blocks} blocks x {r.units_per_block} units", flush=True)
 
 if len(sys.argv) > 1:
     with open(sys.argv[1], "w") as f:

@@ -31,6 +31,5 @@ for kw in CONFIGS:
                 continue
             ex = rp.Executor(plan, w, backend="cupy")
             r = plan.steps[-1].recurrence
-            blocks = len(r.chains) * -(-r.hidden // r.units_per_block)
-            row.append(f"{blocks:3d} blocks x {r.units_per_block:2d}u: {_median_ms(lambda i: ex.run(x), 30):.3f}")
+            row.append(f"{r.blocks:3d} blocks x {r.units_per_block:2d}u: {_median_ms(lambda i: ex.run(x), 30):.3f}")
         print(f"{spec.short():<44} " + " | ".join(row), flush=True)

@@ -24,7 +24,7 @@ import numpy as np
 from rnnplan.backends import pack_outputs
 from rnnplan.backends.cublas import WORKSPACE_BYTES, Cublas
 from rnnplan.backends.kernels import THREADS, kernel_key, kernel_source, launch_grid
-from rnnplan.backends.persistent_kernel import kernel_name, recurrent_source, smem_layout
+from rnnplan.backends.persistent_kernel import kernel_name, recurrent_source
 from rnnplan.scheduler.plan import BufferView, Plan, Step
 from rnnplan.weights import Weights
 
@@ -131,8 +131,7 @@ class CupyExecutor:
         wait on each other), so the launch is cooperative and the device is checked first."""
         cp, r = self.cp, step.recurrence
         props = cp.cuda.runtime.getDeviceProperties(self.device.id)
-        smem = smem_layout(r)
-        blocks = len(r.chains) * -(-r.hidden // r.units_per_block)
+        smem, blocks = r.shared_memory_bytes, r.blocks
         per_sm = min(2048 // THREADS, props["sharedMemPerMultiprocessor"] // (smem + 1024))
         if smem > props["sharedMemPerBlockOptin"] or blocks > per_sm * props["multiProcessorCount"]:
             raise RuntimeError(

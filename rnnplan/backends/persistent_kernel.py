@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 
-from rnnplan.ir.recurrence import GATE_COUNT
-
 THREADS = 256
 
 CELL_CODE = {
@@ -50,21 +48,10 @@ def kernel_name(r) -> str:
     return "rnnplan_recurrent_" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
-def smem_layout(r) -> int:
-    """Dynamic shared memory bytes the kernel carves (must match the source below)."""
-    G, H, B, U = GATE_COUNT[r.cell], r.hidden, r.batch, r.units_per_block
-    kmax = r.directions * H if r.num_layers > 1 else 0
-    itemsize = 2 if r.dtype == "float16" else 4
-    weights = G * U * (H + kmax) * itemsize
-    weights = (weights + 15) // 16 * 16
-    return weights + 4 * (B * H + B * kmax + 2 * B * G * U + B * U)
-
-
 def recurrent_source(r) -> str:
-    G, H, B, U = GATE_COUNT[r.cell], r.hidden, r.batch, r.units_per_block
+    G, H, B, U = r.gates, r.hidden, r.batch, r.units_per_block
     D, L, T = r.directions, r.num_layers, r.seq_len
-    nbc = -(-H // U)
-    kmax = D * H if L > 1 else 0
+    nbc, kmax = r.blocks_per_chain, r.input_width  # the layout must match r.shared_memory_bytes
     lstm = int(r.cell == "lstm")
     st = "__half" if r.dtype == "float16" else "float"
     return f"""#include <cuda_fp16.h>

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-GATE_COUNT = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+from rnnplan.spec import GATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +35,7 @@ class Recurrence:
 
     @property
     def gates(self) -> int:
-        return GATE_COUNT[self.cell]
+        return len(GATES[self.cell])
 
     @property
     def chains(self) -> list[tuple[int, int]]:
@@ -46,10 +45,29 @@ class Recurrence:
     def blocks_per_chain(self) -> int:
         return -(-self.hidden // self.units_per_block)
 
+    @property
+    def blocks(self) -> int:
+        """Blocks of the persistent kernel: every chain's hidden units, `units_per_block` a block."""
+        return len(self.chains) * self.blocks_per_chain
+
+    @property
+    def input_width(self) -> int:
+        """Widest layer input the kernel stages (0 for one layer: layer 0's projection is cuBLAS's)."""
+        return self.directions * self.hidden if self.num_layers > 1 else 0
+
+    @property
+    def shared_memory_bytes(self) -> int:
+        """Dynamic shared memory one block carves: its weight rows in the storage dtype (padded to
+        16 bytes), then fp32 staging of h and of the layer input, the gate pre-activations and c.
+        The kernel's source (backends/persistent_kernel.py) lays it out in this order."""
+        G, H, B, U, K = self.gates, self.hidden, self.batch, self.units_per_block, self.input_width
+        weights = G * U * (H + K) * (2 if self.dtype == "float16" else 4)
+        return (weights + 15) // 16 * 16 + 4 * (B * H + B * K + 2 * B * G * U + B * U)
+
 
 def operand_shapes(r) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(input shapes, output shapes) of a recurrent node or step, in operand order."""
-    G, H, T, B, D, L = GATE_COUNT[r.cell], r.hidden, r.seq_len, r.batch, r.directions, r.num_layers
+    G, H, T, B, D, L = r.gates, r.hidden, r.seq_len, r.batch, r.directions, r.num_layers
     ins = []
     for layer in range(L):
         for _ in range(D):

@@ -23,7 +23,7 @@ import math
 from rnnplan.ir.build import DIRECTIONS, param_shapes
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Gemm, Node, Region, Value
-from rnnplan.ir.recurrence import GATE_COUNT, Recurrence
+from rnnplan.ir.recurrence import Recurrence
 from rnnplan.spec import H200, DeviceShape, RNNSpec
 
 
@@ -54,14 +54,9 @@ def choose_lowering(spec: RNNSpec, options) -> tuple[str, str]:
     return "persistent", f"auto: {why}"
 
 
-def smem_bytes(spec: RNNSpec, units: int) -> int:
-    """Shared memory of one block of the widest chain: its weight slices (storage dtype) plus fp32
-    staging for h, the layer input, the gate pre-activations and c."""
-    G, H, B = GATE_COUNT[spec.cell], spec.hidden_size, spec.batch
-    k_in = spec.directions * H if spec.num_layers > 1 else 0
-    itemsize = 2 if spec.dtype == "float16" else 4
-    weights = G * units * (H + k_in) * itemsize
-    return weights + 4 * (B * (H + k_in) + 2 * B * G * units + B * units) + 64
+def recurrence_of(spec: RNNSpec, units: int) -> Recurrence:
+    return Recurrence(spec.cell, spec.num_layers, spec.directions, spec.seq_len, spec.batch, spec.hidden_size,
+                      spec.input_size, spec.bias, spec.dtype, units)
 
 
 def choose_units(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[int | None, str]:
@@ -69,11 +64,12 @@ def choose_units(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[i
     chains = spec.num_layers * spec.directions
     per_chain = max(1, device.sms // chains)
     units = math.ceil(spec.hidden_size / per_chain)
-    need = smem_bytes(spec, units)
+    trial = recurrence_of(spec, units)
+    need = trial.shared_memory_bytes
     mib = sum(math.prod(s) for n, s in param_shapes(spec).items()
               if n.startswith("weight_hh") or (n.startswith("weight_ih") and not n.startswith("weight_ih_l0")))
     mib *= (2 if spec.dtype == "float16" else 4) / 2**20
-    blocks = chains * math.ceil(spec.hidden_size / units)
+    blocks = trial.blocks
     if chains > device.sms:
         return None, f"{chains} layer-directions need more blocks than the {device.sms} SMs of {device.name}"
     if need > device.smem_per_block:
@@ -90,7 +86,7 @@ def persistent_recurrence(graph: Graph, options=None) -> Graph:
     if units is None:
         raise ValueError(f"lowering='persistent' does not fit: {reason}")
     T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers
-    G = GATE_COUNT[spec.cell]
+    G = len(spec.gates)
     shapes = param_shapes(spec)
     nodes = [n for n in graph.nodes.values() if n.kind in ("input", "state")]
     params = {(n.source, n.transform): n for n in graph.nodes.values() if n.kind == "param"}
@@ -126,7 +122,7 @@ def persistent_recurrence(graph: Graph, options=None) -> Graph:
     inputs += [f"{s}0" for s in spec.state_names]
     seqs = [Value(f"y{layer}.seq", (T * B, D * H), Region(f"y{layer}", (0, T * B), (0, D * H))) for layer in range(L)]
     outs = seqs + ([Value("c_n.all", (L * D * B, H))] if spec.cell == "lstm" else [])
-    rec = Recurrence(spec.cell, L, D, T, B, H, spec.input_size, spec.bias, spec.dtype, units)
+    rec = recurrence_of(spec, units)
     nodes.append(Node("recurrence", "recurrent", tuple(inputs), tuple(outs), recurrence=rec, role="recurrence",
                       extra=(("reason", reason),)))
     last = f"y{L - 1}"

@@ -103,8 +103,7 @@ class Step(_Frozen):
         if self.recurrence is not None:  # the recurrent GEMMs and the upper layers' input GEMMs
             r = self.recurrence
             per_step = sum(r.hidden + (r.directions * r.hidden if layer else 0) for layer, _ in r.chains)
-            gates = {"lstm": 4, "gru": 3}.get(r.cell, 1)
-            return 2 * r.seq_len * r.batch * gates * r.hidden * per_step
+            return 2 * r.seq_len * r.batch * r.gates * r.hidden * per_step
         o = self.outputs[0]
         return o.rows * o.cols * max(1, len(self.expr))
 

@@ -39,7 +39,7 @@ def summarize(plan: Plan) -> str:
     rec = next((st for st in plan.steps if st.recurrence is not None), None)
     if rec is not None:
         r = rec.recurrence
-        rows.append(("persistent", f"1 kernel, {len(r.chains) * -(-r.hidden // r.units_per_block)} blocks of "
+        rows.append(("persistent", f"1 kernel, {r.blocks} blocks of "
                                    f"{r.units_per_block} hidden units, weights held in shared memory"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
