@@ -76,7 +76,6 @@ class Executor:
 
             self.impl = CupyExecutor(plan, weights, mode=mode, **options)
         self.backend = backend
-        self.mode = mode if backend == "cupy" else "numpy"
 
     def run(self, x, state=None, **kw):
         """Forward the whole sequence. Returns what torch returns: LSTM `(out, (h_n, c_n))`,

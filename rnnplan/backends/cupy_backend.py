@@ -54,7 +54,7 @@ class CupyExecutor:
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.cp, self.plan, self.mode = cp, plan, mode
+        self.cp, self.plan = cp, plan
         self.dtype = np.dtype(plan.spec.dtype)
         self.device = cp.cuda.Device(device) if device is not None else cp.cuda.Device()
         with self.device:
