@@ -130,7 +130,7 @@ def persistent_recurrence(graph: Graph, options=None) -> Graph:
                       (Value("out.seq", (T * B, D * H), Region(last, (0, T * B), (0, D * H))),), role="view"))
     nodes.append(Node("out", "output", ("out.seq",), role="out"))
     finals = {s: [] for s in spec.state_names}
-    for ci, (layer, d) in enumerate((layer, d) for layer in range(L) for d in range(D)):
+    for ci, (layer, d) in enumerate(rec.chains):
         t = T - 1 if d == 0 else 0
         h = f"L{layer}.{DIRECTIONS[d]}.h_n"
         nodes.append(Node(h, "view", (f"y{layer}.seq",), (Value(h, (B, H), Region(
