@@ -83,7 +83,7 @@ def _swap(g, node):
 def test_verify_rejects_cycle():
     g = _tiny()
     n = g.nodes["L0.fwd.t0.gemm_hh.h"]
-    broken = _swap(g, dataclasses.replace(n, inputs=("L0.fwd.t1.h", n.inputs[1])))
+    broken = _swap(g, n._replace(inputs=("L0.fwd.t1.h", n.inputs[1])))
     with pytest.raises(GraphError, match="cycle"):
         verify(broken)
 
@@ -91,7 +91,7 @@ def test_verify_rejects_cycle():
 def test_verify_rejects_shape_mismatch():
     g = _tiny()
     n = g.nodes["L0.fwd.t2.gemm_ih.h"]
-    broken = _swap(g, dataclasses.replace(n, gemm=Gemm(3, 13, 8)))
+    broken = _swap(g, n._replace(gemm=Gemm(3, 13, 8)))
     with pytest.raises(GraphError, match="operand A .* has shape"):
         verify(broken)
 
@@ -100,7 +100,7 @@ def test_verify_rejects_undefined_input():
     g = _tiny()
     n = g.nodes["L0.fwd.t2.pre"]
     with pytest.raises(GraphError, match="undefined"):
-        verify(_swap(g, dataclasses.replace(n, inputs=(n.inputs[0], "nope"))))
+        verify(_swap(g, n._replace(inputs=(n.inputs[0], "nope"))))
 
 
 def test_verify_rejects_missing_output_and_dead_value():
@@ -117,17 +117,17 @@ def test_verify_rejects_overlapping_writes_and_uncovered_view():
     n = g.nodes["L0.fwd.t1.h"]
     moved = Value(n.outputs[0].name, (3, 13), Region("y0", (0, 3), (0, 13)))  # lands on t0's rows
     with pytest.raises(GraphError, match="both write y0"):
-        verify(_swap(g, dataclasses.replace(n, outputs=(moved,))))
+        verify(_swap(g, n._replace(outputs=(moved,))))
     seq = g.nodes["out.seq"]
     with pytest.raises(GraphError, match="inputs cover"):
-        verify(_swap(g, dataclasses.replace(seq, inputs=seq.inputs[:-1])))
+        verify(_swap(g, seq._replace(inputs=seq.inputs[:-1])))
 
 
 def test_verify_rejects_unknown_op_and_unreachable_node():
     g = _tiny()
     n = g.nodes["L0.fwd.t0.pre"]
     with pytest.raises(GraphError, match="unknown pointwise op"):
-        verify(_swap(g, dataclasses.replace(n, op="softmax")))
+        verify(_swap(g, n._replace(op="softmax")))
     orphan = Node("orphan", "pointwise", (), (Value("orphan", (3, 13)),), op="tanh")
     with pytest.raises(GraphError, match="unreachable"):
         verify(g.rewrite("test", add=[orphan]))

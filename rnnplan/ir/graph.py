@@ -57,9 +57,13 @@ class Graph:
     def consumers(self) -> dict[str, list[str]]:
         """value name -> names of the nodes that read it, in node order."""
         users: dict[str, list[str]] = {name: [] for name in self.producer}
-        for n in self.nodes.values():
-            for v in dict.fromkeys(n.inputs):
-                users.setdefault(v, []).append(n.name)
+        for name, n in self.nodes.items():
+            for v in n.inputs:
+                readers = users.get(v)
+                if readers is None:
+                    users[v] = [name]
+                elif not readers or readers[-1] != name:  # a node reading v twice is one reader
+                    readers.append(name)
         return users
 
     @cached_property
@@ -173,6 +177,13 @@ class Graph:
         return g._prune(old) if prune else g
 
     def _derive_maps(self, before: Graph, gone: list[Node], new: list[Node]) -> None:
+        """Carry `before`'s value maps over by the change alone, when the change is small; a large
+        change (fusing most of a graph) is cheaper to derive afresh, lazily, from the new nodes."""
+        if ({"values", "producer", "consumers"} <= before.__dict__.keys()
+                and 4 * (len(gone) + len(new)) < len(self.nodes)):
+            self._update_maps(before, gone, new)
+
+    def _update_maps(self, before: Graph, gone: list[Node], new: list[Node]) -> None:
         values, producer = dict(before.values), dict(before.producer)
         consumers = dict(before.consumers)  # lists are replaced, never mutated: `before` shares them
         drop: dict[str, set[str]] = defaultdict(set)

@@ -8,13 +8,13 @@ values without computing anything: they are the input slices, state slices, weig
 the time chunks that batched GEMMs read; their inputs are the values that cover the rectangle, so
 that the DAG carries exactly the dependencies of the data they expose.
 
-Nodes are frozen dataclasses: passes build new nodes (`dataclasses.replace`), never mutate.
+Nodes are immutable: passes build new nodes (`node._replace(...)`), never mutate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -81,8 +81,7 @@ class Instr:
     args: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
+class Node(NamedTuple):
     """One node of the unrolled network.
 
     `inputs` are value names (in operand order); `outputs` the values it defines. `op` is the
@@ -93,6 +92,10 @@ class Node:
     the one-time change of layout applied when it is loaded. `layer`, `direction`, `step` (processing
     order), `time` (index into the sequence) and `gate` place the node in the network; `level` and
     `stream` are set by scheduling.
+
+    A NamedTuple rather than a frozen dataclass: equally immutable (passes make new nodes with
+    `node._replace(...)`), but built about 3x faster, which matters when planning creates
+    millions of nodes (see BENCHMARKS.md, planner).
     """
 
     name: str
@@ -114,7 +117,7 @@ class Node:
     gate: str | None = None
     level: int | None = None
     stream: int | None = None
-    extra: tuple[tuple[str, object], ...] = field(default=())
+    extra: tuple[tuple[str, object], ...] = ()
 
     @property
     def is_kernel(self) -> bool:
@@ -126,20 +129,6 @@ class Node:
         if self.layer is None or self.direction is None or self.step is None:
             return None
         return (self.layer, self.direction, self.step)
-
-
-_NODE_FIELDS = tuple(f.name for f in fields(Node))
-
-
-def scheduled(node: Node, level: int | None, stream: int | None) -> Node:
-    """`dataclasses.replace(node, level=..., stream=...)` at a fraction of the cost: scheduling
-    touches every node of large graphs, and a frozen dataclass's replace re-runs its whole __init__."""
-    new = object.__new__(Node)
-    for name in _NODE_FIELDS:
-        object.__setattr__(new, name, getattr(node, name))
-    object.__setattr__(new, "level", level)
-    object.__setattr__(new, "stream", stream)
-    return new
 
 
 # ---- pointwise operations: the one fixed table every backend implements -------------------------

@@ -8,16 +8,16 @@ O(1). It is shared by the lowering (choosing waits and safe buffer reuse) and by
 
 from __future__ import annotations
 
-import numpy as np
-
 
 class Clocks:
-    def __init__(self, num_streams: int, capacity: int):
+    def __init__(self, num_streams: int):
         self.num_streams = num_streams
         self.stream: list[int] = []
         self.pos: list[int] = []  # index of the step within its stream
-        self.done = np.zeros((capacity, num_streams), dtype=np.int32)  # completion clock per step
-        self._last = np.zeros((num_streams, num_streams), dtype=np.int32)
+        # Completion clock per step. Python lists, not a NumPy array: planning asks millions of
+        # single-element questions, and NumPy's per-call overhead dominates at 16 streams or fewer.
+        self.done: list[list[int]] = []
+        self._last = [[0] * num_streams for _ in range(num_streams)]
         self._count = [0] * num_streams
 
     def __len__(self) -> int:
@@ -26,14 +26,15 @@ class Clocks:
     def add(self, stream: int, after: list[int]) -> int:
         """Append a step on `stream` that starts after the (completed) steps `after`; its index."""
         i = len(self.stream)
-        vc = self.done[i]
-        vc[:] = self._last[stream]
+        vc = self._last[stream]
         for a in after:
-            np.maximum(vc, self.done[a], out=vc)
+            vc = list(map(max, vc, self.done[a]))
+        vc = list(vc)
         pos = self._count[stream]
         vc[stream] = pos + 1
         self._count[stream] = pos + 1
         self._last[stream] = vc
+        self.done.append(vc)
         self.stream.append(stream)
         self.pos.append(pos)
         return i

@@ -94,7 +94,7 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
     levels = kernel_levels(graph)
     order = _order(graph, levels)
     num_streams = max([k.stream or 0 for k in order] + [0]) + 1
-    clocks = Clocks(num_streams, len(order))
+    clocks = Clocks(num_streams)
     buffers = _Buffers(graph, clocks)
 
     # Buffers that never move: graph inputs, states, params, and the layer output sequences.

@@ -41,15 +41,13 @@ def pretranspose(graph: Graph, options=None) -> Graph:
         t_name = f"{param}.T"
         rows, cols = pnode.outputs[0].shape
         remove.append(param)
-        add.append(dataclasses.replace(pnode, name=t_name, outputs=(Value(t_name, (cols, rows)),),
-                                       transform="transpose"))
+        add.append(pnode._replace(name=t_name, outputs=(Value(t_name, (cols, rows)),), transform="transpose"))
         for v in views:
             r = v.outputs[0].region
             swapped = Region(t_name, r.cols, r.rows)
-            replace.append(dataclasses.replace(
-                v, inputs=(t_name,), outputs=(Value(v.outputs[0].name, swapped.shape, swapped),)))
+            replace.append(v._replace(
+                inputs=(t_name,), outputs=(Value(v.outputs[0].name, swapped.shape, swapped),)))
         for g in gemms:
             inputs = (g.inputs[0], t_name) if g.inputs[1] == param else g.inputs
-            replace.append(dataclasses.replace(g, inputs=inputs,
-                                               gemm=dataclasses.replace(g.gemm, weight_layout="kn")))
+            replace.append(g._replace(inputs=inputs, gemm=dataclasses.replace(g.gemm, weight_layout="kn")))
     return graph.rewrite("pretranspose", remove=remove, add=add, replace=replace)

@@ -34,11 +34,9 @@ def _rect(v: BufferView) -> tuple[int, int, int, int] | None:
     return None if c0 + v.cols > v.ld else (r0, r0 + v.rows, c0, c0 + v.cols)
 
 
-def overlap(a: BufferView, b: BufferView) -> int:
-    """Elements shared by two views of one buffer (an upper bound when their strides differ)."""
-    if a.end <= b.offset or b.end <= a.offset:
-        return 0
-    ra, rb = _rect(a), _rect(b)
+def _shared(a: BufferView, ra, b: BufferView, rb) -> int:
+    """Elements shared by two views of one buffer whose element ranges intersect, given their
+    `_rect`s (an upper bound when their strides differ or one wraps)."""
     if a.ld == b.ld and ra and rb:
         rows = min(ra[1], rb[1]) - max(ra[0], rb[0])
         cols = min(ra[3], rb[3]) - max(ra[2], rb[2])
@@ -126,7 +124,10 @@ def _interface(plan: Plan) -> list[str]:
 
 
 class _Memory:
-    """Live accesses per buffer page; a write retires the accesses it fully overwrites."""
+    """Live accesses per buffer page; a write retires the accesses it fully overwrites.
+
+    An access is [step, view, write, alive, rect]; `rect` is the view's rectangle (or None when it
+    wraps rows), computed once because every later access to the page compares against it."""
 
     def __init__(self, plan: Plan):
         self.plan = plan
@@ -134,28 +135,36 @@ class _Memory:
         batch = plan.spec.batch
         self.page = {b.id: b.shape[1] * batch if b.shape[0] % batch == 0 else b.size
                      for b in plan.buffers}
-        self.live: dict[tuple[int, int], list[list]] = defaultdict(list)  # access: [step, view, write, alive]
+        self.live: dict[tuple[int, int], list[list]] = defaultdict(list)
 
-    def _pages(self, v: BufferView) -> range:
-        p = self.page[v.buffer]
-        return range(v.offset // p, (v.end - 1) // p + 1)
+    def _buckets(self, v: BufferView) -> list[list[list]]:
+        p, live, buf = self.page[v.buffer], self.live, v.buffer
+        return [live[(buf, k)] for k in range(v.offset // p, (v.end - 1) // p + 1)]
 
-    def touching(self, v: BufferView) -> list[tuple[list, int]]:
+    def touching(self, v: BufferView, buckets: list[list[list]]) -> list[tuple[list, int]]:
         """(access, elements shared with v) for every live access that overlaps v."""
-        found: dict[int, tuple[list, int]] = {}
-        for p in self._pages(v):
-            for a in self.live[(v.buffer, p)]:
-                if a[3] and id(a) not in found:
-                    shared = overlap(a[1], v)
-                    if shared:
-                        found[id(a)] = (a, shared)
-        return list(found.values())
+        found: list[tuple[list, int]] = []
+        seen: set[int] = set()
+        start, end, rect = v.offset, v.end, _rect(v)
+        for bucket in buckets:
+            for a in bucket:
+                if not a[3] or (len(buckets) > 1 and id(a) in seen):
+                    continue
+                w = a[1]
+                if w.end <= start or end <= w.offset:
+                    continue
+                shared = _shared(w, a[4], v, rect)
+                if shared:
+                    seen.add(id(a))
+                    found.append((a, shared))
+        return found
 
-    def add(self, step: int, v: BufferView, write: bool) -> None:
-        acc = [step, v, write, True]
-        for p in self._pages(v):
-            bucket = self.live[(v.buffer, p)]
-            bucket[:] = [a for a in bucket if a[3]]
+    @staticmethod
+    def add(step: int, v: BufferView, write: bool, buckets: list[list[list]]) -> None:
+        acc = [step, v, write, True, _rect(v)]
+        for bucket in buckets:
+            if not all(a[3] for a in bucket):
+                bucket[:] = [a for a in bucket if a[3]]
             bucket.append(acc)
 
 
@@ -167,18 +176,20 @@ def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
         for v in s.inputs:
             if v.buffer in host:
                 continue
-            writes = [(a, shared) for a, shared in mem.touching(v) if a[2]]
+            buckets = mem._buckets(v)
+            writes = [(a, shared) for a, shared in mem.touching(v, buckets) if a[2]]
             stale = [plan.steps[a[0]].name for a, _ in writes if a[0] not in deps]
             if stale:
                 errs.append(f"{s.name} reads buffer {v.buffer} last written by {stale}, not by its deps")
             if sum(shared for _, shared in writes) < v.rows * v.cols:
                 errs.append(f"{s.name} reads elements of buffer {v.buffer} that nothing wrote before it")
-            mem.add(i, v, False)
+            mem.add(i, v, False, buckets)
         for v in s.outputs:
             if v.buffer in host:
                 errs.append(f"{s.name} writes buffer {v.buffer}, which holds an input, state or param")
                 continue
-            for a, _ in mem.touching(v):
+            buckets = mem._buckets(v)
+            for a, _ in mem.touching(v, buckets):
                 if a[0] != i and not clocks.happens_before(a[0], i):
                     kind = "write" if a[2] else "read"
                     errs.append(f"{s.name} (stream {s.stream}) overwrites buffer {v.buffer} while the "
@@ -186,7 +197,7 @@ def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
                                 f"may still be running: unsafe reuse")
                 if covers(v, a[1]) and a[0] != i:
                     a[3] = False
-            mem.add(i, v, True)
+            mem.add(i, v, True, buckets)
 
 
 def verify_plan(plan: Plan, limit: int = 20) -> Plan:
@@ -216,7 +227,7 @@ def verify_plan(plan: Plan, limit: int = 20) -> Plan:
             recorder[s.record] = i
     if errs:
         raise PlanError("\n".join(errs[:limit]))
-    clocks = Clocks(plan.num_streams, len(plan.steps))
+    clocks = Clocks(plan.num_streams)
     for s in plan.steps:
         clocks.add(s.stream, [recorder[e] for e in s.waits])
     for i, s in enumerate(plan.steps):

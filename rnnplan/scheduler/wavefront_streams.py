@@ -20,7 +20,6 @@ from __future__ import annotations
 import networkx as nx
 
 from rnnplan.ir.graph import Graph
-from rnnplan.ir.node import scheduled
 from rnnplan.spec import PlanOptions
 
 
@@ -45,4 +44,5 @@ def wavefront_streams(graph: Graph, options: PlanOptions | None = None) -> Graph
         else:
             level[n.name] = max((level[graph.producer[v]] for v in n.inputs), default=-1)
             stream[n.name] = None
-    return graph.map_nodes("wavefront_streams", lambda n: scheduled(n, level[n.name], stream[n.name]))
+    return graph.map_nodes("wavefront_streams",
+                           lambda n: n._replace(level=level[n.name], stream=stream[n.name]))
