@@ -1,6 +1,5 @@
 """The naive unroller and graph invariants: counts per cell-step, names, and verify() on broken graphs."""
 
-import dataclasses
 
 import pytest
 
