@@ -1,23 +1,27 @@
 """Persistent lowering against the graph lowering and cuDNN (eager and CUDA graph), same run, on
-small-batch configurations (where the FFMA persistent kernel is meant to win) and ANCHORS.md's rows.
+small-batch configurations and ANCHORS.md's rows.
 
-    python benchmarks/persistent_bench.py [OUT.json]
+    python3 benchmarks/persistent_bench.py [--out OUT.json] [--only TEXT ...] [--precision fp32 fp16]
 """
 
+import argparse
+import dataclasses
 import json
-import sys
 
 import cupy as cp
 import numpy as np
 import torch
 
 import rnnplan as rp
+import rnnplan.backends
 from rnnplan.bench import ROWS, _median_ms, _reference, _torch_setup, cudnn_times
 
 SMALL = [
     ("LSTM 1x256 B1 T100", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=1, seq_len=100, batch=1)),
     ("LSTM 4x256 B1 T100", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=1)),
     ("LSTM 1x1024 B1 T100", dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=1)),
+    ("LSTM 4x256 B8 T100", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=8)),
+    ("LSTM 1x1024 B8 T100", dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=8)),
     ("LSTM 2x512 B8 T100", dict(cell="lstm", input_size=512, hidden_size=512, num_layers=2, seq_len=100, batch=8)),
     ("LSTM 2x256 B4 T100 bidir", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=100,
                                       batch=4, bidirectional=True)),
@@ -25,10 +29,17 @@ SMALL = [
     ("RNN-tanh 2x512 B1 T100", dict(cell="rnn_tanh", input_size=512, hidden_size=512, num_layers=2, seq_len=100,
                                     batch=1)),
 ]
+ap = argparse.ArgumentParser()
+ap.add_argument("--out")
+ap.add_argument("--only", nargs="*", help="rows whose label contains one of these")
+ap.add_argument("--precision", nargs="*", default=["fp32", "fp16"])
+args = ap.parse_args()
 results = []
 
 for label, kw in SMALL + ROWS:
-    for precision in ("fp32", "fp16"):
+    if args.only and not any(o in label for o in args.only):
+        continue
+    for precision in args.precision:
         spec = rp.RNNSpec(**kw, dtype="float16" if precision == "fp16" else "float32")
         try:
             plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
@@ -49,13 +60,25 @@ for label, kw in SMALL + ROWS:
         theirs_plan = _median_ms(lambda i: graph_ex.run(xc), 30)
         eager, cudnn_graph = cudnn_times(torch, module, [torch.as_tensor(x, device="cuda")], 30)
         r = next(st.recurrence for st in plan.steps if st.recurrence)
+        # The other fp16 kernel, FFMA, where it fits: the planner's choice between them is measured here.
+        ffma_ms = None
+        ffma = dataclasses.replace(r, batch_tile=0)
+        if r.batch_tile and ffma.shared_memory_bytes <= rp.backends.describe_device().smem_per_block:
+            steps = tuple(st.model_copy(update={"recurrence": ffma}) if st.recurrence else st for st in plan.steps)
+            ffma_ex = rp.Executor(plan.model_copy(update={"steps": steps}), w, backend="cupy")
+            ffma_err = float(np.linalg.norm(ffma_ex.run(x)[0].get().astype(np.float32) - want) / np.linalg.norm(want))
+            assert ffma_err < 5e-3, ffma_err
+            ffma_ms = _median_ms(lambda i: ffma_ex.run(xc), 30)
         results.append(dict(row=label, precision=precision, persistent_ms=ours, graph_lowering_ms=theirs_plan,
                             cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph, rel_err=err,
-                            blocks=r.blocks, units=r.units_per_block))
-        print(f"{label:<30} {precision}: persistent {ours:8.3f} ms | graph lowering {theirs_plan:8.3f} | cuDNN eager {eager:8.3f}"
-              f" | cuDNN graph {cudnn_graph:8.3f} | x{cudnn_graph / ours:.2f} vs cuDNN graph | err {err:.1e} | "
-              f"{r.blocks} blocks x {r.units_per_block} units", flush=True)
+                            blocks=r.blocks, units=r.units_per_block, batch_tile=r.batch_tile,
+                            persistent_ffma_ms=ffma_ms))
+        kernel = f"mma tile {r.batch_tile}" if r.batch_tile else "ffma"
+        other = f" | ffma {ffma_ms:8.3f}" if ffma_ms else ""
+        print(f"{label:<30} {precision}: persistent {ours:8.3f} ms ({kernel}){other} | graph lowering {theirs_plan:8.3f} | "
+              f"cuDNN eager {eager:8.3f} | cuDNN graph {cudnn_graph:8.3f} | x{cudnn_graph / ours:.2f} vs cuDNN graph | "
+              f"err {err:.1e} | {r.blocks} blocks x {r.units_per_block} units", flush=True)
 
-if len(sys.argv) > 1:
-    with open(sys.argv[1], "w") as f:
+if args.out:
+    with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

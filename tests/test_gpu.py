@@ -190,6 +190,8 @@ PERSISTENT = [
     dict(cell="rnn_relu", input_size=12, hidden_size=20, num_layers=1, seq_len=5, batch=2, bias=False),
     dict(cell="lstm", input_size=64, hidden_size=128, num_layers=3, seq_len=20, batch=8, batch_first=True),
     dict(cell="gru", input_size=8, hidden_size=40, num_layers=2, seq_len=4, batch=20, bidirectional=True),  # 2 batch tiles
+    # fp16: tensor-core kernel over two batch tiles (64 + a partial one of 8)
+    dict(cell="lstm", input_size=96, hidden_size=256, num_layers=2, seq_len=7, batch=72),
 ]
 
 

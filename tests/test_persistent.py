@@ -4,7 +4,9 @@ recurrent node against torch (the GPU kernel is checked against both in test_gpu
 import pytest
 
 import rnnplan as rp
-from rnnplan.scheduler.persistent import AUTO_MAX_BATCH, DEFAULT_DEVICE, choose_lowering, choose_units
+from rnnplan.backends.persistent_kernel import recurrent_source
+from rnnplan.scheduler.persistent import (AUTO_MAX_BATCH, DEFAULT_DEVICE, FFMA_MAX_BATCH, choose_lowering,
+                                          choose_recurrence, choose_units)
 from rnnplan.spec import DeviceShape
 from tests.helpers import assert_same_result, random_inputs, run_torch, torch_module
 
@@ -58,7 +60,7 @@ def test_auto_lowering_decides_and_says_why():
     assert choose_lowering(small, rp.PlanOptions(lowering="auto"))[0] == "graph"  # no device described
     lowering, why = choose_lowering(small, rp.PlanOptions(lowering="auto", device=h200))
     assert lowering == "persistent" and "fit on-chip" in why
-    wide = small.model_copy(update={"batch": AUTO_MAX_BATCH + 1})
+    wide = small.model_copy(update={"batch": AUTO_MAX_BATCH["float32"] + 1})
     lowering, why = choose_lowering(wide, rp.PlanOptions(lowering="auto", device=h200))
     assert lowering == "graph" and "batch" in why
     assert choose_lowering(rp.PAPER_SPEC, rp.PlanOptions(lowering="auto", device=h200))[0] == "graph"
@@ -87,3 +89,38 @@ def test_inspection_of_a_persistent_plan(tmp_path):
     assert save_wavefront_png(plan, tmp_path / "w.png").stat().st_size > 5000
     spans = [e for e in predicted_trace(plan)["traceEvents"] if e["ph"] == "X"]
     assert spans[-1]["name"] == "recurrence" and spans[-1]["dur"] >= 6 * 2.3
+
+
+def test_kernel_choice_by_dtype_and_batch():
+    base = dict(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=10)
+    fp32 = choose_recurrence(rp.RNNSpec(**base, batch=8))[0]
+    assert fp32.batch_tile == 0  # fp32 math is FFMA
+    small = choose_recurrence(rp.RNNSpec(**base, batch=FFMA_MAX_BATCH, dtype="float16"))[0]
+    assert small.batch_tile == 0  # fp16 at batch 1-2: FFMA's tagged hand-off is faster (BENCHMARKS.md)
+    rec, why = choose_recurrence(rp.RNNSpec(**base, batch=5, dtype="float16"))
+    assert rec.batch_tile == 8 and "tensor cores, batch tiles of 8" in why
+    # The paper configuration fits in fp16 only by tiling the batch; in fp32 it does not fit.
+    rec, why = choose_recurrence(rp.PAPER_SPEC.model_copy(update={"dtype": "float16"}))
+    assert rec is not None and 8 <= rec.batch_tile < 64 and rec.shared_memory_bytes <= DEFAULT_DEVICE.smem_per_block
+    assert choose_recurrence(rp.PAPER_SPEC)[0] is None
+    plan = rp.build_plan(rp.RNNSpec(**base, batch=5, dtype="float16"), options=PERSISTENT)
+    assert plan.steps[-1].recurrence.batch_tile == 8 and "tensor cores" in plan.lowering_reason
+
+
+@pytest.mark.parametrize("dtype, batch", [("float32", 3), ("float16", 1), ("float16", 20)])
+def test_one_definition_of_the_kernel_layouts(dtype, batch):
+    spec = rp.RNNSpec(cell="gru", input_size=12, hidden_size=47, num_layers=2, seq_len=3, batch=batch,
+                      bidirectional=True, dtype=dtype)
+    r = choose_recurrence(spec)[0]
+    layout = r.smem_layout()
+    offsets = [v for k, v in layout.items() if k != "end"]
+    assert offsets == sorted(offsets) and all(v % 16 == 0 for v in offsets)
+    assert layout["end"] == r.shared_memory_bytes
+    src = recurrent_source(r)
+    for k, v in layout.items():  # the kernel reads its offsets from the layout, never recomputes them
+        assert (f"#define OFF_{k.upper()} {v}\n" in src) == (k != "end")
+    size, zeroed = r.exchange_bytes
+    if r.batch_tile:  # counters are zeroed per run; h rows are 16-byte aligned fp16
+        assert zeroed == r.exchange_counter_bytes < size and r.exchange_stride % 8 == 0
+    else:  # one tagged 8-byte word per value, all zeroed
+        assert zeroed == size == len(r.chains) * r.seq_len * r.batch * r.hidden * 8

@@ -144,13 +144,15 @@ class CupyExecutor:
         kernel = _KERNELS[key]
         kernel.max_dynamic_shared_size_bytes = smem
         ptrs = cp.asarray([self._ptr(v) for v in step.inputs + step.outputs], dtype=np.uint64)
-        # h of every chain and step with the tag of the step that wrote it; zeroed before each run.
-        exchange = cp.zeros(len(r.chains) * r.seq_len * r.batch * r.hidden, dtype=np.uint64)
+        # Where blocks hand h to each other (layout: Recurrence.exchange_bytes); its head is zeroed
+        # before each run.
+        size, zeroed = r.exchange_bytes
+        exchange = cp.zeros(-(-size // 8), dtype=np.uint64)
         self._keep_alive += [ptrs, exchange]
         memset = cp.cuda.runtime.memsetAsync
 
         def launch():
-            memset(exchange.data.ptr, 0, exchange.nbytes, stream.ptr)
+            memset(exchange.data.ptr, 0, zeroed, stream.ptr)
             kernel((blocks,), (THREADS,), (ptrs, exchange), shared_mem=smem, stream=stream)
         return launch
 

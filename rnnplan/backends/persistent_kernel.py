@@ -44,34 +44,38 @@ def rows_per_warp(rows: int) -> int:
 
 
 def kernel_name(r) -> str:
-    key = repr((r.cell, r.num_layers, r.directions, r.seq_len, r.batch, r.hidden, r.bias, r.dtype, r.units_per_block))
+    key = repr((r.cell, r.num_layers, r.directions, r.seq_len, r.batch, r.hidden, r.bias, r.dtype, r.units_per_block,
+                r.batch_tile))
     return "rnnplan_recurrent_" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
-def recurrent_source(r) -> str:
-    G, H, B, U = r.gates, r.hidden, r.batch, r.units_per_block
-    D, L, T = r.directions, r.num_layers, r.seq_len
-    nbc, kmax = r.blocks_per_chain, r.input_width  # the layout must match r.shared_memory_bytes
+def smem_offsets(r) -> str:
+    """#defines OFF_<ARRAY>: the shared-memory layout of `Recurrence.smem_layout`, its one definition."""
+    return "\n".join(f"#define OFF_{k.upper()} {v}" for k, v in r.smem_layout().items() if k != "end")
+
+
+def prelude(r, extra: str = "") -> str:
+    """What both persistent kernels share: the sizes as #defines, the shared-memory offsets, the
+    helpers, then `extra` (a kernel's own defines and device functions), then the kernel's signature
+    and operand pointers (see `operand_shapes`)."""
     lstm = int(r.cell == "lstm")
-    st = "__half" if r.dtype == "float16" else "float"
     return f"""#include <cuda_fp16.h>
 
-#define G {G}
-#define H {H}
-#define B {B}
-#define U {U}
-#define D {D}
-#define L {L}
-#define T {T}
-#define NBC {nbc}
-#define KMAX {kmax}
-#define BT {min(B, 8)}
-#define RW {rows_per_warp(G * U)}
+#define G {r.gates}
+#define H {r.hidden}
+#define B {r.batch}
+#define U {r.units_per_block}
+#define D {r.directions}
+#define L {r.num_layers}
+#define T {r.seq_len}
+#define NBC {r.blocks_per_chain}
+#define KMAX {r.input_width}
 #define BIAS {int(r.bias)}
 #define LSTM {lstm}
 #define PER_CHAIN {4 if r.bias else 2}
 #define NSTATE {1 + lstm}
-typedef {st} st;
+{smem_offsets(r)}
+typedef {"__half" if r.dtype == "float16" else "float"} st;
 
 __device__ __forceinline__ float to_f(float v) {{ return v; }}
 __device__ __forceinline__ float to_f(__half v) {{ return __half2float(v); }}
@@ -80,12 +84,15 @@ __device__ __forceinline__ void put(__half* p, float v) {{ *p = __float2half_rn(
 __device__ __forceinline__ float sigm(float x) {{ return 1.0f / (1.0f + expf(-x)); }}
 // An 8-byte exchange word: the fp32 value (already rounded to the storage type) and, above it, the
 // producing step + 1. One aligned 8-byte access is atomic, so a reader never sees a torn pair.
+__device__ __forceinline__ unsigned long long load_word(const unsigned long long* p) {{
+    return *((volatile const unsigned long long*)p);
+}}
 __device__ __forceinline__ float await_value(const unsigned long long* p, unsigned int tag) {{
     unsigned long long v;
-    while ((unsigned int)((v = *((volatile const unsigned long long*)p)) >> 32) != tag) {{ }}
+    while ((unsigned int)((v = load_word(p)) >> 32) != tag) {{ }}
     return __uint_as_float((unsigned int)(v & 0xffffffffull));
 }}
-
+{extra}
 extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
     const unsigned long long* __restrict__ ptrs, unsigned long long* xch)
 {{
@@ -103,14 +110,44 @@ extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
     const st* c0 = LSTM ? (const st*)ptrs[L * D * PER_CHAIN + 1] : nullptr;
     st* y = (st*)ptrs[L * D * PER_CHAIN + NSTATE + layer];
     st* cn = LSTM ? (st*)ptrs[L * D * PER_CHAIN + NSTATE + L] : nullptr;
+    float* c_s = (float*)(smem + OFF_C);
+    if (LSTM) for (int i = tid; i < B * nu; i += blockDim.x) {{
+        const int b = i / nu, u = i % nu;
+        c_s[b * U + u] = to_f(c0[(size_t)(chain * B + b) * H + u0 + u]);
+    }}
+"""
 
-    st* wh_s = (st*)smem;
+
+TAGGED_HANDOFF = """            const unsigned long long word = ((unsigned long long)(s + 1) << 32) | __float_as_uint(to_f(hv));
+            __stcg(&xch[((size_t)chain * T + t) * (B * H) + b * H + u0 + u], word);"""
+
+
+def cell_update(r, handoff: str = TAGGED_HANDOFF) -> str:
+    """The cell equations for batch row b, unit u, with GX(g)/GH(g) the gates' pre-activations (bias
+    included) and hprev the previous h; then h (as `hv`) goes to y and, by `handoff`, to the other
+    blocks (by default a tagged exchange word), and c to c_n."""
+    return f"""            float c = LSTM ? c_s[b * U + u] : 0.0f;
+            (void)hprev; (void)c;
+{CELL_CODE[r.cell]}
+            if (LSTM) c_s[b * U + u] = c;
+            st hv;
+            put(&hv, h);  // rounded to the storage type: what the reference and the readers see
+            y[((size_t)t * B + b) * (D * H) + dir * H + u0 + u] = hv;
+{handoff}
+            if (LSTM && s == T - 1) put(&cn[(size_t)(chain * B + b) * H + u0 + u], c);"""
+
+
+def recurrent_source(r) -> str:
+    """The persistent kernel for `r`: tensor-core mma when `r.batch_tile` is set, else FFMA."""
+    if r.batch_tile:
+        from rnnplan.backends.persistent_mma import mma_source
+        return mma_source(r)
+    return prelude(r, f"#define BT {min(r.batch, 8)}\n#define RW {rows_per_warp(r.gates * r.units_per_block)}\n") + f"""    st* wh_s = (st*)(smem + OFF_WEIGHTS);
     st* wi_s = wh_s + G * U * H;
-    float* h_s = (float*)(smem + ((G * U * (H + KMAX) * sizeof(st) + 15) / 16) * 16);
-    float* x_s = h_s + B * H;
-    float* gx_s = x_s + B * KMAX;
-    float* gh_s = gx_s + B * G * U;
-    float* c_s = gh_s + B * G * U;
+    float* h_s = (float*)(smem + OFF_H);
+    float* x_s = (float*)(smem + OFF_X);
+    float* gx_s = (float*)(smem + OFF_GX);
+    float* gh_s = (float*)(smem + OFF_GH);
 
     for (int i = tid; i < G * nu * H; i += blockDim.x) {{
         const int g = i / (nu * H), u = (i / H) % nu, k = i % H;
@@ -119,10 +156,6 @@ extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
     for (int i = tid; i < G * nu * kin; i += blockDim.x) {{
         const int g = i / (nu * kin), u = (i / kin) % nu, k = i % kin;
         wi_s[(g * U + u) * kin + k] = first[(size_t)(g * H + u0 + u) * kin + k];
-    }}
-    if (LSTM) for (int i = tid; i < B * nu; i += blockDim.x) {{
-        const int b = i / nu, u = i % nu;
-        c_s[b * U + u] = to_f(c0[(size_t)(chain * B + b) * H + u0 + u]);
     }}
     __syncthreads();
 
@@ -212,16 +245,7 @@ extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
 #define GX(g) gx_s[(b * G + (g)) * U + u]
 #define GH(g) gh_s[(b * G + (g)) * U + u]
             const float hprev = h_s[b * H + u0 + u];
-            float c = LSTM ? c_s[b * U + u] : 0.0f;
-            (void)hprev; (void)c;
-{CELL_CODE[r.cell]}
-            if (LSTM) c_s[b * U + u] = c;
-            st hv;
-            put(&hv, h);  // rounded to the storage type: what the reference and the readers see
-            y[((size_t)t * B + b) * (D * H) + dir * H + u0 + u] = hv;
-            const unsigned long long word = ((unsigned long long)(s + 1) << 32) | __float_as_uint(to_f(hv));
-            __stcg(&xch[((size_t)chain * T + t) * (B * H) + b * H + u0 + u], word);
-            if (LSTM && s == T - 1) put(&cn[(size_t)(chain * B + b) * H + u0 + u], c);
+{cell_update(r)}
 #undef GX
 #undef GH
         }}

@@ -32,6 +32,9 @@ class Recurrence:
     bias: bool
     dtype: str
     units_per_block: int  # hidden units of one chain that one GPU block owns (its weight slice)
+    # 0: the FFMA kernel (fp32 dot products); > 0: the tensor-core kernel (fp16 storage, mma.sync),
+    # which works through the batch in tiles of this many rows (a multiple of 8, the mma's N).
+    batch_tile: int = 0
 
     @property
     def gates(self) -> int:
@@ -55,14 +58,67 @@ class Recurrence:
         """Widest layer input the kernel stages (0 for one layer: layer 0's projection is cuBLAS's)."""
         return self.directions * self.hidden if self.num_layers > 1 else 0
 
+    # ---- shared memory: one definition of each kernel's layout, read by the fit check, the launch
+    # and the generated source (backends/persistent_kernel.py, backends/persistent_mma.py).
+
+    @property
+    def mma_rows(self) -> int:
+        """The block's weight rows (gates x units) padded to the mma's M of 16."""
+        return -(-self.gates * self.units_per_block // 16) * 16
+
+    @property
+    def mma_k(self) -> tuple[int, int]:
+        """(recurrent, layer-input) reduction lengths padded to the mma's K of 16."""
+        return -(-self.hidden // 16) * 16, -(-self.input_width // 16) * 16
+
+    @property
+    def stage_stride(self) -> int:
+        """Halves per staged batch row ([h | layer input]): padded so that the 8 rows one mma reads
+        start 4 banks apart, which makes its operand loads conflict-free."""
+        return -(-sum(self.mma_k) // 64) * 64 + 8
+
+    def smem_layout(self) -> dict[str, int]:
+        """Byte offsets of each shared-memory array, and "end", the bytes one block needs."""
+        G, H, B, U, K = self.gates, self.hidden, self.batch, self.units_per_block, self.input_width
+        parts: list[tuple[str, int]]
+        if self.batch_tile:  # weights as fp16 mma fragments, staging in fp16, one batch tile at a time
+            bt, rows = self.batch_tile, self.mma_rows
+            parts = [("weights", rows * sum(self.mma_k) * 2), ("stage", bt * self.stage_stride * 2),
+                     ("gx", bt * rows * 4), ("gh", bt * rows * 4), ("c", B * U * 4)]
+        else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
+            parts = [("weights", G * U * (H + K) * (2 if self.dtype == "float16" else 4)), ("h", B * H * 4),
+                     ("x", B * K * 4), ("gx", B * G * U * 4), ("gh", B * G * U * 4), ("c", B * U * 4)]
+        layout, at = {}, 0
+        for name, size in parts:
+            layout[name] = at
+            at += (size + 15) // 16 * 16
+        layout["end"] = at
+        return layout
+
     @property
     def shared_memory_bytes(self) -> int:
-        """Dynamic shared memory one block carves: its weight rows in the storage dtype (padded to
-        16 bytes), then fp32 staging of h and of the layer input, the gate pre-activations and c.
-        The kernel's source (backends/persistent_kernel.py) lays it out in this order."""
-        G, H, B, U, K = self.gates, self.hidden, self.batch, self.units_per_block, self.input_width
-        weights = G * U * (H + K) * (2 if self.dtype == "float16" else 4)
-        return (weights + 15) // 16 * 16 + 4 * (B * H + B * K + 2 * B * G * U + B * U)
+        return self.smem_layout()["end"]
+
+    # ---- the exchange buffer through which blocks hand h to each other (global memory)
+
+    @property
+    def exchange_stride(self) -> int:
+        """Tensor-core kernel: halves per published row of h (rows 16-byte aligned)."""
+        return -(-self.hidden // 8) * 8
+
+    @property
+    def exchange_counter_bytes(self) -> int:
+        """Tensor-core kernel: one counter per chain and step, of blocks that published h."""
+        return -(-len(self.chains) * self.seq_len * 4 // 16) * 16
+
+    @property
+    def exchange_bytes(self) -> tuple[int, int]:
+        """(bytes to allocate, leading bytes to zero before each run). FFMA kernel: a tagged 8-byte
+        word per value, all zeroed; tensor-core kernel: counters (zeroed), then h in fp16."""
+        values = len(self.chains) * self.seq_len * self.batch
+        if self.batch_tile:
+            return self.exchange_counter_bytes + values * self.exchange_stride * 2, self.exchange_counter_bytes
+        return values * self.hidden * 8, values * self.hidden * 8
 
 
 def operand_shapes(r) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

@@ -9,11 +9,13 @@ Guarantees: layer 0's input projection stays a cuBLAS GEMM over all steps per di
 the pre-transposed weight if `pretranspose` made one); everything recurrent, including the input
 projections of layers above the first, is the `recurrent` node; outputs read its results through
 views, so the plan's interface is unchanged.
+`choose_recurrence` picks the kernel: FFMA dot products (fp32, and fp16 at batch <= FFMA_MAX_BATCH)
+or tensor-core mma (fp16, batch in tiles sized to fit shared memory).
 `choose_lowering` resolves `lowering="auto"`: persistent where the weights fit the described device
-on-chip, it supports cooperative launch, and the batch is at most AUTO_MAX_BATCH, else graph, with
-the reason either way (the plan records both).
-Does not (yet): use tensor cores (math is FFMA in fp32, so it pays off at small batch only: see
-BENCHMARKS.md); overlap the upper layers' input projections with cuBLAS; hold weights in registers.
+on-chip, it supports cooperative launch, and the batch is at most AUTO_MAX_BATCH for the dtype, else
+graph, with the reason either way (the plan records both).
+Does not (yet): tf32 mma for fp32 (fp32 math is FFMA); overlap the upper layers' input projections
+with cuBLAS; hold weights in registers; describe the device by itself (pass PlanOptions(device=...)).
 """
 
 from __future__ import annotations
@@ -28,9 +30,13 @@ from rnnplan.spec import H200, DeviceShape, RNNSpec
 
 
 DEFAULT_DEVICE = H200
-# Measured on an H200 (BENCHMARKS.md): the FFMA persistent kernel beats cuDNN graph at batch 1 and
-# loses at batch 4 and above, where its dot products are bound by shared-memory reads.
-AUTO_MAX_BATCH = 2
+# Measured on an H200 (BENCHMARKS.md, persistent lowering): the FFMA kernel beats the graph lowering
+# up to batch 2 and loses from batch 4, where its dot products are bound by shared-memory reads; the
+# tensor-core kernel (fp16) beats the graph lowering up to batch 8 and loses at 64.
+AUTO_MAX_BATCH = {"float32": 2, "float16": 8}
+# fp16: at batch 1 the FFMA kernel's tagged hand-off is faster than the tensor-core kernel's
+# counters (0.34 against 0.61 ms, LSTM 2x256); from batch 4 the tensor-core kernel is.
+FFMA_MAX_BATCH = 2
 
 
 def choose_lowering(spec: RNNSpec, options) -> tuple[str, str]:
@@ -49,22 +55,41 @@ def choose_lowering(spec: RNNSpec, options) -> tuple[str, str]:
         return "graph", f"auto: {why}"
     if not device.cooperative_launch:
         return "graph", f"auto: {device.name} has no cooperative launch"
-    if spec.batch > AUTO_MAX_BATCH:
-        return "graph", f"auto: batch {spec.batch} > {AUTO_MAX_BATCH}, where the FFMA persistent kernel loses; {why}"
+    limit = AUTO_MAX_BATCH[spec.dtype]
+    if spec.batch > limit:
+        return "graph", f"auto: batch {spec.batch} > {limit}, where the persistent kernel loses ({spec.dtype}); {why}"
     return "persistent", f"auto: {why}"
 
 
-def recurrence_of(spec: RNNSpec, units: int) -> Recurrence:
+def recurrence_of(spec: RNNSpec, units: int, batch_tile: int = 0) -> Recurrence:
     return Recurrence(spec.cell, spec.num_layers, spec.directions, spec.seq_len, spec.batch, spec.hidden_size,
-                      spec.input_size, spec.bias, spec.dtype, units)
+                      spec.input_size, spec.bias, spec.dtype, units, batch_tile)
+
+
+def _fitting(spec: RNNSpec, units: int, device: DeviceShape) -> Recurrence:
+    """The recurrence for `units` per block: fp32, and fp16 up to FFMA_MAX_BATCH where it fits, run the
+    FFMA kernel; other fp16 runs the tensor-core kernel with the widest batch tile (64 rows down to 8)
+    whose shared memory fits."""
+    ffma = recurrence_of(spec, units)
+    if spec.dtype != "float16" or (spec.batch <= FFMA_MAX_BATCH and ffma.shared_memory_bytes <= device.smem_per_block):
+        return ffma
+    tile = min(64, -(-spec.batch // 8) * 8)
+    while tile > 8 and recurrence_of(spec, units, tile).shared_memory_bytes > device.smem_per_block:
+        tile = max(8, tile // 16 * 8)
+    return recurrence_of(spec, units, tile)
 
 
 def choose_units(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[int | None, str]:
     """Hidden units per block (so that all blocks fill the device once), and why, or None and why not."""
+    rec, why = choose_recurrence(spec, device)
+    return (rec.units_per_block if rec else None), why
+
+
+def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[Recurrence | None, str]:
+    """The persistent kernel's parameters for `spec` on `device` and why, or None and why it does not fit."""
     chains = spec.num_layers * spec.directions
     per_chain = max(1, device.sms // chains)
-    units = math.ceil(spec.hidden_size / per_chain)
-    trial = recurrence_of(spec, units)
+    trial = _fitting(spec, math.ceil(spec.hidden_size / per_chain), device)
     need = trial.shared_memory_bytes
     mib = sum(math.prod(s) for n, s in param_shapes(spec).items()
               if n.startswith("weight_hh") or (n.startswith("weight_ih") and not n.startswith("weight_ih_l0")))
@@ -75,15 +100,16 @@ def choose_units(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[i
     if need > device.smem_per_block:
         return None, (f"recurrent weights {mib:.1f} MiB need {need / 1024:.0f} KiB of shared memory per block "
                       f"over {blocks} blocks; {device.name} has {device.smem_per_block / 1024:.0f} KiB")
-    return units, (f"recurrent weights {mib:.1f} MiB fit on-chip: {blocks} blocks x {need / 1024:.0f} KiB "
-                   f"shared memory on {device.name}")
+    math_used = f"tensor cores, batch tiles of {trial.batch_tile}" if trial.batch_tile else "FFMA"
+    return trial, (f"recurrent weights {mib:.1f} MiB fit on-chip: {blocks} blocks x {need / 1024:.0f} KiB "
+                   f"shared memory on {device.name} ({math_used})")
 
 
 def persistent_recurrence(graph: Graph, options=None) -> Graph:
     spec = graph.spec
     device = (options.device if options is not None else None) or DEFAULT_DEVICE
-    units, reason = choose_units(spec, device)
-    if units is None:
+    rec, reason = choose_recurrence(spec, device)
+    if rec is None:
         raise ValueError(f"lowering='persistent' does not fit: {reason}")
     T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers
     G = len(spec.gates)
@@ -122,7 +148,6 @@ def persistent_recurrence(graph: Graph, options=None) -> Graph:
     inputs += [f"{s}0" for s in spec.state_names]
     seqs = [Value(f"y{layer}.seq", (T * B, D * H), Region(f"y{layer}", (0, T * B), (0, D * H))) for layer in range(L)]
     outs = seqs + ([Value("c_n.all", (L * D * B, H))] if spec.cell == "lstm" else [])
-    rec = recurrence_of(spec, units)
     nodes.append(Node("recurrence", "recurrent", tuple(inputs), tuple(outs), recurrence=rec, role="recurrence",
                       extra=(("reason", reason),)))
     last = f"y{L - 1}"
