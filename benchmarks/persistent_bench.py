@@ -56,7 +56,7 @@ for label, kw in SMALL + ROWS:
         err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
         xc = cp.asarray(x)
         ours = _median_ms(lambda i: ex.run(xc), 30)
-        graph_ex = rp.Executor(rp.build_plan(spec), w, backend="cupy")
+        graph_ex = rp.Executor(rp.build_plan(spec, options=rp.PlanOptions(lowering="graph")), w, backend="cupy")
         theirs_plan = _median_ms(lambda i: graph_ex.run(xc), 30)
         eager, cudnn_graph = cudnn_times(torch, module, [torch.as_tensor(x, device="cuda")], 30)
         r = next(st.recurrence for st in plan.steps if st.recurrence)

@@ -24,7 +24,8 @@ for name, (kw, math) in CONFIGS.items():
     x = cp.asarray(np.random.default_rng(0).standard_normal((spec.seq_len, spec.batch, spec.input_size)), dtype=np.float32)
     chains = spec.num_layers * spec.directions
     for chunk, streams in itertools.product((1, 2, 5, 10, 25), (chains, 2 * chains)):
-        plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, input_chunk=chunk, num_streams=streams))
+        plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, input_chunk=chunk, num_streams=streams,
+                                                          lowering="graph"))
         ex = rp.Executor(plan, w, backend="cupy")
         ms = _median_ms(lambda i: ex.run(x), 20)
         print(f"{name:<18} chunk {chunk:3d} streams {streams:2d}: {ms:7.3f} ms  critical path {plan.stats.critical_path:4d}"

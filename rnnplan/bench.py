@@ -101,7 +101,8 @@ def bench_row(torch, cp, label: str, kw: dict, precision: str, repeats: int) -> 
     module = _torch_setup(torch, spec, precision)
     weights = rp.Weights.from_torch(module, spec)
     t0 = time.perf_counter()
-    plan = rp.build_plan(spec, options=rp.PlanOptions(math="tf32" if precision == "tf32" else "fp32"))
+    math = "tf32" if precision == "tf32" else "fp32"
+    plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, lowering="graph"))
     plan_s = time.perf_counter() - t0
     ex = rp.Executor(plan, weights, backend="cupy", mode="graph")
     rng = np.random.default_rng(0)
@@ -132,7 +133,7 @@ def ablation(torch, cp, repeats: int, precision: str = "tf32") -> list[dict]:
     rows = []
     steps = [((), "streams")] + [(rp.PASSES[:k], "streams") for k in range(1, len(rp.PASSES) + 1)] + [(rp.PASSES, "graph")]
     for done, (passes, mode) in enumerate(steps, 1):
-        plan = rp.build_plan(spec, options=rp.PlanOptions(passes=passes, math=precision))
+        plan = rp.build_plan(spec, options=rp.PlanOptions(passes=passes, math=precision, lowering="graph"))
         ex = rp.Executor(plan, weights, backend="cupy", mode=mode)
         out = ex.run(x)[0].get()
         ref = out if ref is None else ref

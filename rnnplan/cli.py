@@ -55,7 +55,7 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--streams", type=int, default=None, help="number of streams (default: one per layer-direction)")
     o.add_argument("--input-chunk", type=int, default=None, help="steps per merged input GEMM (default: planner's choice)")
     o.add_argument("--math", default="fp32", choices=["fp32", "tf32"])
-    o.add_argument("--lowering", default="graph", choices=["graph", "persistent", "auto"],
+    o.add_argument("--lowering", default="auto", choices=["graph", "persistent", "auto"],
                    help="graph: a kernel per GEMM and cell-step; persistent: one kernel for the whole recurrence; "
                         "auto: persistent where it fits this machine's GPU and should win")
 
@@ -70,13 +70,8 @@ def _options(a: argparse.Namespace) -> PlanOptions:
     passes = {"all": None, "none": ()}.get(a.passes)
     if a.passes not in ("all", "none"):
         passes = tuple(p.strip() for p in a.passes.split(",") if p.strip())
-    device = None
-    if a.lowering != "graph":
-        from rnnplan.backends import cupy_unavailable_reason, describe_device
-
-        device = describe_device() if cupy_unavailable_reason() is None else None
     return PlanOptions(passes=passes, num_streams=a.streams, input_chunk=a.input_chunk, math=a.math,
-                       lowering=a.lowering, device=device)
+                       lowering=a.lowering)  # the planner reads the local GPU, if any
 
 
 def _plan(a: argparse.Namespace):

@@ -83,9 +83,10 @@ class PlanOptions(BaseModel):
     `num_streams=None` means one stream per layer and direction. `input_chunk=None` lets the planner
     choose the number of steps merged into one input GEMM for layers above the first.
     `lowering="persistent"` runs the whole recurrence as one persistent GPU kernel
-    (`rnnplan.scheduler.persistent`); "graph" keeps one kernel per GEMM and cell-step; "auto"
-    picks persistent where it fits `device` and is expected to win, else graph. `device` describes
-    the GPU to plan for (default for persistent: an H200; "auto" without it plans graph).
+    (`rnnplan.scheduler.persistent`); "graph" keeps one kernel per GEMM and cell-step; "auto" (the
+    default) picks persistent where it fits the device and is measured to win, else graph (always
+    graph without a GPU, or when `passes` selects a subset). `device` describes the GPU to plan for
+    (default: the local GPU, read through CuPy; for "persistent" without one, an H200).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -94,7 +95,7 @@ class PlanOptions(BaseModel):
     num_streams: PositiveInt | None = None
     input_chunk: int | None = Field(default=None)
     math: Literal["fp32", "tf32"] = "fp32"
-    lowering: Literal["graph", "persistent", "auto"] = "graph"
+    lowering: Literal["graph", "persistent", "auto"] = "auto"
     device: DeviceShape | None = None
 
     @field_validator("passes")

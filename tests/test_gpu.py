@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(cupy_unavailable_reason() is not None, reason=str(cupy_unavailable_reason()))]
 
 TOL = {"fp32": 1e-5, "tf32": 1e-3, "fp16": 5e-3}
+GRAPH = rp.PlanOptions(lowering="graph")  # tests of the graph lowering (the default, "auto", may pick persistent)
 SPECS = [
     dict(cell="lstm", input_size=7, hidden_size=13, num_layers=2, seq_len=9, batch=3, bidirectional=True),
     dict(cell="gru", input_size=33, hidden_size=47, num_layers=3, seq_len=11, batch=5),
@@ -60,7 +61,7 @@ def check(spec_kw, precision, mode, seed):
         for p in module.parameters():
             p.data = p.data.half().float()
     math = "tf32" if precision == "tf32" else "fp32"
-    plan = rp.build_plan(spec, options=rp.PlanOptions(math=math))
+    plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, lowering="graph"))
     ex = rp.Executor(plan, weights, backend="cupy", mode=mode)
     x, state = random_inputs(spec, seed, with_state=seed % 2 == 0)
     want_out, want_st = torch_reference(module, x, state)
@@ -95,7 +96,7 @@ def test_pass_subsets_on_gpu(passes):
     x, state = random_inputs(spec, 3)
     want, _ = rp.Executor(rp.build_plan(spec, passes=()), w, backend="numpy").run(x, state)
     for mode in ("graph", "streams"):
-        ex = rp.Executor(rp.build_plan(spec, passes=passes), w, backend="cupy", mode=mode)
+        ex = rp.Executor(rp.build_plan(spec, passes=passes, options=GRAPH), w, backend="cupy", mode=mode)
         for _ in range(2):
             ex.impl.poison()
             assert rel_err(ex.run(x, state)[0].get(), want) <= 1e-5
@@ -107,7 +108,7 @@ def test_inputs_from_numpy_cupy_and_torch_and_ownership():
 
     spec = rp.RNNSpec(**SPECS[4])
     w = rp.Weights.random(spec, seed=1)
-    ex = rp.Executor(rp.build_plan(spec), w, backend="cupy")
+    ex = rp.Executor(rp.build_plan(spec, options=GRAPH), w, backend="cupy")
     x, state = random_inputs(spec, 1)
     first, (h, c) = ex.run(x, state)
     assert isinstance(first, cp.ndarray) and first.shape == (8, 20, 128)  # batch_first
@@ -142,7 +143,7 @@ def test_input_on_another_gpu_is_rejected(monkeypatch):
     import rnnplan.backends.cupy_backend as cb
 
     spec = rp.RNNSpec(**SPECS[2])
-    ex = rp.Executor(rp.build_plan(spec), rp.Weights.random(spec), backend="cupy")
+    ex = rp.Executor(rp.build_plan(spec, options=GRAPH), rp.Weights.random(spec), backend="cupy")
     x, _ = random_inputs(spec, 0)
     import cupy as cp
 
@@ -153,7 +154,7 @@ def test_input_on_another_gpu_is_rejected(monkeypatch):
 
 def test_several_executors_alive():
     specs = [rp.RNNSpec(**SPECS[0]), rp.RNNSpec(**SPECS[1])]
-    exs = [rp.Executor(rp.build_plan(s), rp.Weights.random(s, seed=i), backend="cupy") for i, s in enumerate(specs)]
+    exs = [rp.Executor(rp.build_plan(s, options=GRAPH), rp.Weights.random(s, seed=i), backend="cupy") for i, s in enumerate(specs)]
     nps = [rp.Executor(rp.build_plan(s), rp.Weights.random(s, seed=i), backend="numpy") for i, s in enumerate(specs)]
     inputs = [random_inputs(s, 5) for s in specs]
     for _ in range(2):
@@ -171,7 +172,7 @@ def test_plan_too_large_for_the_device():
 
 def test_measured_gpu_timeline():
     spec = rp.RNNSpec(**SPECS[0])
-    plan = rp.build_plan(spec)
+    plan = rp.build_plan(spec, options=GRAPH)
     ex = rp.Executor(plan, rp.Weights.random(spec), backend="cupy")
     trace = ex.trace(random_inputs(spec, 0)[0])
     spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
@@ -220,6 +221,17 @@ def test_persistent_lowering_matches_torch(spec_kw, precision, mode):
         assert rel_err(out, ref_out) <= TOL[precision]
         for s_, w in zip(st, want_st):
             assert rel_err(s_, w) <= TOL[precision]
+
+
+def test_default_plan_reads_the_device_and_picks_persistent_at_small_batch():
+    spec = rp.RNNSpec(cell="gru", input_size=24, hidden_size=64, num_layers=2, seq_len=9, batch=1)
+    plan = rp.build_plan(spec)  # lowering="auto", no device given: the planner reads GPU 0
+    assert plan.lowering == "persistent" and "fit on-chip" in plan.lowering_reason
+    assert rp.build_plan(rp.PAPER_SPEC).lowering == "graph"  # batch 64: the graph lowering wins
+    w = rp.Weights.random(spec, seed=4)
+    x, state = random_inputs(spec, 4)
+    want, _ = rp.Executor(rp.build_plan(spec, passes=()), w, backend="numpy").run(x, state)
+    assert rel_err(rp.Executor(plan, w, backend="cupy").run(x, state)[0].get(), want) <= 1e-5
 
 
 def test_auto_lowering_with_the_real_device():

@@ -11,15 +11,17 @@ projections of layers above the first, is the `recurrent` node; outputs read its
 views, so the plan's interface is unchanged.
 `choose_recurrence` picks the kernel: FFMA dot products (fp32, and fp16 at batch <= FFMA_MAX_BATCH)
 or tensor-core mma (fp16, batch in tiles sized to fit shared memory).
-`choose_lowering` resolves `lowering="auto"`: persistent where the weights fit the described device
-on-chip, it supports cooperative launch, and the batch is at most AUTO_MAX_BATCH for the dtype, else
-graph, with the reason either way (the plan records both).
+`choose_lowering` resolves `lowering="auto"` (the default): persistent where the weights fit the
+device (`PlanOptions.device`, else the local GPU) on-chip, it supports cooperative launch, and the
+batch is at most AUTO_MAX_BATCH for the dtype, else graph, with the reason either way (the plan
+records both). Without a GPU, or with a chosen subset of passes, auto plans graph.
 Does not (yet): tf32 mma for fp32 (fp32 math is FFMA); overlap the upper layers' input projections
-with cuBLAS; hold weights in registers; describe the device by itself (pass PlanOptions(device=...)).
+with cuBLAS; hold weights in registers.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 from rnnplan.ir.build import DIRECTIONS, param_shapes
@@ -30,22 +32,42 @@ from rnnplan.spec import H200, DeviceShape, RNNSpec
 
 
 DEFAULT_DEVICE = H200
-# Measured on an H200 (BENCHMARKS.md, persistent lowering): the FFMA kernel beats the graph lowering
-# up to batch 2 and loses from batch 4, where its dot products are bound by shared-memory reads; the
-# tensor-core kernel (fp16) beats the graph lowering up to batch 8 and loses at 64.
-AUTO_MAX_BATCH = {"float32": 2, "float16": 8}
+# Measured on an H200 (BENCHMARKS.md, persistent lowering): the FFMA kernel (fp32) beats the graph
+# lowering up to batch 4 and loses at 8, where its dot products are bound by shared-memory reads; the
+# tensor-core kernel (fp16) beats it up to batch 8 and loses at 64.
+AUTO_MAX_BATCH = {"float32": 4, "float16": 8}
 # fp16: at batch 1 the FFMA kernel's tagged hand-off is faster than the tensor-core kernel's
 # counters (0.34 against 0.61 ms, LSTM 2x256); from batch 4 the tensor-core kernel is.
 FFMA_MAX_BATCH = 2
 
 
+@functools.cache
+def local_device() -> DeviceShape | None:
+    """The first CUDA device CuPy sees, described once per process; None where there is none."""
+    from rnnplan.backends import cupy_unavailable_reason, describe_device  # CuPy only when asked
+
+    return describe_device() if cupy_unavailable_reason() is None else None
+
+
+def planning_device(options) -> DeviceShape | None:
+    """The GPU a plan is sized for: the one described, else the local one, else, for an explicit
+    persistent lowering, DEFAULT_DEVICE; None (plan graph) for auto without any GPU."""
+    if options is not None and options.device is not None:
+        return options.device
+    explicit = options is None or options.lowering == "persistent"
+    return local_device() or (DEFAULT_DEVICE if explicit else None)
+
+
 def choose_lowering(spec: RNNSpec, options) -> tuple[str, str]:
-    """("graph" | "persistent", why) for the options' lowering and device."""
+    """("graph" | "persistent", why) for the options' lowering and device. "auto" without a device
+    reads the local GPU; with a subset of passes it plans graph (a pass study keeps its kernels)."""
     if options.lowering == "graph":
         return "graph", "requested"
-    device = options.device or (DEFAULT_DEVICE if options.lowering == "persistent" else None)
+    if options.lowering == "auto" and options.passes is not None:
+        return "graph", "auto: a subset of passes was chosen, so the plan keeps one kernel per GEMM and cell-step"
+    device = planning_device(options)
     if device is None:
-        return "graph", "auto: no device described (PlanOptions(device=rnnplan.backends.describe_device()))"
+        return "graph", "auto: no CUDA device here (plan for one with PlanOptions(device=...))"
     units, why = choose_units(spec, device)
     if options.lowering == "persistent":
         if units is None:
@@ -107,8 +129,7 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tu
 
 def persistent_recurrence(graph: Graph, options=None) -> Graph:
     spec = graph.spec
-    device = (options.device if options is not None else None) or DEFAULT_DEVICE
-    rec, reason = choose_recurrence(spec, device)
+    rec, reason = choose_recurrence(spec, planning_device(options) or DEFAULT_DEVICE)
     if rec is None:
         raise ValueError(f"lowering='persistent' does not fit: {reason}")
     T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers
