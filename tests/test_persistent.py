@@ -124,3 +124,19 @@ def test_one_definition_of_the_kernel_layouts(dtype, batch):
         assert zeroed == r.exchange_counter_bytes < size and r.exchange_stride % 8 == 0
     else:  # one tagged 8-byte word per value, all zeroed
         assert zeroed == size == len(r.chains) * r.seq_len * r.batch * r.hidden * 8
+
+
+def test_tensor_core_work_split():
+    """Each warp owns (m-tile, n-group) jobs; k is split only when jobs are fewer than warps, and then
+    the later k-slices get partial-sum slots of their own in shared memory (no atomics)."""
+    paper = choose_recurrence(rp.PAPER_SPEC.model_copy(update={"dtype": "float16"}))[0]
+    m_tiles, n_tiles = paper.mma_rows // 16, paper.batch_tile // 8
+    groups, k_split = paper.mma_split
+    assert (groups, k_split) == (2, 1) and m_tiles * groups == 8 and n_tiles % groups == 0
+    layout = paper.smem_layout()
+    assert layout["partial"] == layout["bias"]  # no k-split, no partial sums
+    small = choose_recurrence(rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=10,
+                                         batch=8, dtype="float16"))[0]
+    assert small.mma_split == (1, 4)  # 2 m-tiles x 1 n-tile: k split four ways to use 8 warps
+    layout = small.smem_layout()
+    assert layout["bias"] - layout["partial"] == 3 * 2 * small.batch_tile * small.mma_rows * 4

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 
-THREADS = 256
+from rnnplan.ir.recurrence import KERNEL_WARPS
+
+THREADS = 32 * KERNEL_WARPS
 
 CELL_CODE = {
     "lstm": """

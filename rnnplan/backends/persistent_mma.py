@@ -1,23 +1,29 @@
 """CUDA source for the tensor-core persistent kernel (fp16 storage; `Recurrence.batch_tile` > 0).
 
-Same protocol as the FFMA kernel (`persistent_kernel.py`: one block per slice of a chain's hidden
-units, h handed over as tagged exchange words, layers in a wavefront), different arithmetic:
+Same work split as the FFMA kernel (`persistent_kernel.py`: one block per slice of a chain's hidden
+units, layers in a wavefront, c on-chip), different arithmetic and hand-off:
 
-- the block's weight rows (gates x units, padded to 16) and both reductions ([W_hh | W_ih], each
+- the block's weight rows (gates x units, padded to 16) over both reductions ([W_hh | W_ih], each
   padded to 16) are copied once into shared memory in the order of `mma.sync.m16n8k16` A fragments,
   so a warp fetches one fragment with one conflict-free 16-byte load per lane;
-- per step, the batch is processed in tiles of `batch_tile` rows: [h | layer input] of the tile is
-  staged in fp16 (8 exchange words in flight per thread, so the L2 round trips overlap), then each
-  warp runs the k-steps of one m-tile against every 8-row n-tile of the batch tile, accumulating in
-  fp32, and adds its partial sums into the tile's gate pre-activations (split-K over the warps when
-  there are fewer m-tiles than warps); the cell update of the tile follows.
+- h is published in fp16 rows ([chain][t][b][H padded to 8]) and a per-(chain, step) counter that
+  each block bumps once its slice is written (barrier, fence, atomic add). A reader's thread 0 waits
+  for the counters it needs; then the whole block copies the rows into shared memory with cp.async
+  (16 bytes a copy, all in flight at once). At batch 1-2 the FFMA kernel's tagged words, which
+  need one L2 round trip per hand-off instead of two, are faster, and the planner uses that kernel;
+- per step, the batch is processed in tiles of `batch_tile` rows: the tile's gate sums start from
+  the biases (kept in shared memory) and, in layer 0, cuBLAS's input projection, loaded before the
+  wait; each warp owns one m-tile and one group of the tile's 8-row n-tiles (`Recurrence.mma_split`),
+  loads B fragments with ldmatrix, accumulates in fp32 and adds into the gate sums alone, with no
+  atomics; where there are fewer such jobs than warps, k is split and the later slices write
+  partial sums of their own, which the cell update adds. The cell update of the tile follows.
 
 Pure Python: generates source; the CuPy executor compiles and launches it.
 """
 
 from __future__ import annotations
 
-from rnnplan.backends.persistent_kernel import cell_update, prelude
+from rnnplan.backends.persistent_kernel import THREADS, cell_update, prelude
 
 
 def mma_source(r) -> str:
@@ -32,6 +38,11 @@ def mma_source(r) -> str:
 #define KS {r.stage_stride}
 #define HX {r.exchange_stride}
 #define CNT_BYTES {r.exchange_counter_bytes}
+#define NG {r.mma_split[0]}
+#define NPG (NT / NG)
+#define KSPLIT {r.mma_split[1]}
+#define NTHREADS {THREADS}
+#define FILL {-(-r.batch_tile * r.mma_rows // THREADS)}  // gate sums each thread fills
 #define E {8 if r.hidden % 8 == 0 else 1}
 """
     return prelude(r, defines + MMA_HELPERS) + f"""    unsigned int* counters = (unsigned int*)xch;  // [chain][t]: blocks that have published h
@@ -40,6 +51,7 @@ def mma_source(r) -> str:
     __half* stage = (__half*)(smem + OFF_STAGE);
     float* gx_s = (float*)(smem + OFF_GX);
     float* gh_s = (float*)(smem + OFF_GH);
+    float* partial = (float*)(smem + OFF_PARTIAL);  // [KSPLIT - 1][gx, gh][BT][RP]
     const int kt = KHT + (layer == 0 ? 0 : KXP / 16);  // k-steps this block runs
 
     // W_hh | W_ih rows of this block as A fragments: fragment (ks, mt) is 32 lanes x 8 halves.
@@ -57,15 +69,37 @@ def mma_source(r) -> str:
         }}
         wsm[i] = __float2half_rn(w);
     }}
+    float* bias_s = (float*)(smem + OFF_BIAS);  // [b_ih | b_hh] of this block's rows, fp32
+    for (int i = tid; i < 2 * RP; i += blockDim.x) {{
+        const int row = i % RP, g = row / U, u = row % U;
+        const st* b = i < RP ? bih : bhh;
+        bias_s[i] = BIAS && g < G && u < nu ? to_f(b[g * H + u0 + u]) : 0.0f;
+    }}
     for (int i = tid; i < BT * KS; i += blockDim.x) stage[i] = __float2half_rn(0.0f);
     __syncthreads();
-    const int ksplit = MT >= nwarps ? 1 : nwarps / MT;
     const int grp = lane >> 2, tig = lane & 3;
 
     for (int s = 0; s < T; ++s) {{
         const int t = dir == 0 ? s : T - 1 - s;
         const int tprev = dir == 0 ? t - 1 : t + 1;
         for (int b0 = 0; b0 < B; b0 += BT) {{
+            // Gate sums start from what does not depend on h: the biases (kept in shared memory) and, in
+            // layer 0, the input projection (cuBLAS's, in global memory), loaded before the wait hides it.
+            {{
+                float fx[FILL], fh[FILL];  // all loads in flight before the first store
+#pragma unroll
+                for (int q = 0; q < FILL; ++q) {{
+                    const int i = tid + q * NTHREADS, bl = i / RP, row = i % RP, g = row / U, u = row % U;
+                    fx[q] = 0.0f;
+                    if (layer == 0 && i < BT * RP && g < G && u < nu && b0 + bl < B)
+                        fx[q] = to_f(first[((size_t)t * B + b0 + bl) * (G * H) + g * H + u0 + u]);
+                    fx[q] += bias_s[row];
+                    fh[q] = bias_s[RP + row];
+                }}
+#pragma unroll
+                for (int q = 0; q < FILL; ++q)
+                    if (tid + q * NTHREADS < BT * RP) {{ gx_s[tid + q * NTHREADS] = fx[q]; gh_s[tid + q * NTHREADS] = fh[q]; }}
+            }}
             if (b0 == 0) {{  // wait until every block of this chain published step s-1 and, above
                 if (tid == 0) {{  // layer 0, the layer below published time t in every direction
                     if (s > 0) await_count(&counters[chain * T + tprev]);
@@ -80,42 +114,41 @@ def mma_source(r) -> str:
             else stage_part(stage, hx + ((size_t)chain * T + tprev) * B * HX, rows, b0, 0);
             for (int d2 = 0; layer > 0 && d2 < D; ++d2)
                 stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * HX, rows, b0, KHP + d2 * H);
-            for (int i = tid; i < BT * RP; i += blockDim.x) {{ gx_s[i] = 0.0f; gh_s[i] = 0.0f; }}
             staged();
             __syncthreads();
-            for (int job = warp; job < MT * ksplit; job += nwarps) {{
-                const int mt = job % MT, slice = job / MT;
-                const int k0 = slice * kt / ksplit, k1 = (slice + 1) * kt / ksplit;
-                float ah[NT][4], ax[NT][4];
+            for (int job = warp; job < MT * NG * KSPLIT; job += nwarps) {{
+                const int mt = job % MT, ng = (job / MT) % NG, slice = job / (MT * NG);
+                const int k0 = slice * kt / KSPLIT, k1 = (slice + 1) * kt / KSPLIT;
+                float ah[NPG][4], ax[NPG][4];
 #pragma unroll
-                for (int n = 0; n < NT; ++n)
+                for (int n = 0; n < NPG; ++n)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {{ ah[n][e] = 0.0f; ax[n][e] = 0.0f; }}
-                mma_steps(ah, wf, stage, mt, k0, min(k1, KHT), grp, tig, lane);
-                mma_steps(ax, wf, stage, mt, max(k0, KHT), k1, grp, tig, lane);
+                const __half* rows_of_group = stage + ng * NPG * 8 * KS;
+                mma_steps(ah, wf, rows_of_group, mt, k0, min(k1, KHT), lane);
+                mma_steps(ax, wf, rows_of_group, mt, max(k0, KHT), k1, lane);
+                float* px = partial + (slice - 1) * 2 * BT * RP;  // slices after the first: own slots
 #pragma unroll
-                for (int n = 0; n < NT; ++n)
+                for (int n = 0; n < NPG; ++n)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {{  // C: row mt*16 + grp (+8), batch column n*8 + tig*2 (+1)
-                        const int row = mt * 16 + grp + (e >> 1) * 8, bl = n * 8 + tig * 2 + (e & 1);
-                        atomicAdd(&gh_s[bl * RP + row], ah[n][e]);
-                        if (layer > 0) atomicAdd(&gx_s[bl * RP + row], ax[n][e]);
+                        const int row = mt * 16 + grp + (e >> 1) * 8, bl = (ng * NPG + n) * 8 + tig * 2 + (e & 1);
+                        const int at = bl * RP + row;
+                        if (slice == 0) {{  // this warp alone owns these sums: no atomics
+                            gh_s[at] += ah[n][e];
+                            gx_s[at] += ax[n][e];
+                        }} else {{
+                            px[BT * RP + at] = ah[n][e];
+                            px[at] = ax[n][e];
+                        }}
                     }}
             }}
             __syncthreads();
             for (int i = tid; i < BT * nu; i += blockDim.x) {{
                 const int bl = i / nu, u = i % nu, b = b0 + bl;
                 if (b >= B) break;
-                float gx[G], gh[G];
-#pragma unroll
-                for (int g = 0; g < G; ++g) {{
-                    const int col = g * H + u0 + u;
-                    gx[g] = layer == 0 ? to_f(first[((size_t)t * B + b) * (G * H) + col]) : gx_s[bl * RP + g * U + u];
-                    gh[g] = gh_s[bl * RP + g * U + u];
-                    if (BIAS) {{ gx[g] += to_f(bih[col]); gh[g] += to_f(bhh[col]); }}
-                }}
-#define GX(g) gx[g]
-#define GH(g) gh[g]
+#define GX(g) gate_sum(gx_s, partial, 0, bl * RP + (g) * U + u)
+#define GH(g) gate_sum(gh_s, partial, 1, bl * RP + (g) * U + u)
                 const float hprev = __half2float(stage[bl * KS + u0 + u]);
 {cell_update(r, HANDOFF)}
 #undef GX
@@ -172,19 +205,44 @@ __device__ __forceinline__ void stage_h0(__half* stage, const st* h0, int rows, 
         stage[(i / H) * KS + i % H] = h0[(size_t)(chain * B + b0 + i / H) * H + i % H];
 }
 
-// k-steps [ks0, ks1) of m-tile mt against every n-tile of the staged batch tile, added into acc.
-// B fragment: lane holds batch row n*8 + grp, columns ks*16 + tig*2 (+1) and (+8, +9).
+// A gate's sum (which: 0 x-part, 1 h-part) over the first k-slice's slot and the others' partials.
+__device__ __forceinline__ float gate_sum(const float* sums, const float* partial, int which, int at) {
+    float v = sums[at];
+#pragma unroll
+    for (int slice = 1; slice < KSPLIT; ++slice) v += partial[((slice - 1) * 2 + which) * BT * RP + at];
+    return v;
+}
+
+// k-step ks of m-tile mt against NTILES n-tiles of the staged rows at `base`, added into acc.
+// B fragments come by ldmatrix: lanes 8m..8m+7 point at the rows of 8x8 matrix m (n-tile n + m/2,
+// columns ks*16 + (m%2)*8), and lane l receives row l/4, columns 2*(l%4) and +1, PTX's B layout.
+template <int NTILES>
+__device__ __forceinline__ void mma_step(float (&acc)[NTILES][4], const uint4* wf, unsigned int base, int mt, int ks,
+                                         int lane) {
+    const uint4 a = wf[(ks * MT + mt) * 32 + lane];
+#pragma unroll
+    for (int n = 0; n + 1 < NTILES; n += 2) {
+        unsigned int b0, b1, b2, b3;
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\\n"
+                     : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3) : "r"(base + (n * 8 * KS + ks * 16) * 2));
+        mma16816(acc[n], a, b0, b1);
+        mma16816(acc[n + 1], a, b2, b3);
+    }
+    if (NTILES % 2) {
+        unsigned int b0, b1;
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\\n"
+                     : "=r"(b0), "=r"(b1) : "r"(base + ((NTILES - 1) * 8 * KS + ks * 16) * 2));
+        mma16816(acc[NTILES - 1], a, b0, b1);
+    }
+}
+
+// k-steps [ks0, ks1) of m-tile mt against NTILES n-tiles of staged rows from `stage`, added into acc.
 template <int NTILES>
 __device__ __forceinline__ void mma_steps(float (&acc)[NTILES][4], const uint4* wf, const __half* stage, int mt,
-                                          int ks0, int ks1, int grp, int tig, int lane) {
-    for (int ks = ks0; ks < ks1; ++ks) {
-        const uint4 a = wf[(ks * MT + mt) * 32 + lane];
-#pragma unroll
-        for (int n = 0; n < NTILES; ++n) {
-            const __half* p = stage + (n * 8 + grp) * KS + ks * 16 + tig * 2;
-            mma16816(acc[n], a, *(const unsigned int*)p, *(const unsigned int*)(p + 8));
-        }
-    }
+                                          int ks0, int ks1, int lane) {
+    const int mat = lane >> 3, row = lane & 7;
+    const unsigned int base = (unsigned int)__cvta_generic_to_shared(stage + ((mat >> 1) * 8 + row) * KS + (mat & 1) * 8);
+    for (int ks = ks0; ks < ks1; ++ks) mma_step(acc, wf, base, mt, ks, lane);
 }
 
 """

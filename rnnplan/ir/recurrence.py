@@ -19,6 +19,8 @@ import numpy as np
 
 from rnnplan.spec import GATES
 
+KERNEL_WARPS = 8  # warps per block of the persistent kernels (256 threads)
+
 
 @dataclass(frozen=True, slots=True)
 class Recurrence:
@@ -72,6 +74,16 @@ class Recurrence:
         return -(-self.hidden // 16) * 16, -(-self.input_width // 16) * 16
 
     @property
+    def mma_split(self) -> tuple[int, int]:
+        """(n_groups, k_split): how the tensor-core kernel's KERNEL_WARPS warps share a batch tile.
+        Each warp owns one m-tile and one group of the tile's 8-row n-tiles, so that it adds its sums
+        into the gate sums alone (no atomics); k is split (into extra partial-sum slots) only when
+        there are fewer (m-tile, n-group) jobs than warps."""
+        m_tiles, n_tiles = self.mma_rows // 16, self.batch_tile // 8
+        groups = max(d for d in range(1, n_tiles + 1) if n_tiles % d == 0 and d * m_tiles <= max(KERNEL_WARPS, m_tiles))
+        return groups, max(1, KERNEL_WARPS // (m_tiles * groups))
+
+    @property
     def stage_stride(self) -> int:
         """Halves per staged batch row ([h | layer input]): padded so that the 8 rows one mma reads
         start 4 banks apart, which makes its operand loads conflict-free."""
@@ -83,8 +95,10 @@ class Recurrence:
         parts: list[tuple[str, int]]
         if self.batch_tile:  # weights as fp16 mma fragments, staging in fp16, one batch tile at a time
             bt, rows = self.batch_tile, self.mma_rows
+            extra = self.mma_split[1] - 1  # partial sums of the k-slices after the first
             parts = [("weights", rows * sum(self.mma_k) * 2), ("stage", bt * self.stage_stride * 2),
-                     ("gx", bt * rows * 4), ("gh", bt * rows * 4), ("c", B * U * 4)]
+                     ("gx", bt * rows * 4), ("gh", bt * rows * 4), ("partial", extra * 2 * bt * rows * 4),
+                     ("bias", 2 * rows * 4), ("c", B * U * 4)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
             parts = [("weights", G * U * (H + K) * (2 if self.dtype == "float16" else 4)), ("h", B * H * 4),
                      ("x", B * K * 4), ("gx", B * G * U * 4), ("gh", B * G * U * 4), ("c", B * U * 4)]
