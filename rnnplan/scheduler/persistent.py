@@ -30,7 +30,6 @@ from rnnplan.ir.node import Gemm, Node, Region, Value
 from rnnplan.ir.recurrence import Recurrence
 from rnnplan.spec import H200, DeviceShape, RNNSpec
 
-
 DEFAULT_DEVICE = H200
 # Measured on an H200 (BENCHMARKS.md, persistent lowering): the FFMA kernel (fp32) beats the graph
 # lowering up to batch 4 and loses at 8, where its dot products are bound by shared-memory reads; the
@@ -44,7 +43,10 @@ FFMA_MAX_BATCH = 2
 @functools.cache
 def local_device() -> DeviceShape | None:
     """The first CUDA device CuPy sees, described once per process; None where there is none."""
-    from rnnplan.backends import cupy_unavailable_reason, describe_device  # CuPy only when asked
+    from rnnplan.backends import (  # CuPy only when asked
+        cupy_unavailable_reason,
+        describe_device,
+    )
 
     return describe_device() if cupy_unavailable_reason() is None else None
 

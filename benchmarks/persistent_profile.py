@@ -1,0 +1,78 @@
+"""Where the tensor-core persistent kernel spends a step: clock64 marks between its phases, read by
+thread 0 of each block and summed over the steps, for the first block of layer 0 and of the last layer.
+
+    python3 benchmarks/persistent_profile.py
+
+Phases: publish/loop (the previous step's publish and loop overhead), fill (gate sums from biases and
+layer 0's input projection), wait (for the counters this step needs), stage (cp.async of h and the
+layer input), mma (tensor cores and writing the gate sums), cell (the cell update). The marks are
+inserted into the generated source by text anchors, so this tool fails loudly (AssertionError) when
+the kernel's text changes under it. The kernel's own barriers make thread 0's view the block's.
+"""
+
+import numpy as np
+
+import rnnplan as rp
+from rnnplan.backends import cupy_backend, persistent_kernel
+from rnnplan.ir import recurrence
+
+PHASES = ("publish/loop", "fill", "wait", "stage", "mma", "cell")
+ANCHORS = ("            // Gate sums start from", "            if (b0 == 0) {  // wait until",
+           "            // Stage [h | layer input]", "            for (int job = warp;",
+           "            for (int i = tid; i < BT * nu; i += blockDim.x) {")
+TILE_END = "            __syncthreads();  // the next tile restages `stage` and the gate sums\n"
+START = "    const int grp = lane >> 2, tig = lane & 3;"
+plain_source = persistent_kernel.recurrent_source
+plain_exchange = recurrence.Recurrence.exchange_bytes
+
+
+def profile_offset(r) -> int:
+    return (plain_exchange.fget(r)[0] + 15) // 16 * 16
+
+
+def instrumented_source(r) -> str:
+    src = plain_source(r)
+    if not r.batch_tile:
+        raise SystemExit("this tool instruments the tensor-core kernel (fp16, batch above 2)")
+    for k, anchor in enumerate(ANCHORS):
+        assert src.count(anchor) == 1, anchor
+        src = src.replace(anchor, f"            PROF({k});\n" + anchor)
+    assert src.count(TILE_END) == 1 and src.count(START) == 1
+    src = src.replace(TILE_END, TILE_END + f"            PROF({len(ANCHORS)});\n")
+    src = src.replace(START, START + "\n    unsigned long long acc_[8] = {0}, t_ = clock64();\n"
+                      "#define PROF(k) if (tid == 0) { unsigned long long n_ = clock64(); acc_[k] += n_ - t_; t_ = n_; }\n")
+    body = src.rstrip()
+    assert body.endswith("}")
+    return body[:-1] + (f"    if (tid == 0) for (int k = 0; k < 8; ++k)\n"
+                        f"        ((unsigned long long*)((unsigned char*)xch + {profile_offset(r)}))[blockIdx.x * 8 + k] = acc_[k];\n}}\n")
+
+
+def main() -> None:
+    import cupy as cp
+
+    persistent_kernel.recurrent_source = cupy_backend.recurrent_source = instrumented_source
+    recurrence.Recurrence.exchange_bytes = property(  # room for 8 counters per block after the exchange
+        lambda r: (profile_offset(r) + r.blocks * 64, plain_exchange.fget(r)[1]))
+    clock_hz = cp.cuda.runtime.getDeviceProperties(0)["clockRate"] * 1e3
+    for kw in (dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64),
+               dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=8)):
+        spec = rp.RNNSpec(**kw, dtype="float16")
+        plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
+        r = next(s.recurrence for s in plan.steps if s.recurrence)
+        ex = rp.Executor(plan, rp.Weights.random(spec, seed=1), backend="cupy", mode="streams")
+        x = np.random.default_rng(0).standard_normal((spec.seq_len, spec.batch, spec.input_size)).astype(np.float16)
+        for _ in range(3):
+            ex.run(x)
+        cp.cuda.Device().synchronize()
+        exchange = ex.impl._keep_alive[-1]  # the launch keeps [pointer table, exchange buffer]
+        start = profile_offset(r)
+        cycles = exchange.view(np.uint8)[start:start + r.blocks * 64].view(np.uint64).get().reshape(r.blocks, 8)
+        print(f"{spec.short()}: {r.blocks} blocks x {r.units_per_block} units, batch tiles of {r.batch_tile}")
+        for block in (0, r.blocks_per_chain * (len(r.chains) - 1)):
+            us = cycles[block, :len(PHASES)] / clock_hz * 1e6 / spec.seq_len
+            print(f"  block {block:3d} (layer {block // r.blocks_per_chain // r.directions}), us per step: "
+                  + ", ".join(f"{n} {u:.2f}" for n, u in zip(PHASES, us)) + f"; total {us.sum():.2f}")
+
+
+if __name__ == "__main__":
+    main()
