@@ -1,15 +1,17 @@
-"""CUDA source for the persistent `recurrent` step (see `rnnplan/scheduler/persistent.py`).
+"""CUDA source for the persistent `recurrent` step (see `rnnplan/scheduler/persistent.py`): the FFMA
+kernel, and what it shares with the tensor-core kernel (`persistent_mma.py`): the prelude (sizes,
+shared-memory offsets from `Recurrence.smem_layout`, helpers, operand pointers) and the cell update.
 
 Block b owns hidden units [u0, u0+U) of one chain (layer, direction): it copies its rows of W_hh
 (and, above layer 0, of W_ih) into shared memory once, then walks the chain's steps. Blocks hand
 h to each other through an exchange buffer (one slot per chain and time step, zeroed before each
 run) of 8-byte words holding the value and the tag of the step that produced it: a reader polls the
 words it needs until their tags say they are written, so the data is its own flag (no fence, no
-counter, one L2 round trip per hand-off), and layers overlap in a wavefront with no grid barrier. Gate pre-activations
-are warp-level dot products in fp32 (FFMA), a warp taking up to 4 weight rows and 8 batch rows at
-once with the products accumulated in registers, against h and the layer input staged in shared
-memory;
-c never leaves the block. The outputs `y` are written alongside and read only after the kernel.
+counter, one L2 round trip per hand-off), and layers overlap in a wavefront with no grid barrier.
+Gate pre-activations are warp-level dot products in fp32 (FFMA), a warp taking up to 4 weight rows
+and 8 batch rows at once with the products accumulated in registers, against h and the layer input
+staged in shared memory; c never leaves the block. The outputs `y` are written alongside and read
+only after the kernel.
 
 Pure Python: generates source; the CuPy executor compiles and launches it.
 """
@@ -144,7 +146,8 @@ def recurrent_source(r) -> str:
     if r.batch_tile:
         from rnnplan.backends.persistent_mma import mma_source
         return mma_source(r)
-    return prelude(r, f"#define BT {min(r.batch, 8)}\n#define RW {rows_per_warp(r.gates * r.units_per_block)}\n") + f"""    st* wh_s = (st*)(smem + OFF_WEIGHTS);
+    defines = f"#define BT {min(r.batch, 8)}\n#define RW {rows_per_warp(r.gates * r.units_per_block)}\n"
+    return prelude(r, defines + FFMA_HELPERS) + f"""    st* wh_s = (st*)(smem + OFF_WEIGHTS);
     st* wi_s = wh_s + G * U * H;
     float* h_s = (float*)(smem + OFF_H);
     float* x_s = (float*)(smem + OFF_X);
@@ -185,34 +188,8 @@ def recurrent_source(r) -> str:
                 for (int q = 0; q < RW; ++q)
 #pragma unroll
                     for (int j = 0; j < BT; ++j) {{ ah[q][j] = 0.0f; ax[q][j] = 0.0f; }}
-                for (int k = lane; k < H; k += 32) {{
-                    float hv[BT];
-#pragma unroll
-                    for (int j = 0; j < BT; ++j) hv[j] = b0 + j < B ? h_s[(b0 + j) * H + k] : 0.0f;
-#pragma unroll
-                    for (int q = 0; q < RW; ++q) {{
-                        const int row = row0 + q;
-                        if (row < G * nu) {{
-                            const float w = to_f(wh_s[((row / nu) * U + row % nu) * H + k]);
-#pragma unroll
-                            for (int j = 0; j < BT; ++j) ah[q][j] += w * hv[j];
-                        }}
-                    }}
-                }}
-                for (int k = lane; k < kin; k += 32) {{
-                    float xv[BT];
-#pragma unroll
-                    for (int j = 0; j < BT; ++j) xv[j] = b0 + j < B ? x_s[(b0 + j) * kin + k] : 0.0f;
-#pragma unroll
-                    for (int q = 0; q < RW; ++q) {{
-                        const int row = row0 + q;
-                        if (row < G * nu) {{
-                            const float w = to_f(wi_s[((row / nu) * U + row % nu) * kin + k]);
-#pragma unroll
-                            for (int j = 0; j < BT; ++j) ax[q][j] += w * xv[j];
-                        }}
-                    }}
-                }}
+                dot_rows(ah, wh_s, h_s, H, row0, b0, nu, lane);
+                dot_rows(ax, wi_s, x_s, kin, row0, b0, nu, lane);
 #pragma unroll
                 for (int q = 0; q < RW; ++q)
 #pragma unroll
@@ -254,4 +231,28 @@ def recurrent_source(r) -> str:
         __syncthreads();
     }}
 }}
+"""
+
+
+FFMA_HELPERS = """// acc[q][j] += sum over k of w[row0 + q][k] * v[b0 + j][k], for RW weight rows and BT batch rows
+// (w: the block's rows of one weight, gate-major, `len` long; v: staged rows of h or the layer
+// input). Lanes split k; the caller reduces across lanes.
+__device__ __forceinline__ void dot_rows(float (&acc)[RW][BT], const st* w, const float* v, int len, int row0, int b0,
+                                         int nu, int lane) {
+    for (int k = lane; k < len; k += 32) {
+        float vk[BT];
+#pragma unroll
+        for (int j = 0; j < BT; ++j) vk[j] = b0 + j < B ? v[(b0 + j) * len + k] : 0.0f;
+#pragma unroll
+        for (int q = 0; q < RW; ++q) {
+            const int row = row0 + q;
+            if (row < G * nu) {
+                const float wk = to_f(w[((row / nu) * U + row % nu) * len + k]);
+#pragma unroll
+                for (int j = 0; j < BT; ++j) acc[q][j] += wk * vk[j];
+            }
+        }
+    }
+}
+
 """

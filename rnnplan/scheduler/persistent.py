@@ -1,7 +1,8 @@
 """Lowering `persistent` (PlanOptions.lowering): the whole recurrence becomes one `recurrent` node,
 which a GPU runs as one persistent kernel: each block holds its slice of the recurrent weights in
-shared memory for the whole sequence, and blocks hand steps to each other through per-chain
-progress counters, so layers still overlap in a wavefront.
+shared memory for the whole sequence, and blocks hand h to each other through global memory
+(tagged words or per-step counters, see backends/persistent_kernel.py and persistent_mma.py), so
+layers still overlap in a wavefront.
 
 Needs: a graph from `ir.build`, after any subset of passes (it rebuilds the recurrence from the
 spec; from the incoming graph it keeps the inputs, states and params).
