@@ -193,6 +193,7 @@ PERSISTENT = [
     dict(cell="gru", input_size=8, hidden_size=40, num_layers=2, seq_len=4, batch=20, bidirectional=True),  # 2 batch tiles
     # fp16: tensor-core kernel over two batch tiles (64 + a partial one of 8)
     dict(cell="lstm", input_size=96, hidden_size=256, num_layers=2, seq_len=7, batch=72),
+    dict(cell="gru", input_size=40, hidden_size=72, num_layers=2, seq_len=5, batch=70, bidirectional=True),
 ]
 
 

@@ -42,6 +42,7 @@ def mma_source(r) -> str:
 #define NPG (NT / NG)
 #define KSPLIT {r.mma_split[1]}
 #define NTHREADS {THREADS}
+#define READS_HPREV {int(r.cell == "gru")}  // the cell update reads h of the previous step
 #define FILL {-(-r.batch_tile * r.mma_rows // THREADS)}  // gate sums each thread fills
 #define E {8 if r.hidden % 8 == 0 else 1}
 """
@@ -108,12 +109,10 @@ def mma_source(r) -> str:
                 }}
                 __syncthreads();
             }}
-            // Stage [h | layer input] of the tile's batch rows in fp16 (rows past B stay zero).
-            const int rows = min(BT, B - b0);
-            if (s == 0) stage_h0(stage, h0, rows, b0, chain);
-            else stage_part(stage, hx + ((size_t)chain * T + tprev) * B * HX, rows, b0, 0);
-            for (int d2 = 0; layer > 0 && d2 < D; ++d2)
-                stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * HX, rows, b0, KHP + d2 * H);
+            // Stage [h | layer input] of the tile's batch rows in fp16 (a last, partial tile's rows past
+            // B keep stale data, whose sums are never read). Cells that do not read h_prev had the
+            // tiles after the first staged during the previous tile's cell update.
+            if (b0 == 0 || READS_HPREV) stage_tile(stage, hx, h0, b0, s, t, tprev, chain, layer);
             staged();
             __syncthreads();
             for (int job = warp; job < MT * NG * KSPLIT; job += nwarps) {{
@@ -144,12 +143,13 @@ def mma_source(r) -> str:
                     }}
             }}
             __syncthreads();
+            if (!READS_HPREV && b0 + BT < B) stage_tile(stage, hx, h0, b0 + BT, s, t, tprev, chain, layer);
             for (int i = tid; i < BT * nu; i += blockDim.x) {{
                 const int bl = i / nu, u = i % nu, b = b0 + bl;
                 if (b >= B) break;
 #define GX(g) gate_sum(gx_s, partial, 0, bl * RP + (g) * U + u)
 #define GH(g) gate_sum(gh_s, partial, 1, bl * RP + (g) * U + u)
-                const float hprev = __half2float(stage[bl * KS + u0 + u]);
+                const float hprev = READS_HPREV ? __half2float(stage[bl * KS + u0 + u]) : 0.0f;
 {cell_update(r, HANDOFF)}
 #undef GX
 #undef GH
@@ -168,7 +168,8 @@ def mma_source(r) -> str:
 HANDOFF = """            hx[((size_t)(chain * T + t) * B + b) * HX + u0 + u] = hv;"""
 
 
-MMA_HELPERS = """// D (16x8, fp32) += A (16x16, fp16, row-major) * B (16x8, fp16, column-major).
+MMA_HELPERS = """// D (16x8, fp32) += A (16x16, fp16, row-major) * B (16x8, fp16, column-major). Volatile on purpose:
+// letting the compiler reorder the mma (a pure function of registers) measured 15% slower at batch 4.
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint4& a, unsigned int b0, unsigned int b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -203,6 +204,16 @@ __device__ __forceinline__ void staged() {
 __device__ __forceinline__ void stage_h0(__half* stage, const st* h0, int rows, int b0, int chain) {
     for (int i = threadIdx.x; i < rows * H; i += blockDim.x)
         stage[(i / H) * KS + i % H] = h0[(size_t)(chain * B + b0 + i / H) * H + i % H];
+}
+
+// Stage batch rows b0 ... b0 + BT (those below B) of [h of step s-1 | the layer below's h at time t].
+__device__ __forceinline__ void stage_tile(__half* stage, const __half* hx, const st* h0, int b0, int s, int t, int tprev,
+                                           int chain, int layer) {
+    const int rows = min(BT, B - b0);
+    if (s == 0) stage_h0(stage, h0, rows, b0, chain);
+    else stage_part(stage, hx + ((size_t)chain * T + tprev) * B * HX, rows, b0, 0);
+    for (int d2 = 0; layer > 0 && d2 < D; ++d2)
+        stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * HX, rows, b0, KHP + d2 * H);
 }
 
 // A gate's sum (which: 0 x-part, 1 h-part) over the first k-slice's slot and the others' partials.
