@@ -46,25 +46,39 @@ class Graph:
 
     @cached_property
     def values(self) -> dict[str, Value]:
-        return {v.name: v for n in self.nodes.values() for v in n.outputs}
+        """value name -> Value."""
+        return self._value_maps()[0]
 
     @cached_property
     def producer(self) -> dict[str, str]:
         """value name -> name of the node that defines it."""
-        return {v.name: n.name for n in self.nodes.values() for v in n.outputs}
+        return self._value_maps()[1]
 
     @cached_property
     def consumers(self) -> dict[str, list[str]]:
         """value name -> names of the nodes that read it, in node order."""
-        users: dict[str, list[str]] = {name: [] for name in self.producer}
+        return self._value_maps()[2]
+
+    def _value_maps(self) -> tuple[dict, dict, dict]:
+        """The three value maps in one walk over the nodes: on large graphs, walking them once per map
+        cost as much again as the maps themselves (each walk misses the cache on every node)."""
+        values: dict[str, Value] = {}
+        producer: dict[str, str] = {}
+        users: dict[str, list[str]] = {}
         for name, n in self.nodes.items():
+            for v in n.outputs:
+                values[v.name] = v
+                producer[v.name] = name
             for v in n.inputs:
                 readers = users.get(v)
                 if readers is None:
                     users[v] = [name]
-                elif not readers or readers[-1] != name:  # a node reading v twice is one reader
+                elif readers[-1] != name:  # a node reading v twice is one reader
                     readers.append(name)
-        return users
+        consumers = {v: users.get(v, []) for v in producer}  # every defined value, read or not
+        consumers.update((v, r) for v, r in users.items() if v not in producer)  # reads of undefined values
+        self.__dict__.update(values=values, producer=producer, consumers=consumers)
+        return values, producer, consumers
 
     @cached_property
     def nx(self) -> nx.DiGraph:
