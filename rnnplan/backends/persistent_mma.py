@@ -36,7 +36,7 @@ def mma_source(r) -> str:
 #define KXP {kxp}
 #define KHT (KHP / 16)
 #define KS {r.stage_stride}
-#define HX {r.exchange_stride}
+#define XSTRIDE {r.exchange_stride}  // halves per published row of h
 #define CNT_BYTES {r.exchange_counter_bytes}
 #define NG {r.mma_split[0]}
 #define NPG (NT / NG)
@@ -44,10 +44,10 @@ def mma_source(r) -> str:
 #define NTHREADS {THREADS}
 #define READS_HPREV {int(r.cell == "gru")}  // the cell update reads h of the previous step
 #define FILL {-(-r.batch_tile * r.mma_rows // THREADS)}  // gate sums each thread fills
-#define E {8 if r.hidden % 8 == 0 else 1}
+#define CHUNK {8 if r.hidden % 8 == 0 else 1}  // halves per staging copy (16 bytes when rows allow)
 """
     return prelude(r, defines + MMA_HELPERS) + f"""    unsigned int* counters = (unsigned int*)xch;  // [chain][t]: blocks that have published h
-    __half* hx = (__half*)((unsigned char*)xch + CNT_BYTES);  // [chain][t][b][HX]: h in fp16
+    __half* hx = (__half*)((unsigned char*)xch + CNT_BYTES);  // [chain][t][b][XSTRIDE]: h in fp16
     const uint4* wf = (const uint4*)(smem + OFF_WEIGHTS);
     __half* stage = (__half*)(smem + OFF_STAGE);
     float* gx_s = (float*)(smem + OFF_GX);
@@ -165,7 +165,7 @@ def mma_source(r) -> str:
 """
 
 
-HANDOFF = """            hx[((size_t)(chain * T + t) * B + b) * HX + u0 + u] = hv;"""
+HANDOFF = """            hx[((size_t)(chain * T + t) * B + b) * XSTRIDE + u0 + u] = hv;"""
 
 
 MMA_HELPERS = """// D (16x8, fp32) += A (16x16, fp16, row-major) * B (16x8, fp16, column-major). Volatile on purpose:
@@ -180,15 +180,15 @@ __device__ __forceinline__ void await_count(const unsigned int* counter) {
     while (*((volatile const unsigned int*)counter) < NBC) { }
 }
 
-// Stage `rows` batch rows (from b0) of one published h, src [b][HX], into stage columns col0 ... col0+H.
+// Stage `rows` batch rows (from b0) of one published h, src [b][XSTRIDE], into stage columns col0 ... col0+H.
 // 16-byte rows go by cp.async (L2 -> shared memory, no registers, all in flight at once; .cg reads
 // L2, where other SMs' writes are); the caller waits with `staged()`. Odd widths copy halves.
 __device__ __forceinline__ void stage_part(__half* stage, const __half* src, int rows, int b0, int col0) {
-    for (int i = threadIdx.x; i < rows * (H / E); i += blockDim.x) {
-        const int bl = i / (H / E), c = i % (H / E);
-        __half* dst = stage + bl * KS + col0 + c * E;
-        const __half* from = src + (size_t)(b0 + bl) * HX + c * E;
-        if (E == 8) {
+    for (int i = threadIdx.x; i < rows * (H / CHUNK); i += blockDim.x) {
+        const int bl = i / (H / CHUNK), c = i % (H / CHUNK);
+        __half* dst = stage + bl * KS + col0 + c * CHUNK;
+        const __half* from = src + (size_t)(b0 + bl) * XSTRIDE + c * CHUNK;
+        if (CHUNK == 8) {
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\\n"
                          :: "r"((unsigned int)__cvta_generic_to_shared(dst)), "l"(from));
         } else {
@@ -211,9 +211,9 @@ __device__ __forceinline__ void stage_tile(__half* stage, const __half* hx, cons
                                            int chain, int layer) {
     const int rows = min(BT, B - b0);
     if (s == 0) stage_h0(stage, h0, rows, b0, chain);
-    else stage_part(stage, hx + ((size_t)chain * T + tprev) * B * HX, rows, b0, 0);
+    else stage_part(stage, hx + ((size_t)chain * T + tprev) * B * XSTRIDE, rows, b0, 0);
     for (int d2 = 0; layer > 0 && d2 < D; ++d2)
-        stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * HX, rows, b0, KHP + d2 * H);
+        stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * XSTRIDE, rows, b0, KHP + d2 * H);
 }
 
 // A gate's sum (which: 0 x-part, 1 h-part) over the first k-slice's slot and the others' partials.
