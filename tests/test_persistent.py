@@ -140,3 +140,16 @@ def test_tensor_core_work_split():
     assert small.mma_split == (1, 4)  # 2 m-tiles x 1 n-tile: k split four ways to use 8 warps
     layout = small.smem_layout()
     assert layout["bias"] - layout["partial"] == 3 * 2 * small.batch_tile * small.mma_rows * 4
+
+
+def test_default_plan_follows_the_local_gpu(monkeypatch):
+    from rnnplan.scheduler import persistent
+
+    small = rp.RNNSpec(cell="lstm", input_size=32, hidden_size=32, num_layers=2, seq_len=5, batch=1)
+    plan = rp.build_plan(small)  # conftest: CPU tests plan as on a machine without a GPU
+    assert plan.lowering == "graph" and "no CUDA device" in plan.lowering_reason
+    monkeypatch.setattr(persistent, "local_device", lambda: DEFAULT_DEVICE)
+    plan = rp.build_plan(small)  # the same spec and options, another machine: not the cached plan
+    assert plan.lowering == "persistent" and plan.lowering_reason.startswith("auto: recurrent weights")
+    assert rp.build_plan(small, passes=()).lowering == "graph"  # a pass study keeps one kernel per cell-step
+    assert rp.build_plan(small, options=rp.PlanOptions(lowering="graph")).lowering == "graph"

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from rnnplan.ir import build, verify
 from rnnplan.scheduler.lower import lower
-from rnnplan.scheduler.persistent import choose_lowering, persistent_recurrence
+from rnnplan.scheduler.persistent import choose_lowering, persistent_recurrence, planning_device
 from rnnplan.scheduler.manager import PASSES, REGISTRY, apply_passes
 from rnnplan.scheduler.plan import Plan
 from rnnplan.scheduler.verify_plan import verify_plan
@@ -18,7 +18,8 @@ def build_plan(spec: RNNSpec, passes: tuple[str, ...] | list[str] | None = None,
                options: PlanOptions | None = None, progress=None) -> Plan:
     """Plan `spec`. `passes` (a shortcut for `options.passes`) selects passes; `()` is the naive plan.
 
-    Plans are cached by (spec, options): a repeated call returns the same (immutable) Plan.
+    Plans are cached by (spec, options, the GPU planned for): a repeated call returns the same
+    (immutable) Plan.
     `progress(stage, done, total)`, if given, is called as planning moves from stage to stage.
     """
     options = options or PlanOptions()
@@ -27,7 +28,8 @@ def build_plan(spec: RNNSpec, passes: tuple[str, ...] | list[str] | None = None,
             raise ValueError("passes given twice (argument and options.passes) with different values")
         options = PlanOptions(**{**options.model_dump(exclude={"passes"}), "passes": tuple(passes)})
     options.check_against(spec)
-    key = (spec, options)
+    # An auto or persistent plan without a described device is made for the local GPU: key it so.
+    key = (spec, options, planning_device(options) if options.lowering != "graph" else None)
     if key not in _CACHE:
         _CACHE[key] = _plan(spec, options, progress or (lambda *a: None))
         while len(_CACHE) > CACHE_SIZE:
@@ -36,7 +38,7 @@ def build_plan(spec: RNNSpec, passes: tuple[str, ...] | list[str] | None = None,
 
 
 CACHE_SIZE = 32
-_CACHE: dict[tuple[RNNSpec, PlanOptions], Plan] = {}
+_CACHE: dict[tuple, Plan] = {}
 
 
 @contextmanager
