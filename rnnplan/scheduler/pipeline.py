@@ -7,8 +7,12 @@ from contextlib import contextmanager
 
 from rnnplan.ir import build, verify
 from rnnplan.scheduler.lower import lower
-from rnnplan.scheduler.persistent import choose_lowering, persistent_recurrence, planning_device
 from rnnplan.scheduler.manager import PASSES, REGISTRY, apply_passes
+from rnnplan.scheduler.persistent import (
+    choose_lowering,
+    persistent_recurrence,
+    planning_device,
+)
 from rnnplan.scheduler.plan import Plan
 from rnnplan.scheduler.verify_plan import verify_plan
 from rnnplan.spec import PlanOptions, RNNSpec
