@@ -173,9 +173,11 @@ def verify(graph: Graph, limit: int = 20) -> Graph:
             errs.append(f"{n.name}: reads undefined value(s) {undefined}")
     if errs:
         raise GraphError("\n".join(errs[:limit]))
-    if not nx.is_directed_acyclic_graph(graph.nx):
+    try:
+        graph.order  # a topological sort, which scheduling and lowering reuse: it fails on a cycle
+    except nx.NetworkXUnfeasible:
         cycle = nx.find_cycle(graph.nx)
-        raise GraphError(f"graph has a cycle: {' -> '.join(u for u, _ in cycle)}")
+        raise GraphError(f"graph has a cycle: {' -> '.join(u for u, _ in cycle)}") from None
     for n in graph.nodes.values():
         rule = SHAPE_RULES.get(n.kind)
         errs += rule(graph, n) if rule else [f"{n.name}: unknown node kind {n.kind!r}"]
