@@ -22,6 +22,14 @@ from rnnplan.spec import GATES
 KERNEL_WARPS = 8  # warps per block of the persistent kernels (256 threads)
 
 
+def _ceil_div(n: int, d: int) -> int:
+    return -(-n // d)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return _ceil_div(n, multiple) * multiple
+
+
 @dataclass(frozen=True, slots=True)
 class Recurrence:
     cell: str
@@ -48,7 +56,7 @@ class Recurrence:
 
     @property
     def blocks_per_chain(self) -> int:
-        return -(-self.hidden // self.units_per_block)
+        return _ceil_div(self.hidden, self.units_per_block)
 
     @property
     def blocks(self) -> int:
@@ -66,12 +74,12 @@ class Recurrence:
     @property
     def mma_rows(self) -> int:
         """The block's weight rows (gates x units) padded to the mma's M of 16."""
-        return -(-self.gates * self.units_per_block // 16) * 16
+        return _round_up(self.gates * self.units_per_block, 16)
 
     @property
     def mma_k(self) -> tuple[int, int]:
         """(recurrent, layer-input) reduction lengths padded to the mma's K of 16."""
-        return -(-self.hidden // 16) * 16, -(-self.input_width // 16) * 16
+        return _round_up(self.hidden, 16), _round_up(self.input_width, 16)
 
     @property
     def mma_split(self) -> tuple[int, int]:
@@ -87,7 +95,7 @@ class Recurrence:
     def stage_stride(self) -> int:
         """Halves per staged batch row ([h | layer input]): padded so that the 8 rows one mma reads
         start 4 banks apart, which makes its operand loads conflict-free."""
-        return -(-sum(self.mma_k) // 64) * 64 + 8
+        return _round_up(sum(self.mma_k), 64) + 8
 
     def smem_layout(self) -> dict[str, int]:
         """Byte offsets of each shared-memory array, and "end", the bytes one block needs."""
@@ -105,7 +113,7 @@ class Recurrence:
         layout, at = {}, 0
         for name, size in parts:
             layout[name] = at
-            at += (size + 15) // 16 * 16
+            at += _round_up(size, 16)
         layout["end"] = at
         return layout
 
@@ -118,12 +126,12 @@ class Recurrence:
     @property
     def exchange_stride(self) -> int:
         """Tensor-core kernel: halves per published row of h (rows 16-byte aligned)."""
-        return -(-self.hidden // 8) * 8
+        return _round_up(self.hidden, 8)
 
     @property
     def exchange_counter_bytes(self) -> int:
         """Tensor-core kernel: one counter per chain and step, of blocks that published h."""
-        return -(-len(self.chains) * self.seq_len * 4 // 16) * 16
+        return _round_up(len(self.chains) * self.seq_len * 4, 16)
 
     @property
     def exchange_bytes(self) -> tuple[int, int]:
