@@ -6,7 +6,7 @@ import pytest
 import rnnplan as rp
 from rnnplan.backends.persistent_kernel import recurrent_source
 from rnnplan.scheduler.persistent import (AUTO_MAX_BATCH, DEFAULT_DEVICE, FFMA_MAX_BATCH, choose_lowering,
-                                          choose_recurrence, choose_units)
+                                          choose_recurrence)
 from rnnplan.spec import DeviceShape
 from tests.helpers import assert_same_result, random_inputs, run_torch, torch_module
 
@@ -43,15 +43,15 @@ def test_plan_shape_and_summary():
 
 def test_fit_decisions_say_why():
     small = rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=10, batch=1)
-    units, why = choose_units(small)
-    assert units is not None and "fit on-chip" in why and "MiB" in why
+    rec, why = choose_recurrence(small)
+    assert rec is not None and rec.units_per_block > 0 and "fit on-chip" in why and "MiB" in why
     big = rp.RNNSpec(cell="lstm", input_size=2048, hidden_size=2048, num_layers=4, seq_len=10, batch=1)
-    units, why = choose_units(big)
-    assert units is None and "KiB of shared memory per block" in why
+    rec, why = choose_recurrence(big)
+    assert rec is None and "KiB of shared memory per block" in why
     with pytest.raises(ValueError, match="lowering='persistent' does not fit"):
         rp.build_plan(big, options=PERSISTENT)
     tiny_gpu = DeviceShape(name="a small GPU", sms=2, smem_per_block=48 * 1024)
-    assert choose_units(small.model_copy(update={"num_layers": 3}), tiny_gpu)[0] is None
+    assert choose_recurrence(small.model_copy(update={"num_layers": 3}), tiny_gpu)[0] is None
 
 
 def test_auto_lowering_decides_and_says_why():

@@ -71,12 +71,12 @@ def choose_lowering(spec: RNNSpec, options) -> tuple[str, str]:
     device = planning_device(options)
     if device is None:
         return "graph", "auto: no CUDA device here (plan for one with PlanOptions(device=...))"
-    units, why = choose_units(spec, device)
+    rec, why = choose_recurrence(spec, device)
     if options.lowering == "persistent":
-        if units is None:
+        if rec is None:
             raise ValueError(f"lowering='persistent' does not fit: {why}")
         return "persistent", why
-    if units is None:
+    if rec is None:
         return "graph", f"auto: {why}"
     if not device.cooperative_launch:
         return "graph", f"auto: {device.name} has no cooperative launch"
@@ -104,14 +104,9 @@ def _fitting(spec: RNNSpec, units: int, device: DeviceShape) -> Recurrence:
     return recurrence_of(spec, units, tile)
 
 
-def choose_units(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[int | None, str]:
-    """Hidden units per block (so that all blocks fill the device once), and why, or None and why not."""
-    rec, why = choose_recurrence(spec, device)
-    return (rec.units_per_block if rec else None), why
-
-
 def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[Recurrence | None, str]:
-    """The persistent kernel's parameters for `spec` on `device` and why, or None and why it does not fit."""
+    """The persistent kernel's parameters for `spec` on `device` (hidden units per block such that all
+    blocks fill the device once, and the kernel) and why, or None and why it does not fit."""
     chains = spec.num_layers * spec.directions
     per_chain = max(1, device.sms // chains)
     trial = _fitting(spec, math.ceil(spec.hidden_size / per_chain), device)
