@@ -18,6 +18,7 @@ Pure Python: generates source; the CuPy executor compiles and launches it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 from rnnplan.ir.recurrence import KERNEL_WARPS
@@ -48,8 +49,9 @@ def rows_per_warp(rows: int) -> int:
 
 
 def kernel_name(r) -> str:
-    key = repr((r.cell, r.num_layers, r.directions, r.seq_len, r.batch, r.hidden, r.bias, r.dtype, r.units_per_block,
-                r.batch_tile))
+    """Named by every field of the Recurrence but input_size (only layer 0's cuBLAS projection reads it),
+    so that a field added later cannot let two different kernels share a name in the kernel cache."""
+    key = repr(tuple(getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "input_size"))
     return "rnnplan_recurrent_" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
