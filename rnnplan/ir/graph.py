@@ -169,9 +169,10 @@ class Graph:
                 replace: Iterable[Node] = (), prune: bool = False) -> Graph:
         """A new graph without `remove`, with `replace` swapped in by name and `add` appended.
 
-        With `prune`, nodes that the rewrite left unread (orphaned views and params) go too. The
-        value maps of the new graph are derived from this graph's by the change alone, so a local
-        rewrite of a large graph costs time in proportion to the change, plus one dict copy.
+        With `prune`, nodes that the rewrite left unread (orphaned views and params) go too. When the
+        change is small, the value maps of the new graph are derived from this graph's by the change
+        alone, so a local rewrite of a large graph costs time in proportion to the change, plus one
+        dict copy; a large change leaves them to be derived afresh when first asked for.
         """
         removed = set(remove)
         swapped = [n for n in replace]
