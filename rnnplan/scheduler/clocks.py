@@ -26,10 +26,9 @@ class Clocks:
     def add(self, stream: int, after: list[int]) -> int:
         """Append a step on `stream` that starts after the (completed) steps `after`; its index."""
         i = len(self.stream)
-        vc = self._last[stream]
+        vc = list(self._last[stream])
         for a in after:
             vc = list(map(max, vc, self.done[a]))
-        vc = list(vc)
         pos = self._count[stream]
         vc[stream] = pos + 1
         self._count[stream] = pos + 1
