@@ -30,6 +30,12 @@ PRECISIONS = ("fp32", "tf32", "fp16")
 TOL = {"fp32": 1e-5, "tf32": 1e-3, "fp16": 5e-3}
 
 
+def _rel_err(got, want) -> float:
+    """Relative error by norm, in float32."""
+    got, want = np.asarray(got, dtype=np.float32), np.asarray(want, dtype=np.float32)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
 def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
     import cupy as cp
 
@@ -112,10 +118,10 @@ def bench_row(torch, cp, label: str, kw: dict, precision: str, repeats: int) -> 
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     ex.impl.poison()
     got = ex.run(xs_np[0])[0].get().astype(np.float32)
-    err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    err = _rel_err(got, want)
     with torch.no_grad():
         cudnn_out = module(torch.as_tensor(xs_np[0], device="cuda"))[0].float().cpu().numpy()
-    cudnn_err = float(np.linalg.norm(cudnn_out - want) / np.linalg.norm(want))
+    cudnn_err = _rel_err(cudnn_out, want)
     xs_cp = [cp.asarray(x) for x in xs_np]
     xs_t = [torch.as_tensor(x, device="cuda") for x in xs_np]
     ours = _median_ms(lambda i: ex.run(xs_cp[i % 4]), repeats)
@@ -137,7 +143,7 @@ def ablation(torch, cp, repeats: int, precision: str = "tf32") -> list[dict]:
         ex = rp.Executor(plan, weights, backend="cupy", mode=mode)
         out = ex.run(x)[0].get()
         ref = out if ref is None else ref
-        err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+        err = _rel_err(out, ref)
         label = "all passes + CUDA graph" if mode == "graph" else ("naive" if not passes else "+ " + passes[-1])
         ms = _median_ms(lambda i: ex.run(x), repeats if passes else max(5, repeats // 3))
         rows.append(dict(step=label, ms=ms, kernels=plan.stats.kernels, rel_err_vs_naive=err))
