@@ -14,20 +14,18 @@ import torch
 
 import rnnplan as rp
 import rnnplan.backends
-from rnnplan.bench import ROWS, TOL, _median_ms, _reference, _rel_err, _torch_setup, cudnn_times
+from rnnplan.bench import ROWS, TOL, _median_ms, _reference, _rel_err, _torch_setup, config, cudnn_times
 
-SMALL = [
-    ("LSTM 1x256 B1 T100", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=1, seq_len=100, batch=1)),
-    ("LSTM 4x256 B1 T100", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=1)),
-    ("LSTM 1x1024 B1 T100", dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=1)),
-    ("LSTM 4x256 B8 T100", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=8)),
-    ("LSTM 1x1024 B8 T100", dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=8)),
-    ("LSTM 2x512 B8 T100", dict(cell="lstm", input_size=512, hidden_size=512, num_layers=2, seq_len=100, batch=8)),
-    ("LSTM 2x256 B4 T100 bidir", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=100,
-                                      batch=4, bidirectional=True)),
-    ("GRU 2x256 B4 T100", dict(cell="gru", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=4)),
-    ("RNN-tanh 2x512 B1 T100", dict(cell="rnn_tanh", input_size=512, hidden_size=512, num_layers=2, seq_len=100,
-                                    batch=1)),
+SMALL = [  # small batches, where the persistent kernels are meant to win
+    config("lstm", 1, 256, 1),
+    config("lstm", 4, 256, 1),
+    config("lstm", 1, 1024, 1),
+    config("lstm", 4, 256, 8),
+    config("lstm", 1, 1024, 8),
+    config("lstm", 2, 512, 8),
+    config("lstm", 2, 256, 4, bidirectional=True),
+    config("gru", 2, 256, 4),
+    config("rnn_tanh", 2, 512, 1),
 ]
 ap = argparse.ArgumentParser()
 ap.add_argument("--out")

@@ -18,13 +18,25 @@ import numpy as np
 
 import rnnplan as rp
 
-ROWS = [
-    ("LSTM 4x512 B64 T100 (paper)", dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64)),
-    ("LSTM 2x256 B1 T100", dict(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=1)),
-    ("LSTM 4x1024 B1 T100", dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=4, seq_len=100, batch=1)),
-    ("LSTM 4x1024 B256 T100", dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=4, seq_len=100, batch=256)),
-    ("LSTM 1x2048 B32 T200", dict(cell="lstm", input_size=2048, hidden_size=2048, num_layers=1, seq_len=200, batch=32)),
-    ("GRU 4x512 B64 T100", dict(cell="gru", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64)),
+CELL_LABELS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN-tanh", "rnn_relu": "RNN-ReLU"}
+
+
+def config(cell: str, layers: int, hidden: int, batch: int, seq_len: int = 100, bidirectional: bool = False,
+           note: str = "") -> tuple[str, dict]:
+    """(label, RNNSpec keywords) of a benchmark row (input size = hidden size); the label is made from
+    the keywords, so the two cannot disagree."""
+    label = f"{CELL_LABELS[cell]} {layers}x{hidden} B{batch} T{seq_len}" + (" bidir" if bidirectional else "")
+    kw = dict(cell=cell, input_size=hidden, hidden_size=hidden, num_layers=layers, seq_len=seq_len, batch=batch)
+    return label + (f" ({note})" if note else ""), kw | ({"bidirectional": True} if bidirectional else {})
+
+
+ROWS = [  # ANCHORS.md's configurations
+    config("lstm", 4, 512, 64, note="paper"),
+    config("lstm", 2, 256, 1),
+    config("lstm", 4, 1024, 1),
+    config("lstm", 4, 1024, 256),
+    config("lstm", 1, 2048, 32, seq_len=200),
+    config("gru", 4, 512, 64),
 ]
 PRECISIONS = ("fp32", "tf32", "fp16")
 TOL = {"fp32": 1e-5, "tf32": 1e-3, "fp16": 5e-3}
