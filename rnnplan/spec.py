@@ -72,7 +72,7 @@ class DeviceShape(BaseModel):
     cooperative_launch: bool = True
 
 
-# What `lowering="persistent"` sizes its blocks for when no device is described.
+# What `lowering="persistent"` sizes its blocks for when no device is described and no GPU is found.
 H200 = DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448)
 
 
