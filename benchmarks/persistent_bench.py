@@ -15,6 +15,7 @@ import torch
 import rnnplan as rp
 import rnnplan.backends
 from rnnplan.bench import ROWS, TOL, _median_ms, _reference, _rel_err, _torch_setup, config, cudnn_times
+from rnnplan.scheduler.persistent import tensor_core_recurrence
 
 SMALL = [  # small batches, where the persistent kernels are meant to win
     config("lstm", 1, 256, 1),
@@ -58,21 +59,30 @@ for label, kw in SMALL + ROWS:
         theirs_plan = _median_ms(lambda i: graph_ex.run(xc), 30)
         eager, cudnn_graph = cudnn_times(torch, module, [torch.as_tensor(x, device="cuda")], 30)
         r = next(st.recurrence for st in plan.steps if st.recurrence)
-        # The other fp16 kernel, FFMA, where it fits: the planner's choice between them is measured here.
-        ffma_ms = None
-        ffma = dataclasses.replace(r, batch_tile=0)
-        if r.batch_tile and ffma.shared_memory_bytes <= rp.backends.describe_device().smem_per_block:
-            steps = tuple(st.model_copy(update={"recurrence": ffma}) if st.recurrence else st for st in plan.steps)
-            ffma_ex = rp.Executor(plan.model_copy(update={"steps": steps}), w, backend="cupy")
-            ffma_err = _rel_err(ffma_ex.run(x)[0].get(), want)
-            assert ffma_err < TOL["fp16"], ffma_err
-            ffma_ms = _median_ms(lambda i: ffma_ex.run(xc), 30)
+        # The kernels the planner did not pick, on the same plan, where they fit: FFMA and the tensor-core
+        # kernel with its weights held the other way (registers / shared memory). The choice is measured here.
+        device = rp.backends.describe_device()
+        others = {}
+        if r.batch_tile:
+            others["ffma"] = dataclasses.replace(r, batch_tile=0, weights_in_registers=False)
+            others["other_mma"] = tensor_core_recurrence(spec, r.units_per_block, device, not r.weights_in_registers)
+        other_ms = {}
+        for name, alt in others.items():
+            if alt is None or alt.shared_memory_bytes > device.smem_per_block:
+                continue
+            steps = tuple(st.model_copy(update={"recurrence": alt}) if st.recurrence else st for st in plan.steps)
+            alt_ex = rp.Executor(plan.model_copy(update={"steps": steps}), w, backend="cupy")
+            alt_err = _rel_err(alt_ex.run(x)[0].get(), want)
+            assert alt_err < TOL["fp16"], (name, alt_err)
+            other_ms[name] = _median_ms(lambda i: alt_ex.run(xc), 30)
         results.append(dict(row=label, precision=precision, persistent_ms=ours, graph_lowering_ms=theirs_plan,
                             cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph, rel_err=err,
                             blocks=r.blocks, units=r.units_per_block, batch_tile=r.batch_tile,
-                            persistent_ffma_ms=ffma_ms))
-        kernel = f"mma tile {r.batch_tile}" if r.batch_tile else "ffma"
-        other = f" | ffma {ffma_ms:8.3f}" if ffma_ms else ""
+                            weights_in_registers=r.weights_in_registers,
+                            persistent_ffma_ms=other_ms.get("ffma"), persistent_other_mma_ms=other_ms.get("other_mma")))
+        held = ", registers" if r.weights_in_registers else ""
+        kernel = f"mma tile {r.batch_tile}{held}" if r.batch_tile else "ffma"
+        other = "".join(f" | {k} {v:8.3f}" for k, v in other_ms.items())
         print(f"{label:<30} {precision}: persistent {ours:8.3f} ms ({kernel}){other} | graph lowering {theirs_plan:8.3f} | "
               f"cuDNN eager {eager:8.3f} | cuDNN graph {cudnn_graph:8.3f} | x{cudnn_graph / ours:.2f} vs cuDNN graph | "
               f"err {err:.1e} | {r.blocks} blocks x {r.units_per_block} units", flush=True)

@@ -18,10 +18,10 @@ from rnnplan.ir import recurrence
 
 PHASES = ("publish/loop", "fill", "wait", "stage", "mma", "cell")
 ANCHORS = ("            // Gate sums start from", "            if (b0 == 0) {  // wait until",
-           "            // Stage [h | layer input]", "            for (int job = warp;",
+           "            // Stage [h | layer input]", "            if (REG_A) {  // this warp's fixed job",
            "            for (int i = tid; i < BT * nu; i += blockDim.x) {")
 TILE_END = "            __syncthreads();  // the next tile restages `stage` and the gate sums\n"
-START = "    const int grp = lane >> 2, tig = lane & 3;"
+START = "    for (int s = 0; s < T; ++s) {\n"
 plain_source = persistent_kernel.recurrent_source
 plain_exchange = recurrence.Recurrence.exchange_bytes
 
@@ -39,8 +39,9 @@ def instrumented_source(r) -> str:
         src = src.replace(anchor, f"            PROF({k});\n" + anchor)
     assert src.count(TILE_END) == 1 and src.count(START) == 1
     src = src.replace(TILE_END, TILE_END + f"            PROF({len(ANCHORS)});\n")
-    src = src.replace(START, START + "\n    unsigned long long acc_[8] = {0}, t_ = clock64();\n"
-                      "#define PROF(k) if (tid == 0) { unsigned long long n_ = clock64(); acc_[k] += n_ - t_; t_ = n_; }\n")
+    src = src.replace(START, "    unsigned long long acc_[8] = {0}, t_ = clock64();\n"
+                      "#define PROF(k) if (tid == 0) { unsigned long long n_ = clock64(); acc_[k] += n_ - t_; t_ = n_; }\n"
+                      + START)
     body = src.rstrip()
     assert body.endswith("}")
     return body[:-1] + (f"    if (tid == 0) for (int k = 0; k < 8; ++k)\n"

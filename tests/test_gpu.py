@@ -224,6 +224,44 @@ def test_persistent_lowering_matches_torch(spec_kw, precision, mode):
             assert rel_err(s_, w) <= TOL[precision]
 
 
+TENSOR_CORE = [  # fp16, each run with the weights in registers and in shared memory
+    dict(cell="lstm", input_size=40, hidden_size=200, num_layers=1, seq_len=6, batch=8),  # one layer: k split 4 ways
+    dict(cell="lstm", input_size=96, hidden_size=256, num_layers=2, seq_len=7, batch=72),  # a tile of 64 + 8
+    dict(cell="gru", input_size=40, hidden_size=72, num_layers=2, seq_len=5, batch=70, bidirectional=True),
+    dict(cell="rnn_tanh", input_size=37, hidden_size=100, num_layers=3, seq_len=5, batch=13, bidirectional=True),
+    dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=6, batch=64),  # the paper's, short
+]
+
+
+@pytest.mark.parametrize("spec_kw", TENSOR_CORE, ids=lambda k: f"{k['cell']}-{k['num_layers']}x{k['hidden_size']}-B{k['batch']}")
+@pytest.mark.parametrize("registers", [True, False], ids=["registers", "shared"])
+def test_tensor_core_kernel_with_weights_in_registers_or_shared_memory(spec_kw, registers):
+    from rnnplan.backends import describe_device
+    from rnnplan.scheduler.persistent import tensor_core_recurrence
+
+    spec = rp.RNNSpec(**spec_kw, dtype="float16")
+    module = torch_module(spec, 5)
+    full = rp.Weights.from_torch(module, spec)
+    weights = rp.Weights({k: v.astype(np.float16) for k, v in full.tensors.items()}, full.arch)
+    for p in module.parameters():
+        p.data = p.data.half().float()
+    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
+    chosen = next(s.recurrence for s in plan.steps if s.recurrence)
+    r = tensor_core_recurrence(spec, chosen.units_per_block, describe_device(), registers)
+    assert r is not None and r.weights_in_registers == registers
+    plan = plan.model_copy(update={"steps": tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s
+                                                  for s in plan.steps)})
+    ex = rp.Executor(plan, weights, backend="cupy")
+    x, state = random_inputs(spec, 6)
+    want_out, want_st = torch_reference(module, x, state)
+    for _ in range(2):
+        ex.impl.poison()
+        out, st = host(ex.run(x, state))
+        assert rel_err(out, want_out) <= TOL["fp16"]
+        for s_, w in zip(st, want_st):
+            assert rel_err(s_, w) <= TOL["fp16"]
+
+
 def test_default_plan_reads_the_device_and_picks_persistent_at_small_batch():
     spec = rp.RNNSpec(cell="gru", input_size=24, hidden_size=64, num_layers=2, seq_len=9, batch=1)
     plan = rp.build_plan(spec)  # lowering="auto", no device given: the planner reads GPU 0

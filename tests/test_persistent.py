@@ -1,12 +1,16 @@
 """The persistent lowering on the CPU: plan shape, fit decisions, and the reference semantics of the
 recurrent node against torch (the GPU kernel is checked against both in test_gpu.py)."""
 
+import shutil
+import subprocess
+
 import pytest
 
 import rnnplan as rp
 from rnnplan.backends.persistent_kernel import recurrent_source
+from rnnplan.ir.recurrence import KERNEL_WARPS, REGISTER_BUDGET
 from rnnplan.scheduler.persistent import (AUTO_MAX_BATCH, DEFAULT_DEVICE, FFMA_MAX_BATCH, choose_lowering,
-                                          choose_recurrence)
+                                          choose_recurrence, tensor_core_recurrence)
 from rnnplan.spec import DeviceShape
 from tests.helpers import assert_same_result, random_inputs, run_torch, torch_module
 
@@ -99,10 +103,20 @@ def test_kernel_choice_by_dtype_and_batch():
     assert small.batch_tile == 0  # fp16 at batch 1-2: FFMA's tagged hand-off is faster (BENCHMARKS.md)
     rec, why = choose_recurrence(rp.RNNSpec(**base, batch=5, dtype="float16"))
     assert rec.batch_tile == 8 and "tensor cores, batch tiles of 8" in why
-    # The paper configuration fits in fp16 only by tiling the batch; in fp32 it does not fit.
-    rec, why = choose_recurrence(rp.PAPER_SPEC.model_copy(update={"dtype": "float16"}))
-    assert rec is not None and 8 <= rec.batch_tile < 64 and rec.shared_memory_bytes <= DEFAULT_DEVICE.smem_per_block
+    # The paper configuration fits in fp16 with its weights in registers (the whole batch in one tile),
+    # or in shared memory by tiling the batch; in fp32 it does not fit.
+    paper16 = rp.PAPER_SPEC.model_copy(update={"dtype": "float16"})
+    rec, why = choose_recurrence(paper16)
+    assert rec.weights_in_registers and rec.batch_tile == 64 and "weights in registers" in why
+    assert rec.smem_layout()["stage"] == 0  # no weights in shared memory
+    held = tensor_core_recurrence(paper16, rec.units_per_block, DEFAULT_DEVICE, registers=False)
+    assert 8 <= held.batch_tile < 64 and held.shared_memory_bytes <= DEFAULT_DEVICE.smem_per_block
     assert choose_recurrence(rp.PAPER_SPEC)[0] is None
+    # Too many weights per warp for registers (2 layers of 768: 48 fragments a warp): shared memory.
+    wide = rp.RNNSpec(cell="lstm", input_size=768, hidden_size=768, num_layers=2, seq_len=10, batch=8, dtype="float16")
+    rec = choose_recurrence(wide)[0]
+    assert rec.batch_tile and not rec.weights_in_registers
+    assert tensor_core_recurrence(wide, rec.units_per_block, DEFAULT_DEVICE, registers=True) is None
     plan = rp.build_plan(rp.RNNSpec(**base, batch=5, dtype="float16"), options=PERSISTENT)
     assert plan.steps[-1].recurrence.batch_tile == 8 and "tensor cores" in plan.lowering_reason
 
@@ -127,19 +141,57 @@ def test_one_definition_of_the_kernel_layouts(dtype, batch):
 
 
 def test_tensor_core_work_split():
-    """Each warp owns (m-tile, n-group) jobs; k is split only when jobs are fewer than warps, and then
-    the later k-slices get partial-sum slots of their own in shared memory (no atomics)."""
-    paper = choose_recurrence(rp.PAPER_SPEC.model_copy(update={"dtype": "float16"}))[0]
+    """Weights in shared memory: each warp owns (m-tile, n-group) jobs; k is split only when jobs are
+    fewer than warps, and then the later k-slices get partial-sum slots of their own in shared memory
+    (no atomics)."""
+    paper16 = rp.PAPER_SPEC.model_copy(update={"dtype": "float16"})
+    paper = tensor_core_recurrence(paper16, 16, DEFAULT_DEVICE, registers=False)
     m_tiles, n_tiles = paper.mma_rows // 16, paper.batch_tile // 8
     groups, k_split = paper.mma_split
     assert (groups, k_split) == (2, 1) and m_tiles * groups == 8 and n_tiles % groups == 0
     layout = paper.smem_layout()
     assert layout["partial"] == layout["bias"]  # no k-split, no partial sums
-    small = choose_recurrence(rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=10,
-                                         batch=8, dtype="float16"))[0]
+    small = tensor_core_recurrence(rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=10,
+                                              batch=8, dtype="float16"), 8, DEFAULT_DEVICE, registers=False)
     assert small.mma_split == (1, 4)  # 2 m-tiles x 1 n-tile: k split four ways to use 8 warps
     layout = small.smem_layout()
     assert layout["bias"] - layout["partial"] == 3 * 2 * small.batch_tile * small.mma_rows * 4
+
+
+@pytest.mark.parametrize("kw, split, ksteps", [
+    # paper: 4 m-tiles x (h, layer input) = 8 warps, each holding 32 of the 64 k-steps' fragments
+    (dict(cell="lstm", num_layers=4, hidden_size=512, batch=64), (1, 1), 32),
+    # one layer: no layer-input part; 2 m-tiles, so k is split four ways (16 fragments a warp)
+    (dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8), (1, 4), 16),
+    # GRU: 3 m-tiles x 2 parts = 6 warps busy
+    (dict(cell="gru", num_layers=4, hidden_size=512, batch=64), (1, 1), 32),
+])
+def test_tensor_core_work_split_with_weights_in_registers(kw, split, ksteps):
+    """A warp's job is fixed for the run: one m-tile, one part (h or layer input), one k-slice of it,
+    every n-tile of the batch tile; its fragments stay in registers, within REGISTER_BUDGET."""
+    r = choose_recurrence(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10, dtype="float16"))[0]
+    assert r.weights_in_registers and r.registers_fit
+    assert (r.mma_split, r.register_ksteps) == (split, ksteps)
+    assert r.mma_rows // 16 * r.mma_parts * r.mma_split[1] <= KERNEL_WARPS
+    assert 4 * r.register_ksteps + r.batch_tile // 2 <= REGISTER_BUDGET
+    layout = r.smem_layout()
+    assert layout["stage"] == layout["weights"] == 0
+    assert layout["bias"] - layout["partial"] == (split[1] - 1) * 2 * r.batch_tile * r.mma_rows * 4
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.parametrize("kw", [dict(cell="lstm", num_layers=4, hidden_size=512, batch=64),
+                                dict(cell="gru", num_layers=4, hidden_size=512, batch=64),
+                                dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8)], ids=str)
+def test_register_held_weights_compile_without_spills(kw, tmp_path):
+    """The register budget holds in the compiled kernel: ptxas keeps every held fragment in registers."""
+    r = choose_recurrence(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10, dtype="float16"))[0]
+    assert r.weights_in_registers
+    (tmp_path / "k.cu").write_text(recurrent_source(r))
+    out = subprocess.run(["nvcc", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), "-Xptxas", "-v",
+                          str(tmp_path / "k.cu")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in out.stderr, out.stderr
 
 
 def test_default_plan_follows_the_local_gpu(monkeypatch):

@@ -45,6 +45,9 @@ def mma_source(r) -> str:
 #define READS_HPREV {int(r.cell == "gru")}  // the cell update reads h of the previous step
 #define FILL {-(-r.batch_tile * r.mma_rows // THREADS)}  // gate sums each thread fills
 #define CHUNK {8 if r.hidden % 8 == 0 else 1}  // halves per staging copy (16 bytes when rows allow)
+#define REG_A {int(r.weights_in_registers)}  // A fragments held in registers, not shared memory
+#define NPARTS {r.mma_parts}
+#define KREG {r.register_ksteps if r.weights_in_registers else 1}  // A fragments a warp holds (REG_A)
 """
     return prelude(r, defines + MMA_HELPERS) + f"""    unsigned int* counters = (unsigned int*)xch;  // [chain][t]: blocks that have published h
     __half* hx = (__half*)((unsigned char*)xch + CNT_BYTES);  // [chain][t][b][XSTRIDE]: h in fp16
@@ -55,20 +58,30 @@ def mma_source(r) -> str:
     float* partial = (float*)(smem + OFF_PARTIAL);  // [KSPLIT - 1][gx, gh][BT][RP]
     const int kt = KHT + (layer == 0 ? 0 : KXP / 16);  // k-steps this block runs
 
-    // W_hh | W_ih rows of this block as A fragments: fragment (ks, mt) is 32 lanes x 8 halves.
-    // Lane l holds rows mt*16 + l/4 (+8) and columns ks*16 + (l%4)*2 (+1) (+8), PTX's layout.
-    __half* wsm = (__half*)(smem + OFF_WEIGHTS);
-    for (int i = tid; i < kt * MT * 256; i += blockDim.x) {{
-        const int j = i & 7, ln = (i >> 3) & 31, f = i >> 8, mt = f % MT, ks = f / MT, q = j >> 1;
-        const int row = mt * 16 + (ln >> 2) + (q & 1) * 8;
-        const int k = ks * 16 + (ln & 3) * 2 + (q >> 1) * 8 + (j & 1);
-        const int g = row / U, u = row % U;
-        float w = 0.0f;
-        if (g < G && u < nu) {{
-            if (k < KHP) {{ if (k < H) w = to_f(whh[(size_t)(g * H + u0 + u) * H + k]); }}
-            else if (k - KHP < kin) w = to_f(first[(size_t)(g * H + u0 + u) * kin + (k - KHP)]);
+    // W_hh | W_ih rows of this block as A fragments (`a_half` gives their layout): in shared memory,
+    // fragment (ks, mt) as 32 lanes x 8 halves; or, with weights in registers, each warp's own.
+    if (!REG_A) {{
+        __half* wsm = (__half*)(smem + OFF_WEIGHTS);
+        for (int i = tid; i < kt * MT * 256; i += blockDim.x) {{
+            const int f = i >> 8;
+            wsm[i] = a_half(whh, first, u0, nu, kin, f / MT, f % MT, (i >> 3) & 31, i & 7);
         }}
-        wsm[i] = __float2half_rn(w);
+    }}
+    // With weights in registers a warp's job is fixed: m-tile rmt, part rpart (0: h, 1: layer input), k-steps
+    // [rk0, rk0 + rkn) of that part; warps past the jobs (or with an empty part, layer 0's input) hold none.
+    const int rmt = warp % MT, rpart = (warp / MT) % NPARTS, rslice = warp / (MT * NPARTS);
+    const int rkp = rpart == 0 ? KHT : (layer == 0 ? 0 : KXP / 16);
+    const int rk0 = rslice * rkp / KSPLIT, rkn = warp < MT * NPARTS * KSPLIT ? (rslice + 1) * rkp / KSPLIT - rk0 : 0;
+    uint4 areg[KREG];
+#pragma unroll
+    for (int j = 0; j < KREG; ++j) {{
+        unsigned int packed[4] = {{0u, 0u, 0u, 0u}};
+        if (REG_A && j < rkn)
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+                packed[e >> 1] |= (unsigned int)__half_as_ushort(
+                    a_half(whh, first, u0, nu, kin, rpart * KHT + rk0 + j, rmt, lane, e)) << ((e & 1) * 16);
+        areg[j] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
     }}
     float* bias_s = (float*)(smem + OFF_BIAS);  // [b_ih | b_hh] of this block's rows, fp32
     for (int i = tid; i < 2 * RP; i += blockDim.x) {{
@@ -78,7 +91,6 @@ def mma_source(r) -> str:
     }}
     for (int i = tid; i < BT * KS; i += blockDim.x) stage[i] = __float2half_rn(0.0f);
     __syncthreads();
-    const int grp = lane >> 2, tig = lane & 3;
 
     for (int s = 0; s < T; ++s) {{
         const int t = dir == 0 ? s : T - 1 - s;
@@ -115,7 +127,22 @@ def mma_source(r) -> str:
             if (b0 == 0 || READS_HPREV) stage_tile(stage, hx, h0, b0, s, t, tprev, chain, layer);
             staged();
             __syncthreads();
-            for (int job = warp; job < MT * NG * KSPLIT; job += nwarps) {{
+            if (REG_A) {{  // this warp's fixed job, A fragments from registers
+                if (warp < MT * NPARTS * KSPLIT) {{
+                    float acc[NT][4];
+#pragma unroll
+                    for (int n = 0; n < NT; ++n)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
+                    const unsigned int base = b_base(stage + rpart * KHP, lane);
+#pragma unroll
+                    for (int j = 0; j < KREG; ++j)
+                        if (j < rkn) mma_step(acc, areg[j], base, rk0 + j);
+                    // slice 0 owns the part's gate sums; later slices write their own partial slots
+                    put_sums(rslice == 0 ? (rpart ? gx_s : gh_s) : partial + ((rslice - 1) * 2 + 1 - rpart) * BT * RP,
+                             rslice == 0, acc, rmt, 0, lane);
+                }}
+            }} else for (int job = warp; job < MT * NG * KSPLIT; job += nwarps) {{
                 const int mt = job % MT, ng = (job / MT) % NG, slice = job / (MT * NG);
                 const int k0 = slice * kt / KSPLIT, k1 = (slice + 1) * kt / KSPLIT;
                 float ah[NPG][4], ax[NPG][4];
@@ -123,24 +150,12 @@ def mma_source(r) -> str:
                 for (int n = 0; n < NPG; ++n)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {{ ah[n][e] = 0.0f; ax[n][e] = 0.0f; }}
-                const __half* rows_of_group = stage + ng * NPG * 8 * KS;
-                mma_steps(ah, wf, rows_of_group, mt, k0, min(k1, KHT), lane);
-                mma_steps(ax, wf, rows_of_group, mt, max(k0, KHT), k1, lane);
+                const unsigned int base = b_base(stage + ng * NPG * 8 * KS, lane);
+                for (int ks = k0; ks < min(k1, KHT); ++ks) mma_step(ah, wf[(ks * MT + mt) * 32 + lane], base, ks);
+                for (int ks = max(k0, KHT); ks < k1; ++ks) mma_step(ax, wf[(ks * MT + mt) * 32 + lane], base, ks);
                 float* px = partial + (slice - 1) * 2 * BT * RP;  // slices after the first: own slots
-#pragma unroll
-                for (int n = 0; n < NPG; ++n)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {{  // C: row mt*16 + grp (+8), batch column n*8 + tig*2 (+1)
-                        const int row = mt * 16 + grp + (e >> 1) * 8, bl = (ng * NPG + n) * 8 + tig * 2 + (e & 1);
-                        const int at = bl * RP + row;
-                        if (slice == 0) {{  // this warp alone owns these sums: no atomics
-                            gh_s[at] += ah[n][e];
-                            gx_s[at] += ax[n][e];
-                        }} else {{
-                            px[BT * RP + at] = ah[n][e];
-                            px[at] = ax[n][e];
-                        }}
-                    }}
+                put_sums(slice == 0 ? gh_s : px + BT * RP, slice == 0, ah, mt, ng * NPG, lane);
+                put_sums(slice == 0 ? gx_s : px, slice == 0, ax, mt, ng * NPG, lane);
             }}
             __syncthreads();
             if (!READS_HPREV && b0 + BT < B) stage_tile(stage, hx, h0, b0 + BT, s, t, tprev, chain, layer);
@@ -217,20 +232,42 @@ __device__ __forceinline__ void stage_tile(__half* stage, const __half* hx, cons
 }
 
 // A gate's sum (which: 0 x-part, 1 h-part) over the first k-slice's slot and the others' partials.
+// (Weights in registers split each part separately; a network of one layer has no layer-input part.)
 __device__ __forceinline__ float gate_sum(const float* sums, const float* partial, int which, int at) {
     float v = sums[at];
+    if (REG_A && NPARTS == 1 && which == 0) return v;
 #pragma unroll
     for (int slice = 1; slice < KSPLIT; ++slice) v += partial[((slice - 1) * 2 + which) * BT * RP + at];
     return v;
 }
 
-// k-step ks of m-tile mt against NTILES n-tiles of the staged rows at `base`, added into acc.
-// B fragments come by ldmatrix: lanes 8m..8m+7 point at the rows of 8x8 matrix m (n-tile n + m/2,
-// columns ks*16 + (m%2)*8), and lane l receives row l/4, columns 2*(l%4) and +1, PTX's B layout.
+// Element e (of 8) of lane ln's A fragment for k-step ks, m-tile mt, of the block's rows of [W_hh | W_ih]
+// (gate-major rows padded to RP, each part's columns padded to 16): lane ln holds rows mt*16 + ln/4 (+8)
+// and columns ks*16 + (ln%4)*2 (+1) (+8), PTX's layout of m16n8k16's A.
+__device__ __forceinline__ __half a_half(const st* whh, const st* first, int u0, int nu, int kin, int ks, int mt, int ln,
+                                         int e) {
+    const int q = e >> 1, row = mt * 16 + (ln >> 2) + (q & 1) * 8;
+    const int k = ks * 16 + (ln & 3) * 2 + (q >> 1) * 8 + (e & 1);
+    const int g = row / U, u = row % U;
+    float w = 0.0f;
+    if (g < G && u < nu) {
+        if (k < KHP) { if (k < H) w = to_f(whh[(size_t)(g * H + u0 + u) * H + k]); }
+        else if (k - KHP < kin) w = to_f(first[(size_t)(g * H + u0 + u) * kin + (k - KHP)]);
+    }
+    return __float2half_rn(w);
+}
+
+// Shared-memory address of this lane's row for ldmatrix over the staged rows from `rows`: lanes 8m..8m+7
+// point at the rows of 8x8 matrix m (n-tile m/2, columns (m%2)*8), so that lane l receives row l/4,
+// columns 2*(l%4) and +1 of each, PTX's B layout.
+__device__ __forceinline__ unsigned int b_base(const __half* rows, int lane) {
+    const int mat = lane >> 3, row = lane & 7;
+    return (unsigned int)__cvta_generic_to_shared(rows + ((mat >> 1) * 8 + row) * KS + (mat & 1) * 8);
+}
+
+// k-step ks (columns ks*16 ... from `base`, see b_base) of A fragment a against NTILES n-tiles, added into acc.
 template <int NTILES>
-__device__ __forceinline__ void mma_step(float (&acc)[NTILES][4], const uint4* wf, unsigned int base, int mt, int ks,
-                                         int lane) {
-    const uint4 a = wf[(ks * MT + mt) * 32 + lane];
+__device__ __forceinline__ void mma_step(float (&acc)[NTILES][4], const uint4& a, unsigned int base, int ks) {
 #pragma unroll
     for (int n = 0; n + 1 < NTILES; n += 2) {
         unsigned int b0, b1, b2, b3;
@@ -247,13 +284,19 @@ __device__ __forceinline__ void mma_step(float (&acc)[NTILES][4], const uint4* w
     }
 }
 
-// k-steps [ks0, ks1) of m-tile mt against NTILES n-tiles of staged rows from `stage`, added into acc.
+// A warp's sums of m-tile mt over NTILES n-tiles from n-tile n0 (C layout: row mt*16 + lane/4 (+8), batch
+// column n*8 + (lane%4)*2 (+1)) added into `dst` (the warp alone owns those sums: no atomics) or, when
+// !add, written into a partial-sum slot.
 template <int NTILES>
-__device__ __forceinline__ void mma_steps(float (&acc)[NTILES][4], const uint4* wf, const __half* stage, int mt,
-                                          int ks0, int ks1, int lane) {
-    const int mat = lane >> 3, row = lane & 7;
-    const unsigned int base = (unsigned int)__cvta_generic_to_shared(stage + ((mat >> 1) * 8 + row) * KS + (mat & 1) * 8);
-    for (int ks = ks0; ks < ks1; ++ks) mma_step(acc, wf, base, mt, ks, lane);
+__device__ __forceinline__ void put_sums(float* dst, bool add, const float (&acc)[NTILES][4], int mt, int n0, int lane) {
+#pragma unroll
+    for (int n = 0; n < NTILES; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = mt * 16 + (lane >> 2) + (e >> 1) * 8, bl = (n0 + n) * 8 + (lane & 3) * 2 + (e & 1);
+            float* at = dst + bl * RP + row;
+            *at = add ? *at + acc[n][e] : acc[n][e];
+        }
 }
 
 """

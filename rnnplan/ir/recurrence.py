@@ -20,6 +20,9 @@ import numpy as np
 from rnnplan.spec import GATES
 
 KERNEL_WARPS = 8  # warps per block of the persistent kernels (256 threads)
+# Registers per thread for weights held in registers and the accumulators, of the 255 a thread of a
+# 256-thread block may use; checked with `nvcc -Xptxas -v` (no spills) on the configurations in tests.
+REGISTER_BUDGET = 168
 
 
 def _ceil_div(n: int, d: int) -> int:
@@ -45,6 +48,10 @@ class Recurrence:
     # 0: the FFMA kernel (fp32 dot products); > 0: the tensor-core kernel (fp16 storage, mma.sync),
     # which works through the batch in tiles of this many rows (a multiple of 8, the mma's N).
     batch_tile: int = 0
+    # Tensor-core kernel only: each warp keeps the A fragments of its share of the weights in registers
+    # for the whole sequence (`register_ksteps` of them), instead of reading them from shared memory
+    # at every step; shared memory then holds no weights, which leaves room for wider batch tiles.
+    weights_in_registers: bool = False
 
     @property
     def gates(self) -> int:
@@ -86,10 +93,33 @@ class Recurrence:
         """(n_groups, k_split): how the tensor-core kernel's KERNEL_WARPS warps share a batch tile.
         Each warp owns one m-tile and one group of the tile's 8-row n-tiles, so that it adds its sums
         into the gate sums alone (no atomics); k is split (into extra partial-sum slots) only when
-        there are fewer (m-tile, n-group) jobs than warps."""
+        there are fewer (m-tile, n-group) jobs than warps. With weights in registers a warp's job is
+        fixed for the whole run: one m-tile, one part (h or layer input), one k-slice of that part,
+        every n-tile."""
         m_tiles, n_tiles = self.mma_rows // 16, self.batch_tile // 8
+        if self.weights_in_registers:
+            return 1, max(1, KERNEL_WARPS // (m_tiles * self.mma_parts))
         groups = max(d for d in range(1, n_tiles + 1) if n_tiles % d == 0 and d * m_tiles <= max(KERNEL_WARPS, m_tiles))
         return groups, max(1, KERNEL_WARPS // (m_tiles * groups))
+
+    @property
+    def mma_parts(self) -> int:
+        """Reductions per step: h (W_hh) and, with more than one layer, the layer input (W_ih)."""
+        return 2 if self.input_width else 1
+
+    @property
+    def register_ksteps(self) -> int:
+        """Weights in registers: A fragments (16x16, 4 registers a lane) one warp holds: its k-slice
+        of the longer part."""
+        return _ceil_div(max(self.mma_k) // 16, self.mma_split[1])
+
+    @property
+    def registers_fit(self) -> bool:
+        """Weights in registers fit a warp's register budget: 4 registers per held fragment and 4 per
+        accumulator tile, within REGISTER_BUDGET (the rest of the 255 a thread may have go to addresses,
+        B fragments and the cell update), and every job has a warp."""
+        jobs = self.mma_rows // 16 * self.mma_parts
+        return jobs <= KERNEL_WARPS and 4 * self.register_ksteps + self.batch_tile // 2 <= REGISTER_BUDGET
 
     @property
     def stage_stride(self) -> int:
@@ -104,7 +134,8 @@ class Recurrence:
         if self.batch_tile:  # weights as fp16 mma fragments, staging in fp16, one batch tile at a time
             bt, rows = self.batch_tile, self.mma_rows
             extra = self.mma_split[1] - 1  # partial sums of the k-slices after the first
-            parts = [("weights", rows * sum(self.mma_k) * 2), ("stage", bt * self.stage_stride * 2),
+            held = 0 if self.weights_in_registers else rows * sum(self.mma_k) * 2
+            parts = [("weights", held), ("stage", bt * self.stage_stride * 2),
                      ("gx", bt * rows * 4), ("gh", bt * rows * 4), ("partial", extra * 2 * bt * rows * 4),
                      ("bias", 2 * rows * 4), ("c", B * U * 4)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch

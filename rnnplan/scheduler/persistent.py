@@ -86,22 +86,34 @@ def choose_lowering(spec: RNNSpec, options) -> tuple[str, str]:
     return "persistent", f"auto: {why}"
 
 
-def recurrence_of(spec: RNNSpec, units: int, batch_tile: int = 0) -> Recurrence:
+def recurrence_of(spec: RNNSpec, units: int, batch_tile: int = 0, registers: bool = False) -> Recurrence:
     return Recurrence(spec.cell, spec.num_layers, spec.directions, spec.seq_len, spec.batch, spec.hidden_size,
-                      spec.input_size, spec.bias, spec.dtype, units, batch_tile)
+                      spec.input_size, spec.bias, spec.dtype, units, batch_tile, registers)
+
+
+def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, registers: bool) -> Recurrence | None:
+    """The tensor-core kernel with the widest batch tile (64 rows down to 8) that fits shared memory
+    (and, with weights in registers, the register budget); None where even 8 rows do not fit registers."""
+    def fits(r: Recurrence) -> bool:
+        return r.shared_memory_bytes <= device.smem_per_block and (not registers or r.registers_fit)
+
+    tile = min(64, -(-spec.batch // 8) * 8)
+    while tile > 8 and not fits(recurrence_of(spec, units, tile, registers)):
+        tile = max(8, tile // 16 * 8)
+    r = recurrence_of(spec, units, tile, registers)
+    return r if not registers or r.registers_fit else None
 
 
 def _fitting(spec: RNNSpec, units: int, device: DeviceShape) -> Recurrence:
     """The recurrence for `units` per block: fp32, and fp16 up to FFMA_MAX_BATCH where it fits, run the
-    FFMA kernel; other fp16 runs the tensor-core kernel with the widest batch tile (64 rows down to 8)
-    whose shared memory fits."""
+    FFMA kernel; other fp16 runs the tensor-core kernel, with the weights in registers where they fit
+    the register budget (no shared-memory reads of weights at each step, and room for the widest batch
+    tile), else in shared memory."""
     ffma = recurrence_of(spec, units)
     if spec.dtype != "float16" or (spec.batch <= FFMA_MAX_BATCH and ffma.shared_memory_bytes <= device.smem_per_block):
         return ffma
-    tile = min(64, -(-spec.batch // 8) * 8)
-    while tile > 8 and recurrence_of(spec, units, tile).shared_memory_bytes > device.smem_per_block:
-        tile = max(8, tile // 16 * 8)
-    return recurrence_of(spec, units, tile)
+    return (tensor_core_recurrence(spec, units, device, registers=True)
+            or tensor_core_recurrence(spec, units, device, registers=False))
 
 
 def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[Recurrence | None, str]:
@@ -120,7 +132,8 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tu
     if need > device.smem_per_block:
         return None, (f"recurrent weights {mib:.1f} MiB need {need / 1024:.0f} KiB of shared memory per block "
                       f"over {blocks} blocks; {device.name} has {device.smem_per_block / 1024:.0f} KiB")
-    math_used = f"tensor cores, batch tiles of {trial.batch_tile}" if trial.batch_tile else "FFMA"
+    held = ", weights in registers" if trial.weights_in_registers else ""
+    math_used = f"tensor cores, batch tiles of {trial.batch_tile}{held}" if trial.batch_tile else "FFMA"
     return trial, (f"recurrent weights {mib:.1f} MiB fit on-chip: {blocks} blocks x {need / 1024:.0f} KiB "
                    f"shared memory on {device.name} ({math_used})")
 
