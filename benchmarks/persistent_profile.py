@@ -1,9 +1,9 @@
 """Where the tensor-core persistent kernel spends a step: clock64 marks between its phases, read by
 thread 0 of each block and summed over the steps, for the first block of layer 0 and of the last layer.
 
-    python3 benchmarks/persistent_profile.py
+    python3 benchmarks/persistent_profile.py [--weights chosen|registers|shared]
 
-Phases: publish/loop (the previous step's publish and loop overhead), fill (gate sums from biases and
+Phases: set-up (once: weights on-chip, biases), publish/loop (the previous step's publish and loop overhead), fill (gate sums from biases and
 layer 0's input projection), wait (for the counters this step needs), stage (cp.async of h and the
 layer input), mma (tensor cores and writing the gate sums), cell (the cell update). The marks are
 inserted into the generated source by text anchors, so this tool fails loudly (AssertionError) when
@@ -21,6 +21,7 @@ ANCHORS = ("            // Gate sums start from", "            if (b0 == 0) {  /
            "            // Stage [h | layer input]", "            if (REG_A) {  // this warp's fixed job",
            "            for (int i = tid; i < BT * nu; i += blockDim.x) {")
 TILE_END = "            __syncthreads();  // the next tile restages `stage` and the gate sums\n"
+KERNEL_START = "    unsigned int* counters = (unsigned int*)xch;"
 START = "    for (int s = 0; s < T; ++s) {\n"
 plain_source = persistent_kernel.recurrent_source
 plain_exchange = recurrence.Recurrence.exchange_bytes
@@ -37,11 +38,12 @@ def instrumented_source(r) -> str:
     for k, anchor in enumerate(ANCHORS):
         assert src.count(anchor) == 1, anchor
         src = src.replace(anchor, f"            PROF({k});\n" + anchor)
-    assert src.count(TILE_END) == 1 and src.count(START) == 1
+    assert src.count(TILE_END) == 1 and src.count(START) == 1 and src.count(KERNEL_START) == 1
     src = src.replace(TILE_END, TILE_END + f"            PROF({len(ANCHORS)});\n")
-    src = src.replace(START, "    unsigned long long acc_[8] = {0}, t_ = clock64();\n"
+    src = src.replace(KERNEL_START, "    unsigned long long acc_[8] = {0}, t_ = clock64();\n"
                       "#define PROF(k) if (tid == 0) { unsigned long long n_ = clock64(); acc_[k] += n_ - t_; t_ = n_; }\n"
-                      + START)
+                      + KERNEL_START)
+    src = src.replace(START, "    PROF(7);  // set-up: weights on-chip, biases, staging cleared\n" + START)
     body = src.rstrip()
     assert body.endswith("}")
     return body[:-1] + (f"    if (tid == 0) for (int k = 0; k < 8; ++k)\n"
@@ -49,7 +51,17 @@ def instrumented_source(r) -> str:
 
 
 def main() -> None:
+    import argparse
+
     import cupy as cp
+
+    from rnnplan.backends import describe_device
+    from rnnplan.scheduler.persistent import tensor_core_recurrence
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", choices=["chosen", "registers", "shared"], default="chosen",
+                    help="profile the planner's tensor-core kernel or the variant holding weights so")
+    args = ap.parse_args()
 
     persistent_kernel.recurrent_source = cupy_backend.recurrent_source = instrumented_source
     recurrence.Recurrence.exchange_bytes = property(  # room for 8 counters per block after the exchange
@@ -60,6 +72,10 @@ def main() -> None:
         spec = rp.RNNSpec(**kw, dtype="float16")
         plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
         r = next(s.recurrence for s in plan.steps if s.recurrence)
+        if args.weights != "chosen" and r.weights_in_registers != (args.weights == "registers"):
+            r = tensor_core_recurrence(spec, r.units_per_block, describe_device(), args.weights == "registers")
+            plan = plan.model_copy(update={"steps": tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s
+                                                          for s in plan.steps)})
         ex = rp.Executor(plan, rp.Weights.random(spec, seed=1), backend="cupy", mode="streams")
         x = np.random.default_rng(0).standard_normal((spec.seq_len, spec.batch, spec.input_size)).astype(np.float16)
         for _ in range(3):
@@ -68,11 +84,14 @@ def main() -> None:
         exchange = ex.impl._keep_alive[-1]  # the launch keeps [pointer table, exchange buffer]
         start = profile_offset(r)
         cycles = exchange.view(np.uint8)[start:start + r.blocks * 64].view(np.uint64).get().reshape(r.blocks, 8)
-        print(f"{spec.short()}: {r.blocks} blocks x {r.units_per_block} units, batch tiles of {r.batch_tile}")
+        held = "registers" if r.weights_in_registers else "shared memory"
+        print(f"{spec.short()}: {r.blocks} blocks x {r.units_per_block} units, batch tiles of {r.batch_tile}, "
+              f"weights in {held}")
         for block in (0, r.blocks_per_chain * (len(r.chains) - 1)):
             us = cycles[block, :len(PHASES)] / clock_hz * 1e6 / spec.seq_len
             print(f"  block {block:3d} (layer {block // r.blocks_per_chain // r.directions}), us per step: "
-                  + ", ".join(f"{n} {u:.2f}" for n, u in zip(PHASES, us)) + f"; total {us.sum():.2f}")
+                  + ", ".join(f"{n} {u:.2f}" for n, u in zip(PHASES, us)) + f"; total {us.sum():.2f}; "
+                  f"set-up before the first step {cycles[block, 7] / clock_hz * 1e6:.1f} us")
 
 
 if __name__ == "__main__":

@@ -158,22 +158,22 @@ def test_tensor_core_work_split():
     assert layout["bias"] - layout["partial"] == 3 * 2 * small.batch_tile * small.mma_rows * 4
 
 
-@pytest.mark.parametrize("kw, split, ksteps", [
-    # paper: 4 m-tiles x (h, layer input) = 8 warps, each holding 32 of the 64 k-steps' fragments
-    (dict(cell="lstm", num_layers=4, hidden_size=512, batch=64), (1, 1), 32),
-    # one layer: no layer-input part; 2 m-tiles, so k is split four ways (16 fragments a warp)
-    (dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8), (1, 4), 16),
-    # GRU: 3 m-tiles x 2 parts = 6 warps busy
-    (dict(cell="gru", num_layers=4, hidden_size=512, batch=64), (1, 1), 32),
+@pytest.mark.parametrize("kw, group, split, ksteps", [
+    # paper: 2 pairs of m-tiles x (h, layer input) x 2 k-slices = 8 warps, each holding 2 x 16 fragments
+    (dict(cell="lstm", num_layers=4, hidden_size=512, batch=64), 2, (1, 2), 16),
+    # one layer: no layer-input part; 2 m-tiles, one n-tile: k split four ways (16 fragments a warp)
+    (dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8), 1, (1, 4), 16),
+    # GRU: 3 m-tiles (no pairs) x 2 parts = 6 warps busy, each holding 32 fragments
+    (dict(cell="gru", num_layers=4, hidden_size=512, batch=64), 1, (1, 1), 32),
 ])
-def test_tensor_core_work_split_with_weights_in_registers(kw, split, ksteps):
-    """A warp's job is fixed for the run: one m-tile, one part (h or layer input), one k-slice of it,
-    every n-tile of the batch tile; its fragments stay in registers, within REGISTER_BUDGET."""
+def test_tensor_core_work_split_with_weights_in_registers(kw, group, split, ksteps):
+    """A warp's job is fixed for the run: `mma_mgroup` m-tiles, one part (h or layer input), one k-slice
+    of it, every n-tile of the batch tile; its fragments stay in registers, within REGISTER_BUDGET."""
     r = choose_recurrence(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10, dtype="float16"))[0]
     assert r.weights_in_registers and r.registers_fit
-    assert (r.mma_split, r.register_ksteps) == (split, ksteps)
-    assert r.mma_rows // 16 * r.mma_parts * r.mma_split[1] <= KERNEL_WARPS
-    assert 4 * r.register_ksteps + r.batch_tile // 2 <= REGISTER_BUDGET
+    assert (r.mma_mgroup, r.mma_split, r.register_ksteps) == (group, split, ksteps)
+    assert r.mma_rows // 16 // group * r.mma_parts * r.mma_split[1] <= KERNEL_WARPS
+    assert 4 * group * (r.register_ksteps + r.mma_nchunk) <= REGISTER_BUDGET
     layout = r.smem_layout()
     assert layout["stage"] == layout["weights"] == 0
     assert layout["bias"] - layout["partial"] == (split[1] - 1) * 2 * r.batch_tile * r.mma_rows * 4

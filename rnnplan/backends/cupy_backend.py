@@ -29,6 +29,7 @@ from rnnplan.scheduler.plan import BufferView, Plan, Step
 from rnnplan.weights import Weights
 
 MODES = ("graph", "streams")
+_DEVICE_TO_DEVICE = 3  # cudaMemcpyDeviceToDevice
 _KERNELS: dict[tuple[int, str], object] = {}  # (device, kernel name) -> compiled cupy.RawKernel
 
 
@@ -71,6 +72,7 @@ class CupyExecutor:
             self.workspaces = [cp.empty(WORKSPACE_BYTES, dtype=np.uint8) for _ in self.streams]
             self.blas = Cublas(self.streams, self.workspaces, plan.options.math, plan.spec.dtype)
             self._keep_alive: list = []  # device arrays that captured launches point to
+            self._zeroed_states: set[str] = set()  # state buffers known to hold zeros (nothing else writes them)
             self.program = [self._prepare(s) for s in plan.steps]
             self.graph = None
             self._issue()  # one run outside capture, so that loading modules and cuBLAS set-up happen now
@@ -213,24 +215,70 @@ class CupyExecutor:
             self.device.synchronize()
 
     def _load(self, x, h0, c0) -> None:
-        """Copy the input and initial state into the plan's buffers, on stream 0, after the caller's work."""
+        """Copy the input and initial state into the plan's buffers, on stream 0, after the caller's work.
+        Arrays already in the plan's dtype and layout go by one cudaMemcpy2DAsync each and a state the
+        caller leaves out is zeroed only when an earlier call wrote one: at small sizes a call's
+        Python-side copies cost as much as its kernels (BENCHMARKS.md, persistent lowering)."""
         cp, plan, spec = self.cp, self.plan, self.plan.spec
         x = self._on_device(x, "x")
         given = {"h0": h0 if h0 is None else self._on_device(h0, "h0"),
                  "c0": c0 if c0 is None else self._on_device(c0, "c0")}
+        # Held until the next call: stream 0 reads them asynchronously, and the caller's stream (where a
+        # copy from host memory was allocated) waits for this call's results before it can reuse them.
+        self._inputs_held = (x, given)
         first = self.streams[0]
         self.caller_ready.record(cp.cuda.get_current_stream())
         first.wait_event(self.caller_ready)
-        with first:
-            dst = self.view(plan.inputs["x"]).reshape(spec.seq_len, spec.batch, spec.input_size)
-            dst[...] = x.transpose(1, 0, 2) if spec.batch_first else x
-            for name in ("h0", "c0"):
-                if name in plan.inputs:
-                    state = self.view(plan.inputs[name])
-                    if given[name] is None:
-                        state.fill(0)
-                    else:
-                        state[...] = given[name].reshape(state.shape)
+        dst = plan.inputs["x"]
+        if spec.batch_first or not self._copy_in(dst, x):
+            with first:
+                self.view(dst).reshape(spec.seq_len, spec.batch, spec.input_size)[...] = \
+                    x.transpose(1, 0, 2) if spec.batch_first else x
+        for name in ("h0", "c0"):
+            if name not in plan.inputs:
+                continue
+            view = plan.inputs[name]
+            if given[name] is None:
+                if name not in self._zeroed_states:
+                    with first:
+                        self.view(view).fill(0)
+                    self._zeroed_states.add(name)
+                continue
+            self._zeroed_states.discard(name)
+            if not self._copy_in(view, given[name]):
+                with first:
+                    state = self.view(view)
+                    state[...] = given[name].reshape(state.shape)
+
+    def _copy_rect(self, dst: int, dst_ld: int, src: int, src_ld: int, rows: int, cols: int) -> None:
+        """rows x cols elements between device pointers with row strides dst_ld / src_ld, on stream 0."""
+        item, runtime, stream = self.dtype.itemsize, self.cp.cuda.runtime, self.streams[0].ptr
+        if dst_ld == src_ld == cols or rows == 1:  # one contiguous run
+            runtime.memcpyAsync(dst, src, rows * cols * item, _DEVICE_TO_DEVICE, stream)
+        else:
+            runtime.memcpy2DAsync(dst, dst_ld * item, src, src_ld * item, cols * item, rows, _DEVICE_TO_DEVICE, stream)
+
+    def _copy_in(self, view: BufferView, arr) -> bool:
+        """Copy `arr` into a plan buffer directly if it is C-contiguous in the plan's dtype (else False)."""
+        if arr.dtype != self.dtype or not arr.flags.c_contiguous or arr.size != view.rows * view.cols:
+            return False
+        self._copy_rect(self._ptr(view), view.ld, arr.data.ptr, view.cols, view.rows, view.cols)
+        return True
+
+    def _copy_out(self, views: list[BufferView]):
+        """A fresh (len(views), rows, cols) array holding the views, in as few copies as their layout allows:
+        one for views that follow each other in one contiguous buffer (a stacked state, a whole sequence)."""
+        v0 = views[0]
+        with self.streams[0]:
+            out = self.cp.empty((len(views), v0.rows, v0.cols), dtype=self.dtype)
+        size = v0.rows * v0.cols
+        if all(v.buffer == v0.buffer and v.ld == v.cols == v0.cols and v.offset == v0.offset + i * size
+               for i, v in enumerate(views)):
+            self._copy_rect(out.data.ptr, size * len(views), self._ptr(v0), size * len(views), 1, size * len(views))
+            return out
+        for i, v in enumerate(views):
+            self._copy_rect(out.data.ptr + i * size * self.dtype.itemsize, v.cols, self._ptr(v), v.ld, v.rows, v.cols)
+        return out
 
     def timeline(self, x, h0=None, c0=None) -> list[tuple[float, float]]:
         """Run once, launching from Python with a timing event before and after every step;
@@ -251,15 +299,13 @@ class CupyExecutor:
         with self.device:
             self._load(x, h0, c0)
             first = self.streams[0]
-            with first:
-                if self.graph is not None:
-                    self.graph.launch(stream=first)
-                else:
-                    self._issue()
-                out = self.view(plan.outputs["out"][0]).copy()
-                states = {name: cp.stack([self.view(v) for v in plan.outputs[name]])
-                          for name in ("h_n", "c_n") if name in plan.outputs}
-                self.results_ready.record(first)
+            if self.graph is not None:
+                self.graph.launch(stream=first)
+            else:
+                self._issue()
+            out = self._copy_out(plan.outputs["out"])[0]
+            states = {name: self._copy_out(plan.outputs[name]) for name in ("h_n", "c_n") if name in plan.outputs}
+            self.results_ready.record(first)
             cp.cuda.get_current_stream().wait_event(self.results_ready)
         return pack_outputs(plan.spec, out, states["h_n"], states.get("c_n"))
 

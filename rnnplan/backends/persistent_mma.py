@@ -47,7 +47,11 @@ def mma_source(r) -> str:
 #define CHUNK {8 if r.hidden % 8 == 0 else 1}  // halves per staging copy (16 bytes when rows allow)
 #define REG_A {int(r.weights_in_registers)}  // A fragments held in registers, not shared memory
 #define NPARTS {r.mma_parts}
-#define KREG {r.register_ksteps if r.weights_in_registers else 1}  // A fragments a warp holds (REG_A)
+#define KREG {r.register_ksteps if r.weights_in_registers else 1}  // A fragments a warp holds per m-tile (REG_A)
+#define MG {r.mma_mgroup}  // m-tiles a warp holds (REG_A)
+#define MGROUPS (MT / MG)
+#define NC {r.mma_nchunk if r.weights_in_registers else 1}  // n-tiles accumulated at once (REG_A)
+#define RJOBS (MGROUPS * NPARTS * KSPLIT)  // warps with a job (REG_A)
 """
     return prelude(r, defines + MMA_HELPERS) + f"""    unsigned int* counters = (unsigned int*)xch;  // [chain][t]: blocks that have published h
     __half* hx = (__half*)((unsigned char*)xch + CNT_BYTES);  // [chain][t][b][XSTRIDE]: h in fp16
@@ -60,29 +64,39 @@ def mma_source(r) -> str:
 
     // W_hh | W_ih rows of this block as A fragments (`a_half` gives their layout): in shared memory,
     // fragment (ks, mt) as 32 lanes x 8 halves; or, with weights in registers, each warp's own.
+    // Pairs of halves, 8 loads a thread in flight before their stores.
     if (!REG_A) {{
-        __half* wsm = (__half*)(smem + OFF_WEIGHTS);
-        for (int i = tid; i < kt * MT * 256; i += blockDim.x) {{
-            const int f = i >> 8;
-            wsm[i] = a_half(whh, first, u0, nu, kin, f / MT, f % MT, (i >> 3) & 31, i & 7);
+        unsigned int* wsm = (unsigned int*)(smem + OFF_WEIGHTS);
+        const int pairs = kt * MT * 128;
+        for (int p0 = tid; p0 < pairs; p0 += 8 * NTHREADS) {{
+            unsigned int v[8];
+#pragma unroll
+            for (int q = 0; q < 8; ++q) {{
+                const int i = 2 * (p0 + q * NTHREADS), f = i >> 8;
+                v[q] = i < 2 * pairs ? a_pair(whh, first, u0, nu, kin, f / MT, f % MT, (i >> 3) & 31, i & 7) : 0u;
+            }}
+#pragma unroll
+            for (int q = 0; q < 8; ++q)
+                if (p0 + q * NTHREADS < pairs) wsm[p0 + q * NTHREADS] = v[q];
         }}
     }}
     // With weights in registers a warp's job is fixed: m-tile rmt, part rpart (0: h, 1: layer input), k-steps
     // [rk0, rk0 + rkn) of that part; warps past the jobs (or with an empty part, layer 0's input) hold none.
-    const int rmt = warp % MT, rpart = (warp / MT) % NPARTS, rslice = warp / (MT * NPARTS);
+    const int rmt = warp % MGROUPS * MG, rpart = (warp / MGROUPS) % NPARTS, rslice = warp / (MGROUPS * NPARTS);
     const int rkp = rpart == 0 ? KHT : (layer == 0 ? 0 : KXP / 16);
-    const int rk0 = rslice * rkp / KSPLIT, rkn = warp < MT * NPARTS * KSPLIT ? (rslice + 1) * rkp / KSPLIT - rk0 : 0;
-    uint4 areg[KREG];
+    const int rk0 = rslice * rkp / KSPLIT, rkn = warp < RJOBS ? (rslice + 1) * rkp / KSPLIT - rk0 : 0;
+    uint4 areg[MG][KREG];
 #pragma unroll
-    for (int j = 0; j < KREG; ++j) {{
-        unsigned int packed[4] = {{0u, 0u, 0u, 0u}};
-        if (REG_A && j < rkn)
+    for (int m = 0; m < MG; ++m)
 #pragma unroll
-            for (int e = 0; e < 8; ++e)
-                packed[e >> 1] |= (unsigned int)__half_as_ushort(
-                    a_half(whh, first, u0, nu, kin, rpart * KHT + rk0 + j, rmt, lane, e)) << ((e & 1) * 16);
-        areg[j] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
-    }}
+        for (int j = 0; j < KREG; ++j) {{
+            unsigned int packed[4] = {{0u, 0u, 0u, 0u}};
+            if (REG_A && j < rkn)
+#pragma unroll
+                for (int p = 0; p < 4; ++p)
+                    packed[p] = a_pair(whh, first, u0, nu, kin, rpart * KHT + rk0 + j, rmt + m, lane, 2 * p);
+            areg[m][j] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        }}
     float* bias_s = (float*)(smem + OFF_BIAS);  // [b_ih | b_hh] of this block's rows, fp32
     for (int i = tid; i < 2 * RP; i += blockDim.x) {{
         const int row = i % RP, g = row / U, u = row % U;
@@ -127,20 +141,30 @@ def mma_source(r) -> str:
             if (b0 == 0 || READS_HPREV) stage_tile(stage, hx, h0, b0, s, t, tprev, chain, layer);
             staged();
             __syncthreads();
-            if (REG_A) {{  // this warp's fixed job, A fragments from registers
-                if (warp < MT * NPARTS * KSPLIT) {{
-                    float acc[NT][4];
+            if (REG_A) {{  // this warp's fixed job, A fragments from registers, NC n-tiles at a time
+                // slice 0 owns the part's gate sums; later slices write their own partial slots
+                float* sums = rslice == 0 ? (rpart ? gx_s : gh_s) : partial + ((rslice - 1) * 2 + 1 - rpart) * BT * RP;
+                for (int nc = 0; warp < RJOBS && nc < NT; nc += NC) {{
+                    float acc[MG][NC][4];
 #pragma unroll
-                    for (int n = 0; n < NT; ++n)
+                    for (int m = 0; m < MG; ++m)
 #pragma unroll
-                        for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
-                    const unsigned int base = b_base(stage + rpart * KHP, lane);
+                        for (int n = 0; n < NC; ++n)
 #pragma unroll
-                    for (int j = 0; j < KREG; ++j)
-                        if (j < rkn) mma_step(acc, areg[j], base, rk0 + j);
-                    // slice 0 owns the part's gate sums; later slices write their own partial slots
-                    put_sums(rslice == 0 ? (rpart ? gx_s : gh_s) : partial + ((rslice - 1) * 2 + 1 - rpart) * BT * RP,
-                             rslice == 0, acc, rmt, 0, lane);
+                            for (int e = 0; e < 4; ++e) acc[m][n][e] = 0.0f;
+                    const unsigned int base = b_base(stage + nc * 8 * KS + rpart * KHP, lane);
+#pragma unroll
+                    for (int j = 0; j < KREG; ++j) {{
+                        if (j >= rkn) break;
+                        unsigned int b[NC][2];  // one B fragment per n-tile feeds MG mma
+                        load_b(b, base, rk0 + j);
+#pragma unroll
+                        for (int m = 0; m < MG; ++m)
+#pragma unroll
+                            for (int n = 0; n < NC; ++n) mma16816(acc[m][n], areg[m][j], b[n][0], b[n][1]);
+                    }}
+#pragma unroll
+                    for (int m = 0; m < MG; ++m) put_sums(sums, rslice == 0, acc[m], rmt + m, nc, lane);
                 }}
             }} else for (int job = warp; job < MT * NG * KSPLIT; job += nwarps) {{
                 const int mt = job % MT, ng = (job / MT) % NG, slice = job / (MT * NG);
@@ -241,20 +265,25 @@ __device__ __forceinline__ float gate_sum(const float* sums, const float* partia
     return v;
 }
 
-// Element e (of 8) of lane ln's A fragment for k-step ks, m-tile mt, of the block's rows of [W_hh | W_ih]
-// (gate-major rows padded to RP, each part's columns padded to 16): lane ln holds rows mt*16 + ln/4 (+8)
-// and columns ks*16 + (ln%4)*2 (+1) (+8), PTX's layout of m16n8k16's A.
-__device__ __forceinline__ __half a_half(const st* whh, const st* first, int u0, int nu, int kin, int ks, int mt, int ln,
-                                         int e) {
+// Elements e and e + 1 (e even, of 8) of lane ln's A fragment for k-step ks, m-tile mt, of the block's rows
+// of [W_hh | W_ih] (gate-major rows padded to RP, each part's columns padded to 16), packed as the mma reads
+// them (e in the low half): lane ln holds rows mt*16 + ln/4 (+8) and columns ks*16 + (ln%4)*2 (+1) (+8),
+// PTX's layout of m16n8k16's A. The two are neighbours in one row: one 4-byte load where aligned.
+__device__ __forceinline__ unsigned int a_pair(const st* whh, const st* first, int u0, int nu, int kin, int ks, int mt,
+                                               int ln, int e) {
     const int q = e >> 1, row = mt * 16 + (ln >> 2) + (q & 1) * 8;
-    const int k = ks * 16 + (ln & 3) * 2 + (q >> 1) * 8 + (e & 1);
+    const int k = ks * 16 + (ln & 3) * 2 + (q >> 1) * 8;
     const int g = row / U, u = row % U;
-    float w = 0.0f;
+    const st* src = nullptr;
+    int n = 0;  // elements of the pair inside the weight
     if (g < G && u < nu) {
-        if (k < KHP) { if (k < H) w = to_f(whh[(size_t)(g * H + u0 + u) * H + k]); }
-        else if (k - KHP < kin) w = to_f(first[(size_t)(g * H + u0 + u) * kin + (k - KHP)]);
+        if (k < KHP) { src = whh + (size_t)(g * H + u0 + u) * H + k; n = min(2, H - k); }
+        else if (k - KHP < kin) { src = first + (size_t)(g * H + u0 + u) * kin + (k - KHP); n = min(2, kin - (k - KHP)); }
     }
-    return __float2half_rn(w);
+    if (n == 2 && ((size_t)src & 3) == 0) return *(const unsigned int*)src;
+    const unsigned int lo = n > 0 ? __half_as_ushort(__float2half_rn(to_f(src[0]))) : 0u;
+    const unsigned int hi = n > 1 ? __half_as_ushort(__float2half_rn(to_f(src[1]))) : 0u;
+    return lo | (hi << 16);
 }
 
 // Shared-memory address of this lane's row for ldmatrix over the staged rows from `rows`: lanes 8m..8m+7
@@ -265,23 +294,26 @@ __device__ __forceinline__ unsigned int b_base(const __half* rows, int lane) {
     return (unsigned int)__cvta_generic_to_shared(rows + ((mat >> 1) * 8 + row) * KS + (mat & 1) * 8);
 }
 
-// k-step ks (columns ks*16 ... from `base`, see b_base) of A fragment a against NTILES n-tiles, added into acc.
+// The B fragments of NTILES n-tiles for k-step ks (columns ks*16 ... from `base`, see b_base), by ldmatrix.
+template <int NTILES>
+__device__ __forceinline__ void load_b(unsigned int (&b)[NTILES][2], unsigned int base, int ks) {
+#pragma unroll
+    for (int n = 0; n + 1 < NTILES; n += 2)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\\n"
+                     : "=r"(b[n][0]), "=r"(b[n][1]), "=r"(b[n + 1][0]), "=r"(b[n + 1][1])
+                     : "r"(base + (n * 8 * KS + ks * 16) * 2));
+    if (NTILES % 2)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\\n"
+                     : "=r"(b[NTILES - 1][0]), "=r"(b[NTILES - 1][1]) : "r"(base + ((NTILES - 1) * 8 * KS + ks * 16) * 2));
+}
+
+// k-step ks of A fragment a against NTILES n-tiles, added into acc.
 template <int NTILES>
 __device__ __forceinline__ void mma_step(float (&acc)[NTILES][4], const uint4& a, unsigned int base, int ks) {
+    unsigned int b[NTILES][2];
+    load_b(b, base, ks);
 #pragma unroll
-    for (int n = 0; n + 1 < NTILES; n += 2) {
-        unsigned int b0, b1, b2, b3;
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\\n"
-                     : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3) : "r"(base + (n * 8 * KS + ks * 16) * 2));
-        mma16816(acc[n], a, b0, b1);
-        mma16816(acc[n + 1], a, b2, b3);
-    }
-    if (NTILES % 2) {
-        unsigned int b0, b1;
-        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\\n"
-                     : "=r"(b0), "=r"(b1) : "r"(base + ((NTILES - 1) * 8 * KS + ks * 16) * 2));
-        mma16816(acc[NTILES - 1], a, b0, b1);
-    }
+    for (int n = 0; n < NTILES; ++n) mma16816(acc[n], a, b[n][0], b[n][1]);
 }
 
 // A warp's sums of m-tile mt over NTILES n-tiles from n-tile n0 (C layout: row mt*16 + lane/4 (+8), batch

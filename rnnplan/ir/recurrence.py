@@ -94,11 +94,11 @@ class Recurrence:
         Each warp owns one m-tile and one group of the tile's 8-row n-tiles, so that it adds its sums
         into the gate sums alone (no atomics); k is split (into extra partial-sum slots) only when
         there are fewer (m-tile, n-group) jobs than warps. With weights in registers a warp's job is
-        fixed for the whole run: one m-tile, one part (h or layer input), one k-slice of that part,
-        every n-tile."""
+        fixed for the whole run: `mma_mgroup` m-tiles, one part (h or layer input), one k-slice of
+        that part, every n-tile."""
         m_tiles, n_tiles = self.mma_rows // 16, self.batch_tile // 8
         if self.weights_in_registers:
-            return 1, max(1, KERNEL_WARPS // (m_tiles * self.mma_parts))
+            return 1, max(1, KERNEL_WARPS // (m_tiles // self.mma_mgroup * self.mma_parts))
         groups = max(d for d in range(1, n_tiles + 1) if n_tiles % d == 0 and d * m_tiles <= max(KERNEL_WARPS, m_tiles))
         return groups, max(1, KERNEL_WARPS // (m_tiles * groups))
 
@@ -108,18 +108,32 @@ class Recurrence:
         return 2 if self.input_width else 1
 
     @property
+    def mma_mgroup(self) -> int:
+        """Weights in registers: m-tiles one warp holds. Two where the tile is wide (4 or 8 n-tiles), so
+        that each B fragment loaded from shared memory feeds two mma instead of one: at the paper's
+        configuration B loads are most of the mma phase's shared-memory traffic."""
+        m_tiles, n_tiles = self.mma_rows // 16, self.batch_tile // 8
+        return 2 if self.weights_in_registers and m_tiles % 2 == 0 and n_tiles % 4 == 0 else 1
+
+    @property
+    def mma_nchunk(self) -> int:
+        """Weights in registers: n-tiles accumulated at once (accumulators: mgroup x nchunk x 4 floats)."""
+        return 4 if self.mma_mgroup == 2 else self.batch_tile // 8
+
+    @property
     def register_ksteps(self) -> int:
-        """Weights in registers: A fragments (16x16, 4 registers a lane) one warp holds: its k-slice
-        of the longer part."""
+        """Weights in registers: A fragments (16x16, 4 registers a lane) one warp holds per m-tile: its
+        k-slice of the longer part."""
         return _ceil_div(max(self.mma_k) // 16, self.mma_split[1])
 
     @property
     def registers_fit(self) -> bool:
         """Weights in registers fit a warp's register budget: 4 registers per held fragment and 4 per
-        accumulator tile, within REGISTER_BUDGET (the rest of the 255 a thread may have go to addresses,
-        B fragments and the cell update), and every job has a warp."""
-        jobs = self.mma_rows // 16 * self.mma_parts
-        return jobs <= KERNEL_WARPS and 4 * self.register_ksteps + self.batch_tile // 2 <= REGISTER_BUDGET
+        accumulator tile (mgroup x nchunk), within REGISTER_BUDGET (the rest of the 255 a thread may
+        have go to addresses, B fragments and the cell update), and every job has a warp."""
+        group = self.mma_mgroup
+        jobs = self.mma_rows // 16 // group * self.mma_parts
+        return jobs <= KERNEL_WARPS and 4 * group * (self.register_ksteps + self.mma_nchunk) <= REGISTER_BUDGET
 
     @property
     def stage_stride(self) -> int:
