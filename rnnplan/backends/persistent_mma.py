@@ -4,8 +4,13 @@ Same work split as the FFMA kernel (`persistent_kernel.py`: one block per slice 
 units, layers in a wavefront, c on-chip), different arithmetic and hand-off:
 
 - the block's weight rows (gates x units, padded to 16) over both reductions ([W_hh | W_ih], each
-  padded to 16) are copied once into shared memory in the order of `mma.sync.m16n8k16` A fragments,
-  so a warp fetches one fragment with one conflict-free 16-byte load per lane;
+  padded to 16) are held on-chip as `mma.sync.m16n8k16` A fragments (`a_pair` gives their layout),
+  one of two ways (`Recurrence.weights_in_registers`, chosen by the planner where it fits):
+  - in registers: each warp owns a fixed job for the whole run, `mma_mgroup` m-tiles x one part
+    (h or layer input) x one k-slice of it, and keeps those fragments in registers; no weight is
+    read from shared memory at any step, which leaves shared memory to the batch (tiles up to 64);
+  - in shared memory, in fragment order (one conflict-free 16-byte load per lane and mma); each warp
+    takes (m-tile, group of n-tiles) jobs and k is split only when jobs are fewer than warps;
 - h is published in fp16 rows ([chain][t][b][H padded to 8]) and a per-(chain, step) counter that
   each block bumps once its slice is written (barrier, fence, atomic add). A reader's thread 0 waits
   for the counters it needs; then the whole block copies the rows into shared memory with cp.async
@@ -13,10 +18,9 @@ units, layers in a wavefront, c on-chip), different arithmetic and hand-off:
   need one L2 round trip per hand-off instead of two, are faster, and the planner uses that kernel;
 - per step, the batch is processed in tiles of `batch_tile` rows: the tile's gate sums start from
   the biases (kept in shared memory) and, in layer 0, cuBLAS's input projection, loaded before the
-  wait; each warp owns one m-tile and one group of the tile's 8-row n-tiles (`Recurrence.mma_split`),
-  loads B fragments with ldmatrix, accumulates in fp32 and adds into the gate sums alone, with no
-  atomics; where there are fewer such jobs than warps, k is split and the later slices write
-  partial sums of their own, which the cell update adds. The cell update of the tile follows.
+  wait; warps load B fragments with ldmatrix, accumulate in fp32 and add into the gate sums they own
+  alone, with no atomics; the later k-slices of a split write partial sums of their own, which the
+  cell update adds. The cell update of the tile follows.
 
 Pure Python: generates source; the CuPy executor compiles and launches it.
 """

@@ -1,8 +1,8 @@
 """Lowering `persistent` (PlanOptions.lowering): the whole recurrence becomes one `recurrent` node,
-which a GPU runs as one persistent kernel: each block holds its slice of the recurrent weights in
-shared memory for the whole sequence, and blocks hand h to each other through global memory
-(tagged words or per-step counters, see backends/persistent_kernel.py and persistent_mma.py), so
-layers still overlap in a wavefront.
+which a GPU runs as one persistent kernel: each block holds its slice of the recurrent weights
+on-chip (shared memory or registers) for the whole sequence, and blocks hand h to each other
+through global memory (tagged words or per-step counters, see backends/persistent_kernel.py and
+persistent_mma.py), so layers still overlap in a wavefront.
 
 Needs: a graph from `ir.build`, after any subset of passes (it rebuilds the recurrence from the
 spec; from the incoming graph it keeps the inputs, states and params).
@@ -16,8 +16,10 @@ or tensor-core mma (fp16, batch in tiles sized to fit shared memory).
 device (`PlanOptions.device`, else the local GPU) on-chip, it supports cooperative launch, and the
 batch is at most AUTO_MAX_BATCH for the dtype, else graph, with the reason either way (the plan
 records both). Without a GPU, or with a chosen subset of passes, auto plans graph.
+The tensor-core kernel holds its weights in registers where they fit `REGISTER_BUDGET`
+(ir/recurrence.py), else in shared memory.
 Does not (yet): tf32 mma for fp32 (fp32 math is FFMA); overlap the upper layers' input projections
-with cuBLAS; hold weights in registers.
+with cuBLAS; hold the FFMA kernel's weights in registers.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from rnnplan.spec import H200, DeviceShape, RNNSpec
 DEFAULT_DEVICE = H200
 # Measured on an H200 (BENCHMARKS.md, persistent lowering): the FFMA kernel (fp32) beats the graph
 # lowering up to batch 4 and loses at 8, where its dot products are bound by shared-memory reads; the
-# tensor-core kernel (fp16) beats it up to batch 8 and loses at 64.
-AUTO_MAX_BATCH = {"float32": 4, "float16": 8}
+# tensor-core kernel (fp16) beats it at every batch measured, up to 64 (paper configuration 1.50
+# against 1.72 ms, GRU 4x512 1.31 against 1.40); above 64 nothing is measured.
+AUTO_MAX_BATCH = {"float32": 4, "float16": 64}
 # fp16: at batch 1 the FFMA kernel's tagged hand-off is faster than the tensor-core kernel's
 # counters (0.34 against 0.61 ms, LSTM 2x256); from batch 4 the tensor-core kernel is.
 FFMA_MAX_BATCH = 2
@@ -134,7 +137,9 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tu
                       f"over {blocks} blocks; {device.name} has {device.smem_per_block / 1024:.0f} KiB")
     held = ", weights in registers" if trial.weights_in_registers else ""
     math_used = f"tensor cores, batch tiles of {trial.batch_tile}{held}" if trial.batch_tile else "FFMA"
-    return trial, (f"recurrent weights {mib:.1f} MiB fit on-chip: {blocks} blocks x {need / 1024:.0f} KiB "
+    regs = (f" {4 * trial.mma_mgroup * trial.register_ksteps} registers a thread +"
+            if trial.weights_in_registers else "")
+    return trial, (f"recurrent weights {mib:.1f} MiB fit on-chip: {blocks} blocks x{regs} {need / 1024:.0f} KiB "
                    f"shared memory on {device.name} ({math_used})")
 
 
