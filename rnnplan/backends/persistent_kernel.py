@@ -80,6 +80,7 @@ def prelude(r, extra: str = "") -> str:
 #define LSTM {lstm}
 #define PER_CHAIN {4 if r.bias else 2}
 #define NSTATE {1 + lstm}
+#define IN_FLIGHT 8  // global loads a thread issues before it waits on the first
 {smem_offsets(r)}
 typedef {"__half" if r.dtype == "float16" else "float"} st;
 
@@ -93,10 +94,60 @@ __device__ __forceinline__ float sigm(float x) {{ return 1.0f / (1.0f + expf(-x)
 __device__ __forceinline__ unsigned long long load_word(const unsigned long long* p) {{
     return *((volatile const unsigned long long*)p);
 }}
-__device__ __forceinline__ float await_value(const unsigned long long* p, unsigned int tag) {{
-    unsigned long long v;
-    while ((unsigned int)((v = load_word(p)) >> 32) != tag) {{ }}
-    return __uint_as_float((unsigned int)(v & 0xffffffffull));
+// dst[i] = the value of the exchange word at(i, tag) once its tag is `tag`, for i < n (this thread's
+// share, IN_FLIGHT words at a time): every pass reloads all the words still pending at once, so
+// a thread's words cost one L2 round trip after they are written, not one each.
+template <class At>
+__device__ __forceinline__ void await_words(float* dst, int n, At at) {{
+    unsigned int tag;
+    if (n <= (int)blockDim.x) {{  // one word a thread at most: a plain spin
+        if ((int)threadIdx.x < n) {{
+            const unsigned long long* p = at(threadIdx.x, tag);
+            unsigned long long v;
+            while ((unsigned int)((v = load_word(p)) >> 32) != tag) {{ }}
+            dst[threadIdx.x] = __uint_as_float((unsigned int)(v & 0xffffffffull));
+        }}
+        return;
+    }}
+    for (int i0 = threadIdx.x; i0 < n; i0 += IN_FLIGHT * blockDim.x) {{
+        unsigned long long w[IN_FLIGHT];
+        unsigned int pending = 0;
+#pragma unroll
+        for (int q = 0; q < IN_FLIGHT; ++q)
+            if (i0 + q * blockDim.x < n) pending |= 1u << q;
+        while (pending) {{
+#pragma unroll
+            for (int q = 0; q < IN_FLIGHT; ++q)
+                if (pending >> q & 1u) w[q] = load_word(at(i0 + q * blockDim.x, tag));
+#pragma unroll
+            for (int q = 0; q < IN_FLIGHT; ++q)
+                if (pending >> q & 1u) {{
+                    at(i0 + q * blockDim.x, tag);
+                    if ((unsigned int)(w[q] >> 32) == tag) {{
+                        dst[i0 + q * blockDim.x] = __uint_as_float((unsigned int)(w[q] & 0xffffffffull));
+                        pending &= ~(1u << q);
+                    }}
+                }}
+        }}
+    }}
+}}
+// dst[(g * U + u) * len + k] = src[(g * H + u0 + u) * len + k]: this block's rows of one weight (gate-major,
+// `len` long) into shared memory, IN_FLIGHT loads a thread in flight before their stores.
+__device__ __forceinline__ void load_rows(st* dst, const st* src, int len, int u0, int nu) {{
+    const int n = G * nu * len;
+    for (int i0 = threadIdx.x; i0 < n; i0 += IN_FLIGHT * blockDim.x) {{
+        st v[IN_FLIGHT];
+#pragma unroll
+        for (int q = 0; q < IN_FLIGHT; ++q) {{
+            const int i = i0 + q * blockDim.x, g = i / (nu * len), u = (i / len) % nu, k = i % len;
+            if (i < n) v[q] = src[(size_t)(g * H + u0 + u) * len + k];
+        }}
+#pragma unroll
+        for (int q = 0; q < IN_FLIGHT; ++q) {{
+            const int i = i0 + q * blockDim.x, g = i / (nu * len), u = (i / len) % nu, k = i % len;
+            if (i < n) dst[(g * U + u) * len + k] = v[q];
+        }}
+    }}
 }}
 {extra}
 extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
@@ -156,29 +207,25 @@ def recurrent_source(r) -> str:
     float* gx_s = (float*)(smem + OFF_GX);
     float* gh_s = (float*)(smem + OFF_GH);
 
-    for (int i = tid; i < G * nu * H; i += blockDim.x) {{
-        const int g = i / (nu * H), u = (i / H) % nu, k = i % H;
-        wh_s[(g * U + u) * H + k] = whh[(size_t)(g * H + u0 + u) * H + k];
-    }}
-    for (int i = tid; i < G * nu * kin; i += blockDim.x) {{
-        const int g = i / (nu * kin), u = (i / kin) % nu, k = i % kin;
-        wi_s[(g * U + u) * kin + k] = first[(size_t)(g * H + u0 + u) * kin + k];
-    }}
+    load_rows(wh_s, whh, H, u0, nu);
+    load_rows(wi_s, first, kin, u0, nu);
     __syncthreads();
 
     for (int s = 0; s < T; ++s) {{
         const int t = dir == 0 ? s : T - 1 - s;
         const int tprev = dir == 0 ? t - 1 : t + 1;
-        for (int i = tid; i < B * H; i += blockDim.x) {{
-            const int b = i / H, k = i % H;
-            h_s[i] = s == 0 ? to_f(h0[(size_t)(chain * B + b) * H + k])
-                            : await_value(&xch[((size_t)chain * T + tprev) * (B * H) + i], s);
-        }}
-        for (int i = tid; i < B * kin; i += blockDim.x) {{
+        if (s == 0)
+            for (int i = tid; i < B * H; i += blockDim.x) h_s[i] = to_f(h0[(size_t)chain * B * H + i]);
+        else
+            await_words(h_s, B * H, [&](int i, unsigned int& tag) {{
+                tag = s;
+                return &xch[((size_t)chain * T + tprev) * (B * H) + i];
+            }});
+        await_words(x_s, B * kin, [&](int i, unsigned int& tag) {{
             const int b = i / kin, j = i % kin, d2 = j / H, k = j % H;
-            const int producer = (layer - 1) * D + d2, step = d2 == 0 ? t : T - 1 - t;
-            x_s[i] = await_value(&xch[((size_t)producer * T + t) * (B * H) + b * H + k], step + 1);
-        }}
+            tag = (d2 == 0 ? t : T - 1 - t) + 1;  // the producing step + 1
+            return &xch[((size_t)((layer - 1) * D + d2) * T + t) * (B * H) + b * H + k];
+        }});
         __syncthreads();
         // Each warp takes RW weight rows (gate g, unit u) at a time; lanes split k, and RW x BT
         // accumulators (rows x batch rows of the tile) live in registers, so every h value loaded
