@@ -28,15 +28,15 @@ THREADS = 32 * KERNEL_WARPS
 CELL_CODE = {
     "lstm": """
             const float ig = sigm(GX(0) + GH(0)), fg = sigm(GX(1) + GH(1));
-            const float gg = tanhf(GX(2) + GH(2)), og = sigm(GX(3) + GH(3));
+            const float gg = tanh_f(GX(2) + GH(2)), og = sigm(GX(3) + GH(3));
             c = fg * c + ig * gg;
-            const float h = og * tanhf(c);""",
+            const float h = og * tanh_f(c);""",
     "gru": """
             const float rg = sigm(GX(0) + GH(0)), zg = sigm(GX(1) + GH(1));
-            const float ng = tanhf(GX(2) + rg * GH(2));
+            const float ng = tanh_f(GX(2) + rg * GH(2));
             const float h = (1.0f - zg) * ng + zg * hprev;""",
     "rnn_tanh": """
-            const float h = tanhf(GX(0) + GH(0));""",
+            const float h = tanh_f(GX(0) + GH(0));""",
     "rnn_relu": """
             const float v = GX(0) + GH(0);
             const float h = v != v ? v : fmaxf(v, 0.0f);  // keep NaN, as PyTorch does""",
@@ -81,6 +81,7 @@ def prelude(r, extra: str = "") -> str:
 #define PER_CHAIN {4 if r.bias else 2}
 #define NSTATE {1 + lstm}
 #define IN_FLIGHT 8  // global loads a thread issues before it waits on the first
+#define FAST_CELL {int(r.dtype == "float16")}
 {smem_offsets(r)}
 typedef {"__half" if r.dtype == "float16" else "float"} st;
 
@@ -88,7 +89,14 @@ __device__ __forceinline__ float to_f(float v) {{ return v; }}
 __device__ __forceinline__ float to_f(__half v) {{ return __half2float(v); }}
 __device__ __forceinline__ void put(float* p, float v) {{ *p = v; }}
 __device__ __forceinline__ void put(__half* p, float v) {{ *p = __float2half_rn(v); }}
-__device__ __forceinline__ float sigm(float x) {{ return 1.0f / (1.0f + expf(-x)); }}
+// With h stored in fp16 (rounded to 2^-11), the cell's exponentials use the fast hardware ex2 (error
+// about 1e-7); with fp32 storage, the accurate library functions.
+__device__ __forceinline__ float sigm(float x) {{
+    return FAST_CELL ? __fdividef(1.0f, 1.0f + __expf(-x)) : 1.0f / (1.0f + expf(-x));
+}}
+__device__ __forceinline__ float tanh_f(float x) {{
+    return FAST_CELL ? 1.0f - __fdividef(2.0f, 1.0f + __expf(2.0f * x)) : tanhf(x);
+}}
 // An 8-byte exchange word: the fp32 value (already rounded to the storage type) and, above it, the
 // producing step + 1. One aligned 8-byte access is atomic, so a reader never sees a torn pair.
 __device__ __forceinline__ unsigned long long load_word(const unsigned long long* p) {{

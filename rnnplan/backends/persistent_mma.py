@@ -12,8 +12,8 @@ units, layers in a wavefront, c on-chip), different arithmetic and hand-off:
   - in shared memory, in fragment order (one conflict-free 16-byte load per lane and mma); each warp
     takes (m-tile, group of n-tiles) jobs and k is split only when jobs are fewer than warps;
 - h is published in fp16 rows ([chain][t][b][H padded to 8]) and a per-(chain, step) counter that
-  each block bumps once its slice is written (barrier, fence, atomic add). A reader's thread 0 waits
-  for the counters it needs; then the whole block copies the rows into shared memory with cp.async
+  each block bumps once its slice is written (barrier, then a release add). A reader's thread 0 waits
+  for the counters it needs (acquire loads); then the whole block copies the rows into shared memory with cp.async
   (16 bytes a copy, all in flight at once). At batch 1-2 the FFMA kernel's tagged words, which
   need one L2 round trip per hand-off instead of two, are faster, and the planner uses that kernel;
 - per step, the batch is processed in tiles of `batch_tile` rows: the tile's gate sums start from
@@ -135,7 +135,6 @@ def mma_source(r) -> str:
                 if (tid == 0) {{  // layer 0, the layer below published time t in every direction
                     if (s > 0) await_count(&counters[chain * T + tprev]);
                     for (int d2 = 0; layer > 0 && d2 < D; ++d2) await_count(&counters[((layer - 1) * D + d2) * T + t]);
-                    __threadfence();
                 }}
                 __syncthreads();
             }}
@@ -199,10 +198,7 @@ def mma_source(r) -> str:
             }}
             __syncthreads();  // the next tile restages `stage` and the gate sums
         }}
-        if (tid == 0) {{  // every thread's h of step s is written (barrier above): publish them
-            __threadfence();
-            atomicAdd(&counters[chain * T + t], 1u);
-        }}
+        if (tid == 0) publish_count(&counters[chain * T + t]);  // every thread's h of step s is written (barrier above)
     }}
 }}
 """
@@ -219,8 +215,19 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint4& a, unsigned
                  : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
 }
 
+// The hand-off's two halves, as a release/acquire pair at GPU scope (the pattern of CUTLASS's
+// semaphores): after a block barrier, thread 0 adds 1 to the step's counter with release semantics,
+// which orders every write of the block before it; a reader's thread 0 spins with acquire loads until
+// all NBC blocks have added, and its block barrier then orders the block's reads after that.
+__device__ __forceinline__ void publish_count(unsigned int* counter) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;\\n" :: "l"(counter) : "memory");
+}
+
 __device__ __forceinline__ void await_count(const unsigned int* counter) {
-    while (*((volatile const unsigned int*)counter) < NBC) { }
+    unsigned int seen;
+    do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\\n" : "=r"(seen) : "l"(counter) : "memory");
+    } while (seen < NBC);
 }
 
 // Stage `rows` batch rows (from b0) of one published h, src [b][XSTRIDE], into stage columns col0 ... col0+H.
