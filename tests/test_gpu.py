@@ -230,6 +230,8 @@ TENSOR_CORE = [  # fp16, each run with the weights in registers and in shared me
     dict(cell="gru", input_size=40, hidden_size=72, num_layers=2, seq_len=5, batch=70, bidirectional=True),
     dict(cell="rnn_tanh", input_size=37, hidden_size=100, num_layers=3, seq_len=5, batch=13, bidirectional=True),
     dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=6, batch=64),  # the paper's, short
+    # one tile, 8 units a block: layer 0 prefetches its input projection, in both directions
+    dict(cell="lstm", input_size=48, hidden_size=256, num_layers=2, seq_len=9, batch=16, bidirectional=True),
 ]
 
 

@@ -176,6 +176,9 @@ def test_tensor_core_work_split_with_weights_in_registers(kw, group, split, kste
     assert 4 * group * (r.register_ksteps + r.mma_nchunk) <= REGISTER_BUDGET
     layout = r.smem_layout()
     assert layout["stage"] == layout["weights"] == 0
+    # the whole batch in one tile, units in 16-byte runs: layer 0 prefetches its input projection
+    assert r.prefetches_xproj == (r.batch <= r.batch_tile and r.units_per_block % 8 == 0)
+    assert layout["end"] - layout["xproj"] == (r.batch_tile * r.mma_rows * 2 if r.prefetches_xproj else 0)
     assert layout["bias"] - layout["partial"] == (split[1] - 1) * 2 * r.batch_tile * r.mma_rows * 4
 
 

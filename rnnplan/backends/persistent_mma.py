@@ -50,6 +50,7 @@ def mma_source(r) -> str:
 #define FILL {-(-r.batch_tile * r.mma_rows // THREADS)}  // gate sums each thread fills
 #define CHUNK {8 if r.hidden % 8 == 0 else 1}  // halves per staging copy (16 bytes when rows allow)
 #define REG_A {int(r.weights_in_registers)}  // A fragments held in registers, not shared memory
+#define XPRE {int(r.prefetches_xproj)}  // layer 0's input projection prefetched into shared memory
 #define NPARTS {r.mma_parts}
 #define KREG {r.register_ksteps if r.weights_in_registers else 1}  // A fragments a warp holds per m-tile (REG_A)
 #define MG {r.mma_mgroup}  // m-tiles a warp holds (REG_A)
@@ -108,6 +109,9 @@ def mma_source(r) -> str:
         bias_s[i] = BIAS && g < G && u < nu ? to_f(b[g * H + u0 + u]) : 0.0f;
     }}
     for (int i = tid; i < BT * KS; i += blockDim.x) stage[i] = __float2half_rn(0.0f);
+    __half* xs = (__half*)(smem + OFF_XPROJ);  // XPRE: layer 0's input projection of the coming step
+    if (XPRE && layer == 0) prefetch_xproj(xs, first, dir == 0 ? 0 : T - 1, u0);
+    staged();
     __syncthreads();
 
     for (int s = 0; s < T; ++s) {{
@@ -123,7 +127,8 @@ def mma_source(r) -> str:
                     const int i = tid + q * NTHREADS, bl = i / RP, row = i % RP, g = row / U, u = row % U;
                     fx[q] = 0.0f;
                     if (layer == 0 && i < BT * RP && g < G && u < nu && b0 + bl < B)
-                        fx[q] = to_f(first[((size_t)t * B + b0 + bl) * (G * H) + g * H + u0 + u]);
+                        fx[q] = XPRE ? __half2float(xs[bl * RP + row])
+                                     : to_f(first[((size_t)t * B + b0 + bl) * (G * H) + g * H + u0 + u]);
                     fx[q] += bias_s[row];
                     fh[q] = bias_s[RP + row];
                 }}
@@ -137,6 +142,8 @@ def mma_source(r) -> str:
                     for (int d2 = 0; layer > 0 && d2 < D; ++d2) await_count(&counters[((layer - 1) * D + d2) * T + t]);
                 }}
                 __syncthreads();
+                // every thread has filled from `xs` (barrier above): bring the next step's projection
+                if (XPRE && layer == 0 && s + 1 < T) prefetch_xproj(xs, first, dir == 0 ? t + 1 : t - 1, u0);
             }}
             // Stage [h | layer input] of the tile's batch rows in fp16 (a last, partial tile's rows past
             // B keep stale data, whose sums are never read). Cells that do not read h_prev had the
@@ -245,6 +252,19 @@ __device__ __forceinline__ void stage_part(__half* stage, const __half* src, int
             *(unsigned short*)dst = __ldcg((const unsigned short*)from);
         }
     }
+}
+
+// XPRE: layer 0's input projection (cuBLAS's, [t][b][G*H]) at time t, this block's units, into
+// xs[b][g*U + u], 16 bytes a cp.async; the caller waits with `staged()`.
+__device__ __forceinline__ void prefetch_xproj(__half* xs, const __half* xproj, int t, int u0) {
+#if XPRE  // (U / 8 is 0 otherwise)
+    for (int i = threadIdx.x; i < B * G * (U / 8); i += blockDim.x) {
+        const int bl = i / (G * (U / 8)), g = i / (U / 8) % G, c = i % (U / 8);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\\n"
+                     :: "r"((unsigned int)__cvta_generic_to_shared(xs + bl * RP + g * U + c * 8)),
+                        "l"(xproj + ((size_t)t * B + bl) * (G * H) + g * H + u0 + c * 8));
+    }
+#endif
 }
 
 __device__ __forceinline__ void staged() {

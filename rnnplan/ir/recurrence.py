@@ -141,6 +141,16 @@ class Recurrence:
         start 4 banks apart, which makes its operand loads conflict-free."""
         return _round_up(sum(self.mma_k), 64) + 8
 
+    @property
+    def prefetches_xproj(self) -> bool:
+        """Tensor-core kernel: layer 0 copies the next step's input projection (cuBLAS's) into shared
+        memory with cp.async while it stages this step, instead of loading it into registers at the
+        start of the step, where at the paper configuration it cost 4.5 us a step. Needs the whole
+        batch in one tile and whole 16-byte runs of units (units a multiple of 8, dividing H)."""
+        U = self.units_per_block
+        return (self.batch_tile > 0 and self.batch <= self.batch_tile and U % 8 == 0
+                and self.hidden % U == 0)
+
     def smem_layout(self) -> dict[str, int]:
         """Byte offsets of each shared-memory array, and "end", the bytes one block needs."""
         G, H, B, U, K = self.gates, self.hidden, self.batch, self.units_per_block, self.input_width
@@ -151,7 +161,8 @@ class Recurrence:
             held = 0 if self.weights_in_registers else rows * sum(self.mma_k) * 2
             parts = [("weights", held), ("stage", bt * self.stage_stride * 2),
                      ("gx", bt * rows * 4), ("gh", bt * rows * 4), ("partial", extra * 2 * bt * rows * 4),
-                     ("bias", 2 * rows * 4), ("c", B * U * 4)]
+                     ("bias", 2 * rows * 4), ("c", B * U * 4),
+                     ("xproj", bt * rows * 2 if self.prefetches_xproj else 0)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
             parts = [("weights", G * U * (H + K) * (2 if self.dtype == "float16" else 4)), ("h", B * H * 4),
                      ("x", B * K * 4), ("gx", B * G * U * 4), ("gh", B * G * U * 4), ("c", B * U * 4)]
