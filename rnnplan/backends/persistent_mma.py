@@ -163,15 +163,18 @@ def mma_source(r) -> str:
 #pragma unroll
                             for (int e = 0; e < 4; ++e) acc[m][n][e] = 0.0f;
                     const unsigned int base = b_base(stage + nc * 8 * KS + rpart * KHP, lane);
+                    // One B fragment per n-tile feeds MG mma; k-step j + 1's are loaded before k-step j's
+                    // mma are issued, so that the ldmatrix latency hides behind them.
+                    unsigned int b[2][NC][2];
+                    if (rkn > 0) load_b(b[0], base, rk0);
 #pragma unroll
                     for (int j = 0; j < KREG; ++j) {{
                         if (j >= rkn) break;
-                        unsigned int b[NC][2];  // one B fragment per n-tile feeds MG mma
-                        load_b(b, base, rk0 + j);
+                        if (j + 1 < rkn) load_b(b[(j + 1) & 1], base, rk0 + j + 1);
 #pragma unroll
                         for (int m = 0; m < MG; ++m)
 #pragma unroll
-                            for (int n = 0; n < NC; ++n) mma16816(acc[m][n], areg[m][j], b[n][0], b[n][1]);
+                            for (int n = 0; n < NC; ++n) mma16816(acc[m][n], areg[m][j], b[j & 1][n][0], b[j & 1][n][1]);
                     }}
 #pragma unroll
                     for (int m = 0; m < MG; ++m) put_sums(sums, rslice == 0, acc[m], rmt + m, nc, lane);
