@@ -155,7 +155,7 @@ def test_tensor_core_work_split():
                                               batch=8, dtype="float16"), 8, DEFAULT_DEVICE, registers=False)
     assert small.mma_split == (1, 4)  # 2 m-tiles x 1 n-tile: k split four ways to use 8 warps
     layout = small.smem_layout()
-    assert layout["bias"] - layout["partial"] == 3 * 2 * small.batch_tile * small.mma_rows * 4
+    assert layout["bias"] - layout["partial"] == 3 * 2 * small.batch_tile * small.sum_stride * 4
 
 
 @pytest.mark.parametrize("kw, group, split, ksteps", [
@@ -179,7 +179,7 @@ def test_tensor_core_work_split_with_weights_in_registers(kw, group, split, kste
     # the whole batch in one tile, units in 16-byte runs: layer 0 prefetches its input projection
     assert r.prefetches_xproj == (r.batch <= r.batch_tile and r.units_per_block % 8 == 0)
     assert layout["end"] - layout["xproj"] == (r.batch_tile * r.mma_rows * 2 if r.prefetches_xproj else 0)
-    assert layout["bias"] - layout["partial"] == (split[1] - 1) * 2 * r.batch_tile * r.mma_rows * 4
+    assert layout["bias"] - layout["partial"] == (split[1] - 1) * 2 * r.batch_tile * r.sum_stride * 4
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")

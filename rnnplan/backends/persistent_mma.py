@@ -35,6 +35,7 @@ def mma_source(r) -> str:
     defines = f"""#define BT {r.batch_tile}
 #define NT (BT / 8)
 #define RP {r.mma_rows}
+#define GS {r.sum_stride}  // floats per batch row of the gate sums (gx_s, gh_s, partial)
 #define MT (RP / 16)
 #define KHP {khp}
 #define KXP {kxp}
@@ -64,7 +65,7 @@ def mma_source(r) -> str:
     __half* stage = (__half*)(smem + OFF_STAGE);
     float* gx_s = (float*)(smem + OFF_GX);
     float* gh_s = (float*)(smem + OFF_GH);
-    float* partial = (float*)(smem + OFF_PARTIAL);  // [KSPLIT - 1][gx, gh][BT][RP]
+    float* partial = (float*)(smem + OFF_PARTIAL);  // [KSPLIT - 1][gx, gh][BT][GS]
     const int kt = KHT + (layer == 0 ? 0 : KXP / 16);  // k-steps this block runs
 
     // W_hh | W_ih rows of this block as A fragments (`a_half` gives their layout): in shared memory,
@@ -134,7 +135,11 @@ def mma_source(r) -> str:
                 }}
 #pragma unroll
                 for (int q = 0; q < FILL; ++q)
-                    if (tid + q * NTHREADS < BT * RP) {{ gx_s[tid + q * NTHREADS] = fx[q]; gh_s[tid + q * NTHREADS] = fh[q]; }}
+                    if (tid + q * NTHREADS < BT * RP) {{
+                        const int at = (tid + q * NTHREADS) / RP * GS + (tid + q * NTHREADS) % RP;
+                        gx_s[at] = fx[q];
+                        gh_s[at] = fh[q];
+                    }}
             }}
             if (b0 == 0) {{  // wait until every block of this chain published step s-1 and, above
                 if (tid == 0) {{  // layer 0, the layer below published time t in every direction
@@ -153,7 +158,7 @@ def mma_source(r) -> str:
             __syncthreads();
             if (REG_A) {{  // this warp's fixed job, A fragments from registers, NC n-tiles at a time
                 // slice 0 owns the part's gate sums; later slices write their own partial slots
-                float* sums = rslice == 0 ? (rpart ? gx_s : gh_s) : partial + ((rslice - 1) * 2 + 1 - rpart) * BT * RP;
+                float* sums = rslice == 0 ? (rpart ? gx_s : gh_s) : partial + ((rslice - 1) * 2 + 1 - rpart) * BT * GS;
                 for (int nc = 0; warp < RJOBS && nc < NT; nc += NC) {{
                     float acc[MG][NC][4];
 #pragma unroll
@@ -190,8 +195,8 @@ def mma_source(r) -> str:
                 const unsigned int base = b_base(stage + ng * NPG * 8 * KS, lane);
                 for (int ks = k0; ks < min(k1, KHT); ++ks) mma_step(ah, wf[(ks * MT + mt) * 32 + lane], base, ks);
                 for (int ks = max(k0, KHT); ks < k1; ++ks) mma_step(ax, wf[(ks * MT + mt) * 32 + lane], base, ks);
-                float* px = partial + (slice - 1) * 2 * BT * RP;  // slices after the first: own slots
-                put_sums(slice == 0 ? gh_s : px + BT * RP, slice == 0, ah, mt, ng * NPG, lane);
+                float* px = partial + (slice - 1) * 2 * BT * GS;  // slices after the first: own slots
+                put_sums(slice == 0 ? gh_s : px + BT * GS, slice == 0, ah, mt, ng * NPG, lane);
                 put_sums(slice == 0 ? gx_s : px, slice == 0, ax, mt, ng * NPG, lane);
             }}
             __syncthreads();
@@ -199,8 +204,8 @@ def mma_source(r) -> str:
             for (int i = tid; i < BT * nu; i += blockDim.x) {{
                 const int bl = i / nu, u = i % nu, b = b0 + bl;
                 if (b >= B) break;
-#define GX(g) gate_sum(gx_s, partial, 0, bl * RP + (g) * U + u)
-#define GH(g) gate_sum(gh_s, partial, 1, bl * RP + (g) * U + u)
+#define GX(g) gate_sum(gx_s, partial, 0, bl * GS + (g) * U + u)
+#define GH(g) gate_sum(gh_s, partial, 1, bl * GS + (g) * U + u)
                 const float hprev = READS_HPREV ? __half2float(stage[bl * KS + u0 + u]) : 0.0f;
 {cell_update(r, HANDOFF)}
 #undef GX
@@ -295,7 +300,7 @@ __device__ __forceinline__ float gate_sum(const float* sums, const float* partia
     float v = sums[at];
     if (REG_A && NPARTS == 1 && which == 0) return v;
 #pragma unroll
-    for (int slice = 1; slice < KSPLIT; ++slice) v += partial[((slice - 1) * 2 + which) * BT * RP + at];
+    for (int slice = 1; slice < KSPLIT; ++slice) v += partial[((slice - 1) * 2 + which) * BT * GS + at];
     return v;
 }
 
@@ -360,7 +365,7 @@ __device__ __forceinline__ void put_sums(float* dst, bool add, const float (&acc
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int row = mt * 16 + (lane >> 2) + (e >> 1) * 8, bl = (n0 + n) * 8 + (lane & 3) * 2 + (e & 1);
-            float* at = dst + bl * RP + row;
+            float* at = dst + bl * GS + row;
             *at = add ? *at + acc[n][e] : acc[n][e];
         }
 }

@@ -142,6 +142,13 @@ class Recurrence:
         return _round_up(sum(self.mma_k), 64) + 8
 
     @property
+    def sum_stride(self) -> int:
+        """Tensor-core kernel: floats per batch row of the gate sums, padded by 4 so that the 4 batch
+        columns (2 apart) a warp's accumulators write at once fall in different banks (unpadded, a
+        multiple of 16 rows put them all in one)."""
+        return self.mma_rows + 4
+
+    @property
     def prefetches_xproj(self) -> bool:
         """Tensor-core kernel: layer 0 copies the next step's input projection (cuBLAS's) into shared
         memory with cp.async while it stages this step, instead of loading it into registers at the
@@ -160,7 +167,8 @@ class Recurrence:
             extra = self.mma_split[1] - 1  # partial sums of the k-slices after the first
             held = 0 if self.weights_in_registers else rows * sum(self.mma_k) * 2
             parts = [("weights", held), ("stage", bt * self.stage_stride * 2),
-                     ("gx", bt * rows * 4), ("gh", bt * rows * 4), ("partial", extra * 2 * bt * rows * 4),
+                     ("gx", bt * self.sum_stride * 4), ("gh", bt * self.sum_stride * 4),
+                     ("partial", extra * 2 * bt * self.sum_stride * 4),
                      ("bias", 2 * rows * 4), ("c", B * U * 4),
                      ("xproj", bt * rows * 2 if self.prefetches_xproj else 0)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
