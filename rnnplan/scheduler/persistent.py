@@ -35,10 +35,10 @@ from rnnplan.spec import H200, DeviceShape, RNNSpec
 
 DEFAULT_DEVICE = H200
 # Measured on an H200 (BENCHMARKS.md, persistent lowering): the FFMA kernel (fp32) beats the graph
-# lowering up to batch 4 and loses at 8, where its dot products are bound by shared-memory reads; the
-# tensor-core kernel (fp16) beats it at every batch measured, up to 64 (paper configuration 1.50
-# against 1.72 ms, GRU 4x512 1.31 against 1.40); above 64 nothing is measured.
-AUTO_MAX_BATCH = {"float32": 4, "float16": 64}
+# lowering at every batch measured, up to 8 (LSTM 1x1024 B8 1.62 against 1.70 ms, the closest); the
+# tensor-core kernel (fp16) too, up to 64 (paper configuration 1.18 against 1.70 ms, GRU 4x512 1.13
+# against 1.38). Larger batches are not measured.
+AUTO_MAX_BATCH = {"float32": 8, "float16": 64}
 # fp16: at batch 1 the FFMA kernel's tagged hand-off is faster than the tensor-core kernel's
 # counters (0.34 against 0.61 ms, LSTM 2x256); from batch 4 the tensor-core kernel is.
 FFMA_MAX_BATCH = 2
