@@ -6,8 +6,9 @@ Block b owns hidden units [u0, u0+U) of one chain (layer, direction): it copies 
 (and, above layer 0, of W_ih) into shared memory once, then walks the chain's steps. Blocks hand
 h to each other through an exchange buffer (one slot per chain and time step, zeroed before each
 run) of 8-byte words holding the value and the tag of the step that produced it: a reader polls the
-words it needs until their tags say they are written, so the data is its own flag (no fence, no
-counter, one L2 round trip per hand-off), and layers overlap in a wavefront with no grid barrier.
+words it needs until their tags say they are written (each thread all of its words at once), so the
+data is its own flag (no fence, no counter, one L2 round trip per hand-off), and layers overlap in a
+wavefront with no grid barrier. With fp16 storage the cell's exponentials use the hardware ex2.
 Gate pre-activations are warp-level dot products in fp32 (FFMA), a warp taking up to 4 weight rows
 and 8 batch rows at once with the products accumulated in registers, against h and the layer input
 staged in shared memory; c never leaves the block. The outputs `y` are written alongside and read
