@@ -110,23 +110,22 @@ class Graph:
         Views, inputs, states and params launch nothing, so a kernel depends on the kernels that
         wrote the rectangles its views expose (for a batched input GEMM: every step it covers).
         """
+        # One walk in topological order: a value's producing kernels are known before anything reads
+        # it. (A recursive closure here kept every graph alive as cyclic garbage until the collector,
+        # which planning turns off, ran again.)
         through: dict[str, tuple[str, ...]] = {}  # value -> kernels that produced it
-
-        def producers(value: str) -> tuple[str, ...]:
-            if value in through:
-                return through[value]
-            node = self.nodes[self.producer[value]]
-            if node.is_kernel:
-                found: tuple[str, ...] = (node.name,)
-            elif node.kind == "view":
-                found = tuple(dict.fromkeys(k for v in node.inputs for k in producers(v)))
+        deps: dict[str, tuple[str, ...]] = {}
+        for n in self.topo_nodes():
+            if n.is_kernel:
+                deps[n.name] = tuple(dict.fromkeys(k for v in n.inputs for k in through.get(v, ())))
+                found: tuple[str, ...] = (n.name,)
+            elif n.kind == "view":
+                found = tuple(dict.fromkeys(k for v in n.inputs for k in through.get(v, ())))
             else:
                 found = ()
-            through[value] = found
-            return found
-
-        return {n.name: tuple(dict.fromkeys(k for v in n.inputs for k in producers(v)))
-                for n in self.topo_nodes() if n.is_kernel}
+            for v in n.outputs:
+                through[v.name] = found
+        return deps
 
     @cached_property
     def kernel_dag(self) -> nx.DiGraph:
