@@ -3,11 +3,12 @@ thread 0 of each block and summed over the steps, for the first block of layer 0
 
     python3 benchmarks/persistent_profile.py [--weights chosen|registers|shared]
 
-Phases: set-up (once: weights on-chip, biases), publish/loop (the previous step's publish and loop overhead), fill (gate sums from biases and
-layer 0's input projection), wait (for the counters this step needs), stage (cp.async of h and the
-layer input), mma (tensor cores and writing the gate sums), cell (the cell update). The marks are
-inserted into the generated source by text anchors, so this tool fails loudly (AssertionError) when
-the kernel's text changes under it. The kernel's own barriers make thread 0's view the block's.
+Phases: set-up (once: weights on-chip, biases), publish/loop (the previous step's publish and loop
+overhead), fill (gate sums from biases and layer 0's input projection), wait x (for the layer below's
+counters), wait h (issuing the layer input's copy, then waiting for this chain's counter), stage (the
+copy of h and waiting for all copies), mma (tensor cores and writing the gate sums), cell (the cell
+update). The marks are inserted into the generated source by text anchors, so this tool fails loudly
+(AssertionError) when the kernel's text changes under it. The kernel's own barriers make thread 0's view the block's.
 """
 
 import numpy as np
@@ -16,9 +17,11 @@ import rnnplan as rp
 from rnnplan.backends import cupy_backend, persistent_kernel
 from rnnplan.ir import recurrence
 
-PHASES = ("publish/loop", "fill", "wait", "stage", "mma", "cell")
-ANCHORS = ("            // Gate sums start from", "            if (b0 == 0) {  // wait until",
-           "            // Stage [h | layer input]", "            if (REG_A) {  // this warp's fixed job",
+PHASES = ("publish/loop", "fill", "wait x", "wait h", "stage", "mma", "cell")
+ANCHORS = ("            // Gate sums start from", "            // Stage [h | layer input]",
+           "                stage_x(stage, hx, b0, t, layer);",
+           "                stage_h(stage, hx, h0, b0, s, tprev, chain);",
+           "            if (REG_A) {  // this warp's fixed job",
            "            for (int i = tid; i < BT * nu; i += blockDim.x) {")
 TILE_END = "            __syncthreads();  // the next tile restages `stage` and the gate sums\n"
 KERNEL_START = "    unsigned int* counters = (unsigned int*)xch;"

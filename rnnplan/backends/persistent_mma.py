@@ -141,19 +141,20 @@ def mma_source(r) -> str:
                         gh_s[at] = fh[q];
                     }}
             }}
-            if (b0 == 0) {{  // wait until every block of this chain published step s-1 and, above
-                if (tid == 0) {{  // layer 0, the layer below published time t in every direction
-                    if (s > 0) await_count(&counters[chain * T + tprev]);
-                    for (int d2 = 0; layer > 0 && d2 < D; ++d2) await_count(&counters[((layer - 1) * D + d2) * T + t]);
-                }}
-                __syncthreads();
-                // every thread has filled from `xs` (barrier above): bring the next step's projection
-                if (XPRE && layer == 0 && s + 1 < T) prefetch_xproj(xs, first, dir == 0 ? t + 1 : t - 1, u0);
-            }}
             // Stage [h | layer input] of the tile's batch rows in fp16 (a last, partial tile's rows past
             // B keep stale data, whose sums are never read). Cells that do not read h_prev had the
             // tiles after the first staged during the previous tile's cell update.
-            if (b0 == 0 || READS_HPREV) stage_tile(stage, hx, h0, b0, s, t, tprev, chain, layer);
+            if (b0 == 0) {{  // above layer 0, wait until the layer below published time t in every
+                if (tid == 0)  // direction and copy that in while waiting for this chain's step s-1
+                    for (int d2 = 0; layer > 0 && d2 < D; ++d2) await_count(&counters[((layer - 1) * D + d2) * T + t]);
+                __syncthreads();
+                // every thread has filled from `xs` (barrier above): bring the next step's projection
+                if (XPRE && layer == 0 && s + 1 < T) prefetch_xproj(xs, first, dir == 0 ? t + 1 : t - 1, u0);
+                stage_x(stage, hx, b0, t, layer);
+                if (tid == 0 && s > 0) await_count(&counters[chain * T + tprev]);
+                __syncthreads();
+                stage_h(stage, hx, h0, b0, s, tprev, chain);
+            }} else if (READS_HPREV) stage_tile(stage, hx, h0, b0, s, t, tprev, chain, layer);
             staged();
             __syncthreads();
             if (REG_A) {{  // this warp's fixed job, A fragments from registers, NC n-tiles at a time
@@ -284,14 +285,25 @@ __device__ __forceinline__ void stage_h0(__half* stage, const st* h0, int rows, 
         stage[(i / H) * KS + i % H] = h0[(size_t)(chain * B + b0 + i / H) * H + i % H];
 }
 
-// Stage batch rows b0 ... b0 + BT (those below B) of [h of step s-1 | the layer below's h at time t].
-__device__ __forceinline__ void stage_tile(__half* stage, const __half* hx, const st* h0, int b0, int s, int t, int tprev,
-                                           int chain, int layer) {
+// Stage batch rows b0 ... b0 + BT (those below B) of h of step s-1 (stage_h), of the layer below's h at
+// time t (stage_x), or of both (stage_tile).
+__device__ __forceinline__ void stage_h(__half* stage, const __half* hx, const st* h0, int b0, int s, int tprev,
+                                        int chain) {
     const int rows = min(BT, B - b0);
     if (s == 0) stage_h0(stage, h0, rows, b0, chain);
     else stage_part(stage, hx + ((size_t)chain * T + tprev) * B * XSTRIDE, rows, b0, 0);
+}
+
+__device__ __forceinline__ void stage_x(__half* stage, const __half* hx, int b0, int t, int layer) {
     for (int d2 = 0; layer > 0 && d2 < D; ++d2)
-        stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * XSTRIDE, rows, b0, KHP + d2 * H);
+        stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * XSTRIDE, min(BT, B - b0), b0,
+                   KHP + d2 * H);
+}
+
+__device__ __forceinline__ void stage_tile(__half* stage, const __half* hx, const st* h0, int b0, int s, int t, int tprev,
+                                           int chain, int layer) {
+    stage_h(stage, hx, h0, b0, s, tprev, chain);
+    stage_x(stage, hx, b0, t, layer);
 }
 
 // A gate's sum (which: 0 x-part, 1 h-part) over the first k-slice's slot and the others' partials.
