@@ -98,66 +98,6 @@ __device__ __forceinline__ float sigm(float x) {{
 __device__ __forceinline__ float tanh_f(float x) {{
     return FAST_CELL ? 1.0f - __fdividef(2.0f, 1.0f + __expf(2.0f * x)) : tanhf(x);
 }}
-// An 8-byte exchange word: the fp32 value (already rounded to the storage type) and, above it, the
-// producing step + 1. One aligned 8-byte access is atomic, so a reader never sees a torn pair.
-__device__ __forceinline__ unsigned long long load_word(const unsigned long long* p) {{
-    return *((volatile const unsigned long long*)p);
-}}
-// dst[i] = the value of the exchange word at(i, tag) once its tag is `tag`, for i < n (this thread's
-// share, IN_FLIGHT words at a time): every pass reloads all the words still pending at once, so
-// a thread's words cost one L2 round trip after they are written, not one each.
-template <class At>
-__device__ __forceinline__ void await_words(float* dst, int n, At at) {{
-    unsigned int tag;
-    if (n <= (int)blockDim.x) {{  // one word a thread at most: a plain spin
-        if ((int)threadIdx.x < n) {{
-            const unsigned long long* p = at(threadIdx.x, tag);
-            unsigned long long v;
-            while ((unsigned int)((v = load_word(p)) >> 32) != tag) {{ }}
-            dst[threadIdx.x] = __uint_as_float((unsigned int)(v & 0xffffffffull));
-        }}
-        return;
-    }}
-    for (int i0 = threadIdx.x; i0 < n; i0 += IN_FLIGHT * blockDim.x) {{
-        unsigned long long w[IN_FLIGHT];
-        unsigned int pending = 0;
-#pragma unroll
-        for (int q = 0; q < IN_FLIGHT; ++q)
-            if (i0 + q * blockDim.x < n) pending |= 1u << q;
-        while (pending) {{
-#pragma unroll
-            for (int q = 0; q < IN_FLIGHT; ++q)
-                if (pending >> q & 1u) w[q] = load_word(at(i0 + q * blockDim.x, tag));
-#pragma unroll
-            for (int q = 0; q < IN_FLIGHT; ++q)
-                if (pending >> q & 1u) {{
-                    at(i0 + q * blockDim.x, tag);
-                    if ((unsigned int)(w[q] >> 32) == tag) {{
-                        dst[i0 + q * blockDim.x] = __uint_as_float((unsigned int)(w[q] & 0xffffffffull));
-                        pending &= ~(1u << q);
-                    }}
-                }}
-        }}
-    }}
-}}
-// dst[(g * U + u) * len + k] = src[(g * H + u0 + u) * len + k]: this block's rows of one weight (gate-major,
-// `len` long) into shared memory, IN_FLIGHT loads a thread in flight before their stores.
-__device__ __forceinline__ void load_rows(st* dst, const st* src, int len, int u0, int nu) {{
-    const int n = G * nu * len;
-    for (int i0 = threadIdx.x; i0 < n; i0 += IN_FLIGHT * blockDim.x) {{
-        st v[IN_FLIGHT];
-#pragma unroll
-        for (int q = 0; q < IN_FLIGHT; ++q) {{
-            const int i = i0 + q * blockDim.x, g = i / (nu * len), u = (i / len) % nu, k = i % len;
-            if (i < n) v[q] = src[(size_t)(g * H + u0 + u) * len + k];
-        }}
-#pragma unroll
-        for (int q = 0; q < IN_FLIGHT; ++q) {{
-            const int i = i0 + q * blockDim.x, g = i / (nu * len), u = (i / len) % nu, k = i % len;
-            if (i < n) dst[(g * U + u) * len + k] = v[q];
-        }}
-    }}
-}}
 {extra}
 extern "C" __global__ void __launch_bounds__({THREADS}, 1) {kernel_name(r)}(
     const unsigned long long* __restrict__ ptrs, unsigned long long* xch)
@@ -292,7 +232,67 @@ def recurrent_source(r) -> str:
 """
 
 
-FFMA_HELPERS = """// acc[q][j] += sum over k of w[row0 + q][k] * v[b0 + j][k], for RW weight rows and BT batch rows
+FFMA_HELPERS = """// An 8-byte exchange word: the fp32 value (already rounded to the storage type) and, above it, the
+// producing step + 1. One aligned 8-byte access is atomic, so a reader never sees a torn pair.
+__device__ __forceinline__ unsigned long long load_word(const unsigned long long* p) {
+    return *((volatile const unsigned long long*)p);
+}
+// dst[i] = the value of the exchange word at(i, tag) once its tag is `tag`, for i < n (this thread's
+// share, IN_FLIGHT words at a time): every pass reloads all the words still pending at once, so
+// a thread's words cost one L2 round trip after they are written, not one each.
+template <class At>
+__device__ __forceinline__ void await_words(float* dst, int n, At at) {
+    unsigned int tag;
+    if (n <= (int)blockDim.x) {  // one word a thread at most: a plain spin
+        if ((int)threadIdx.x < n) {
+            const unsigned long long* p = at(threadIdx.x, tag);
+            unsigned long long v;
+            while ((unsigned int)((v = load_word(p)) >> 32) != tag) { }
+            dst[threadIdx.x] = __uint_as_float((unsigned int)(v & 0xffffffffull));
+        }
+        return;
+    }
+    for (int i0 = threadIdx.x; i0 < n; i0 += IN_FLIGHT * blockDim.x) {
+        unsigned long long w[IN_FLIGHT];
+        unsigned int pending = 0;
+#pragma unroll
+        for (int q = 0; q < IN_FLIGHT; ++q)
+            if (i0 + q * blockDim.x < n) pending |= 1u << q;
+        while (pending) {
+#pragma unroll
+            for (int q = 0; q < IN_FLIGHT; ++q)
+                if (pending >> q & 1u) w[q] = load_word(at(i0 + q * blockDim.x, tag));
+#pragma unroll
+            for (int q = 0; q < IN_FLIGHT; ++q)
+                if (pending >> q & 1u) {
+                    at(i0 + q * blockDim.x, tag);
+                    if ((unsigned int)(w[q] >> 32) == tag) {
+                        dst[i0 + q * blockDim.x] = __uint_as_float((unsigned int)(w[q] & 0xffffffffull));
+                        pending &= ~(1u << q);
+                    }
+                }
+        }
+    }
+}
+// dst[(g * U + u) * len + k] = src[(g * H + u0 + u) * len + k]: this block's rows of one weight (gate-major,
+// `len` long) into shared memory, IN_FLIGHT loads a thread in flight before their stores.
+__device__ __forceinline__ void load_rows(st* dst, const st* src, int len, int u0, int nu) {
+    const int n = G * nu * len;
+    for (int i0 = threadIdx.x; i0 < n; i0 += IN_FLIGHT * blockDim.x) {
+        st v[IN_FLIGHT];
+#pragma unroll
+        for (int q = 0; q < IN_FLIGHT; ++q) {
+            const int i = i0 + q * blockDim.x, g = i / (nu * len), u = (i / len) % nu, k = i % len;
+            if (i < n) v[q] = src[(size_t)(g * H + u0 + u) * len + k];
+        }
+#pragma unroll
+        for (int q = 0; q < IN_FLIGHT; ++q) {
+            const int i = i0 + q * blockDim.x, g = i / (nu * len), u = (i / len) % nu, k = i % len;
+            if (i < n) dst[(g * U + u) * len + k] = v[q];
+        }
+    }
+}
+// acc[q][j] += sum over k of w[row0 + q][k] * v[b0 + j][k], for RW weight rows and BT batch rows
 // (w: the block's rows of one weight, gate-major, `len` long; v: staged rows of h or the layer
 // input). Lanes split k; the caller reduces across lanes.
 __device__ __forceinline__ void dot_rows(float (&acc)[RW][BT], const st* w, const float* v, int len, int row0, int b0,

@@ -73,19 +73,19 @@ def mma_source(r) -> str:
 
     // W_hh | W_ih rows of this block as A fragments (`a_pair` gives their layout): in shared memory,
     // fragment (ks, mt) as 32 lanes x 8 halves; or, with weights in registers, each warp's own.
-    // Pairs of halves, 8 loads a thread in flight before their stores.
+    // Pairs of halves, IN_FLIGHT loads a thread in flight before their stores.
     if (!REG_A) {{
         unsigned int* wsm = (unsigned int*)(smem + OFF_WEIGHTS);
         const int pairs = kt * MT * 128;
-        for (int p0 = tid; p0 < pairs; p0 += 8 * NTHREADS) {{
-            unsigned int v[8];
+        for (int p0 = tid; p0 < pairs; p0 += IN_FLIGHT * NTHREADS) {{
+            unsigned int v[IN_FLIGHT];
 #pragma unroll
-            for (int q = 0; q < 8; ++q) {{
+            for (int q = 0; q < IN_FLIGHT; ++q) {{
                 const int i = 2 * (p0 + q * NTHREADS), f = i >> 8;
                 v[q] = i < 2 * pairs ? a_pair(whh, first, u0, nu, kin, f / MT, f % MT, (i >> 3) & 31, i & 7) : 0u;
             }}
 #pragma unroll
-            for (int q = 0; q < 8; ++q)
+            for (int q = 0; q < IN_FLIGHT; ++q)
                 if (p0 + q * NTHREADS < pairs) wsm[p0 + q * NTHREADS] = v[q];
         }}
     }}

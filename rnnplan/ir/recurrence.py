@@ -127,13 +127,18 @@ class Recurrence:
         return _ceil_div(max(self.mma_k) // 16, self.mma_split[1])
 
     @property
+    def weight_registers(self) -> int:
+        """Weights in registers: registers a thread holds weights in (4 per fragment, per m-tile)."""
+        return 4 * self.mma_mgroup * self.register_ksteps
+
+    @property
     def registers_fit(self) -> bool:
         """Weights in registers fit a warp's register budget: 4 registers per held fragment and 4 per
         accumulator tile (mgroup x nchunk), within REGISTER_BUDGET (the rest of the 255 a thread may
         have go to addresses, B fragments and the cell update), and every job has a warp."""
         group = self.mma_mgroup
         jobs = self.mma_rows // 16 // group * self.mma_parts
-        return jobs <= KERNEL_WARPS and 4 * group * (self.register_ksteps + self.mma_nchunk) <= REGISTER_BUDGET
+        return jobs <= KERNEL_WARPS and self.weight_registers + 4 * group * self.mma_nchunk <= REGISTER_BUDGET
 
     @property
     def stage_stride(self) -> int:

@@ -137,8 +137,7 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tu
                       f"over {blocks} blocks; {device.name} has {device.smem_per_block / 1024:.0f} KiB")
     held = ", weights in registers" if trial.weights_in_registers else ""
     math_used = f"tensor cores, batch tiles of {trial.batch_tile}{held}" if trial.batch_tile else "FFMA"
-    regs = (f" {4 * trial.mma_mgroup * trial.register_ksteps} registers a thread +"
-            if trial.weights_in_registers else "")
+    regs = f" {trial.weight_registers} registers a thread +" if trial.weights_in_registers else ""
     return trial, (f"recurrent weights {mib:.1f} MiB fit on-chip: {blocks} blocks x{regs} {need / 1024:.0f} KiB "
                    f"shared memory on {device.name} ({math_used})")
 
