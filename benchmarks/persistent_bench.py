@@ -1,7 +1,11 @@
 """Persistent lowering against the graph lowering and cuDNN (eager and CUDA graph), same run, on
 small-batch configurations and ANCHORS.md's rows.
 
-    python3 benchmarks/persistent_bench.py [--out OUT.json] [--only TEXT ...] [--precision fp32 fp16]
+    python3 benchmarks/persistent_bench.py [--out OUT.json] [--only TEXT ...] [--precision fp32 tf32 fp16]
+
+Precisions as in rnnplan.bench: fp32 (strict: PlanOptions(math="fp32"), cuDNN without TF32), tf32 (fp32
+storage, PlanOptions(math="tf32"), cuDNN and cuBLAS allowed TF32), fp16. Each row also times the
+persistent kernels the planner did not pick, where they fit, on the same plan: the choice is measured.
 """
 
 import argparse
@@ -31,7 +35,7 @@ SMALL = [  # small batches, where the persistent kernels are meant to win
 ap = argparse.ArgumentParser()
 ap.add_argument("--out")
 ap.add_argument("--only", nargs="*", help="rows whose label contains one of these")
-ap.add_argument("--precision", nargs="*", default=["fp32", "fp16"])
+ap.add_argument("--precision", nargs="*", default=["fp32", "tf32", "fp16"])
 args = ap.parse_args()
 results = []
 
@@ -40,8 +44,9 @@ for label, kw in SMALL + ROWS:
         continue
     for precision in args.precision:
         spec = rp.RNNSpec(**kw, dtype="float16" if precision == "fp16" else "float32")
+        math = "tf32" if precision == "tf32" else "fp32"
         try:
-            plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
+            plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math=math))
         except ValueError as e:
             print(f"{label:<30} {precision}: persistent lowering not possible: {e}")
             continue
@@ -49,37 +54,38 @@ for label, kw in SMALL + ROWS:
         w = rp.Weights.from_torch(module, spec)
         x = np.random.default_rng(0).standard_normal((spec.seq_len, spec.batch, spec.input_size)).astype(spec.dtype)
         want = _reference(torch, module, x)
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         ex = rp.Executor(plan, w, backend="cupy")
         got = ex.run(x)[0].get().astype(np.float32)
         err = _rel_err(got, want)
         xc = cp.asarray(x)
         ours = _median_ms(lambda i: ex.run(xc), 30)
-        graph_ex = rp.Executor(rp.build_plan(spec, options=rp.PlanOptions(lowering="graph")), w, backend="cupy")
+        graph_ex = rp.Executor(rp.build_plan(spec, options=rp.PlanOptions(lowering="graph", math=math)), w,
+                               backend="cupy")
         theirs_plan = _median_ms(lambda i: graph_ex.run(xc), 30)
         eager, cudnn_graph = cudnn_times(torch, module, [torch.as_tensor(x, device="cuda")], 30)
         r = next(st.recurrence for st in plan.steps if st.recurrence)
-        # The kernels the planner did not pick, on the same plan, where they fit: FFMA and the tensor-core
-        # kernel with its weights held the other way (registers / shared memory). The choice is measured here.
+        # The kernels the planner did not pick, on the same plan, where they fit: FFMA and, where tensor
+        # cores apply (fp16, tf32), the tensor-core kernel with its weights in registers or shared memory.
         device = rp.backends.describe_device()
-        others = {}
-        if r.batch_tile:
-            others["ffma"] = dataclasses.replace(r, batch_tile=0, weights_in_registers=False)
-            others["other_mma"] = tensor_core_recurrence(spec, r.units_per_block, device, not r.weights_in_registers)
+        others = {"ffma": dataclasses.replace(r, batch_tile=0, weights_in_registers=False)}
+        if precision != "fp32":
+            others["mma_registers"] = tensor_core_recurrence(spec, r.units_per_block, device, True)
+            others["mma_shared"] = tensor_core_recurrence(spec, r.units_per_block, device, False)
         other_ms = {}
         for name, alt in others.items():
-            if alt is None or alt.shared_memory_bytes > device.smem_per_block:
+            if alt is None or alt == r or alt.shared_memory_bytes > device.smem_per_block:
                 continue
             steps = tuple(st.model_copy(update={"recurrence": alt}) if st.recurrence else st for st in plan.steps)
             alt_ex = rp.Executor(plan.model_copy(update={"steps": steps}), w, backend="cupy")
             alt_err = _rel_err(alt_ex.run(x)[0].get(), want)
-            assert alt_err < TOL["fp16"], (name, alt_err)
+            assert alt_err < TOL[precision], (name, alt_err)
             other_ms[name] = _median_ms(lambda i: alt_ex.run(xc), 30)
         results.append(dict(row=label, precision=precision, persistent_ms=ours, graph_lowering_ms=theirs_plan,
                             cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph, rel_err=err,
                             blocks=r.blocks, units=r.units_per_block, batch_tile=r.batch_tile,
                             weights_in_registers=r.weights_in_registers,
-                            persistent_ffma_ms=other_ms.get("ffma"), persistent_other_mma_ms=other_ms.get("other_mma")))
+                            **{f"persistent_{k}_ms": other_ms.get(k) for k in others}))
         held = ", registers" if r.weights_in_registers else ""
         kernel = f"mma tile {r.batch_tile}{held}" if r.batch_tile else "ffma"
         other = "".join(f" | {k} {v:8.3f}" for k, v in other_ms.items())

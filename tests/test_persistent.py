@@ -102,7 +102,7 @@ def test_kernel_choice_by_dtype_and_batch():
     small = choose_recurrence(rp.RNNSpec(**base, batch=FFMA_MAX_BATCH, dtype="float16"))[0]
     assert small.batch_tile == 0  # fp16 at batch 1-2: FFMA's tagged hand-off is faster (BENCHMARKS.md)
     rec, why = choose_recurrence(rp.RNNSpec(**base, batch=5, dtype="float16"))
-    assert rec.batch_tile == 8 and "tensor cores, batch tiles of 8" in why
+    assert rec.batch_tile == 8 and "tensor cores (fp16), batch tiles of 8" in why
     # The paper configuration fits in fp16 with its weights in registers (the whole batch in one tile),
     # or in shared memory by tiling the batch; in fp32 it does not fit.
     paper16 = rp.PAPER_SPEC.model_copy(update={"dtype": "float16"})
@@ -121,11 +121,31 @@ def test_kernel_choice_by_dtype_and_batch():
     assert plan.steps[-1].recurrence.batch_tile == 8 and "tensor cores" in plan.lowering_reason
 
 
-@pytest.mark.parametrize("dtype, batch", [("float32", 3), ("float16", 1), ("float16", 20)])
-def test_one_definition_of_the_kernel_layouts(dtype, batch):
+def test_kernel_choice_with_tf32_math():
+    """fp32 storage with math="tf32" runs the tensor-core kernel on tf32 operands (k-steps of 8) above
+    FFMA_MAX_BATCH; with math="fp32" it stays FFMA (exact fp32 products)."""
+    spec = rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=10, batch=8)
+    rec, why = choose_recurrence(spec, DEFAULT_DEVICE, "tf32")
+    assert rec.batch_tile == 8 and rec.weights_in_registers and rec.mma_kstep == 8 and rec.element_bytes == 4
+    assert "tensor cores (tf32), batch tiles of 8" in why
+    assert choose_recurrence(spec)[0].batch_tile == 0
+    small = spec.model_copy(update={"batch": FFMA_MAX_BATCH})
+    assert choose_recurrence(small, DEFAULT_DEVICE, "tf32")[0].batch_tile == 0
+    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
+    assert plan.steps[-1].recurrence == rec and "(tf32)" in plan.lowering_reason
+    assert rp.build_plan(spec, options=PERSISTENT).steps[-1].recurrence.batch_tile == 0  # the cache keys on math
+    # The paper configuration's fp32 weights (28 MiB) fit neither registers nor shared memory per block.
+    rec, why = choose_recurrence(rp.PAPER_SPEC, DEFAULT_DEVICE, "tf32")
+    assert rec is None and "28.0 MiB" in why
+
+
+@pytest.mark.parametrize("dtype, batch, math", [("float32", 3, "fp32"), ("float32", 20, "tf32"), ("float16", 1, "fp32"),
+                                               ("float16", 20, "fp32")])
+def test_one_definition_of_the_kernel_layouts(dtype, batch, math):
     spec = rp.RNNSpec(cell="gru", input_size=12, hidden_size=47, num_layers=2, seq_len=3, batch=batch,
                       bidirectional=True, dtype=dtype)
-    r = choose_recurrence(spec)[0]
+    r = choose_recurrence(spec, DEFAULT_DEVICE, math)[0]
+    assert bool(r.batch_tile) == (batch > FFMA_MAX_BATCH and (dtype, math) != ("float32", "fp32"))
     layout = r.smem_layout()
     offsets = [v for k, v in layout.items() if k != "end"]
     assert offsets == sorted(offsets) and all(v % 16 == 0 for v in offsets)
@@ -134,8 +154,11 @@ def test_one_definition_of_the_kernel_layouts(dtype, batch):
     for k, v in layout.items():  # the kernel reads its offsets from the layout, never recomputes them
         assert (f"#define OFF_{k.upper()} {v}\n" in src) == (k != "end")
     size, zeroed = r.exchange_bytes
-    if r.batch_tile:  # counters are zeroed per run; h rows are 16-byte aligned fp16
-        assert zeroed == r.exchange_counter_bytes < size and r.exchange_stride % 8 == 0
+    if r.batch_tile:  # counters are zeroed per run; h rows are 16-byte aligned, in the storage type
+        assert zeroed == r.exchange_counter_bytes < size and r.exchange_stride * r.element_bytes % 16 == 0
+        # staged rows 16 bytes past a multiple of 128: the 8 rows of an ldmatrix hit different banks
+        assert r.stage_stride * r.element_bytes % 128 == 16 and r.stage_stride >= sum(r.mma_k)
+        assert all(k % r.mma_kstep == 0 for k in r.mma_k) and r.mma_kstep * r.element_bytes == 32
     else:  # one tagged 8-byte word per value, all zeroed
         assert zeroed == size == len(r.chains) * r.seq_len * r.batch * r.hidden * 8
 
@@ -158,18 +181,21 @@ def test_tensor_core_work_split():
     assert layout["bias"] - layout["partial"] == 3 * 2 * small.batch_tile * small.sum_stride * 4
 
 
-@pytest.mark.parametrize("kw, group, split, ksteps", [
+@pytest.mark.parametrize("kw, group, split, ksteps, dtype", [
     # paper: 2 pairs of m-tiles x (h, layer input) x 2 k-slices = 8 warps, each holding 2 x 16 fragments
-    (dict(cell="lstm", num_layers=4, hidden_size=512, batch=64), 2, (1, 2), 16),
+    (dict(cell="lstm", num_layers=4, hidden_size=512, batch=64), 2, (1, 2), 16, "float16"),
     # one layer: no layer-input part; 2 m-tiles, one n-tile: k split four ways (16 fragments a warp)
-    (dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8), 1, (1, 4), 16),
+    (dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8), 1, (1, 4), 16, "float16"),
+    # the same in tf32: fragments cover k-steps of 8, so twice as many a warp (32)
+    (dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8), 1, (1, 4), 32, "float32"),
     # GRU: 3 m-tiles (no pairs) x 2 parts = 6 warps busy, each holding 32 fragments
-    (dict(cell="gru", num_layers=4, hidden_size=512, batch=64), 1, (1, 1), 32),
+    (dict(cell="gru", num_layers=4, hidden_size=512, batch=64), 1, (1, 1), 32, "float16"),
 ])
-def test_tensor_core_work_split_with_weights_in_registers(kw, group, split, ksteps):
+def test_tensor_core_work_split_with_weights_in_registers(kw, group, split, ksteps, dtype):
     """A warp's job is fixed for the run: `mma_mgroup` m-tiles, one part (h or layer input), one k-slice
     of it, every n-tile of the batch tile; its fragments stay in registers, within REGISTER_BUDGET."""
-    r = choose_recurrence(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10, dtype="float16"))[0]
+    r = choose_recurrence(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10, dtype=dtype), DEFAULT_DEVICE,
+                          "tf32")[0]
     assert r.weights_in_registers and r.registers_fit
     assert (r.mma_mgroup, r.mma_split, r.register_ksteps) == (group, split, ksteps)
     assert r.mma_rows // 16 // group * r.mma_parts * r.mma_split[1] <= KERNEL_WARPS
@@ -177,18 +203,21 @@ def test_tensor_core_work_split_with_weights_in_registers(kw, group, split, kste
     layout = r.smem_layout()
     assert layout["stage"] == layout["weights"] == 0
     # the whole batch in one tile, units in 16-byte runs: layer 0 prefetches its input projection
-    assert r.prefetches_xproj == (r.batch <= r.batch_tile and r.units_per_block % 8 == 0)
-    assert layout["end"] - layout["xproj"] == (r.batch_tile * r.mma_rows * 2 if r.prefetches_xproj else 0)
+    assert r.prefetches_xproj == (r.batch <= r.batch_tile and r.units_per_block * r.element_bytes % 16 == 0)
+    assert layout["end"] - layout["xproj"] == (r.batch_tile * r.mma_rows * r.element_bytes if r.prefetches_xproj else 0)
     assert layout["bias"] - layout["partial"] == (split[1] - 1) * 2 * r.batch_tile * r.sum_stride * 4
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
-@pytest.mark.parametrize("kw", [dict(cell="lstm", num_layers=4, hidden_size=512, batch=64),
-                                dict(cell="gru", num_layers=4, hidden_size=512, batch=64),
-                                dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8)], ids=str)
+@pytest.mark.parametrize("kw", [dict(cell="lstm", num_layers=4, hidden_size=512, batch=64, dtype="float16"),
+                                dict(cell="gru", num_layers=4, hidden_size=512, batch=64, dtype="float16"),
+                                dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8, dtype="float16"),
+                                dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8, dtype="float32"),
+                                dict(cell="lstm", num_layers=2, hidden_size=512, batch=8, dtype="float32")], ids=str)
 def test_register_held_weights_compile_without_spills(kw, tmp_path):
-    """The register budget holds in the compiled kernel: ptxas keeps every held fragment in registers."""
-    r = choose_recurrence(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10, dtype="float16"))[0]
+    """The register budget holds in the compiled kernel: ptxas keeps every held fragment in registers
+    (fp16 and, for fp32 storage, tf32 operands)."""
+    r = choose_recurrence(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10), DEFAULT_DEVICE, "tf32")[0]
     assert r.weights_in_registers
     (tmp_path / "k.cu").write_text(recurrent_source(r))
     out = subprocess.run(["nvcc", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), "-Xptxas", "-v",

@@ -1,17 +1,21 @@
-"""CUDA source for the tensor-core persistent kernel (fp16 storage; `Recurrence.batch_tile` > 0).
+"""CUDA source for the tensor-core persistent kernel (`Recurrence.batch_tile` > 0): fp16 storage runs
+`mma.sync.m16n8k16` on fp16 operands, fp32 storage (`PlanOptions(math="tf32")`) `mma.sync.m16n8k8` on
+tf32 operands (weights rounded to tf32 once, h read as stored), both accumulating in fp32. One source
+for both: a k-step is 32 bytes of a staged row either way, so staging, ldmatrix and the work split
+are the same; what differs is the element type `st`, `KSTEP` and the fragment layout (`a_word`).
 
 Same work split as the FFMA kernel (`persistent_kernel.py`: one block per slice of a chain's hidden
 units, layers in a wavefront, c on-chip), different arithmetic and hand-off:
 
 - the block's weight rows (gates x units, padded to 16) over both reductions ([W_hh | W_ih], each
-  padded to 16) are held on-chip as `mma.sync.m16n8k16` A fragments (`a_pair` gives their layout),
+  padded to the mma's K) are held on-chip as A fragments (`a_word` gives their layout),
   one of two ways (`Recurrence.weights_in_registers`, chosen by the planner where it fits):
   - in registers: each warp owns a fixed job for the whole run, `mma_mgroup` m-tiles x one part
     (h or layer input) x one k-slice of it, and keeps those fragments in registers; no weight is
     read from shared memory at any step, which leaves shared memory to the batch (tiles up to 64);
   - in shared memory, in fragment order (one conflict-free 16-byte load per lane and mma); each warp
     takes (m-tile, group of n-tiles) jobs and k is split only when jobs are fewer than warps;
-- h is published in fp16 rows ([chain][t][b][H padded to 8]) and a per-(chain, step) counter that
+- h is published in rows of the storage type ([chain][t][b][H padded to 16 bytes]) and a per-(chain, step) counter that
   each block bumps once its slice is written (barrier, then a release add). A reader's thread 0 waits
   for the counters it needs (acquire loads): above layer 0 first the layer below's, whose rows the
   block then copies into shared memory with cp.async (16 bytes a copy, all in flight at once) while
@@ -42,9 +46,13 @@ def mma_source(r) -> str:
 #define MT (RP / 16)
 #define KHP {khp}
 #define KXP {kxp}
-#define KHT (KHP / 16)
+#define KSTEP {r.mma_kstep}  // the mma's K: 16 (fp16 operands) or 8 (tf32)
+#define TF32 {int(r.dtype == "float32")}  // m16n8k8 on tf32 operands (fp32 storage), else m16n8k16 on fp16
+#define VEC {16 // r.element_bytes}  // elements per 16 bytes
+typedef {"unsigned short" if r.element_bytes == 2 else "unsigned int"} st_bits;  // raw bits of one stored value
+#define KHT (KHP / KSTEP)
 #define KS {r.stage_stride}
-#define XSTRIDE {r.exchange_stride}  // halves per published row of h
+#define XSTRIDE {r.exchange_stride}  // elements per published row of h
 #define CNT_BYTES {r.exchange_counter_bytes}
 #define NG {r.mma_split[0]}
 #define NPG (NT / NG)
@@ -52,7 +60,7 @@ def mma_source(r) -> str:
 #define NTHREADS {THREADS}
 #define READS_HPREV {int(r.cell == "gru")}  // the cell update reads h of the previous step
 #define FILL {-(-r.batch_tile * r.mma_rows // THREADS)}  // gate sums each thread fills
-#define CHUNK {8 if r.hidden % 8 == 0 else 1}  // halves per staging copy (16 bytes when rows allow)
+#define CHUNK {16 // r.element_bytes if r.hidden * r.element_bytes % 16 == 0 else 1}  // elements per staging copy (16 bytes when rows allow)
 #define REG_A {int(r.weights_in_registers)}  // A fragments held in registers, not shared memory
 #define XPRE {int(r.prefetches_xproj)}  // layer 0's input projection prefetched into shared memory
 #define NPARTS {r.mma_parts}
@@ -63,36 +71,36 @@ def mma_source(r) -> str:
 #define RJOBS (MGROUPS * NPARTS * KSPLIT)  // warps with a job (REG_A)
 """
     return prelude(r, defines + MMA_HELPERS) + f"""    unsigned int* counters = (unsigned int*)xch;  // [chain][t]: blocks that have published h
-    __half* hx = (__half*)((unsigned char*)xch + CNT_BYTES);  // [chain][t][b][XSTRIDE]: h in fp16
+    st* hx = (st*)((unsigned char*)xch + CNT_BYTES);  // [chain][t][b][XSTRIDE]: h in the storage type
     const uint4* wf = (const uint4*)(smem + OFF_WEIGHTS);
-    __half* stage = (__half*)(smem + OFF_STAGE);
+    st* stage = (st*)(smem + OFF_STAGE);
     float* gx_s = (float*)(smem + OFF_GX);
     float* gh_s = (float*)(smem + OFF_GH);
     float* partial = (float*)(smem + OFF_PARTIAL);  // [KSPLIT - 1][gx, gh][BT][GS]
-    const int kt = KHT + (layer == 0 ? 0 : KXP / 16);  // k-steps this block runs
+    const int kt = KHT + (layer == 0 ? 0 : KXP / KSTEP);  // k-steps this block runs
 
-    // W_hh | W_ih rows of this block as A fragments (`a_pair` gives their layout): in shared memory,
-    // fragment (ks, mt) as 32 lanes x 8 halves; or, with weights in registers, each warp's own.
-    // Pairs of halves, IN_FLIGHT loads a thread in flight before their stores.
+    // W_hh | W_ih rows of this block as A fragments (`a_word` gives their layout): in shared memory,
+    // fragment (ks, mt) as 32 lanes x 4 words; or, with weights in registers, each warp's own.
+    // IN_FLIGHT loads a thread in flight before their stores.
     if (!REG_A) {{
         unsigned int* wsm = (unsigned int*)(smem + OFF_WEIGHTS);
-        const int pairs = kt * MT * 128;
-        for (int p0 = tid; p0 < pairs; p0 += IN_FLIGHT * NTHREADS) {{
+        const int words = kt * MT * 128;
+        for (int w0 = tid; w0 < words; w0 += IN_FLIGHT * NTHREADS) {{
             unsigned int v[IN_FLIGHT];
 #pragma unroll
             for (int q = 0; q < IN_FLIGHT; ++q) {{
-                const int i = 2 * (p0 + q * NTHREADS), f = i >> 8;
-                v[q] = i < 2 * pairs ? a_pair(whh, first, u0, nu, kin, f / MT, f % MT, (i >> 3) & 31, i & 7) : 0u;
+                const int w = w0 + q * NTHREADS, f = w >> 7;
+                v[q] = w < words ? a_word(whh, first, u0, nu, kin, f / MT, f % MT, (w >> 2) & 31, w & 3) : 0u;
             }}
 #pragma unroll
             for (int q = 0; q < IN_FLIGHT; ++q)
-                if (p0 + q * NTHREADS < pairs) wsm[p0 + q * NTHREADS] = v[q];
+                if (w0 + q * NTHREADS < words) wsm[w0 + q * NTHREADS] = v[q];
         }}
     }}
     // With weights in registers a warp's job is fixed: m-tile rmt, part rpart (0: h, 1: layer input), k-steps
     // [rk0, rk0 + rkn) of that part; warps past the jobs (or with an empty part, layer 0's input) hold none.
     const int rmt = warp % MGROUPS * MG, rpart = (warp / MGROUPS) % NPARTS, rslice = warp / (MGROUPS * NPARTS);
-    const int rkp = rpart == 0 ? KHT : (layer == 0 ? 0 : KXP / 16);
+    const int rkp = rpart == 0 ? KHT : (layer == 0 ? 0 : KXP / KSTEP);
     const int rk0 = rslice * rkp / KSPLIT, rkn = warp < RJOBS ? (rslice + 1) * rkp / KSPLIT - rk0 : 0;
     uint4 areg[MG][KREG];
 #pragma unroll
@@ -103,7 +111,7 @@ def mma_source(r) -> str:
             if (REG_A && j < rkn)
 #pragma unroll
                 for (int p = 0; p < 4; ++p)
-                    packed[p] = a_pair(whh, first, u0, nu, kin, rpart * KHT + rk0 + j, rmt + m, lane, 2 * p);
+                    packed[p] = a_word(whh, first, u0, nu, kin, rpart * KHT + rk0 + j, rmt + m, lane, p);
             areg[m][j] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
         }}
     float* bias_s = (float*)(smem + OFF_BIAS);  // [b_ih | b_hh] of this block's rows, fp32
@@ -112,8 +120,8 @@ def mma_source(r) -> str:
         const st* b = i < RP ? bih : bhh;
         bias_s[i] = BIAS && g < G && u < nu ? to_f(b[g * H + u0 + u]) : 0.0f;
     }}
-    for (int i = tid; i < BT * KS; i += blockDim.x) stage[i] = __float2half_rn(0.0f);
-    __half* xs = (__half*)(smem + OFF_XPROJ);  // XPRE: layer 0's input projection of the coming step
+    for (int i = tid; i < BT * KS; i += blockDim.x) put(&stage[i], 0.0f);
+    st* xs = (st*)(smem + OFF_XPROJ);  // XPRE: layer 0's input projection of the coming step
     if (XPRE && layer == 0) prefetch_xproj(xs, first, dir == 0 ? 0 : T - 1, u0);
     staged();
     __syncthreads();
@@ -131,7 +139,7 @@ def mma_source(r) -> str:
                     const int i = tid + q * NTHREADS, bl = i / RP, row = i % RP, g = row / U, u = row % U;
                     fx[q] = 0.0f;
                     if (layer == 0 && i < BT * RP && g < G && u < nu && b0 + bl < B)
-                        fx[q] = XPRE ? __half2float(xs[bl * RP + row])
+                        fx[q] = XPRE ? to_f(xs[bl * RP + row])
                                      : to_f(first[((size_t)t * B + b0 + bl) * (G * H) + g * H + u0 + u]);
                     fx[q] += bias_s[row];
                     fh[q] = bias_s[RP + row];
@@ -144,7 +152,7 @@ def mma_source(r) -> str:
                         gh_s[at] = fh[q];
                     }}
             }}
-            // Stage [h | layer input] of the tile's batch rows in fp16 (a last, partial tile's rows past
+            // Stage [h | layer input] of the tile's batch rows in the storage type (a last, partial tile's rows past
             // B keep stale data, whose sums are never read). Cells that do not read h_prev had the
             // tiles after the first staged during the previous tile's cell update.
             if (b0 == 0) {{  // above layer 0, wait until the layer below published time t in every
@@ -183,7 +191,7 @@ def mma_source(r) -> str:
 #pragma unroll
                         for (int m = 0; m < MG; ++m)
 #pragma unroll
-                            for (int n = 0; n < NC; ++n) mma16816(acc[m][n], areg[m][j], b[j & 1][n][0], b[j & 1][n][1]);
+                            for (int n = 0; n < NC; ++n) mma_tc(acc[m][n], areg[m][j], b[j & 1][n][0], b[j & 1][n][1]);
                     }}
 #pragma unroll
                     for (int m = 0; m < MG; ++m) put_sums(sums, rslice == 0, acc[m], rmt + m, nc, lane);
@@ -210,7 +218,7 @@ def mma_source(r) -> str:
                 if (b >= B) break;
 #define GX(g) gate_sum(gx_s, partial, 0, bl * GS + (g) * U + u)
 #define GH(g) gate_sum(gh_s, partial, 1, bl * GS + (g) * U + u)
-                const float hprev = READS_HPREV ? __half2float(stage[bl * KS + u0 + u]) : 0.0f;
+                const float hprev = READS_HPREV ? to_f(stage[bl * KS + u0 + u]) : 0.0f;
 {cell_update(r, HANDOFF)}
 #undef GX
 #undef GH
@@ -226,10 +234,15 @@ def mma_source(r) -> str:
 HANDOFF = """            hx[((size_t)(chain * T + t) * B + b) * XSTRIDE + u0 + u] = hv;"""
 
 
-MMA_HELPERS = """// D (16x8, fp32) += A (16x16, fp16, row-major) * B (16x8, fp16, column-major). Volatile on purpose:
+MMA_HELPERS = """// D (16x8, fp32) += A (16xKSTEP, row-major) * B (KSTEP x8, column-major), fp16 or tf32 operands (tf32: B
+// is h as stored, fp32, whose low 13 mantissa bits the tensor cores do not read). Volatile on purpose:
 // letting the compiler reorder the mma (a pure function of registers) measured 15% slower at batch 4.
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint4& a, unsigned int b0, unsigned int b1) {
+__device__ __forceinline__ void mma_tc(float (&c)[4], const uint4& a, unsigned int b0, unsigned int b1) {
+#if TF32
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\\n"
+#else
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\\n"
+#endif
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
 }
@@ -251,30 +264,30 @@ __device__ __forceinline__ void await_count(const unsigned int* counter) {
 
 // Stage `rows` batch rows (from b0) of one published h, src [b][XSTRIDE], into stage columns col0 ... col0+H.
 // 16-byte rows go by cp.async (L2 -> shared memory, no registers, all in flight at once; .cg reads
-// L2, where other SMs' writes are); the caller waits with `staged()`. Odd widths copy halves.
-__device__ __forceinline__ void stage_part(__half* stage, const __half* src, int rows, int b0, int col0) {
+// L2, where other SMs' writes are); the caller waits with `staged()`. Other widths copy one value at a time.
+__device__ __forceinline__ void stage_part(st* stage, const st* src, int rows, int b0, int col0) {
     for (int i = threadIdx.x; i < rows * (H / CHUNK); i += blockDim.x) {
         const int bl = i / (H / CHUNK), c = i % (H / CHUNK);
-        __half* dst = stage + bl * KS + col0 + c * CHUNK;
-        const __half* from = src + (size_t)(b0 + bl) * XSTRIDE + c * CHUNK;
-        if (CHUNK == 8) {
+        st* dst = stage + bl * KS + col0 + c * CHUNK;
+        const st* from = src + (size_t)(b0 + bl) * XSTRIDE + c * CHUNK;
+        if (CHUNK == VEC) {
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\\n"
                          :: "r"((unsigned int)__cvta_generic_to_shared(dst)), "l"(from));
         } else {
-            *(unsigned short*)dst = __ldcg((const unsigned short*)from);
+            *(st_bits*)dst = __ldcg((const st_bits*)from);
         }
     }
 }
 
 // XPRE: layer 0's input projection (cuBLAS's, [t][b][G*H]) at time t, this block's units, into
 // xs[b][g*U + u], 16 bytes a cp.async; the caller waits with `staged()`.
-__device__ __forceinline__ void prefetch_xproj(__half* xs, const __half* xproj, int t, int u0) {
-#if XPRE  // (U / 8 is 0 otherwise)
-    for (int i = threadIdx.x; i < B * G * (U / 8); i += blockDim.x) {
-        const int bl = i / (G * (U / 8)), g = i / (U / 8) % G, c = i % (U / 8);
+__device__ __forceinline__ void prefetch_xproj(st* xs, const st* xproj, int t, int u0) {
+#if XPRE  // (U / VEC is 0 otherwise)
+    for (int i = threadIdx.x; i < B * G * (U / VEC); i += blockDim.x) {
+        const int bl = i / (G * (U / VEC)), g = i / (U / VEC) % G, c = i % (U / VEC);
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\\n"
-                     :: "r"((unsigned int)__cvta_generic_to_shared(xs + bl * RP + g * U + c * 8)),
-                        "l"(xproj + ((size_t)t * B + bl) * (G * H) + g * H + u0 + c * 8));
+                     :: "r"((unsigned int)__cvta_generic_to_shared(xs + bl * RP + g * U + c * VEC)),
+                        "l"(xproj + ((size_t)t * B + bl) * (G * H) + g * H + u0 + c * VEC));
     }
 #endif
 }
@@ -283,27 +296,27 @@ __device__ __forceinline__ void staged() {
     asm volatile("cp.async.wait_all;\\n" ::);
 }
 
-__device__ __forceinline__ void stage_h0(__half* stage, const st* h0, int rows, int b0, int chain) {
+__device__ __forceinline__ void stage_h0(st* stage, const st* h0, int rows, int b0, int chain) {
     for (int i = threadIdx.x; i < rows * H; i += blockDim.x)
         stage[(i / H) * KS + i % H] = h0[(size_t)(chain * B + b0 + i / H) * H + i % H];
 }
 
 // Stage batch rows b0 ... b0 + BT (those below B) of h of step s-1 (stage_h), of the layer below's h at
 // time t (stage_x), or of both (stage_tile).
-__device__ __forceinline__ void stage_h(__half* stage, const __half* hx, const st* h0, int b0, int s, int tprev,
+__device__ __forceinline__ void stage_h(st* stage, const st* hx, const st* h0, int b0, int s, int tprev,
                                         int chain) {
     const int rows = min(BT, B - b0);
     if (s == 0) stage_h0(stage, h0, rows, b0, chain);
     else stage_part(stage, hx + ((size_t)chain * T + tprev) * B * XSTRIDE, rows, b0, 0);
 }
 
-__device__ __forceinline__ void stage_x(__half* stage, const __half* hx, int b0, int t, int layer) {
+__device__ __forceinline__ void stage_x(st* stage, const st* hx, int b0, int t, int layer) {
     for (int d2 = 0; layer > 0 && d2 < D; ++d2)
         stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * XSTRIDE, min(BT, B - b0), b0,
                    KHP + d2 * H);
 }
 
-__device__ __forceinline__ void stage_tile(__half* stage, const __half* hx, const st* h0, int b0, int s, int t, int tprev,
+__device__ __forceinline__ void stage_tile(st* stage, const st* hx, const st* h0, int b0, int s, int t, int tprev,
                                            int chain, int layer) {
     stage_h(stage, hx, h0, b0, s, tprev, chain);
     stage_x(stage, hx, b0, t, layer);
@@ -319,46 +332,55 @@ __device__ __forceinline__ float gate_sum(const float* sums, const float* partia
     return v;
 }
 
-// Elements e and e + 1 (e even, of 8) of lane ln's A fragment for k-step ks, m-tile mt, of the block's rows
-// of [W_hh | W_ih] (gate-major rows padded to RP, each part's columns padded to 16), packed as the mma reads
-// them (e in the low half): lane ln holds rows mt*16 + ln/4 (+8) and columns ks*16 + (ln%4)*2 (+1) (+8),
-// PTX's layout of m16n8k16's A. The two are neighbours in one row: one 4-byte load where aligned.
-__device__ __forceinline__ unsigned int a_pair(const st* whh, const st* first, int u0, int nu, int kin, int ks, int mt,
-                                               int ln, int e) {
-    const int q = e >> 1, row = mt * 16 + (ln >> 2) + (q & 1) * 8;
-    const int k = ks * 16 + (ln & 3) * 2 + (q >> 1) * 8;
+// Word p (of 4) of lane ln's A fragment for k-step ks, m-tile mt, of the block's rows of [W_hh | W_ih]
+// (gate-major rows padded to RP, each part's columns padded to KSTEP), as the mma reads it; PTX's layouts:
+// - m16n8k16 (fp16): elements 2p and 2p + 1, packed low first: row mt*16 + ln/4 (+8 for odd p), columns
+//   ks*16 + (ln%4)*2 (+1) (+8 for p >= 2), neighbours in one row (one 4-byte load where aligned);
+// - m16n8k8 (tf32): element p: row mt*16 + ln/4 (+8 for odd p), column ks*8 + ln%4 (+4 for p >= 2),
+//   rounded to tf32 once here (the weights stay in that form for the whole run).
+__device__ __forceinline__ unsigned int a_word(const st* whh, const st* first, int u0, int nu, int kin, int ks, int mt,
+                                               int ln, int p) {
+    const int row = mt * 16 + (ln >> 2) + (p & 1) * 8;
+    const int k = TF32 ? ks * 8 + (ln & 3) + (p >> 1) * 4 : ks * 16 + (ln & 3) * 2 + (p >> 1) * 8;
     const int g = row / U, u = row % U;
     const st* src = nullptr;
-    int n = 0;  // elements of the pair inside the weight
+    int n = 0;  // elements of the word inside the weight
     if (g < G && u < nu) {
         if (k < KHP) { src = whh + (size_t)(g * H + u0 + u) * H + k; n = min(2, H - k); }
         else if (k - KHP < kin) { src = first + (size_t)(g * H + u0 + u) * kin + (k - KHP); n = min(2, kin - (k - KHP)); }
     }
+#if TF32
+    unsigned int w = 0u;
+    if (n > 0) asm("cvt.rna.tf32.f32 %0, %1;\\n" : "=r"(w) : "f"(to_f(src[0])));
+    return w;
+#else
     if (n == 2 && ((size_t)src & 3) == 0) return *(const unsigned int*)src;
     const unsigned int lo = n > 0 ? __half_as_ushort(__float2half_rn(to_f(src[0]))) : 0u;
     const unsigned int hi = n > 1 ? __half_as_ushort(__float2half_rn(to_f(src[1]))) : 0u;
     return lo | (hi << 16);
+#endif
 }
 
 // Shared-memory address of this lane's row for ldmatrix over the staged rows from `rows`: lanes 8m..8m+7
-// point at the rows of 8x8 matrix m (n-tile m/2, columns (m%2)*8), so that lane l receives row l/4,
-// columns 2*(l%4) and +1 of each, PTX's B layout.
-__device__ __forceinline__ unsigned int b_base(const __half* rows, int lane) {
+// point at the 16-byte rows of 8x8 (b16) matrix m (n-tile m/2, second half of the k-step for odd m), so
+// that lane l receives row l/4, bytes 4*(l%4) ... +3 of each: for fp16, columns 2*(l%4) and +1; for tf32,
+// column l%4; PTX's B layouts of m16n8k16 and m16n8k8 (b0 from the first half, b1 from the second).
+__device__ __forceinline__ unsigned int b_base(const st* rows, int lane) {
     const int mat = lane >> 3, row = lane & 7;
-    return (unsigned int)__cvta_generic_to_shared(rows + ((mat >> 1) * 8 + row) * KS + (mat & 1) * 8);
+    return (unsigned int)__cvta_generic_to_shared(rows + ((mat >> 1) * 8 + row) * KS + (mat & 1) * VEC);
 }
 
-// The B fragments of NTILES n-tiles for k-step ks (columns ks*16 ... from `base`, see b_base), by ldmatrix.
+// The B fragments of NTILES n-tiles for k-step ks (columns ks*KSTEP ... from `base`, see b_base), by ldmatrix.
 template <int NTILES>
 __device__ __forceinline__ void load_b(unsigned int (&b)[NTILES][2], unsigned int base, int ks) {
 #pragma unroll
     for (int n = 0; n + 1 < NTILES; n += 2)
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\\n"
                      : "=r"(b[n][0]), "=r"(b[n][1]), "=r"(b[n + 1][0]), "=r"(b[n + 1][1])
-                     : "r"(base + (n * 8 * KS + ks * 16) * 2));
+                     : "r"(base + (n * 8 * KS + ks * KSTEP) * (int)sizeof(st)));
     if (NTILES % 2)
         asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\\n"
-                     : "=r"(b[NTILES - 1][0]), "=r"(b[NTILES - 1][1]) : "r"(base + ((NTILES - 1) * 8 * KS + ks * 16) * 2));
+                     : "=r"(b[NTILES - 1][0]), "=r"(b[NTILES - 1][1]) : "r"(base + ((NTILES - 1) * 8 * KS + ks * KSTEP) * (int)sizeof(st)));
 }
 
 // k-step ks of A fragment a against NTILES n-tiles, added into acc.
@@ -367,7 +389,7 @@ __device__ __forceinline__ void mma_step(float (&acc)[NTILES][4], const uint4& a
     unsigned int b[NTILES][2];
     load_b(b, base, ks);
 #pragma unroll
-    for (int n = 0; n < NTILES; ++n) mma16816(acc[n], a, b[n][0], b[n][1]);
+    for (int n = 0; n < NTILES; ++n) mma_tc(acc[n], a, b[n][0], b[n][1]);
 }
 
 // A warp's sums of m-tile mt over NTILES n-tiles from n-tile n0 (C layout: row mt*16 + lane/4 (+8), batch

@@ -45,8 +45,9 @@ class Recurrence:
     bias: bool
     dtype: str
     units_per_block: int  # hidden units of one chain that one GPU block owns (its weight slice)
-    # 0: the FFMA kernel (fp32 dot products); > 0: the tensor-core kernel (fp16 storage, mma.sync),
-    # which works through the batch in tiles of this many rows (a multiple of 8, the mma's N).
+    # 0: the FFMA kernel (fp32 dot products); > 0: the tensor-core kernel (mma.sync: fp16 operands
+    # with fp16 storage, tf32 operands with fp32 storage), which works through the batch in tiles of
+    # this many rows (a multiple of 8, the mma's N).
     batch_tile: int = 0
     # Tensor-core kernel only: each warp keeps the A fragments of its share of the weights in registers
     # for the whole sequence (`register_ksteps` of them), instead of reading them from shared memory
@@ -79,14 +80,25 @@ class Recurrence:
     # and the generated source (backends/persistent_kernel.py, backends/persistent_mma.py).
 
     @property
+    def element_bytes(self) -> int:
+        """Bytes per stored value (weights, staged and published h): 2 for fp16, 4 for fp32."""
+        return 2 if self.dtype == "float16" else 4
+
+    @property
+    def mma_kstep(self) -> int:
+        """The mma's K: 16 for fp16 operands (m16n8k16), 8 for tf32 (m16n8k8); either way one k-step of
+        a staged row is 32 bytes, and an A fragment 4 registers a lane."""
+        return 32 // self.element_bytes
+
+    @property
     def mma_rows(self) -> int:
         """The block's weight rows (gates x units) padded to the mma's M of 16."""
         return _round_up(self.gates * self.units_per_block, 16)
 
     @property
     def mma_k(self) -> tuple[int, int]:
-        """(recurrent, layer-input) reduction lengths padded to the mma's K of 16."""
-        return _round_up(self.hidden, 16), _round_up(self.input_width, 16)
+        """(recurrent, layer-input) reduction lengths padded to the mma's K (`mma_kstep`)."""
+        return _round_up(self.hidden, self.mma_kstep), _round_up(self.input_width, self.mma_kstep)
 
     @property
     def mma_split(self) -> tuple[int, int]:
@@ -122,9 +134,9 @@ class Recurrence:
 
     @property
     def register_ksteps(self) -> int:
-        """Weights in registers: A fragments (16x16, 4 registers a lane) one warp holds per m-tile: its
-        k-slice of the longer part."""
-        return _ceil_div(max(self.mma_k) // 16, self.mma_split[1])
+        """Weights in registers: A fragments (16 x mma_kstep, 4 registers a lane) one warp holds per
+        m-tile: its k-slice of the longer part."""
+        return _ceil_div(max(self.mma_k) // self.mma_kstep, self.mma_split[1])
 
     @property
     def weight_registers(self) -> int:
@@ -142,9 +154,10 @@ class Recurrence:
 
     @property
     def stage_stride(self) -> int:
-        """Halves per staged batch row ([h | layer input]): padded so that the 8 rows one mma reads
-        start 4 banks apart, which makes its operand loads conflict-free."""
-        return _round_up(sum(self.mma_k), 64) + 8
+        """Elements per staged batch row ([h | layer input]): padded so that the 8 rows one mma reads
+        start 4 banks (16 bytes) apart, which makes its operand loads conflict-free."""
+        per_16_bytes = 16 // self.element_bytes
+        return _round_up(sum(self.mma_k), 8 * per_16_bytes) + per_16_bytes
 
     @property
     def sum_stride(self) -> int:
@@ -158,24 +171,24 @@ class Recurrence:
         """Tensor-core kernel: layer 0 copies the next step's input projection (cuBLAS's) into shared
         memory with cp.async while it stages this step, instead of loading it into registers at the
         start of the step, where at the paper configuration it cost 4.5 us a step. Needs the whole
-        batch in one tile and whole 16-byte runs of units (units a multiple of 8, dividing H)."""
+        batch in one tile and whole 16-byte runs of units (units a multiple of 16 bytes, dividing H)."""
         U = self.units_per_block
-        return (self.batch_tile > 0 and self.batch <= self.batch_tile and U % 8 == 0
+        return (self.batch_tile > 0 and self.batch <= self.batch_tile and U * self.element_bytes % 16 == 0
                 and self.hidden % U == 0)
 
     def smem_layout(self) -> dict[str, int]:
         """Byte offsets of each shared-memory array, and "end", the bytes one block needs."""
         G, H, B, U, K = self.gates, self.hidden, self.batch, self.units_per_block, self.input_width
         parts: list[tuple[str, int]]
-        if self.batch_tile:  # weights as fp16 mma fragments, staging in fp16, one batch tile at a time
-            bt, rows = self.batch_tile, self.mma_rows
+        if self.batch_tile:  # weights as mma fragments, staging in the storage type, a batch tile at a time
+            bt, rows, size = self.batch_tile, self.mma_rows, self.element_bytes
             extra = self.mma_split[1] - 1  # partial sums of the k-slices after the first
-            held = 0 if self.weights_in_registers else rows * sum(self.mma_k) * 2
-            parts = [("weights", held), ("stage", bt * self.stage_stride * 2),
+            held = 0 if self.weights_in_registers else rows * sum(self.mma_k) * size
+            parts = [("weights", held), ("stage", bt * self.stage_stride * size),
                      ("gx", bt * self.sum_stride * 4), ("gh", bt * self.sum_stride * 4),
                      ("partial", extra * 2 * bt * self.sum_stride * 4),
                      ("bias", 2 * rows * 4), ("c", B * U * 4),
-                     ("xproj", bt * rows * 2 if self.prefetches_xproj else 0)]
+                     ("xproj", bt * rows * size if self.prefetches_xproj else 0)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
             parts = [("weights", G * U * (H + K) * (2 if self.dtype == "float16" else 4)), ("h", B * H * 4),
                      ("x", B * K * 4), ("gx", B * G * U * 4), ("gh", B * G * U * 4), ("c", B * U * 4)]
@@ -194,8 +207,8 @@ class Recurrence:
 
     @property
     def exchange_stride(self) -> int:
-        """Tensor-core kernel: halves per published row of h (rows 16-byte aligned)."""
-        return _round_up(self.hidden, 8)
+        """Tensor-core kernel: elements per published row of h (rows 16-byte aligned)."""
+        return _round_up(self.hidden, 16 // self.element_bytes)
 
     @property
     def exchange_counter_bytes(self) -> int:
@@ -205,10 +218,11 @@ class Recurrence:
     @property
     def exchange_bytes(self) -> tuple[int, int]:
         """(bytes to allocate, leading bytes to zero before each run). FFMA kernel: a tagged 8-byte
-        word per value, all zeroed; tensor-core kernel: counters (zeroed), then h in fp16."""
+        word per value, all zeroed; tensor-core kernel: counters (zeroed), then h in the storage type."""
         values = len(self.chains) * self.seq_len * self.batch
         if self.batch_tile:
-            return self.exchange_counter_bytes + values * self.exchange_stride * 2, self.exchange_counter_bytes
+            return (self.exchange_counter_bytes + values * self.exchange_stride * self.element_bytes,
+                    self.exchange_counter_bytes)
         return values * self.hidden * 8, values * self.hidden * 8
 
 

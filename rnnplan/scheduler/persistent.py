@@ -10,22 +10,24 @@ Guarantees: layer 0's input projection stays a cuBLAS GEMM over all steps per di
 the pre-transposed weight if `pretranspose` made one); everything recurrent, including the input
 projections of layers above the first, is the `recurrent` node; outputs read its results through
 views, so the plan's interface is unchanged.
-`choose_recurrence` picks the kernel: FFMA dot products (fp32, and fp16 at batch <= FFMA_MAX_BATCH)
-or tensor-core mma (fp16, batch in tiles sized to fit shared memory).
+`choose_recurrence` picks the kernel: FFMA dot products (fp32 math, and any storage at batch <=
+FFMA_MAX_BATCH) or tensor-core mma (fp16 storage, or fp32 storage with `math="tf32"`; batch in tiles
+sized to fit shared memory).
 `choose_lowering` resolves `lowering="auto"` (the default): persistent where the weights fit the
 device (`PlanOptions.device`, else the local GPU) on-chip, it supports cooperative launch, and the
 batch is at most AUTO_MAX_BATCH for the dtype, else graph, with the reason either way (the plan
 records both). Without a GPU, or with a chosen subset of passes, auto plans graph.
 The tensor-core kernel holds its weights in registers where they fit `REGISTER_BUDGET`
 (ir/recurrence.py), else in shared memory.
-Does not (yet): tf32 mma for fp32 (fp32 math is FFMA); overlap the upper layers' input projections
-with cuBLAS; hold the FFMA kernel's weights in registers.
+Does not (yet): hold weights partly in registers and partly in shared memory (so the paper configuration
+in fp32 storage, 28 MiB of weights, does not fit); overlap the upper layers' input projections with
+cuBLAS; hold the FFMA kernel's weights in registers.
 """
 
 from __future__ import annotations
 
 import functools
-import math
+from math import prod
 
 from rnnplan.ir.build import DIRECTIONS, param_shapes
 from rnnplan.ir.graph import Graph
@@ -39,8 +41,9 @@ DEFAULT_DEVICE = H200
 # tensor-core kernel (fp16) too, up to 64 (paper configuration 1.18 against 1.70 ms, GRU 4x512 1.13
 # against 1.38). Larger batches are not measured.
 AUTO_MAX_BATCH = {"float32": 8, "float16": 64}
-# fp16: at batch 1 the FFMA kernel's tagged hand-off is faster than the tensor-core kernel's
-# counters (0.34 against 0.61 ms, LSTM 2x256); from batch 4 the tensor-core kernel is.
+# At batch 1 the FFMA kernel's tagged hand-off is faster than the tensor-core kernel's counters
+# (fp16: 0.34 against 0.61 ms, LSTM 2x256); from batch 4 the tensor-core kernel is. The same limit
+# holds with tf32 (BENCHMARKS.md, tf32 rows).
 FFMA_MAX_BATCH = 2
 
 
@@ -74,7 +77,7 @@ def choose_lowering(spec: RNNSpec, options) -> tuple[str, str]:
     device = planning_device(options)
     if device is None:
         return "graph", "auto: no CUDA device here (plan for one with PlanOptions(device=...))"
-    rec, why = choose_recurrence(spec, device)
+    rec, why = choose_recurrence(spec, device, options.math)
     if options.lowering == "persistent":
         if rec is None:
             raise ValueError(f"lowering='persistent' does not fit: {why}")
@@ -107,26 +110,33 @@ def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, regis
     return r if not registers or r.registers_fit else None
 
 
-def _fitting(spec: RNNSpec, units: int, device: DeviceShape) -> Recurrence:
-    """The recurrence for `units` per block: fp32, and fp16 up to FFMA_MAX_BATCH where it fits, run the
-    FFMA kernel; other fp16 runs the tensor-core kernel, with the weights in registers where they fit
-    the register budget (no shared-memory reads of weights at each step, and room for the widest batch
-    tile), else in shared memory."""
+def _fitting(spec: RNNSpec, units: int, device: DeviceShape, math: str) -> Recurrence:
+    """The recurrence for `units` per block: fp32 math, and any storage up to FFMA_MAX_BATCH where it
+    fits, run the FFMA kernel; the rest (fp16 storage, or fp32 storage with tf32 math) runs the
+    tensor-core kernel, with the weights in registers where they fit the register budget (no
+    shared-memory reads of weights at each step, and room for the widest batch tile), else in shared
+    memory, else (tf32 only) the FFMA kernel, which needs no staging of whole batch tiles."""
     ffma = recurrence_of(spec, units)
-    if spec.dtype != "float16" or (spec.batch <= FFMA_MAX_BATCH and ffma.shared_memory_bytes <= device.smem_per_block):
+    ffma_fits = ffma.shared_memory_bytes <= device.smem_per_block
+    if (spec.dtype == "float32" and math == "fp32") or (spec.batch <= FFMA_MAX_BATCH and ffma_fits):
         return ffma
-    return (tensor_core_recurrence(spec, units, device, registers=True)
-            or tensor_core_recurrence(spec, units, device, registers=False))
+    tensor_cores = (tensor_core_recurrence(spec, units, device, registers=True)
+                    or tensor_core_recurrence(spec, units, device, registers=False))
+    if spec.dtype == "float32" and ffma_fits and tensor_cores.shared_memory_bytes > device.smem_per_block:
+        return ffma
+    return tensor_cores
 
 
-def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tuple[Recurrence | None, str]:
-    """The persistent kernel's parameters for `spec` on `device` (hidden units per block such that all
-    blocks fill the device once, and the kernel) and why, or None and why it does not fit."""
+def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE,
+                      math: str = "fp32") -> tuple[Recurrence | None, str]:
+    """The persistent kernel's parameters for `spec` on `device` with `math` (PlanOptions.math: with
+    fp32 storage, "tf32" allows the tensor-core kernel) (hidden units per block such that all blocks
+    fill the device once, and the kernel) and why, or None and why it does not fit."""
     chains = spec.num_layers * spec.directions
     per_chain = max(1, device.sms // chains)
-    trial = _fitting(spec, math.ceil(spec.hidden_size / per_chain), device)
+    trial = _fitting(spec, -(-spec.hidden_size // per_chain), device, math)
     need = trial.shared_memory_bytes
-    mib = sum(math.prod(s) for n, s in param_shapes(spec).items()
+    mib = sum(prod(s) for n, s in param_shapes(spec).items()
               if n.startswith("weight_hh") or (n.startswith("weight_ih") and not n.startswith("weight_ih_l0")))
     mib *= (2 if spec.dtype == "float16" else 4) / 2**20
     blocks = trial.blocks
@@ -136,7 +146,8 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tu
         return None, (f"recurrent weights {mib:.1f} MiB need {need / 1024:.0f} KiB of shared memory per block "
                       f"over {blocks} blocks; {device.name} has {device.smem_per_block / 1024:.0f} KiB")
     held = ", weights in registers" if trial.weights_in_registers else ""
-    math_used = f"tensor cores, batch tiles of {trial.batch_tile}{held}" if trial.batch_tile else "FFMA"
+    operands = "tf32" if spec.dtype == "float32" else "fp16"
+    math_used = f"tensor cores ({operands}), batch tiles of {trial.batch_tile}{held}" if trial.batch_tile else "FFMA"
     regs = f" {trial.weight_registers} registers a thread +" if trial.weights_in_registers else ""
     return trial, (f"recurrent weights {mib:.1f} MiB fit on-chip: {blocks} blocks x{regs} {need / 1024:.0f} KiB "
                    f"shared memory on {device.name} ({math_used})")
@@ -144,7 +155,8 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE) -> tu
 
 def persistent_recurrence(graph: Graph, options=None) -> Graph:
     spec = graph.spec
-    rec, reason = choose_recurrence(spec, planning_device(options) or DEFAULT_DEVICE)
+    math_mode = options.math if options is not None else "fp32"
+    rec, reason = choose_recurrence(spec, planning_device(options) or DEFAULT_DEVICE, math_mode)
     if rec is None:
         raise ValueError(f"lowering='persistent' does not fit: {reason}")
     T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers
