@@ -8,7 +8,9 @@ h to each other through an exchange buffer (one slot per chain and time step, ze
 run) of 8-byte words holding the value and the tag of the step that produced it: a reader polls the
 words it needs until their tags say they are written (each thread all of its words at once), so the
 data is its own flag (no fence, no counter, one L2 round trip per hand-off), and layers overlap in a
-wavefront with no grid barrier. With fp16 storage the cell's exponentials use the hardware ex2.
+wavefront with no grid barrier. With fp16 storage or tf32 operands the cell's exponentials use the
+hardware ex2. Layer 0 loads its step's input projection (cuBLAS's) into registers before it waits for
+h, so that the load's latency hides behind the wait (up to XPF_MAX values a thread).
 Gate pre-activations are warp-level dot products in fp32 (FFMA), a warp taking up to 4 weight rows
 and 8 batch rows at once with the products accumulated in registers, against h and the layer input
 staged in shared memory; c never leaves the block. The outputs `y` are written alongside and read
@@ -25,6 +27,7 @@ import hashlib
 from rnnplan.ir.recurrence import KERNEL_WARPS
 
 THREADS = 32 * KERNEL_WARPS
+XPF_MAX = 8  # FFMA kernel: prefetch layer 0's input projection into registers when it needs at most this many a thread
 
 CELL_CODE = {
     "lstm": """
@@ -82,7 +85,7 @@ def prelude(r, extra: str = "") -> str:
 #define PER_CHAIN {4 if r.bias else 2}
 #define NSTATE {1 + lstm}
 #define IN_FLIGHT 8  // global loads a thread issues before it waits on the first
-#define FAST_CELL {int(r.dtype == "float16")}
+#define FAST_CELL {int(r.dtype == "float16" or r.batch_tile > 0)}
 {smem_offsets(r)}
 typedef {"__half" if r.dtype == "float16" else "float"} st;
 
@@ -90,8 +93,9 @@ __device__ __forceinline__ float to_f(float v) {{ return v; }}
 __device__ __forceinline__ float to_f(__half v) {{ return __half2float(v); }}
 __device__ __forceinline__ void put(float* p, float v) {{ *p = v; }}
 __device__ __forceinline__ void put(__half* p, float v) {{ *p = __float2half_rn(v); }}
-// With h stored in fp16 (rounded to 2^-11), the cell's exponentials use the fast hardware ex2 (error
-// about 1e-7); with fp32 storage, the accurate library functions.
+// With h stored in fp16 (rounded to 2^-11) or products in tf32 (the tensor-core kernel with fp32
+// storage: operands rounded to 2^-11), the cell's exponentials use the fast hardware ex2 (error about
+// 1e-7); with fp32 math (the FFMA kernel, fp32 storage), the accurate library functions.
 __device__ __forceinline__ float sigm(float x) {{
     return FAST_CELL ? __fdividef(1.0f, 1.0f + __expf(-x)) : 1.0f / (1.0f + expf(-x));
 }}
@@ -148,7 +152,9 @@ def recurrent_source(r) -> str:
     if r.batch_tile:
         from rnnplan.backends.persistent_mma import mma_source
         return mma_source(r)
-    defines = f"#define BT {min(r.batch, 8)}\n#define RW {rows_per_warp(r.gates * r.units_per_block)}\n"
+    xpf = -(-r.batch * r.gates * r.units_per_block // THREADS)
+    defines = (f"#define BT {min(r.batch, 8)}\n#define RW {rows_per_warp(r.gates * r.units_per_block)}\n"
+               f"#define XPF {xpf if xpf <= XPF_MAX else 0}  // layer 0's input projection a thread prefetches\n")
     return prelude(r, defines + FFMA_HELPERS) + f"""    st* wh_s = (st*)(smem + OFF_WEIGHTS);
     st* wi_s = wh_s + G * U * H;
     float* h_s = (float*)(smem + OFF_H);
@@ -163,6 +169,18 @@ def recurrent_source(r) -> str:
     for (int s = 0; s < T; ++s) {{
         const int t = dir == 0 ? s : T - 1 - s;
         const int tprev = dir == 0 ? t - 1 : t + 1;
+        // Layer 0: this step's input projection (cuBLAS's) plus b_ih, loaded into registers before the
+        // wait for h so that the loads' latency hides behind it, and stored after it.
+        float xpre[XPF > 0 ? XPF : 1];
+#pragma unroll
+        for (int q = 0; q < XPF; ++q) {{
+            const int i = tid + q * {THREADS}, b = i / (G * nu), g = i / nu % G, u = i % nu;
+            xpre[q] = 0.0f;
+            if (layer == 0 && i < B * G * nu) {{
+                xpre[q] = to_f(first[((size_t)t * B + b) * (G * H) + g * H + u0 + u]);
+                if (BIAS) xpre[q] += to_f(bih[g * H + u0 + u]);
+            }}
+        }}
         if (s == 0)
             for (int i = tid; i < B * H; i += blockDim.x) h_s[i] = to_f(h0[(size_t)chain * B * H + i]);
         else
@@ -175,6 +193,11 @@ def recurrent_source(r) -> str:
             tag = (d2 == 0 ? t : T - 1 - t) + 1;  // the producing step + 1
             return &xch[((size_t)((layer - 1) * D + d2) * T + t) * (B * H) + b * H + k];
         }});
+#pragma unroll
+        for (int q = 0; q < XPF; ++q) {{
+            const int i = tid + q * {THREADS}, b = i / (G * nu), g = i / nu % G, u = i % nu;
+            if (layer == 0 && i < B * G * nu) gx_s[(b * G + g) * U + u] = xpre[q];
+        }}
         __syncthreads();
         // Each warp takes RW weight rows (gate g, unit u) at a time; lanes split k, and RW x BT
         // accumulators (rows x batch rows of the tile) live in registers, so every h value loaded
@@ -206,10 +229,12 @@ def recurrent_source(r) -> str:
                         for (int j = 0; j < BT; ++j) {{
                             const int b = b0 + j;
                             if (b >= B) break;
-                            float x_part = layer == 0 ? to_f(first[((size_t)t * B + b) * (G * H) + col]) : ax[q][j];
                             float h_part = ah[q][j];
-                            if (BIAS) {{ x_part += to_f(bih[col]); h_part += to_f(bhh[col]); }}
-                            gx_s[(b * G + g) * U + u] = x_part;
+                            if (BIAS) h_part += to_f(bhh[col]);
+                            if (layer > 0 || !XPF) {{  // else prefetched
+                                float x_part = layer == 0 ? to_f(first[((size_t)t * B + b) * (G * H) + col]) : ax[q][j];
+                                gx_s[(b * G + g) * U + u] = BIAS ? x_part + to_f(bih[col]) : x_part;
+                            }}
                             gh_s[(b * G + g) * U + u] = h_part;
                         }}
                     }}

@@ -20,8 +20,8 @@ units, layers in a wavefront, c on-chip), different arithmetic and hand-off:
   for the counters it needs (acquire loads): above layer 0 first the layer below's, whose rows the
   block then copies into shared memory with cp.async (16 bytes a copy, all in flight at once) while
   thread 0 waits for its own chain's; then h is copied the same way. At batch 1-2 the FFMA kernel's
-  tagged words, which need one L2 round trip per hand-off instead of two, measured faster except
-  with long fp16 weight rows, and the planner uses that kernel there (`FFMA_MAX_BATCH`). Tried and
+  tagged words, which need one L2 round trip per hand-off instead of two, measured faster or equal,
+  and the planner uses that kernel there (`FFMA_MAX_BATCH`). Tried and
   dropped: a flag per block instead of a shared counter (no atomics on one address; within noise
   at 32-64 blocks a chain, 17-20% slower at 128);
 - per step, the batch is processed in tiles of `batch_tile` rows: the tile's gate sums start from

@@ -10,8 +10,8 @@ Guarantees: layer 0's input projection stays a cuBLAS GEMM over all steps per di
 the pre-transposed weight if `pretranspose` made one); everything recurrent, including the input
 projections of layers above the first, is the `recurrent` node; outputs read its results through
 views, so the plan's interface is unchanged.
-`choose_recurrence` picks the kernel: FFMA dot products (fp32 math, and at batch <= FFMA_MAX_BATCH
-any storage but fp16 with long weight rows) or tensor-core mma (fp16 storage, or fp32 storage with `math="tf32"`; batch in tiles
+`choose_recurrence` picks the kernel: FFMA dot products (fp32 math, and any storage at batch <=
+FFMA_MAX_BATCH) or tensor-core mma (fp16 storage, or fp32 storage with `math="tf32"`; batch in tiles
 sized to fit shared memory).
 `choose_lowering` resolves `lowering="auto"` (the default): persistent where the weights fit the
 device (`PlanOptions.device`, else the local GPU) on-chip, it supports cooperative launch, and the
@@ -42,13 +42,10 @@ DEFAULT_DEVICE = H200
 # against 1.38). Larger batches are not measured.
 AUTO_MAX_BATCH = {"float32": 8, "float16": 64}
 # At batch 1-2 the FFMA kernel's tagged hand-off (one L2 round trip, no counter) beats the tensor-core
-# kernel (LSTM 2x256 B1: fp16 0.205 against 0.219-0.242 ms, tf32 0.228 against 0.269), except with
-# fp16 weights where a block's weight rows are long (H + layer input >= FFMA_MAX_ROW_FP16): there the
-# FFMA kernel's shared-memory reads of them each step cost more than the hand-off saves (LSTM 1x1024
-# B1 fp16: 0.329 against 0.267 ms; RNN 2x512: 0.247 against 0.226). With tf32 operands FFMA wins
-# at every row measured at batch 1. From batch 4 the tensor-core kernel wins everywhere (BENCHMARKS.md).
+# kernel, or ties it: at batch 1 in every row measured with tf32 operands (LSTM 2x256: 0.216 against
+# 0.279 ms) and with fp16 (0.214 against 0.261; LSTM 1x1024 0.285 against 0.291, RNN 2x512 0.236
+# against 0.243). From batch 4 the tensor-core kernel wins everywhere (BENCHMARKS.md, third round).
 FFMA_MAX_BATCH = 2
-FFMA_MAX_ROW_FP16 = 1024
 
 
 @functools.cache
@@ -116,15 +113,13 @@ def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, regis
 
 def _fitting(spec: RNNSpec, units: int, device: DeviceShape, math: str) -> Recurrence:
     """The recurrence for `units` per block: fp32 math, and any storage up to FFMA_MAX_BATCH where it
-    fits (fp16: with weight rows shorter than FFMA_MAX_ROW_FP16), run the FFMA kernel; the rest
-    (fp16 storage, or fp32 storage with tf32 math) runs the
+    fits, run the FFMA kernel; the rest (fp16 storage, or fp32 storage with tf32 math) runs the
     tensor-core kernel, with the weights in registers where they fit the register budget (no
     shared-memory reads of weights at each step, and room for the widest batch tile), else in shared
     memory, else (tf32 only) the FFMA kernel, which needs no staging of whole batch tiles."""
     ffma = recurrence_of(spec, units)
     ffma_fits = ffma.shared_memory_bytes <= device.smem_per_block
-    short_rows = spec.dtype == "float32" or ffma.hidden + ffma.input_width < FFMA_MAX_ROW_FP16
-    if (spec.dtype == "float32" and math == "fp32") or (spec.batch <= FFMA_MAX_BATCH and ffma_fits and short_rows):
+    if (spec.dtype == "float32" and math == "fp32") or (spec.batch <= FFMA_MAX_BATCH and ffma_fits):
         return ffma
     tensor_cores = (tensor_core_recurrence(spec, units, device, registers=True)
                     or tensor_core_recurrence(spec, units, device, registers=False))
