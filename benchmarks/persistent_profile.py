@@ -1,7 +1,8 @@
 """Where the tensor-core persistent kernel spends a step: clock64 marks between its phases, read by
 thread 0 of each block and summed over the steps, for the first block of layer 0 and of the last layer.
 
-    python3 benchmarks/persistent_profile.py [--weights chosen|registers|shared]
+    python3 benchmarks/persistent_profile.py [--weights chosen|registers|shared] [--precision fp16|tf32]
+                                             [--config paper 4x256b8 1x1024b8]
 
 Phases: set-up (once: weights on-chip, biases), publish/loop (the previous step's publish and loop
 overhead), fill (gate sums from biases and layer 0's input projection), wait x (for the layer below's
@@ -17,6 +18,11 @@ import rnnplan as rp
 from rnnplan.backends import cupy_backend, persistent_kernel
 from rnnplan.ir import recurrence
 
+CONFIGS = {
+    "paper": dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64),
+    "4x256b8": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=8),
+    "1x1024b8": dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=8),
+}
 PHASES = ("publish/loop", "fill", "wait x", "wait h", "stage", "mma", "cell")
 ANCHORS = ("            // Gate sums start from", "            // Stage [h | layer input]",
            "                stage_x(stage, hx, b0, t, layer);",
@@ -37,7 +43,7 @@ def profile_offset(r) -> int:
 def instrumented_source(r) -> str:
     src = plain_source(r)
     if not r.batch_tile:
-        raise SystemExit("this tool instruments the tensor-core kernel (fp16, batch above 2)")
+        raise SystemExit("this tool instruments the tensor-core kernel (fp16 or tf32, batch above 2)")
     for k, anchor in enumerate(ANCHORS):
         assert src.count(anchor) == 1, anchor
         src = src.replace(anchor, f"            PROF({k});\n" + anchor)
@@ -64,23 +70,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", choices=["chosen", "registers", "shared"], default="chosen",
                     help="profile the planner's tensor-core kernel or the variant holding weights so")
+    ap.add_argument("--precision", choices=["fp16", "tf32"], default="fp16")
+    ap.add_argument("--config", nargs="*", choices=sorted(CONFIGS), default=["paper", "4x256b8"])
     args = ap.parse_args()
 
     persistent_kernel.recurrent_source = cupy_backend.recurrent_source = instrumented_source
     recurrence.Recurrence.exchange_bytes = property(  # room for 8 counters per block after the exchange
         lambda r: (profile_offset(r) + r.blocks * 64, plain_exchange.fget(r)[1]))
     clock_hz = cp.cuda.runtime.getDeviceProperties(0)["clockRate"] * 1e3
-    for kw in (dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64),
-               dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=8)):
-        spec = rp.RNNSpec(**kw, dtype="float16")
-        plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
+    for name in args.config:
+        spec = rp.RNNSpec(**CONFIGS[name], dtype="float16" if args.precision == "fp16" else "float32")
+        plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
         r = next(s.recurrence for s in plan.steps if s.recurrence)
         if args.weights != "chosen" and r.weights_in_registers != (args.weights == "registers"):
             r = tensor_core_recurrence(spec, r.units_per_block, describe_device(), args.weights == "registers")
             plan = plan.model_copy(update={"steps": tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s
                                                           for s in plan.steps)})
         ex = rp.Executor(plan, rp.Weights.random(spec, seed=1), backend="cupy", mode="streams")
-        x = np.random.default_rng(0).standard_normal((spec.seq_len, spec.batch, spec.input_size)).astype(np.float16)
+        x = np.random.default_rng(0).standard_normal((spec.seq_len, spec.batch, spec.input_size)).astype(spec.dtype)
         for _ in range(3):
             ex.run(x)
         cp.cuda.Device().synchronize()
@@ -88,9 +95,9 @@ def main() -> None:
         start = profile_offset(r)
         cycles = exchange.view(np.uint8)[start:start + r.blocks * 64].view(np.uint64).get().reshape(r.blocks, 8)
         held = "registers" if r.weights_in_registers else "shared memory"
-        print(f"{spec.short()}: {r.blocks} blocks x {r.units_per_block} units, batch tiles of {r.batch_tile}, "
+        print(f"{spec.short()} ({args.precision}): {r.blocks} blocks x {r.units_per_block} units, batch tiles of {r.batch_tile}, "
               f"weights in {held}")
-        for block in (0, r.blocks_per_chain * (len(r.chains) - 1)):
+        for block in sorted({0, r.blocks_per_chain * (len(r.chains) - 1)}):
             us = cycles[block, :len(PHASES)] / clock_hz * 1e6 / spec.seq_len
             print(f"  block {block:3d} (layer {block // r.blocks_per_chain // r.directions}), us per step: "
                   + ", ".join(f"{n} {u:.2f}" for n, u in zip(PHASES, us)) + f"; total {us.sum():.2f}; "
