@@ -75,12 +75,12 @@ def main() -> None:
     args = ap.parse_args()
 
     persistent_kernel.recurrent_source = cupy_backend.recurrent_source = instrumented_source
-    recurrence.Recurrence.exchange_bytes = property(  # room for 8 counters per block after the exchange
+    recurrence.Recurrence.exchange_bytes = property(  # room for 8 clock sums per block after the exchange
         lambda r: (profile_offset(r) + r.blocks * 64, plain_exchange.fget(r)[1]))
     clock_hz = cp.cuda.runtime.getDeviceProperties(0)["clockRate"] * 1e3
     for name in args.config:
         spec = rp.RNNSpec(**CONFIGS[name], dtype="float16" if args.precision == "fp16" else "float32")
-        plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
+        plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math=args.precision.replace("fp16", "fp32")))
         r = next(s.recurrence for s in plan.steps if s.recurrence)
         if args.weights != "chosen" and r.weights_in_registers != (args.weights == "registers"):
             r = tensor_core_recurrence(spec, r.units_per_block, describe_device(), args.weights == "registers")
