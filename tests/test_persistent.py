@@ -139,6 +139,22 @@ def test_kernel_choice_with_tf32_math():
     assert rec is None and "28.0 MiB" in why
 
 
+def test_ffma_vector_loads_where_they_measured_faster():
+    """The FFMA kernel's 4-value loads: with several batch rows or one weight row a warp (faster on the
+    H200), not with one batch row and several weight rows (slower there), and never for rows that are
+    not whole runs of 4."""
+    from rnnplan.backends.persistent_kernel import vector_dot
+
+    def ffma(**kw):
+        return choose_recurrence(rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 10, **kw}))[0]
+    assert vector_dot(ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=8))
+    assert vector_dot(ffma(cell="lstm", num_layers=1, hidden_size=256, batch=1))  # 2 units: a row a warp
+    assert not vector_dot(ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=1))  # 4 rows a warp
+    assert not vector_dot(ffma(cell="gru", num_layers=2, hidden_size=47, batch=8))  # rows of 47
+    src = recurrent_source(ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=8))
+    assert "#define VEC4 1" in src and "#define SPLIT_SUMS 0" in src
+
+
 @pytest.mark.parametrize("dtype, batch, math", [("float32", 3, "fp32"), ("float32", 20, "tf32"), ("float16", 1, "fp32"),
                                                ("float16", 20, "fp32")])
 def test_one_definition_of_the_kernel_layouts(dtype, batch, math):

@@ -13,7 +13,9 @@ hardware ex2. Layer 0 loads its step's input projection (cuBLAS's) into register
 h, so that the load's latency hides behind the wait (up to XPF_MAX values a thread).
 Gate pre-activations are warp-level dot products in fp32 (FFMA), a warp taking up to 4 weight rows
 and 8 batch rows at once with the products accumulated in registers, against h and the layer input
-staged in shared memory; c never leaves the block. The outputs `y` are written alongside and read
+staged in shared memory (4 values a load where `vector_dot` says so: measured, not always faster);
+LSTM and Elman cells add the x and h parts before the warp's reduction, GRU keeps them apart; c never
+leaves the block. The outputs `y` are written alongside and read
 only after the kernel.
 
 Pure Python: generates source; the CuPy executor compiles and launches it.
@@ -50,6 +52,15 @@ CELL_CODE = {
 def rows_per_warp(rows: int) -> int:
     """Weight rows a warp works on at once: up to 4, but never so many that warps sit idle."""
     return max(1, min(4, rows // (THREADS // 32)))
+
+
+def vector_dot(r) -> bool:
+    """FFMA kernel: dot products by 4-value vector loads (rows must be whole runs of 4). Measured on an
+    H200 (BENCHMARKS.md, third round): faster with several batch rows a warp (LSTM 1x1024 B8 1.36 ->
+    1.05 ms) or one weight row a warp (LSTM 1x256 B1 dot phase 0.40 -> 0.32 us a step), slower with one
+    batch row and 4 weight rows a warp (LSTM 1x1024 B1 dot phase 1.28 -> 1.90 us), where it is not used."""
+    one_row_per_warp = rows_per_warp(r.gates * r.units_per_block) == 1
+    return r.hidden % 4 == 0 and (min(r.batch, 8) >= 4 or one_row_per_warp)
 
 
 def kernel_name(r) -> str:
@@ -154,7 +165,9 @@ def recurrent_source(r) -> str:
         return mma_source(r)
     xpf = -(-r.batch * r.gates * r.units_per_block // THREADS)
     defines = (f"#define BT {min(r.batch, 8)}\n#define RW {rows_per_warp(r.gates * r.units_per_block)}\n"
-               f"#define XPF {xpf if xpf <= XPF_MAX else 0}  // layer 0's input projection a thread prefetches\n")
+               f"#define XPF {xpf if xpf <= XPF_MAX else 0}  // layer 0's input projection a thread prefetches\n"
+               f"#define VEC4 {int(vector_dot(r))}  // dot products by 4-value (16- or 8-byte) loads\n"
+               f"#define SPLIT_SUMS {int(r.cell == 'gru')}  // the cell reads the x and h parts apart\n")
     return prelude(r, defines + FFMA_HELPERS) + f"""    st* wh_s = (st*)(smem + OFF_WEIGHTS);
     st* wi_s = wh_s + G * U * H;
     float* h_s = (float*)(smem + OFF_H);
@@ -211,14 +224,17 @@ def recurrent_source(r) -> str:
                     for (int j = 0; j < BT; ++j) {{ ah[q][j] = 0.0f; ax[q][j] = 0.0f; }}
                 dot_rows(ah, wh_s, h_s, H, row0, b0, nu, lane);
                 dot_rows(ax, wi_s, x_s, kin, row0, b0, nu, lane);
+                // LSTM and Elman cells read only GX + GH: one sum (in ah) to reduce across lanes, not two
 #pragma unroll
                 for (int q = 0; q < RW; ++q)
 #pragma unroll
-                    for (int j = 0; j < BT; ++j)
+                    for (int j = 0; j < BT; ++j) {{
+                        if (!SPLIT_SUMS) {{ ah[q][j] += ax[q][j]; ax[q][j] = 0.0f; }}
                         for (int o = 16; o > 0; o >>= 1) {{
                             ah[q][j] += __shfl_xor_sync(0xffffffffu, ah[q][j], o);
-                            ax[q][j] += __shfl_xor_sync(0xffffffffu, ax[q][j], o);
+                            if (SPLIT_SUMS) ax[q][j] += __shfl_xor_sync(0xffffffffu, ax[q][j], o);
                         }}
+                    }}
                 if (lane == 0) {{
 #pragma unroll
                     for (int q = 0; q < RW; ++q) {{
@@ -232,6 +248,7 @@ def recurrent_source(r) -> str:
                             float h_part = ah[q][j];
                             if (BIAS) h_part += to_f(bhh[col]);
                             if (layer > 0 || !XPF) {{  // else prefetched
+                                // (without SPLIT_SUMS the layer input's part is already in ah)
                                 float x_part = layer == 0 ? to_f(first[((size_t)t * B + b) * (G * H) + col]) : ax[q][j];
                                 gx_s[(b * G + g) * U + u] = BIAS ? x_part + to_f(bih[col]) : x_part;
                             }}
@@ -317,11 +334,37 @@ __device__ __forceinline__ void load_rows(st* dst, const st* src, int len, int u
         }
     }
 }
+__device__ __forceinline__ float4 load4(const float* p) { return *(const float4*)p; }
+__device__ __forceinline__ float4 load4(const __half* p) {
+    const uint2 u = *(const uint2*)p;
+    const float2 lo = __half22float2(*(const __half2*)&u.x), hi = __half22float2(*(const __half2*)&u.y);
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
 // acc[q][j] += sum over k of w[row0 + q][k] * v[b0 + j][k], for RW weight rows and BT batch rows
 // (w: the block's rows of one weight, gate-major, `len` long; v: staged rows of h or the layer
-// input). Lanes split k; the caller reduces across lanes.
+// input). Lanes split k, 4 consecutive values at a time where rows allow (VEC4: one 16-byte load of
+// v and one 16- or 8-byte load of w per row, a quarter of the shared-memory loads); the caller
+// reduces across lanes.
 __device__ __forceinline__ void dot_rows(float (&acc)[RW][BT], const st* w, const float* v, int len, int row0, int b0,
                                          int nu, int lane) {
+    if (VEC4) {
+        for (int k = 4 * lane; k < len; k += 128) {
+            float4 vk[BT];
+#pragma unroll
+            for (int j = 0; j < BT; ++j) vk[j] = b0 + j < B ? load4(v + (b0 + j) * len + k) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int q = 0; q < RW; ++q) {
+                const int row = row0 + q;
+                if (row < G * nu) {
+                    const float4 wk = load4(w + ((row / nu) * U + row % nu) * len + k);
+#pragma unroll
+                    for (int j = 0; j < BT; ++j)
+                        acc[q][j] += wk.x * vk[j].x + wk.y * vk[j].y + wk.z * vk[j].z + wk.w * vk[j].w;
+                }
+            }
+        }
+        return;
+    }
     for (int k = lane; k < len; k += 32) {
         float vk[BT];
 #pragma unroll
