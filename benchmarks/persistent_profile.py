@@ -1,15 +1,21 @@
-"""Where the tensor-core persistent kernel spends a step: clock64 marks between its phases, read by
-thread 0 of each block and summed over the steps, for the first block of layer 0 and of the last layer.
+"""Where a persistent kernel spends a step: clock64 marks between its phases, read by thread 0 of
+each block and summed over the steps, for the first block of layer 0 and of the last layer.
 
-    python3 benchmarks/persistent_profile.py [--weights chosen|registers|shared] [--precision fp16|tf32]
-                                             [--config paper 4x256b8 1x1024b8]
+    python3 benchmarks/persistent_profile.py [--weights chosen|registers|shared] [--precision fp16|tf32|fp32]
+                                             [--config paper 4x256b8 1x1024b8 1x256b1 ...]
 
-Phases: set-up (once: weights on-chip, biases), publish/loop (the previous step's publish and loop
-overhead), fill (gate sums from biases and layer 0's input projection), wait x (for the layer below's
-counters), wait h (issuing the layer input's copy, then waiting for this chain's counter), stage (the
-copy of h and waiting for all copies), mma (tensor cores and writing the gate sums), cell (the cell
-update). The marks are inserted into the generated source by text anchors, so this tool fails loudly
-(AssertionError) when the kernel's text changes under it. The kernel's own barriers make thread 0's view the block's.
+The kernel is the one the planner picks (math="tf32" for the tf32 precision). Phases of the
+tensor-core kernel: set-up (once: weights on-chip, biases), publish/loop (the previous step's publish
+and loop overhead), fill (gate sums from biases and layer 0's input projection), wait x (for the
+layer below's counters), wait h (issuing the layer input's copy, then waiting for this chain's
+counter), stage (the copy of h and waiting for all copies), mma (tensor cores and writing the gate
+sums), cell (the cell update). Of the FFMA kernel (batch 1-2, or fp32 math): barrier/loop (the end of
+the previous step, issuing layer 0's projection loads), wait h (polling this chain's exchange words),
+wait x+barrier (the layer input's words, then a block barrier), dot+barrier (the dot products, their
+warp reductions, the gate sums, a barrier), cell+publish (the cell update, writing y and the exchange
+words). The marks are inserted into the generated source by text anchors, so this tool fails loudly
+(AssertionError) when the kernel's text changes under it. The kernel's own barriers make thread 0's
+view the block's.
 """
 
 import numpy as np
@@ -22,15 +28,31 @@ CONFIGS = {
     "paper": dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64),
     "4x256b8": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=8),
     "1x1024b8": dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=8),
+    # batch 1: the FFMA kernel
+    "1x256b1": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=1, seq_len=100, batch=1),
+    "4x256b1": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=1),
+    "1x1024b1": dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=1),
+    "rnn2x512b1": dict(cell="rnn_tanh", input_size=512, hidden_size=512, num_layers=2, seq_len=100, batch=1),
 }
-PHASES = ("publish/loop", "fill", "wait x", "wait h", "stage", "mma", "cell")
-ANCHORS = ("            // Gate sums start from", "            // Stage [h | layer input]",
-           "                stage_x(stage, hx, b0, t, layer);",
-           "                stage_h(stage, hx, h0, b0, s, tprev, chain);",
-           "            if (REG_A) {  // this warp's fixed job",
-           "            for (int i = tid; i < BT * nu; i += blockDim.x) {")
-TILE_END = "            __syncthreads();  // the next tile restages `stage` and the gate sums\n"
-KERNEL_START = "    unsigned int* counters = (unsigned int*)xch;"
+# Per kernel: phase names, the source lines before which mark k is inserted (phase k ends there), the
+# line after which the last mark goes, and the line before which the counters start.
+KERNELS = {
+    "mma": dict(
+        phases=("publish/loop", "fill", "wait x", "wait h", "stage", "mma", "cell"),
+        before=("            // Gate sums start from", "            // Stage [h | layer input]",
+                "                stage_x(stage, hx, b0, t, layer);",
+                "                stage_h(stage, hx, h0, b0, s, tprev, chain);",
+                "            if (REG_A) {  // this warp's fixed job",
+                "            for (int i = tid; i < BT * nu; i += blockDim.x) {"),
+        after="            __syncthreads();  // the next tile restages `stage` and the gate sums\n",
+        start="    unsigned int* counters = (unsigned int*)xch;"),
+    "ffma": dict(
+        phases=("barrier/loop", "wait h", "wait x+barrier", "dot+barrier", "cell+publish"),
+        before=("        if (s == 0)\n", "        await_words(x_s, B * kin,", "        // Each warp takes RW weight rows",
+                "        for (int i = tid; i < B * nu; i += blockDim.x) {\n            const int b = i / nu, u = i % nu;\n#define GX"),
+        after="#undef GH\n        }\n",
+        start="    st* wh_s = (st*)(smem + OFF_WEIGHTS);"),
+}
 START = "    for (int s = 0; s < T; ++s) {\n"
 plain_source = persistent_kernel.recurrent_source
 plain_exchange = recurrence.Recurrence.exchange_bytes
@@ -42,16 +64,15 @@ def profile_offset(r) -> int:
 
 def instrumented_source(r) -> str:
     src = plain_source(r)
-    if not r.batch_tile:
-        raise SystemExit("this tool instruments the tensor-core kernel (fp16 or tf32, batch above 2)")
-    for k, anchor in enumerate(ANCHORS):
+    kernel = KERNELS["mma" if r.batch_tile else "ffma"]
+    for k, anchor in enumerate(kernel["before"]):
         assert src.count(anchor) == 1, anchor
         src = src.replace(anchor, f"            PROF({k});\n" + anchor)
-    assert src.count(TILE_END) == 1 and src.count(START) == 1 and src.count(KERNEL_START) == 1
-    src = src.replace(TILE_END, TILE_END + f"            PROF({len(ANCHORS)});\n")
-    src = src.replace(KERNEL_START, "    unsigned long long acc_[8] = {0}, t_ = clock64();\n"
+    assert src.count(kernel["after"]) == 1 and src.count(START) == 1 and src.count(kernel["start"]) == 1
+    src = src.replace(kernel["after"], kernel["after"] + f"            PROF({len(kernel['before'])});\n")
+    src = src.replace(kernel["start"], "    unsigned long long acc_[8] = {0}, t_ = clock64();\n"
                       "#define PROF(k) if (tid == 0) { unsigned long long n_ = clock64(); acc_[k] += n_ - t_; t_ = n_; }\n"
-                      + KERNEL_START)
+                      + kernel["start"])
     src = src.replace(START, "    PROF(7);  // set-up: weights on-chip, biases, staging cleared\n" + START)
     body = src.rstrip()
     assert body.endswith("}")
@@ -70,7 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", choices=["chosen", "registers", "shared"], default="chosen",
                     help="profile the planner's tensor-core kernel or the variant holding weights so")
-    ap.add_argument("--precision", choices=["fp16", "tf32"], default="fp16")
+    ap.add_argument("--precision", choices=["fp16", "tf32", "fp32"], default="fp16")
     ap.add_argument("--config", nargs="*", choices=sorted(CONFIGS), default=["paper", "4x256b8"])
     args = ap.parse_args()
 
@@ -95,12 +116,13 @@ def main() -> None:
         start = profile_offset(r)
         cycles = exchange.view(np.uint8)[start:start + r.blocks * 64].view(np.uint64).get().reshape(r.blocks, 8)
         held = "registers" if r.weights_in_registers else "shared memory"
-        print(f"{spec.short()} ({args.precision}): {r.blocks} blocks x {r.units_per_block} units, batch tiles of {r.batch_tile}, "
-              f"weights in {held}")
+        kernel = f"tensor cores, batch tiles of {r.batch_tile}, weights in {held}" if r.batch_tile else "FFMA"
+        print(f"{spec.short()} ({args.precision}): {r.blocks} blocks x {r.units_per_block} units, {kernel}")
         for block in sorted({0, r.blocks_per_chain * (len(r.chains) - 1)}):
-            us = cycles[block, :len(PHASES)] / clock_hz * 1e6 / spec.seq_len
+            phases = KERNELS["mma" if r.batch_tile else "ffma"]["phases"]
+            us = cycles[block, :len(phases)] / clock_hz * 1e6 / spec.seq_len
             print(f"  block {block:3d} (layer {block // r.blocks_per_chain // r.directions}), us per step: "
-                  + ", ".join(f"{n} {u:.2f}" for n, u in zip(PHASES, us)) + f"; total {us.sum():.2f}; "
+                  + ", ".join(f"{n} {u:.2f}" for n, u in zip(phases, us)) + f"; total {us.sum():.2f}; "
                   f"set-up before the first step {cycles[block, 7] / clock_hz * 1e6:.1f} us")
 
 
