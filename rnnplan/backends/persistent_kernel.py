@@ -10,7 +10,8 @@ words it needs until their tags say they are written (each thread all of its wor
 data is its own flag (no fence, no counter, one L2 round trip per hand-off), and layers overlap in a
 wavefront with no grid barrier. With fp16 storage or tf32 operands the cell's exponentials use the
 hardware ex2. Layer 0 loads its step's input projection (cuBLAS's) into registers before it waits for
-h, so that the load's latency hides behind the wait (up to XPF_MAX values a thread).
+h, so that the load's latency hides behind the wait (up to XPF_MAX values a thread); the biases are
+copied into shared memory once, so that no global load sits on a step's critical path.
 Gate pre-activations are warp-level dot products in fp32 (FFMA), a warp taking up to 4 weight rows
 and 8 batch rows at once with the products accumulated in registers, against h and the layer input
 staged in shared memory (4 values a load where `vector_dot` says so: measured, not always faster);
@@ -174,25 +175,26 @@ def recurrent_source(r) -> str:
     float* x_s = (float*)(smem + OFF_X);
     float* gx_s = (float*)(smem + OFF_GX);
     float* gh_s = (float*)(smem + OFF_GH);
+    float* bias_s = (float*)(smem + OFF_BIAS);  // [b_ih | b_hh] of this block's rows (g * U + u), fp32
 
     load_rows(wh_s, whh, H, u0, nu);
     load_rows(wi_s, first, kin, u0, nu);
+    for (int i = tid; i < 2 * G * U; i += blockDim.x) {{
+        const int g = i % (G * U) / U, u = i % U;
+        bias_s[i] = BIAS && u < nu ? to_f((i < G * U ? bih : bhh)[g * H + u0 + u]) : 0.0f;
+    }}
     __syncthreads();
 
     for (int s = 0; s < T; ++s) {{
         const int t = dir == 0 ? s : T - 1 - s;
         const int tprev = dir == 0 ? t - 1 : t + 1;
-        // Layer 0: this step's input projection (cuBLAS's) plus b_ih, loaded into registers before the
-        // wait for h so that the loads' latency hides behind it, and stored after it.
-        float xpre[XPF > 0 ? XPF : 1];
+        // Layer 0: this step's input projection (cuBLAS's), loaded into registers before the wait for h
+        // and not used until after it, so that the loads' latency hides behind the wait.
+        st xpre[XPF > 0 ? XPF : 1];
 #pragma unroll
         for (int q = 0; q < XPF; ++q) {{
             const int i = tid + q * {THREADS}, b = i / (G * nu), g = i / nu % G, u = i % nu;
-            xpre[q] = 0.0f;
-            if (layer == 0 && i < B * G * nu) {{
-                xpre[q] = to_f(first[((size_t)t * B + b) * (G * H) + g * H + u0 + u]);
-                if (BIAS) xpre[q] += to_f(bih[g * H + u0 + u]);
-            }}
+            if (layer == 0 && i < B * G * nu) xpre[q] = first[((size_t)t * B + b) * (G * H) + g * H + u0 + u];
         }}
         if (s == 0)
             for (int i = tid; i < B * H; i += blockDim.x) h_s[i] = to_f(h0[(size_t)chain * B * H + i]);
@@ -209,7 +211,7 @@ def recurrent_source(r) -> str:
 #pragma unroll
         for (int q = 0; q < XPF; ++q) {{
             const int i = tid + q * {THREADS}, b = i / (G * nu), g = i / nu % G, u = i % nu;
-            if (layer == 0 && i < B * G * nu) gx_s[(b * G + g) * U + u] = xpre[q];
+            if (layer == 0 && i < B * G * nu) gx_s[(b * G + g) * U + u] = to_f(xpre[q]) + bias_s[g * U + u];
         }}
         __syncthreads();
         // Each warp takes RW weight rows (gate g, unit u) at a time; lanes split k, and RW x BT
@@ -246,11 +248,11 @@ def recurrent_source(r) -> str:
                             const int b = b0 + j;
                             if (b >= B) break;
                             float h_part = ah[q][j];
-                            if (BIAS) h_part += to_f(bhh[col]);
+                            h_part += bias_s[G * U + g * U + u];
                             if (layer > 0 || !XPF) {{  // else prefetched
                                 // (without SPLIT_SUMS the layer input's part is already in ah)
                                 float x_part = layer == 0 ? to_f(first[((size_t)t * B + b) * (G * H) + col]) : ax[q][j];
-                                gx_s[(b * G + g) * U + u] = BIAS ? x_part + to_f(bih[col]) : x_part;
+                                gx_s[(b * G + g) * U + u] = x_part + bias_s[g * U + u];
                             }}
                             gh_s[(b * G + g) * U + u] = h_part;
                         }}
@@ -363,19 +365,19 @@ __device__ __forceinline__ void dot_rows(float (&acc)[RW][BT], const st* w, cons
                 }
             }
         }
-        return;
-    }
-    for (int k = lane; k < len; k += 32) {
-        float vk[BT];
+    } else {
+        for (int k = lane; k < len; k += 32) {
+            float vk[BT];
 #pragma unroll
-        for (int j = 0; j < BT; ++j) vk[j] = b0 + j < B ? v[(b0 + j) * len + k] : 0.0f;
+            for (int j = 0; j < BT; ++j) vk[j] = b0 + j < B ? v[(b0 + j) * len + k] : 0.0f;
 #pragma unroll
-        for (int q = 0; q < RW; ++q) {
-            const int row = row0 + q;
-            if (row < G * nu) {
-                const float wk = to_f(w[((row / nu) * U + row % nu) * len + k]);
+            for (int q = 0; q < RW; ++q) {
+                const int row = row0 + q;
+                if (row < G * nu) {
+                    const float wk = to_f(w[((row / nu) * U + row % nu) * len + k]);
 #pragma unroll
-                for (int j = 0; j < BT; ++j) acc[q][j] += wk * vk[j];
+                    for (int j = 0; j < BT; ++j) acc[q][j] += wk * vk[j];
+                }
             }
         }
     }

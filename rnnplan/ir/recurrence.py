@@ -191,7 +191,8 @@ class Recurrence:
                      ("xproj", bt * rows * size if self.prefetches_xproj else 0)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
             parts = [("weights", G * U * (H + K) * (2 if self.dtype == "float16" else 4)), ("h", B * H * 4),
-                     ("x", B * K * 4), ("gx", B * G * U * 4), ("gh", B * G * U * 4), ("c", B * U * 4)]
+                     ("x", B * K * 4), ("gx", B * G * U * 4), ("gh", B * G * U * 4), ("c", B * U * 4),
+                     ("bias", 2 * G * U * 4)]
         layout, at = {}, 0
         for name, size in parts:
             layout[name] = at

@@ -36,16 +36,16 @@ from rnnplan.ir.recurrence import Recurrence
 from rnnplan.spec import H200, DeviceShape, RNNSpec
 
 DEFAULT_DEVICE = H200
-# Measured on an H200 (BENCHMARKS.md, persistent lowering): the FFMA kernel (fp32) beats the graph
-# lowering at every batch measured, up to 8 (LSTM 1x1024 B8 1.62 against 1.70 ms, the closest); the
-# tensor-core kernel (fp16) too, up to 64 (paper configuration 1.18 against 1.70 ms, GRU 4x512 1.13
-# against 1.38), and with tf32 operands up to 8, the largest measured (LSTM 1x1024 B8 0.538 against
-# 1.302 ms). Larger batches are not measured.
+# Measured on an H200 (BENCHMARKS.md, persistent lowering, third round): the FFMA kernel (fp32) beats
+# the graph lowering at every batch measured, up to 8 (LSTM 1x1024 B8 0.97 against 1.64 ms, the
+# closest); the tensor-core kernel (fp16) too, up to 64 (paper configuration 1.18 against 1.74 ms,
+# GRU 4x512 1.10 against 1.33), and with tf32 operands up to 8, the largest measured (LSTM 1x1024 B8
+# 0.52 against 1.28 ms). Larger batches are not measured.
 AUTO_MAX_BATCH = {"float32": 8, "float16": 64}
 # At batch 1-2 the FFMA kernel's tagged hand-off (one L2 round trip, no counter) beats the tensor-core
-# kernel, or ties it: at batch 1 in every row measured with tf32 operands (LSTM 2x256: 0.215 against
-# 0.253 ms) and with fp16 (0.212 against 0.240; LSTM 1x1024 0.282 against 0.289, RNN 2x512 0.233
-# against 0.237). From batch 4 the tensor-core kernel wins everywhere (BENCHMARKS.md, third round).
+# kernel, or ties it: at batch 1 in every row measured with tf32 operands (LSTM 2x256: 0.227 against
+# 0.266 ms) and with fp16 (0.196 against 0.243; LSTM 1x1024 0.266 against 0.285, RNN 2x512 0.235
+# against 0.245). From batch 4 the tensor-core kernel wins everywhere (BENCHMARKS.md, third round).
 FFMA_MAX_BATCH = 2
 
 
