@@ -242,6 +242,45 @@ def test_register_held_weights_compile_without_spills(kw, tmp_path):
     assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in out.stderr, out.stderr
 
 
+def _variant(kind, **kw):
+    """A kernel configuration by kind: "ffma" (FFMA whatever the dtype), "registers" / "shared" (the
+    tensor-core kernel holding its weights so; fp32 storage means tf32 operands)."""
+    from rnnplan.scheduler.persistent import recurrence_of
+
+    spec = rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 5, **kw})
+    units = choose_recurrence(spec, DEFAULT_DEVICE, "tf32")[0].units_per_block
+    if kind == "ffma":
+        return recurrence_of(spec, units)
+    return tensor_core_recurrence(spec, units, DEFAULT_DEVICE, registers=kind == "registers")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.parametrize("kind, kw", [
+    ("ffma", dict(cell="gru", num_layers=3, hidden_size=47, batch=5, bidirectional=True)),  # scalar loads, split sums
+    ("ffma", dict(cell="lstm", num_layers=1, hidden_size=256, batch=1)),  # vector loads, projection prefetched
+    ("ffma", dict(cell="lstm", num_layers=2, hidden_size=128, batch=8, dtype="float16")),  # fp16 vector loads
+    ("ffma", dict(cell="lstm", num_layers=1, hidden_size=512, batch=64)),  # too many values to prefetch
+    ("ffma", dict(cell="rnn_relu", num_layers=2, hidden_size=20, batch=2, bias=False)),
+    ("shared", dict(cell="lstm", num_layers=2, hidden_size=256, batch=72, dtype="float16")),
+    ("shared", dict(cell="gru", num_layers=2, hidden_size=72, batch=70, bidirectional=True)),  # tf32
+    ("registers", dict(cell="rnn_tanh", num_layers=3, hidden_size=100, batch=13, bidirectional=True)),  # tf32
+    ("registers", dict(cell="lstm", num_layers=2, hidden_size=256, batch=16)),  # tf32, projection prefetched
+], ids=lambda v: v if isinstance(v, str) else f"{v['cell']}-{v['num_layers']}x{v['hidden_size']}-B{v['batch']}"
+                                                f"-{v.get('dtype', 'float32')}")
+def test_every_kernel_variant_compiles_cleanly(kind, kw, tmp_path):
+    """Both kernels' generated sources, over the switches their #defines turn (vector or scalar loads,
+    split or summed gate parts, the projection prefetched or not, fp16 or tf32 operands, weights in
+    registers or shared memory), compile for sm_90 without warnings or spills."""
+    r = _variant(kind, **kw)
+    assert r is not None and bool(r.batch_tile) == (kind != "ffma")
+    (tmp_path / "k.cu").write_text(recurrent_source(r))
+    out = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), "-Xptxas",
+                          "-v", str(tmp_path / "k.cu")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "warning" not in out.stderr, out.stderr
+    assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in out.stderr, out.stderr
+
+
 def test_default_plan_follows_the_local_gpu(monkeypatch):
     from rnnplan.scheduler import persistent
 
