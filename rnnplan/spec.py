@@ -87,6 +87,11 @@ class PlanOptions(BaseModel):
     default) picks persistent where it fits the device and is measured to win, else graph (always
     graph without a GPU, or when `passes` selects a subset). `device` describes the GPU to plan for
     (default: the local GPU, read through CuPy; for "persistent" without one, an H200).
+    `math` applies to fp32 storage: "fp32" keeps every product in fp32 (cuBLAS without TF32, the
+    persistent lowering's FFMA kernel); "tf32" lets cuBLAS use TF32 tensor cores and the persistent
+    lowering its tensor-core kernel on tf32 operands (above batch 2; measured relative errors 2e-5 to
+    5e-4, BENCHMARKS.md).
+    With fp16 storage `math` does not apply (every path accumulates in fp32).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
