@@ -79,6 +79,9 @@ def _plan(spec: RNNSpec, options: PlanOptions, progress) -> Plan:
         plan = lower(graph, options).model_copy(update={"lowering": lowering, "lowering_reason": why})
         progress("verify plan", total - 1, total)
         verify_plan(plan)
+        # Drop the graph while the collector is still off: freed by reference counting now, it is not
+        # among the objects the first collection after planning must scan.
+        del graph
         progress("done", total, total)
         return plan
 
