@@ -51,15 +51,22 @@ def host(result):
     return out.get(), tuple(s.get() for s in st)
 
 
-def check(spec_kw, precision, mode, seed):
-    dtype = "float16" if precision == "fp16" else "float32"
-    spec = rp.RNNSpec(**spec_kw, dtype=dtype)
+def module_and_weights(spec, seed):
+    """The torch module for `spec` and its weights; with fp16 storage, both rounded to fp16, so that the
+    fp32 reference sees the weights the kernels see."""
     module = torch_module(spec, seed)
     weights = rp.Weights.from_torch(module, spec)
-    if dtype == "float16":  # the reference sees the same fp16-rounded weights
+    if spec.dtype == "float16":
         weights = rp.Weights({k: v.astype(np.float16) for k, v in weights.tensors.items()}, weights.arch)
         for p in module.parameters():
             p.data = p.data.half().float()
+    return module, weights
+
+
+def check(spec_kw, precision, mode, seed):
+    dtype = "float16" if precision == "fp16" else "float32"
+    spec = rp.RNNSpec(**spec_kw, dtype=dtype)
+    module, weights = module_and_weights(spec, seed)
     math = "tf32" if precision == "tf32" else "fp32"
     plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, lowering="graph"))
     ex = rp.Executor(plan, weights, backend="cupy", mode=mode)
@@ -205,12 +212,7 @@ def test_persistent_lowering_matches_torch(spec_kw, precision, mode):
     else FFMA; fp16: the tensor-core kernel above batch 2, else FFMA."""
     dtype = "float16" if precision == "fp16" else "float32"
     spec = rp.RNNSpec(**spec_kw, dtype=dtype)
-    module = torch_module(spec, 3)
-    weights = rp.Weights.from_torch(module, spec)
-    if dtype == "float16":
-        weights = rp.Weights({k: v.astype(np.float16) for k, v in weights.tensors.items()}, weights.arch)
-        for p in module.parameters():
-            p.data = p.data.half().float()
+    module, weights = module_and_weights(spec, 3)
     plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32" if precision == "tf32" else "fp32"))
     assert sum(s.kind == "recurrent" for s in plan.steps) == 1
     r = plan.steps[-1].recurrence
@@ -251,12 +253,7 @@ def test_tensor_core_kernel_with_weights_in_registers_or_shared_memory(spec_kw, 
     from rnnplan.scheduler.persistent import tensor_core_recurrence
 
     spec = rp.RNNSpec(**spec_kw, dtype="float16" if precision == "fp16" else "float32")
-    module = torch_module(spec, 5)
-    weights = rp.Weights.from_torch(module, spec)
-    if precision == "fp16":
-        weights = rp.Weights({k: v.astype(np.float16) for k, v in weights.tensors.items()}, weights.arch)
-        for p in module.parameters():
-            p.data = p.data.half().float()
+    module, weights = module_and_weights(spec, 5)
     plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
     chosen = next(s.recurrence for s in plan.steps if s.recurrence)
     r = tensor_core_recurrence(spec, chosen.units_per_block, describe_device(), registers)
