@@ -31,6 +31,24 @@ def test_registry_is_canonical_and_passes_are_pure():
     assert str(naive) == before and naive.passes == ()
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_passes_keep_node_order_topological(cell):
+    """Passes insert new nodes where the ones they replace were, so `order` is the node order and
+    planning never sorts; a node appended out of order still gets a sorted `order`."""
+    spec = rp.RNNSpec(cell=cell, input_size=7, hidden_size=5, num_layers=3, seq_len=9, batch=2,
+                      bidirectional=True)
+    g = build(spec)
+    for name in rp.PASSES:
+        assert g.order == list(g.nodes), f"before {name}"
+        g = REGISTRY[name](g, rp.PlanOptions(input_chunk=4))
+    assert g.order == list(g.nodes)
+    first = next(iter(g.nodes.values()))
+    moved = g.rewrite("test", remove=[first.name], add=[first])  # the input, now last
+    position = {name: i for i, name in enumerate(moved.order)}
+    assert list(moved.nodes)[-1] == first.name and moved.order != list(moved.nodes)
+    assert all(position[moved.producer[v]] < position[n.name] for n in moved.nodes.values() for v in n.inputs)
+
+
 def test_combine_gates_lstm_8_to_2():
     g = run(SPEC, "combine_gates")
     assert kinds_at(build(SPEC), 1, 1, 2).count("gemm") == 8

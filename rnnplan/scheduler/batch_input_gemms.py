@@ -48,7 +48,8 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
     for n in graph.nodes.values():
         if _is_input_gemm(graph, n):
             groups[(n.layer, n.direction, n.gate, n.inputs[1], n.gemm)].append(n)
-    remove, add, views_made = [], [], set()
+    remove, insert, views_made = [], [], set()
+    position = {name: i for i, name in enumerate(graph.nodes)}
     for (layer, d, gate, weight, gemm), members in groups.items():
         members.sort(key=lambda n: n.step)
         size = len(members) if layer == 0 else chunk
@@ -56,6 +57,8 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
             block = members[start:start + size]
             if len(block) < 2:
                 continue
+            add: list[Node] = []  # goes where the block's first GEMM (in node order) was
+            insert.append((min((n.name for n in block), key=position.__getitem__), add))
             times = [n.time for n in block]
             t0, t1 = min(times), max(times)
             prefix = f"L{layer}.{DIRECTIONS[d]}.t{t0:0{width}d}-{t1:0{width}d}"
@@ -80,4 +83,4 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
                 add.append(Node(old.name, "view", (name,), (Value(old.outputs[0].name, region.shape, region),),
                                 role="view", layer=old.layer, direction=old.direction, step=old.step,
                                 time=old.time, gate=old.gate))
-    return graph.rewrite("batch_input_gemms", remove=remove, add=add, prune=True)
+    return graph.rewrite("batch_input_gemms", remove=remove, insert=insert, prune=True)

@@ -35,8 +35,9 @@ def combine_gates(graph: Graph, options=None) -> Graph:
             where = _weight_rows(graph, n)
             if where is not None:
                 groups[(n.cell_step, n.role, n.inputs[0], where[0])].append((where[1], n))
-    remove, add = [], []
+    remove, insert = [], []
     for (_, role, a, param), members in groups.items():
+        anchor = members[0][1].name  # the first in node order: the new nodes go where it was
         members.sort(key=lambda rm: rm[0])
         contiguous = all(r0[1] == r1[0] for (r0, _), (r1, _) in zip(members, members[1:]))
         if len(members) < 2 or not contiguous:
@@ -46,6 +47,7 @@ def combine_gates(graph: Graph, options=None) -> Graph:
         name = first.name.rsplit(".", 1)[0]  # drop the gate suffix: L0.fwd.t3.gemm_ih
         n_total = rows[1] - rows[0]
         weight = param
+        add = []
         if rows != (0, graph.values[param].shape[0]):  # a sub-block of the param: view it
             weight = f"{name}.w"
             add.append(Node(weight, "view", (param,),
@@ -61,6 +63,7 @@ def combine_gates(graph: Graph, options=None) -> Graph:
             add.append(Node(old.name, "view", (name,), (Value(out.name, out.shape, Region(name, (0, g.m), cols)),),
                             role="view", layer=old.layer, direction=old.direction, step=old.step,
                             time=old.time, gate=old.gate))
+        insert.append((anchor, add))
     if not remove:
         return graph.rewrite("combine_gates")
-    return graph.rewrite("combine_gates", remove=remove, add=add, prune=True)
+    return graph.rewrite("combine_gates", remove=remove, insert=insert, prune=True)

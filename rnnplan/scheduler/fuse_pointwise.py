@@ -54,7 +54,7 @@ def fuse_pointwise(graph: Graph, options=None) -> Graph:
             by_step[n.cell_step].append(n)
     width = len(str(graph.spec.seq_len - 1))
     producer, nodes = graph.producer, graph.nodes
-    remove, add = [], []
+    remove, insert = [], []
     for (layer, d, _), members in by_step.items():
         names = {n.name for n in members}
         # Connected components through the values that flow between this cell-step's pointwise nodes.
@@ -72,5 +72,5 @@ def fuse_pointwise(graph: Graph, options=None) -> Graph:
         for k, comp in enumerate(components):
             group = [nodes[name] for name in comp]
             remove += comp
-            add.append(_fuse(graph, group, prefix if len(components) == 1 else f"{prefix}{k}"))
-    return graph.rewrite("fuse_pointwise", remove=remove, add=add)
+            insert.append((comp[0], [_fuse(graph, group, prefix if len(components) == 1 else f"{prefix}{k}")]))
+    return graph.rewrite("fuse_pointwise", remove=remove, insert=insert)

@@ -26,7 +26,7 @@ def pretranspose(graph: Graph, options=None) -> Graph:
         w = graph.values[n.inputs[1]]
         param = w.name if w.region is None else w.region.storage
         weights.setdefault(param, []).append(n)
-    replace, remove, add = [], [], []
+    replace, remove, insert = [], [], []
     for param, gemms in weights.items():
         pnode = graph.nodes[graph.producer[param]]
         if pnode.kind != "param":
@@ -41,7 +41,8 @@ def pretranspose(graph: Graph, options=None) -> Graph:
         t_name = f"{param}.T"
         rows, cols = pnode.outputs[0].shape
         remove.append(param)
-        add.append(pnode._replace(name=t_name, outputs=(Value(t_name, (cols, rows)),), transform="transpose"))
+        insert.append((param, [pnode._replace(name=t_name, outputs=(Value(t_name, (cols, rows)),),
+                                              transform="transpose")]))
         for v in views:
             r = v.outputs[0].region
             swapped = Region(t_name, r.cols, r.rows)
@@ -50,4 +51,4 @@ def pretranspose(graph: Graph, options=None) -> Graph:
         for g in gemms:
             inputs = (g.inputs[0], t_name) if g.inputs[1] == param else g.inputs
             replace.append(g._replace(inputs=inputs, gemm=dataclasses.replace(g.gemm, weight_layout="kn")))
-    return graph.rewrite("pretranspose", remove=remove, add=add, replace=replace)
+    return graph.rewrite("pretranspose", remove=remove, insert=insert, replace=replace)
