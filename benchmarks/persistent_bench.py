@@ -6,6 +6,8 @@ small-batch configurations and ANCHORS.md's rows.
 Precisions as in rnnplan.bench: fp32 (strict: PlanOptions(math="fp32"), cuDNN without TF32), tf32 (fp32
 storage, PlanOptions(math="tf32"), cuDNN and cuBLAS allowed TF32), fp16. Each row also times the
 persistent kernels the planner did not pick, where they fit, on the same plan: the choice is measured.
+Where the persistent lowering does not fit, the row times what lowering="auto" runs instead (the graph
+lowering) against cuDNN.
 """
 
 import argparse
@@ -48,27 +50,36 @@ for label, kw in SMALL + ROWS:
         try:
             plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math=math))
         except ValueError as e:
-            print(f"{label:<30} {precision}: persistent lowering not possible: {e}")
-            continue
+            plan, why = None, str(e)
         module = _torch_setup(torch, spec, precision)
         w = rp.Weights.from_torch(module, spec)
         x = np.random.default_rng(0).standard_normal((spec.seq_len, spec.batch, spec.input_size)).astype(spec.dtype)
         want = _reference(torch, module, x)
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        xc = cp.asarray(x)
+        graph_ex = rp.Executor(rp.build_plan(spec, options=rp.PlanOptions(lowering="graph", math=math)), w,
+                               backend="cupy")
+        graph_err = _rel_err(graph_ex.run(x)[0].get().astype(np.float32), want)
+        theirs_plan = _median_ms(lambda i: graph_ex.run(xc), 30)
+        eager, cudnn_graph = cudnn_times(torch, module, [torch.as_tensor(x, device="cuda")], 30)
+        if plan is None:  # what lowering="auto" runs instead: the graph lowering, against cuDNN
+            results.append(dict(row=label, precision=precision, persistent_ms=None, graph_lowering_ms=theirs_plan,
+                                cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph, rel_err=graph_err, why=why))
+            print(f"{label:<30} {precision}: persistent lowering not possible ({why}); graph lowering "
+                  f"{theirs_plan:8.3f} ms | cuDNN graph {cudnn_graph:8.3f} | x{cudnn_graph / theirs_plan:.2f} | "
+                  f"err {graph_err:.1e}", flush=True)
+            continue
         ex = rp.Executor(plan, w, backend="cupy")
         got = ex.run(x)[0].get().astype(np.float32)
         err = _rel_err(got, want)
-        xc = cp.asarray(x)
         ours = _median_ms(lambda i: ex.run(xc), 30)
-        graph_ex = rp.Executor(rp.build_plan(spec, options=rp.PlanOptions(lowering="graph", math=math)), w,
-                               backend="cupy")
-        theirs_plan = _median_ms(lambda i: graph_ex.run(xc), 30)
-        eager, cudnn_graph = cudnn_times(torch, module, [torch.as_tensor(x, device="cuda")], 30)
         r = next(st.recurrence for st in plan.steps if st.recurrence)
-        # The kernels the planner did not pick, on the same plan, where they fit: FFMA and, where tensor
-        # cores apply (fp16, tf32), the tensor-core kernel with its weights in registers or shared memory.
+        # The kernels the planner did not pick, on the same plan, where they fit: FFMA (weights in shared
+        # memory or registers) and, where tensor cores apply (fp16, tf32), the tensor-core kernel with its
+        # weights in registers or shared memory.
         device = rp.backends.describe_device()
-        others = {"ffma": dataclasses.replace(r, batch_tile=0, weights_in_registers=False)}
+        others = {"ffma": dataclasses.replace(r, batch_tile=0, weights_in_registers=False),
+                  "ffma_registers": dataclasses.replace(r, batch_tile=0, weights_in_registers=True)}
         if precision != "fp32":
             others["mma_registers"] = tensor_core_recurrence(spec, r.units_per_block, device, True)
             others["mma_shared"] = tensor_core_recurrence(spec, r.units_per_block, device, False)
@@ -87,7 +98,7 @@ for label, kw in SMALL + ROWS:
                             weights_in_registers=r.weights_in_registers,
                             **{f"persistent_{k}_ms": other_ms.get(k) for k in others}))
         held = ", registers" if r.weights_in_registers else ""
-        kernel = f"mma tile {r.batch_tile}{held}" if r.batch_tile else "ffma"
+        kernel = f"mma tile {r.batch_tile}{held}" if r.batch_tile else f"ffma{held}"
         other = "".join(f" | {k} {v:8.3f}" for k, v in other_ms.items())
         print(f"{label:<30} {precision}: persistent {ours:8.3f} ms ({kernel}){other} | graph lowering {theirs_plan:8.3f} | "
               f"cuDNN eager {eager:8.3f} | cuDNN graph {cudnn_graph:8.3f} | x{cudnn_graph / ours:.2f} vs cuDNN graph | "

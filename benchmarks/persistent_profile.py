@@ -18,6 +18,8 @@ words). The marks are inserted into the generated source by text anchors, so thi
 view the block's.
 """
 
+import dataclasses
+
 import numpy as np
 
 import rnnplan as rp
@@ -33,6 +35,12 @@ CONFIGS = {
     "4x256b1": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=1),
     "1x1024b1": dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=1),
     "rnn2x512b1": dict(cell="rnn_tanh", input_size=512, hidden_size=512, num_layers=2, seq_len=100, batch=1),
+    "2x256b1": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=1),
+    # batch 4-8: tensor cores for tf32 and fp16, FFMA for strict fp32
+    "2x256b4bidir": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=4,
+                         bidirectional=True),
+    "gru2x256b4": dict(cell="gru", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=4),
+    "2x512b8": dict(cell="lstm", input_size=512, hidden_size=512, num_layers=2, seq_len=100, batch=8),
 }
 # Per kernel: phase names, the source lines before which mark k is inserted (phase k ends there), the
 # line after which the last mark goes, and the line before which the counters start.
@@ -90,7 +98,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", choices=["chosen", "registers", "shared"], default="chosen",
-                    help="profile the planner's tensor-core kernel or the variant holding weights so")
+                    help="profile the planner's kernel or the variant of it holding weights so")
     ap.add_argument("--precision", choices=["fp16", "tf32", "fp32"], default="fp16")
     ap.add_argument("--config", nargs="*", choices=sorted(CONFIGS), default=["paper", "4x256b8"])
     args = ap.parse_args()
@@ -104,7 +112,8 @@ def main() -> None:
         plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math=args.precision.replace("fp16", "fp32")))
         r = next(s.recurrence for s in plan.steps if s.recurrence)
         if args.weights != "chosen" and r.weights_in_registers != (args.weights == "registers"):
-            r = tensor_core_recurrence(spec, r.units_per_block, describe_device(), args.weights == "registers")
+            r = (tensor_core_recurrence(spec, r.units_per_block, describe_device(), args.weights == "registers")
+                 if r.batch_tile else dataclasses.replace(r, weights_in_registers=args.weights == "registers"))
             plan = plan.model_copy(update={"steps": tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s
                                                           for s in plan.steps)})
         ex = rp.Executor(plan, rp.Weights.random(spec, seed=1), backend="cupy", mode="streams")
@@ -116,7 +125,8 @@ def main() -> None:
         start = profile_offset(r)
         cycles = exchange.view(np.uint8)[start:start + r.blocks * 64].view(np.uint64).get().reshape(r.blocks, 8)
         held = "registers" if r.weights_in_registers else "shared memory"
-        kernel = f"tensor cores, batch tiles of {r.batch_tile}, weights in {held}" if r.batch_tile else "FFMA"
+        kernel = f"tensor cores, batch tiles of {r.batch_tile}" if r.batch_tile else "FFMA"
+        kernel += f", weights in {held}"
         print(f"{spec.short()} ({args.precision}): {r.blocks} blocks x {r.units_per_block} units, {kernel}")
         for block in sorted({0, r.blocks_per_chain * (len(r.chains) - 1)}):
             phases = KERNELS["mma" if r.batch_tile else "ffma"]["phases"]

@@ -271,6 +271,41 @@ def test_tensor_core_kernel_with_weights_in_registers_or_shared_memory(spec_kw, 
             assert rel_err(s_, w) <= TOL[precision]
 
 
+FFMA = [  # (spec, units a block): the FFMA kernel with its weights in registers and in shared memory
+    (dict(cell="lstm", input_size=256, hidden_size=256, num_layers=1, seq_len=9, batch=1), 2),  # a row a warp, 4-value loads
+    (dict(cell="lstm", input_size=64, hidden_size=1024, num_layers=1, seq_len=5, batch=1), 8),  # 4 rows a warp, 1-value loads
+    (dict(cell="lstm", input_size=64, hidden_size=1024, num_layers=1, seq_len=4, batch=8), 8),  # the register budget
+    (dict(cell="lstm", input_size=64, hidden_size=128, num_layers=3, seq_len=6, batch=8), 16),  # 2 sets of rows a warp
+    (dict(cell="gru", input_size=33, hidden_size=47, num_layers=3, seq_len=7, batch=5, bidirectional=True), 3),
+    (dict(cell="rnn_relu", input_size=12, hidden_size=20, num_layers=2, seq_len=5, batch=2, bias=False), 5),
+]
+
+
+@pytest.mark.parametrize("spec_kw, units", FFMA, ids=lambda v: v if isinstance(v, int) else
+                         f"{v['cell']}-{v['num_layers']}x{v['hidden_size']}-B{v['batch']}")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("registers", [True, False], ids=["registers", "shared"])
+def test_ffma_kernel_with_weights_in_registers_or_shared_memory(spec_kw, units, precision, registers):
+    from rnnplan.scheduler.persistent import recurrence_of
+
+    spec = rp.RNNSpec(**spec_kw, dtype="float16" if precision == "fp16" else "float32")
+    module, weights = module_and_weights(spec, 7)
+    r = recurrence_of(spec, units, registers=registers)
+    assert not registers or r.registers_fit
+    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
+    plan = plan.model_copy(update={"steps": tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s
+                                                  for s in plan.steps)})
+    ex = rp.Executor(plan, weights, backend="cupy")
+    x, state = random_inputs(spec, 8)
+    want_out, want_st = torch_reference(module, x, state)
+    for _ in range(2):
+        ex.impl.poison()
+        out, st = host(ex.run(x, state))
+        assert rel_err(out, want_out) <= TOL[precision]
+        for s_, w in zip(st, want_st):
+            assert rel_err(s_, w) <= TOL[precision]
+
+
 def test_default_plan_reads_the_device_and_picks_persistent_at_small_batch():
     spec = rp.RNNSpec(cell="gru", input_size=24, hidden_size=64, num_layers=2, seq_len=9, batch=1)
     plan = rp.build_plan(spec)  # lowering="auto", no device given: the planner reads GPU 0

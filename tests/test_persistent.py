@@ -1,6 +1,7 @@
 """The persistent lowering on the CPU: plan shape, fit decisions, and the reference semantics of the
 recurrent node against torch (the GPU kernel is checked against both in test_gpu.py)."""
 
+import dataclasses
 import shutil
 import subprocess
 
@@ -8,7 +9,7 @@ import pytest
 
 import rnnplan as rp
 from rnnplan.backends.persistent_kernel import recurrent_source
-from rnnplan.ir.recurrence import KERNEL_WARPS, REGISTER_BUDGET
+from rnnplan.ir.recurrence import FFMA_REGISTER_BUDGET, KERNEL_WARPS, REGISTER_BUDGET
 from rnnplan.scheduler.persistent import (AUTO_MAX_BATCH, DEFAULT_DEVICE, FFMA_MAX_BATCH, choose_lowering,
                                           choose_recurrence, tensor_core_recurrence)
 from rnnplan.spec import DeviceShape
@@ -139,6 +140,27 @@ def test_kernel_choice_with_tf32_math():
     assert rec is None and "28.0 MiB" in why
 
 
+def test_ffma_weights_in_registers_where_they_fit():
+    """The FFMA kernel holds its weights in registers (fp32, a warp's fixed rows) where they and the
+    accumulators fit REGISTER_BUDGET, and then keeps none in shared memory; else shared memory."""
+    from rnnplan.ir.recurrence import REGISTER_BUDGET
+
+    def ffma(**kw):
+        return choose_recurrence(rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 10, **kw}))
+    rec, why = ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=1)
+    # 8 units x 4 gates = 32 rows over 8 warps: 4 rows a warp, each 1024 long: 32 values a lane per row
+    assert rec.weights_in_registers and rec.ffma_rows_per_warp == 4 and rec.weight_registers == 128
+    assert rec.smem_layout()["h"] == 0 and "FFMA, weights in registers" in why and "128 registers" in why
+    rec = ffma(cell="lstm", num_layers=4, hidden_size=256, batch=8)[0]  # W_hh and W_ih: 4 x (8 + 8)
+    assert rec.weights_in_registers and rec.weight_registers == 64
+    rec = ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=8)[0]  # 128 + 2 x 4 x 8 accumulators
+    assert rec.weights_in_registers and rec.weight_registers + 2 * 4 * 8 == FFMA_REGISTER_BUDGET
+    assert "#define WREG 1" in recurrent_source(rec) and "#define KHR 32" in recurrent_source(rec)
+    rec = ffma(cell="lstm", num_layers=2, hidden_size=768, batch=1, dtype="float16")[0]  # 12 units: 2 x 4 x 48
+    assert not rec.weights_in_registers and rec.weight_registers == 384
+    assert rec.smem_layout()["h"] == 4 * 12 * (768 + 768) * 2  # fp16 weights in shared memory
+
+
 def test_ffma_vector_loads_where_they_measured_faster():
     """The FFMA kernel's 4-value loads: with several batch rows or one weight row a warp (faster on the
     H200), not with one batch row and several weight rows (slower there), and never for rows that are
@@ -243,14 +265,16 @@ def test_register_held_weights_compile_without_spills(kw, tmp_path):
 
 
 def _variant(kind, **kw):
-    """A kernel configuration by kind: "ffma" (FFMA whatever the dtype), "registers" / "shared" (the
-    tensor-core kernel holding its weights so; fp32 storage means tf32 operands)."""
+    """A kernel configuration by kind: "ffma" / "ffma_registers" (FFMA whatever the dtype, weights in
+    shared memory / registers), "registers" / "shared" (the tensor-core kernel holding its weights so;
+    fp32 storage means tf32 operands)."""
     from rnnplan.scheduler.persistent import recurrence_of
 
     spec = rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 5, **kw})
     units = choose_recurrence(spec, DEFAULT_DEVICE, "tf32")[0].units_per_block
-    if kind == "ffma":
-        return recurrence_of(spec, units)
+    if kind.startswith("ffma"):
+        r = recurrence_of(spec, units, registers=kind == "ffma_registers")
+        return r if r.registers_fit or not r.weights_in_registers else None
     return tensor_core_recurrence(spec, units, DEFAULT_DEVICE, registers=kind == "registers")
 
 
@@ -261,6 +285,12 @@ def _variant(kind, **kw):
     ("ffma", dict(cell="lstm", num_layers=2, hidden_size=128, batch=8, dtype="float16")),  # fp16 vector loads
     ("ffma", dict(cell="lstm", num_layers=1, hidden_size=512, batch=64)),  # too many values to prefetch
     ("ffma", dict(cell="rnn_relu", num_layers=2, hidden_size=20, batch=2, bias=False)),
+    ("ffma_registers", dict(cell="lstm", num_layers=1, hidden_size=1024, batch=1)),  # 4 rows a warp, 128 registers
+    ("ffma_registers", dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8)),  # the budget: 128 + 64
+    ("ffma_registers", dict(cell="lstm", num_layers=2, hidden_size=512, batch=8)),  # 128 + 64, both parts
+    ("ffma_registers", dict(cell="lstm", num_layers=4, hidden_size=256, batch=8)),  # vector loads, both parts
+    ("ffma_registers", dict(cell="gru", num_layers=3, hidden_size=47, batch=5, bidirectional=True)),  # 2 sets of rows
+    ("ffma_registers", dict(cell="lstm", num_layers=2, hidden_size=128, batch=2, dtype="float16")),
     ("shared", dict(cell="lstm", num_layers=2, hidden_size=256, batch=72, dtype="float16")),
     ("shared", dict(cell="gru", num_layers=2, hidden_size=72, batch=70, bidirectional=True)),  # tf32
     ("registers", dict(cell="rnn_tanh", num_layers=3, hidden_size=100, batch=13, bidirectional=True)),  # tf32
@@ -272,7 +302,7 @@ def test_every_kernel_variant_compiles_cleanly(kind, kw, tmp_path):
     split or summed gate parts, the projection prefetched or not, fp16 or tf32 operands, weights in
     registers or shared memory), compile for sm_90 without warnings or spills."""
     r = _variant(kind, **kw)
-    assert r is not None and bool(r.batch_tile) == (kind != "ffma")
+    assert r is not None and bool(r.batch_tile) == (not kind.startswith("ffma"))
     (tmp_path / "k.cu").write_text(recurrent_source(r))
     out = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), "-Xptxas",
                           "-v", str(tmp_path / "k.cu")], capture_output=True, text=True)

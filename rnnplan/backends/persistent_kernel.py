@@ -2,8 +2,11 @@
 kernel, and what it shares with the tensor-core kernel (`persistent_mma.py`): the prelude (sizes,
 shared-memory offsets from `Recurrence.smem_layout`, helpers, operand pointers) and the cell update.
 
-Block b owns hidden units [u0, u0+U) of one chain (layer, direction): it copies its rows of W_hh
-(and, above layer 0, of W_ih) into shared memory once, then walks the chain's steps. Blocks hand
+Block b owns hidden units [u0, u0+U) of one chain (layer, direction): it loads its rows of W_hh
+(and, above layer 0, of W_ih) on-chip once, then walks the chain's steps. FFMA kernel: where they fit
+the register budget (`Recurrence.registers_fit`), each warp holds its fixed rows' k-slices in
+registers as fp32 (`weights_in_registers`: measured 1.1-1.4x faster at batch 1, 1.02-1.1x at batch
+4-8, 2-4% slower at RNN 2x512 batch 1), else the block's rows sit in shared memory. Blocks hand
 h to each other through an exchange buffer (one slot per chain and time step, zeroed before each
 run) of 8-byte words holding the value and the tag of the step that produced it: a reader polls the
 words it needs until their tags say they are written (each thread all of its words at once), so the
@@ -50,17 +53,12 @@ CELL_CODE = {
 }
 
 
-def rows_per_warp(rows: int) -> int:
-    """Weight rows a warp works on at once: up to 4, but never so many that warps sit idle."""
-    return max(1, min(4, rows // (THREADS // 32)))
-
-
 def vector_dot(r) -> bool:
     """FFMA kernel: dot products by 4-value vector loads (rows must be whole runs of 4). Measured on an
     H200 (BENCHMARKS.md, third round): faster with several batch rows a warp (LSTM 1x1024 B8 1.36 ->
     1.05 ms) or one weight row a warp (LSTM 1x256 B1 dot phase 0.40 -> 0.32 us a step), slower with one
     batch row and 4 weight rows a warp (LSTM 1x1024 B1 dot phase 1.28 -> 1.90 us), where it is not used."""
-    one_row_per_warp = rows_per_warp(r.gates * r.units_per_block) == 1
+    one_row_per_warp = r.ffma_rows_per_warp == 1
     return r.hidden % 4 == 0 and (min(r.batch, 8) >= 4 or one_row_per_warp)
 
 
@@ -165,10 +163,16 @@ def recurrent_source(r) -> str:
         from rnnplan.backends.persistent_mma import mma_source
         return mma_source(r)
     xpf = -(-r.batch * r.gates * r.units_per_block // THREADS)
-    defines = (f"#define BT {min(r.batch, 8)}\n#define RW {rows_per_warp(r.gates * r.units_per_block)}\n"
+    vw = 4 if vector_dot(r) else 1
+    held = r.weights_in_registers
+    defines = (f"#define BT {min(r.batch, 8)}\n#define RW {r.ffma_rows_per_warp}\n"
+               f"#define NIT {r.ffma_row_rounds}  // sets of RW rows a warp takes per step\n"
                f"#define XPF {xpf if xpf <= XPF_MAX else 0}  // layer 0's input projection a thread prefetches\n"
-               f"#define VEC4 {int(vector_dot(r))}  // dot products by 4-value (16- or 8-byte) loads\n"
-               f"#define SPLIT_SUMS {int(r.cell == 'gru')}  // the cell reads the x and h parts apart\n")
+               f"#define VEC4 {int(vw == 4)}  // dot products by 4-value (16- or 8-byte) loads\n"
+               f"#define SPLIT_SUMS {int(r.cell == 'gru')}  // the cell reads the x and h parts apart\n"
+               f"#define WREG {int(held)}  // weights in registers (fp32), not shared memory\n"
+               f"#define KHR {-(-r.hidden // (32 * vw)) * vw if held else 1}  // registers a row of W_hh takes\n"
+               f"#define KXR {max(1, -(-r.input_width // (32 * vw)) * vw) if held else 1}  // ... of W_ih\n")
     return prelude(r, defines + FFMA_HELPERS) + f"""    st* wh_s = (st*)(smem + OFF_WEIGHTS);
     st* wi_s = wh_s + G * U * H;
     float* h_s = (float*)(smem + OFF_H);
@@ -177,8 +181,31 @@ def recurrent_source(r) -> str:
     float* gh_s = (float*)(smem + OFF_GH);
     float* bias_s = (float*)(smem + OFF_BIAS);  // [b_ih | b_hh] of this block's rows (g * U + u), fp32
 
-    load_rows(wh_s, whh, H, u0, nu);
-    load_rows(wi_s, first, kin, u0, nu);
+    // WREG: warp w's rows are fixed for the run (set it: rows (it * nwarps + w) * RW + q); lane l holds
+    // values k = kreg(i, l) of each, i < KHR (W_hh) or KXR (W_ih), as fp32.
+    float wh_r[NIT][RW][KHR], wx_r[NIT][RW][KXR];
+    if (WREG) {{
+#pragma unroll
+        for (int it = 0; it < NIT; ++it)
+#pragma unroll
+            for (int q = 0; q < RW; ++q) {{
+                const int row = (it * nwarps + warp) * RW + q, g = row / nu, u = row % nu;
+                const bool mine = row < G * nu;
+#pragma unroll
+                for (int i = 0; i < KHR; ++i) {{
+                    const int k = kreg(i, lane);
+                    wh_r[it][q][i] = mine && k < H ? to_f(whh[(size_t)(g * H + u0 + u) * H + k]) : 0.0f;
+                }}
+#pragma unroll
+                for (int i = 0; i < KXR; ++i) {{
+                    const int k = kreg(i, lane);
+                    wx_r[it][q][i] = mine && k < kin ? to_f(first[(size_t)(g * H + u0 + u) * kin + k]) : 0.0f;
+                }}
+            }}
+    }} else {{
+        load_rows(wh_s, whh, H, u0, nu);
+        load_rows(wi_s, first, kin, u0, nu);
+    }}
     for (int i = tid; i < 2 * G * U; i += blockDim.x) {{
         const int g = i % (G * U) / U, u = i % U;
         bias_s[i] = BIAS && u < nu ? to_f((i < G * U ? bih : bhh)[g * H + u0 + u]) : 0.0f;
@@ -217,15 +244,24 @@ def recurrent_source(r) -> str:
         // Each warp takes RW weight rows (gate g, unit u) at a time; lanes split k, and RW x BT
         // accumulators (rows x batch rows of the tile) live in registers, so every h value loaded
         // from shared memory feeds RW rows and every weight value feeds BT batch rows.
-        for (int row0 = warp * RW; row0 < G * nu; row0 += nwarps * RW) {{
+        // With WREG the loop over sets of rows is unrolled, so that each set's registers are named.
+#pragma unroll
+        for (int it = 0; it < NIT; ++it) {{
+            const int row0 = (it * nwarps + warp) * RW;
+            if (row0 >= G * nu) break;
             for (int b0 = 0; b0 < B; b0 += BT) {{
                 float ah[RW][BT], ax[RW][BT];
 #pragma unroll
                 for (int q = 0; q < RW; ++q)
 #pragma unroll
                     for (int j = 0; j < BT; ++j) {{ ah[q][j] = 0.0f; ax[q][j] = 0.0f; }}
-                dot_rows(ah, wh_s, h_s, H, row0, b0, nu, lane);
-                dot_rows(ax, wi_s, x_s, kin, row0, b0, nu, lane);
+                if (WREG) {{
+                    dot_regs(ah, wh_r[it], h_s, H, b0, lane);
+                    dot_regs(ax, wx_r[it], x_s, kin, b0, lane);
+                }} else {{
+                    dot_rows(ah, wh_s, h_s, H, row0, b0, nu, lane);
+                    dot_rows(ax, wi_s, x_s, kin, row0, b0, nu, lane);
+                }}
                 // LSTM and Elman cells read only GX + GH: one sum (in ah) to reduce across lanes, not two
 #pragma unroll
                 for (int q = 0; q < RW; ++q)
@@ -341,6 +377,40 @@ __device__ __forceinline__ float4 load4(const __half* p) {
     const uint2 u = *(const uint2*)p;
     const float2 lo = __half22float2(*(const __half2*)&u.x), hi = __half22float2(*(const __half2*)&u.y);
     return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+// WREG: the k of register i of a lane's share of a weight row: 4 consecutive values a lane, 128 apart
+// (VEC4), or every 32nd value.
+__device__ __forceinline__ int kreg(int i, int lane) {
+    return VEC4 ? 128 * (i / 4) + 4 * lane + i % 4 : 32 * i + lane;
+}
+// acc[q][j] += sum over k of w[q][k] * v[b0 + j][k] with the weights in registers (w[q][i]: value
+// kreg(i, lane) of row q; zero past the row's end) and v staged in shared memory, `len` long.
+template <int NK>
+__device__ __forceinline__ void dot_regs(float (&acc)[RW][BT], const float (&w)[RW][NK], const float* v, int len,
+                                         int b0, int lane) {
+#pragma unroll
+    for (int i = 0; i < NK; i += VEC4 ? 4 : 1) {
+        const int k = kreg(i, lane);
+        if (k >= len) break;  // len is a multiple of 4 with VEC4
+        if (VEC4) {
+            float4 vk[BT];
+#pragma unroll
+            for (int j = 0; j < BT; ++j) vk[j] = b0 + j < B ? *(const float4*)(v + (b0 + j) * len + k) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int q = 0; q < RW; ++q)
+#pragma unroll
+                for (int j = 0; j < BT; ++j)
+                    acc[q][j] += w[q][i] * vk[j].x + w[q][i + 1] * vk[j].y + w[q][i + 2] * vk[j].z + w[q][i + 3] * vk[j].w;
+        } else {
+            float vk[BT];
+#pragma unroll
+            for (int j = 0; j < BT; ++j) vk[j] = b0 + j < B ? v[(b0 + j) * len + k] : 0.0f;
+#pragma unroll
+            for (int q = 0; q < RW; ++q)
+#pragma unroll
+                for (int j = 0; j < BT; ++j) acc[q][j] += w[q][i] * vk[j];
+        }
+    }
 }
 // acc[q][j] += sum over k of w[row0 + q][k] * v[b0 + j][k], for RW weight rows and BT batch rows
 // (w: the block's rows of one weight, gate-major, `len` long; v: staged rows of h or the layer

@@ -23,6 +23,9 @@ KERNEL_WARPS = 8  # warps per block of the persistent kernels (256 threads)
 # Registers per thread for weights held in registers and the accumulators, of the 255 a thread of a
 # 256-thread block may use; checked with `nvcc -Xptxas -v` (no spills) on the configurations in tests.
 REGISTER_BUDGET = 168
+# The FFMA kernel needs fewer registers besides (no B fragments or mma addresses): 192 held (128 weights
+# and 64 accumulators at LSTM 1x1024 batch 8) compiled to 246 registers a thread, no spills.
+FFMA_REGISTER_BUDGET = 192
 
 
 def _ceil_div(n: int, d: int) -> int:
@@ -49,9 +52,10 @@ class Recurrence:
     # with fp16 storage, tf32 operands with fp32 storage), which works through the batch in tiles of
     # this many rows (a multiple of 8, the mma's N).
     batch_tile: int = 0
-    # Tensor-core kernel only: each warp keeps the A fragments of its share of the weights in registers
-    # for the whole sequence (`register_ksteps` of them), instead of reading them from shared memory
-    # at every step; shared memory then holds no weights, which leaves room for wider batch tiles.
+    # Each warp keeps its share of the weights in registers for the whole sequence, instead of reading
+    # them from shared memory at every step; shared memory then holds no weights. Tensor-core kernel:
+    # A fragments (`register_ksteps` of them), which leaves room for wider batch tiles; FFMA kernel:
+    # its fixed rows' k-slices as fp32 (`ffma_row_rounds` x `ffma_rows_per_warp` rows a warp).
     weights_in_registers: bool = False
 
     @property
@@ -133,6 +137,18 @@ class Recurrence:
         return 4 if self.mma_mgroup == 2 else self.batch_tile // 8
 
     @property
+    def ffma_rows_per_warp(self) -> int:
+        """FFMA kernel: weight rows a warp works on at once (RW): up to 4, but never so many that warps
+        sit idle."""
+        return max(1, min(4, self.gates * self.units_per_block // KERNEL_WARPS))
+
+    @property
+    def ffma_row_rounds(self) -> int:
+        """FFMA kernel: how many sets of RW rows each warp takes per step (the block's gates x units rows
+        over KERNEL_WARPS warps)."""
+        return _ceil_div(self.gates * self.units_per_block, KERNEL_WARPS * self.ffma_rows_per_warp)
+
+    @property
     def register_ksteps(self) -> int:
         """Weights in registers: A fragments (16 x mma_kstep, 4 registers a lane) one warp holds per
         m-tile: its k-slice of the longer part."""
@@ -140,14 +156,23 @@ class Recurrence:
 
     @property
     def weight_registers(self) -> int:
-        """Weights in registers: registers a thread holds weights in (4 per fragment, per m-tile)."""
+        """Weights in registers: registers a thread holds weights in. Tensor-core kernel: 4 per fragment,
+        per m-tile. FFMA kernel: per row a lane holds every 32nd value of W_hh's and W_ih's row, counted
+        in whole runs of 4 (the kernel's 4-value loads need them; 1-value loads need at most as many)."""
+        if not self.batch_tile:
+            per_row = 4 * (_ceil_div(self.hidden, 128) + _ceil_div(self.input_width, 128))
+            return self.ffma_row_rounds * self.ffma_rows_per_warp * per_row
         return 4 * self.mma_mgroup * self.register_ksteps
 
     @property
     def registers_fit(self) -> bool:
-        """Weights in registers fit a warp's register budget: 4 registers per held fragment and 4 per
-        accumulator tile (mgroup x nchunk), within REGISTER_BUDGET (the rest of the 255 a thread may
-        have go to addresses, B fragments and the cell update), and every job has a warp."""
+        """Weights in registers fit a warp's register budget: the weight registers and the accumulators
+        within REGISTER_BUDGET (the rest of the 255 a thread may have go to addresses, operands and the
+        cell update). Tensor-core kernel: 4 registers per accumulator tile (mgroup x nchunk), and every
+        job has a warp; FFMA kernel: RW x BT accumulators for each of the two sums, within
+        FFMA_REGISTER_BUDGET."""
+        if not self.batch_tile:
+            return self.weight_registers + 2 * self.ffma_rows_per_warp * min(self.batch, 8) <= FFMA_REGISTER_BUDGET
         group = self.mma_mgroup
         jobs = self.mma_rows // 16 // group * self.mma_parts
         return jobs <= KERNEL_WARPS and self.weight_registers + 4 * group * self.mma_nchunk <= REGISTER_BUDGET
@@ -190,7 +215,8 @@ class Recurrence:
                      ("bias", 2 * rows * 4), ("c", B * U * 4),
                      ("xproj", bt * rows * size if self.prefetches_xproj else 0)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
-            parts = [("weights", G * U * (H + K) * (2 if self.dtype == "float16" else 4)), ("h", B * H * 4),
+            held = 0 if self.weights_in_registers else G * U * (H + K) * self.element_bytes
+            parts = [("weights", held), ("h", B * H * 4),
                      ("x", B * K * 4), ("gx", B * G * U * 4), ("gh", B * G * U * 4), ("c", B * U * 4),
                      ("bias", 2 * G * U * 4)]
         layout, at = {}, 0

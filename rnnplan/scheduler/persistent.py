@@ -112,13 +112,20 @@ def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, regis
     return r if not registers or r.registers_fit else None
 
 
+def ffma_recurrence(spec: RNNSpec, units: int) -> Recurrence:
+    """The FFMA kernel for `units` per block, with its weights in registers where they fit the
+    register budget (no shared-memory reads of weights at each step), else in shared memory."""
+    held = recurrence_of(spec, units, registers=True)
+    return held if held.registers_fit else recurrence_of(spec, units)
+
+
 def _fitting(spec: RNNSpec, units: int, device: DeviceShape, math: str) -> Recurrence:
     """The recurrence for `units` per block: fp32 math, and any storage up to FFMA_MAX_BATCH where it
-    fits, run the FFMA kernel; the rest (fp16 storage, or fp32 storage with tf32 math) runs the
-    tensor-core kernel, with the weights in registers where they fit the register budget (no
-    shared-memory reads of weights at each step, and room for the widest batch tile), else in shared
-    memory, else (tf32 only) the FFMA kernel, which needs no staging of whole batch tiles."""
-    ffma = recurrence_of(spec, units)
+    fits, run the FFMA kernel (`ffma_recurrence`); the rest (fp16 storage, or fp32 storage with tf32
+    math) runs the tensor-core kernel, with the weights in registers where they fit the register
+    budget (no shared-memory reads of weights at each step, and room for the widest batch tile), else
+    in shared memory, else (tf32 only) the FFMA kernel, which needs no staging of whole batch tiles."""
+    ffma = ffma_recurrence(spec, units)
     ffma_fits = ffma.shared_memory_bytes <= device.smem_per_block
     if (spec.dtype == "float32" and math == "fp32") or (spec.batch <= FFMA_MAX_BATCH and ffma_fits):
         return ffma
@@ -149,7 +156,8 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE,
                       f"over {blocks} blocks; {device.name} has {device.smem_per_block / 1024:.0f} KiB")
     held = ", weights in registers" if trial.weights_in_registers else ""
     operands = "tf32" if spec.dtype == "float32" else "fp16"
-    math_used = f"tensor cores ({operands}), batch tiles of {trial.batch_tile}{held}" if trial.batch_tile else "FFMA"
+    math_used = (f"tensor cores ({operands}), batch tiles of {trial.batch_tile}{held}" if trial.batch_tile
+                 else f"FFMA{held}")
     regs = f" {trial.weight_registers} registers a thread +" if trial.weights_in_registers else ""
     return trial, (f"recurrent weights {mib:.1f} MiB fit on-chip: {blocks} blocks x{regs} {need / 1024:.0f} KiB "
                    f"shared memory on {device.name} ({math_used})")
