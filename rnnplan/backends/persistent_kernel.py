@@ -171,6 +171,7 @@ def recurrent_source(r) -> str:
                f"#define VEC4 {int(vw == 4)}  // dot products by 4-value (16- or 8-byte) loads\n"
                f"#define SPLIT_SUMS {int(r.cell == 'gru')}  // the cell reads the x and h parts apart\n"
                f"#define WREG {int(held)}  // weights in registers (fp32), not shared memory\n"
+               f"#define KIN_ABOVE {max(1, r.input_width)}  // the layer input's width above layer 0\n"
                f"#define KHR {-(-r.hidden // (32 * vw)) * vw if held else 1}  // registers a row of W_hh takes\n"
                f"#define KXR {max(1, -(-r.input_width // (32 * vw)) * vw) if held else 1}  // ... of W_ih\n")
     return prelude(r, defines + FFMA_HELPERS) + f"""    st* wh_s = (st*)(smem + OFF_WEIGHTS);
@@ -231,7 +232,8 @@ def recurrent_source(r) -> str:
                 return &xch[((size_t)chain * T + tprev) * (B * H) + i];
             }});
         await_words(x_s, B * kin, [&](int i, unsigned int& tag) {{
-            const int b = i / kin, j = i % kin, d2 = j / H, k = j % H;
+            // kin is KMAX here (layer > 0): a compile-time divisor, so that polling does no division
+            const int b = i / KIN_ABOVE, j = i % KIN_ABOVE, d2 = j / H, k = j % H;
             tag = (d2 == 0 ? t : T - 1 - t) + 1;  // the producing step + 1
             return &xch[((size_t)((layer - 1) * D + d2) * T + t) * (B * H) + b * H + k];
         }});
