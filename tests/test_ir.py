@@ -79,6 +79,21 @@ def _swap(g, node):
     return g.rewrite("test", replace=[node])
 
 
+def test_rewrite_places_inserted_nodes_and_rejects_bad_requests():
+    g = _tiny()
+    first = g.nodes["L0.fwd.t1.gemm_hh.h"]
+    moved = first._replace(name="copy", outputs=(Value("copy", first.outputs[0].shape),))
+    h = g.rewrite("test", insert=[("L0.fwd.t1.gemm_hh.h", [moved])], remove=["L0.fwd.t1.gemm_hh.h"])
+    names = list(h.nodes)
+    assert names.index("copy") == list(g.nodes).index("L0.fwd.t1.gemm_hh.h") and "L0.fwd.t1.gemm_hh.h" not in names
+    with pytest.raises(ValueError, match="insert before unknown node"):
+        g.rewrite("test", insert=[("nowhere", [moved])])
+    with pytest.raises(ValueError, match="already exists"):
+        g.rewrite("test", insert=[("x", [first])])  # a name still in the graph
+    with pytest.raises(ValueError, match="cannot replace unknown"):
+        g.rewrite("test", replace=[moved])
+
+
 def test_verify_rejects_cycle():
     g = _tiny()
     n = g.nodes["L0.fwd.t0.gemm_hh.h"]

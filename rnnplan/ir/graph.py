@@ -91,7 +91,7 @@ class Graph:
         """A deterministic topological order: the node order itself when it is one, as `ir.build` and
         rewrites that insert new nodes where the nodes they replace were keep it; otherwise
         networkx's topological sort (which raises on a cycle). Checking costs one walk over the
-        inputs, against 5-10x that for building the DiGraph and sorting it (see BENCHMARKS.md)."""
+        inputs; sorting would first build the networkx DiGraph of the whole graph."""
         defined: set[str] = set()
         for n in self.nodes.values():
             if not all(map(defined.__contains__, n.inputs)):
@@ -193,7 +193,7 @@ class Graph:
             groups[anchor].extend(group)
         added = [n for group in groups.values() for n in group] + list(add)
         # Assembled from slices of the old order, by comprehensions: on 10^5 nodes a Python loop
-        # with a lookup per node cost several times as much (planning is memory-bound).
+        # with a lookup per node cost 2-4 times as much (planning is bound by memory accesses).
         names = list(self.nodes)
         where = dict(zip(names, range(len(names))))
         cuts = sorted((where[a], a) for a in groups if a in where)
