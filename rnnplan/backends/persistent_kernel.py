@@ -5,8 +5,8 @@ shared-memory offsets from `Recurrence.smem_layout`, helpers, operand pointers) 
 Block b owns hidden units [u0, u0+U) of one chain (layer, direction): it loads its rows of W_hh
 (and, above layer 0, of W_ih) on-chip once, then walks the chain's steps. FFMA kernel: where they fit
 the register budget (`Recurrence.registers_fit`), each warp holds its fixed rows' k-slices in
-registers as fp32 (`weights_in_registers`: measured 1.1-1.4x faster at batch 1, 1.02-1.1x at batch
-4-8, 2-4% slower at RNN 2x512 batch 1), else the block's rows sit in shared memory. Blocks hand
+registers as fp32 (`weights_in_registers`; measured on an H200: up to 1.4x faster at batch 1, 1.02-1.1x
+at batch 4-8, 2-4% slower at RNN-tanh 2x512 batch 1), else the block's rows sit in shared memory. Blocks hand
 h to each other through an exchange buffer (one slot per chain and time step, zeroed before each
 run) of 8-byte words holding the value and the tag of the step that produced it: a reader polls the
 words it needs until their tags say they are written (each thread all of its words at once), so the
