@@ -55,7 +55,7 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--streams", type=int, default=None, help="number of streams (default: one per layer-direction)")
     o.add_argument("--input-chunk", type=int, default=None, help="steps per merged input GEMM (default: planner's choice)")
     o.add_argument("--math", default="fp32", choices=["fp32", "tf32"],
-                   help="with fp32 storage, tf32 allows TF32 tensor cores (cuBLAS, the persistent kernel)")
+                   help="with fp32 storage, tf32 allows TF32 tensor cores (cuBLAS, the persistent kernel) and fast exponentials")
     o.add_argument("--lowering", default="auto", choices=["graph", "persistent", "auto"],
                    help="graph: a kernel per GEMM and cell-step; persistent: one kernel for the whole recurrence; "
                         "auto: persistent where it fits this machine's GPU and should win")

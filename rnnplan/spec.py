@@ -90,7 +90,7 @@ class PlanOptions(BaseModel):
     `math` applies to fp32 storage: "fp32" keeps every product in fp32 (cuBLAS without TF32, the
     persistent lowering's FFMA kernel); "tf32" lets cuBLAS use TF32 tensor cores and the persistent
     lowering its tensor-core kernel on tf32 operands (above batch 2; measured relative errors 2e-5 to
-    5e-4, BENCHMARKS.md).
+    5e-4, BENCHMARKS.md), and at batch 1-2 its FFMA kernel the hardware's fast exponentials in the cell.
     With fp16 storage `math` does not apply (every path accumulates in fp32).
     """
 

@@ -131,7 +131,11 @@ def test_kernel_choice_with_tf32_math():
     assert "tensor cores (tf32), batch tiles of 8" in why
     assert choose_recurrence(spec)[0].batch_tile == 0
     small = spec.model_copy(update={"batch": FFMA_MAX_BATCH})
-    assert choose_recurrence(small, DEFAULT_DEVICE, "tf32")[0].batch_tile == 0
+    ffma_tf32, ffma_fp32 = choose_recurrence(small, DEFAULT_DEVICE, "tf32")[0], choose_recurrence(small)[0]
+    assert ffma_tf32.batch_tile == 0 and ffma_tf32.math == "tf32" and ffma_fp32.math == "fp32"
+    # tf32 math allows the cell's fast exponentials in the FFMA kernel too; strict fp32 keeps the accurate ones
+    assert "#define FAST_CELL 1" in recurrent_source(ffma_tf32) and "#define FAST_CELL 0" in recurrent_source(ffma_fp32)
+    assert rec.math == "tf32" and choose_recurrence(spec.model_copy(update={"dtype": "float16"}))[0].fast_cell
     plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
     assert plan.steps[-1].recurrence == rec and "(tf32)" in plan.lowering_reason
     assert rp.build_plan(spec, options=PERSISTENT).steps[-1].recurrence.batch_tile == 0  # the cache keys on math
@@ -265,15 +269,15 @@ def test_register_held_weights_compile_without_spills(kw, tmp_path):
 
 
 def _variant(kind, **kw):
-    """A kernel configuration by kind: "ffma" / "ffma_registers" (FFMA whatever the dtype, weights in
-    shared memory / registers), "registers" / "shared" (the tensor-core kernel holding its weights so;
-    fp32 storage means tf32 operands)."""
+    """A kernel configuration by kind: "ffma" / "ffma_registers" / "ffma_tf32" (FFMA whatever the dtype,
+    weights in shared memory / registers / registers with tf32 math), "registers" / "shared" (the
+    tensor-core kernel holding its weights so; fp32 storage means tf32 operands)."""
     from rnnplan.scheduler.persistent import recurrence_of
 
     spec = rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 5, **kw})
     units = choose_recurrence(spec, DEFAULT_DEVICE, "tf32")[0].units_per_block
     if kind.startswith("ffma"):
-        r = recurrence_of(spec, units, registers=kind == "ffma_registers")
+        r = recurrence_of(spec, units, registers=kind != "ffma", math="tf32" if kind == "ffma_tf32" else "fp32")
         return r if r.registers_fit or not r.weights_in_registers else None
     return tensor_core_recurrence(spec, units, DEFAULT_DEVICE, registers=kind == "registers")
 
@@ -291,6 +295,7 @@ def _variant(kind, **kw):
     ("ffma_registers", dict(cell="lstm", num_layers=4, hidden_size=256, batch=8)),  # vector loads, both parts
     ("ffma_registers", dict(cell="gru", num_layers=3, hidden_size=47, batch=5, bidirectional=True)),  # 2 sets of rows
     ("ffma_registers", dict(cell="lstm", num_layers=2, hidden_size=128, batch=2, dtype="float16")),
+    ("ffma_tf32", dict(cell="lstm", num_layers=2, hidden_size=256, batch=1)),  # fast exponentials, fp32 storage
     ("shared", dict(cell="lstm", num_layers=2, hidden_size=256, batch=72, dtype="float16")),
     ("shared", dict(cell="gru", num_layers=2, hidden_size=72, batch=70, bidirectional=True)),  # tf32
     ("registers", dict(cell="rnn_tanh", num_layers=3, hidden_size=100, batch=13, bidirectional=True)),  # tf32

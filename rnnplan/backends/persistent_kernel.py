@@ -95,7 +95,7 @@ def prelude(r, extra: str = "") -> str:
 #define PER_CHAIN {4 if r.bias else 2}
 #define NSTATE {1 + lstm}
 #define IN_FLIGHT 8  // global loads a thread issues before it waits on the first
-#define FAST_CELL {int(r.dtype == "float16" or r.batch_tile > 0)}
+#define FAST_CELL {int(r.fast_cell)}
 {smem_offsets(r)}
 typedef {"__half" if r.dtype == "float16" else "float"} st;
 
@@ -103,9 +103,9 @@ __device__ __forceinline__ float to_f(float v) {{ return v; }}
 __device__ __forceinline__ float to_f(__half v) {{ return __half2float(v); }}
 __device__ __forceinline__ void put(float* p, float v) {{ *p = v; }}
 __device__ __forceinline__ void put(__half* p, float v) {{ *p = __float2half_rn(v); }}
-// With h stored in fp16 (rounded to 2^-11) or products in tf32 (the tensor-core kernel with fp32
-// storage: operands rounded to 2^-11), the cell's exponentials use the fast hardware ex2 (error about
-// 1e-7); with fp32 math (the FFMA kernel, fp32 storage), the accurate library functions.
+// With h stored in fp16 (rounded to 2^-11) or tf32 math (products rounded to 2^-11 allowed; the tensor-core
+// kernel's operands are), the cell's exponentials use the fast hardware ex2 (error about 1e-7); with
+// strict fp32 math (the FFMA kernel, fp32 storage), the accurate library functions.
 __device__ __forceinline__ float sigm(float x) {{
     return FAST_CELL ? __fdividef(1.0f, 1.0f + __expf(-x)) : 1.0f / (1.0f + expf(-x));
 }}

@@ -57,6 +57,15 @@ class Recurrence:
     # A fragments (`register_ksteps` of them), which leaves room for wider batch tiles; FFMA kernel:
     # its fixed rows' k-slices as fp32 (`ffma_row_rounds` x `ffma_rows_per_warp` rows a warp).
     weights_in_registers: bool = False
+    # PlanOptions.math the plan was made with. "tf32" (fp32 storage): products may be rounded to tf32,
+    # so the cell may use the hardware's fast exponentials (`fast_cell`) in the FFMA kernel as well.
+    math: str = "fp32"
+
+    @property
+    def fast_cell(self) -> bool:
+        """The cell's exponentials by the hardware ex2 (error about 1e-7) rather than the accurate library
+        functions: where precision is already reduced to about 2^-11 (fp16 storage, tf32 math)."""
+        return self.dtype == "float16" or self.batch_tile > 0 or self.math == "tf32"
 
     @property
     def gates(self) -> int:

@@ -17,11 +17,13 @@ sized to fit shared memory).
 device (`PlanOptions.device`, else the local GPU) on-chip, it supports cooperative launch, and the
 batch is at most AUTO_MAX_BATCH for the dtype, else graph, with the reason either way (the plan
 records both). Without a GPU, or with a chosen subset of passes, auto plans graph.
-The tensor-core kernel holds its weights in registers where they fit `REGISTER_BUDGET`
-(ir/recurrence.py), else in shared memory.
+Both kernels hold their weights in registers where they fit (`REGISTER_BUDGET`,
+`FFMA_REGISTER_BUDGET` in ir/recurrence.py), else in shared memory; the Recurrence records
+`PlanOptions.math`, with which the FFMA kernel's cell uses fast exponentials under tf32.
 Does not (yet): hold weights partly in registers and partly in shared memory (so the paper configuration
-in fp32 storage, 28 MiB of weights, does not fit); overlap the upper layers' input projections with
-cuBLAS; hold the FFMA kernel's weights in registers.
+in fp32 storage, 28 MiB of weights, does not fit); compute the upper layers' input projections with
+cuBLAS (the kernel holds every SM for the whole sequence, so a GEMM beside it would run only after it:
+they are computed inside it, which keeps the wavefront across layers).
 """
 
 from __future__ import annotations
@@ -94,9 +96,12 @@ def choose_lowering(spec: RNNSpec, options) -> tuple[str, str]:
     return "persistent", f"auto: {why}"
 
 
-def recurrence_of(spec: RNNSpec, units: int, batch_tile: int = 0, registers: bool = False) -> Recurrence:
+def recurrence_of(spec: RNNSpec, units: int, batch_tile: int = 0, registers: bool = False,
+                  math: str = "fp32") -> Recurrence:
+    # Tensor cores with fp32 storage are tf32 math whatever the caller says.
+    math = "tf32" if batch_tile and spec.dtype == "float32" else math
     return Recurrence(spec.cell, spec.num_layers, spec.directions, spec.seq_len, spec.batch, spec.hidden_size,
-                      spec.input_size, spec.bias, spec.dtype, units, batch_tile, registers)
+                      spec.input_size, spec.bias, spec.dtype, units, batch_tile, registers, math)
 
 
 def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, registers: bool) -> Recurrence | None:
@@ -112,11 +117,11 @@ def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, regis
     return r if not registers or r.registers_fit else None
 
 
-def ffma_recurrence(spec: RNNSpec, units: int) -> Recurrence:
+def ffma_recurrence(spec: RNNSpec, units: int, math: str = "fp32") -> Recurrence:
     """The FFMA kernel for `units` per block, with its weights in registers where they fit the
     register budget (no shared-memory reads of weights at each step), else in shared memory."""
-    held = recurrence_of(spec, units, registers=True)
-    return held if held.registers_fit else recurrence_of(spec, units)
+    held = recurrence_of(spec, units, registers=True, math=math)
+    return held if held.registers_fit else recurrence_of(spec, units, math=math)
 
 
 def _fitting(spec: RNNSpec, units: int, device: DeviceShape, math: str) -> Recurrence:
@@ -125,7 +130,7 @@ def _fitting(spec: RNNSpec, units: int, device: DeviceShape, math: str) -> Recur
     math) runs the tensor-core kernel, with the weights in registers where they fit the register
     budget (no shared-memory reads of weights at each step, and room for the widest batch tile), else
     in shared memory, else (tf32 only) the FFMA kernel, which needs no staging of whole batch tiles."""
-    ffma = ffma_recurrence(spec, units)
+    ffma = ffma_recurrence(spec, units, math)
     ffma_fits = ffma.shared_memory_bytes <= device.smem_per_block
     if (spec.dtype == "float32" and math == "fp32") or (spec.batch <= FFMA_MAX_BATCH and ffma_fits):
         return ffma
