@@ -10,8 +10,9 @@ and loop overhead), fill (gate sums from biases and layer 0's input projection),
 layer below's counters), wait h (issuing the layer input's copy, then waiting for this chain's
 counter), stage (the copy of h and waiting for all copies), mma (tensor cores and writing the gate
 sums), cell (the cell update). Of the FFMA kernel (batch 1-2, or fp32 math): barrier/loop (the end of
-the previous step, issuing layer 0's projection loads), wait h (polling this chain's exchange words),
-wait x+barrier (the layer input's words, then a block barrier), dot+barrier (the dot products, their
+the previous step, issuing layer 0's projection loads), wait h+x (polling this chain's exchange words,
+then the layer input's, or both at once with MERGED_WAIT), barrier (layer 0's prefetched projection into
+the gate sums, a block barrier), dot+barrier (the dot products, their
 warp reductions, the gate sums, a barrier), cell+publish (the cell update, writing y and the exchange
 words). The marks are inserted into the generated source by text anchors, so this tool fails loudly
 (AssertionError) when the kernel's text changes under it. The kernel's own barriers make thread 0's
@@ -55,8 +56,9 @@ KERNELS = {
         after="            __syncthreads();  // the next tile restages `stage` and the gate sums\n",
         start="    unsigned int* counters = (unsigned int*)xch;"),
     "ffma": dict(
-        phases=("barrier/loop", "wait h", "wait x+barrier", "dot+barrier", "cell+publish"),
-        before=("        if (s == 0)\n", "        await_words(x_s, B * kin,", "        // Each warp takes RW weight rows",
+        phases=("barrier/loop", "wait h+x", "barrier", "dot+barrier", "cell+publish"),
+        before=("        // Where h's words come from", "        // Layer 0: the prefetched projection, plus b_ih",
+                "        // Each warp takes RW weight rows",
                 "        for (int i = tid; i < B * nu; i += blockDim.x) {\n            const int b = i / nu, u = i % nu;\n#define GX"),
         after="#undef GH\n        }\n",
         start="    st* wh_s = (st*)(smem + OFF_WEIGHTS);"),

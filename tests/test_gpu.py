@@ -198,6 +198,8 @@ PERSISTENT = [
     dict(cell="rnn_relu", input_size=12, hidden_size=20, num_layers=1, seq_len=5, batch=2, bias=False),
     dict(cell="lstm", input_size=64, hidden_size=128, num_layers=3, seq_len=20, batch=8, batch_first=True),
     dict(cell="gru", input_size=8, hidden_size=40, num_layers=2, seq_len=4, batch=20, bidirectional=True),  # 2 batch tiles
+    # FFMA in every precision: above layer 0 one wait for h and both directions of the layer below
+    dict(cell="gru", input_size=30, hidden_size=300, num_layers=2, seq_len=5, batch=2, bidirectional=True),
     # fp16: tensor-core kernel over two batch tiles (64 + a partial one of 8)
     dict(cell="lstm", input_size=96, hidden_size=256, num_layers=2, seq_len=7, batch=72),
     dict(cell="gru", input_size=40, hidden_size=72, num_layers=2, seq_len=5, batch=70, bidirectional=True),
@@ -275,6 +277,7 @@ FFMA = [  # (spec, units a block): the FFMA kernel with its weights in registers
     (dict(cell="lstm", input_size=256, hidden_size=256, num_layers=1, seq_len=9, batch=1), 2),  # a row a warp, 4-value loads
     (dict(cell="lstm", input_size=64, hidden_size=1024, num_layers=1, seq_len=5, batch=1), 8),  # 4 rows a warp, 1-value loads
     (dict(cell="lstm", input_size=64, hidden_size=1024, num_layers=1, seq_len=4, batch=8), 8),  # the register budget
+    (dict(cell="rnn_tanh", input_size=48, hidden_size=512, num_layers=2, seq_len=6, batch=1), 8),  # one wait for h and x
     (dict(cell="lstm", input_size=64, hidden_size=128, num_layers=3, seq_len=6, batch=8), 16),  # 2 sets of rows a warp
     (dict(cell="gru", input_size=33, hidden_size=47, num_layers=3, seq_len=7, batch=5, bidirectional=True), 3),
     (dict(cell="rnn_relu", input_size=12, hidden_size=20, num_layers=2, seq_len=5, batch=2, bias=False), 5),

@@ -165,6 +165,21 @@ def test_ffma_weights_in_registers_where_they_fit():
     assert rec.smem_layout()["h"] == 4 * 12 * (768 + 768) * 2  # fp16 weights in shared memory
 
 
+def test_ffma_merged_wait_where_it_measured_faster():
+    """Above layer 0 the FFMA kernel waits for h and the layer input at once only where each alone has
+    more words than threads and both fit one round of in-flight loads (faster there, slower elsewhere)."""
+    from rnnplan.backends.persistent_kernel import merged_wait
+
+    def ffma(**kw):
+        return choose_recurrence(rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 10, **kw}))[0]
+    assert merged_wait(ffma(cell="rnn_tanh", num_layers=2, hidden_size=512, batch=1))  # 512 + 512 words
+    assert merged_wait(ffma(cell="gru", num_layers=2, hidden_size=256, batch=4))  # 1024 + 1024
+    assert not merged_wait(ffma(cell="lstm", num_layers=2, hidden_size=256, batch=1))  # 256: a word a thread
+    assert not merged_wait(ffma(cell="lstm", num_layers=4, hidden_size=256, batch=8))  # 2048 + 2048: two rounds
+    assert not merged_wait(ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=1))  # one layer
+    assert "#define MERGED_WAIT 1" in recurrent_source(ffma(cell="rnn_tanh", num_layers=2, hidden_size=512, batch=1))
+
+
 def test_ffma_vector_loads_where_they_measured_faster():
     """The FFMA kernel's 4-value loads: with several batch rows or one weight row a warp (faster on the
     H200), not with one batch row and several weight rows (slower there), and never for rows that are
@@ -296,6 +311,7 @@ def _variant(kind, **kw):
     ("ffma_registers", dict(cell="gru", num_layers=3, hidden_size=47, batch=5, bidirectional=True)),  # 2 sets of rows
     ("ffma_registers", dict(cell="lstm", num_layers=2, hidden_size=128, batch=2, dtype="float16")),
     ("ffma_tf32", dict(cell="lstm", num_layers=2, hidden_size=256, batch=1)),  # fast exponentials, fp32 storage
+    ("ffma_registers", dict(cell="rnn_tanh", num_layers=2, hidden_size=512, batch=1)),  # one wait for h and x
     ("shared", dict(cell="lstm", num_layers=2, hidden_size=256, batch=72, dtype="float16")),
     ("shared", dict(cell="gru", num_layers=2, hidden_size=72, batch=70, bidirectional=True)),  # tf32
     ("registers", dict(cell="rnn_tanh", num_layers=3, hidden_size=100, batch=13, bidirectional=True)),  # tf32

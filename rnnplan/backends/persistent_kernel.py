@@ -10,9 +10,10 @@ at batch 4-8, 2-4% slower at RNN-tanh 2x512 batch 1), else the block's rows sit 
 h to each other through an exchange buffer (one slot per chain and time step, zeroed before each
 run) of 8-byte words holding the value and the tag of the step that produced it: a reader polls the
 words it needs until their tags say they are written (each thread all of its words at once), so the
-data is its own flag (no fence, no counter, one L2 round trip per hand-off), and layers overlap in a
-wavefront with no grid barrier. With fp16 storage or tf32 operands the cell's exponentials use the
-hardware ex2. Layer 0 loads its step's input projection (cuBLAS's) into registers before it waits for
+data is its own flag (no fence, no counter, one L2 round trip per hand-off; above layer 0, h's and
+the layer input's words in one wait where `merged_wait` says it pays), and layers overlap in a
+wavefront with no grid barrier. With fp16 storage or tf32 math the cell's exponentials use the
+hardware ex2 (`Recurrence.fast_cell`). Layer 0 loads its step's input projection (cuBLAS's) into registers before it waits for
 h, so that the load's latency hides behind the wait (up to XPF_MAX values a thread); the biases are
 copied into shared memory once, so that no global load sits on a step's critical path.
 Gate pre-activations are warp-level dot products in fp32 (FFMA), a warp taking up to 4 weight rows
@@ -33,6 +34,7 @@ import hashlib
 from rnnplan.ir.recurrence import KERNEL_WARPS
 
 THREADS = 32 * KERNEL_WARPS
+IN_FLIGHT = 8  # global loads a thread issues before it waits on the first (the prelude's #define)
 XPF_MAX = 8  # FFMA kernel: prefetch layer 0's input projection into registers when it needs at most this many a thread
 
 CELL_CODE = {
@@ -60,6 +62,16 @@ def vector_dot(r) -> bool:
     batch row and 4 weight rows a warp (LSTM 1x1024 B1 dot phase 1.28 -> 1.90 us), where it is not used."""
     one_row_per_warp = r.ffma_rows_per_warp == 1
     return r.hidden % 4 == 0 and (min(r.batch, 8) >= 4 or one_row_per_warp)
+
+
+def merged_wait(r) -> bool:
+    """FFMA kernel, above layer 0: wait for h and the layer input at once (their loads in flight together,
+    one L2 round trip instead of two) where each part alone takes the general polling loop (more words
+    than threads) and both fit one round of IN_FLIGHT words a thread. Measured on an H200: faster there
+    (RNN-tanh 2x512 B1 0.223 -> 0.200 ms), slower where either part has a word a thread or fewer (the
+    plain spin) or the parts need several rounds (LSTM 2x256 B1, 4x256 B8: BENCHMARKS.md, fourth round)."""
+    h_words, x_words = r.batch * r.hidden, r.batch * r.input_width
+    return min(h_words, x_words) > THREADS and h_words + x_words <= IN_FLIGHT * THREADS
 
 
 def kernel_name(r) -> str:
@@ -94,7 +106,7 @@ def prelude(r, extra: str = "") -> str:
 #define LSTM {lstm}
 #define PER_CHAIN {4 if r.bias else 2}
 #define NSTATE {1 + lstm}
-#define IN_FLIGHT 8  // global loads a thread issues before it waits on the first
+#define IN_FLIGHT {IN_FLIGHT}  // global loads a thread issues before it waits on the first
 #define FAST_CELL {int(r.fast_cell)}
 {smem_offsets(r)}
 typedef {"__half" if r.dtype == "float16" else "float"} st;
@@ -172,6 +184,7 @@ def recurrent_source(r) -> str:
                f"#define SPLIT_SUMS {int(r.cell == 'gru')}  // the cell reads the x and h parts apart\n"
                f"#define WREG {int(held)}  // weights in registers (fp32), not shared memory\n"
                f"#define KIN_ABOVE {max(1, r.input_width)}  // the layer input's width above layer 0\n"
+               f"#define MERGED_WAIT {int(merged_wait(r))}  // one wait for h and the layer input above layer 0\n"
                f"#define KHR {-(-r.hidden // (32 * vw)) * vw if held else 1}  // registers a row of W_hh takes\n"
                f"#define KXR {max(1, -(-r.input_width // (32 * vw)) * vw) if held else 1}  // ... of W_ih\n")
     return prelude(r, defines + FFMA_HELPERS) + f"""    st* wh_s = (st*)(smem + OFF_WEIGHTS);
@@ -224,19 +237,31 @@ def recurrent_source(r) -> str:
             const int i = tid + q * {THREADS}, b = i / (G * nu), g = i / nu % G, u = i % nu;
             if (layer == 0 && i < B * G * nu) xpre[q] = first[((size_t)t * B + b) * (G * H) + g * H + u0 + u];
         }}
-        if (s == 0)
-            for (int i = tid; i < B * H; i += blockDim.x) h_s[i] = to_f(h0[(size_t)chain * B * H + i]);
-        else
-            await_words(h_s, B * H, [&](int i, unsigned int& tag) {{
-                tag = s;
-                return &xch[((size_t)chain * T + tprev) * (B * H) + i];
-            }});
-        await_words(x_s, B * kin, [&](int i, unsigned int& tag) {{
-            // kin is KMAX here (layer > 0): a compile-time divisor, so that polling does no division
+        // Where h's words come from: this chain's previous step; the layer input's: the layer below, this
+        // step (kin is KIN_ABOVE there: a compile-time divisor, so that polling does no division).
+        auto h_word = [&](int i, unsigned int& tag) {{
+            tag = s;
+            return &xch[((size_t)chain * T + tprev) * (B * H) + i];
+        }};
+        auto x_word = [&](int i, unsigned int& tag) {{
             const int b = i / KIN_ABOVE, j = i % KIN_ABOVE, d2 = j / H, k = j % H;
             tag = (d2 == 0 ? t : T - 1 - t) + 1;  // the producing step + 1
             return &xch[((size_t)((layer - 1) * D + d2) * T + t) * (B * H) + b * H + k];
-        }});
+        }};
+        if (s == 0)
+            for (int i = tid; i < B * H; i += blockDim.x) h_s[i] = to_f(h0[(size_t)chain * B * H + i]);
+        if (MERGED_WAIT && s > 0 && layer > 0) {{  // one wait for both: their loads in flight together
+            await_words(B * H + B * kin, [&](int i, unsigned int& tag) {{
+                return i < B * H ? h_word(i, tag) : x_word(i - B * H, tag);
+            }}, [&](int i, float v) {{
+                if (i < B * H) h_s[i] = v;
+                else x_s[i - B * H] = v;
+            }});
+        }} else {{
+            if (s > 0) await_words(B * H, h_word, [&](int i, float v) {{ h_s[i] = v; }});
+            await_words(B * kin, x_word, [&](int i, float v) {{ x_s[i] = v; }});
+        }}
+        // Layer 0: the prefetched projection, plus b_ih, is this step's x part of the gate sums.
 #pragma unroll
         for (int q = 0; q < XPF; ++q) {{
             const int i = tid + q * {THREADS}, b = i / (G * nu), g = i / nu % G, u = i % nu;
@@ -319,18 +344,18 @@ FFMA_HELPERS = """// An 8-byte exchange word: the fp32 value (already rounded to
 __device__ __forceinline__ unsigned long long load_word(const unsigned long long* p) {
     return *((volatile const unsigned long long*)p);
 }
-// dst[i] = the value of the exchange word at(i, tag) once its tag is `tag`, for i < n (this thread's
+// put(i, the value of the exchange word at(i, tag)) once its tag is `tag`, for i < n (this thread's
 // share, IN_FLIGHT words at a time): every pass reloads all the words still pending at once, so
 // a thread's words cost one L2 round trip after they are written, not one each.
-template <class At>
-__device__ __forceinline__ void await_words(float* dst, int n, At at) {
+template <class At, class Put>
+__device__ __forceinline__ void await_words(int n, At at, Put put) {
     unsigned int tag;
     if (n <= (int)blockDim.x) {  // one word a thread at most: a plain spin
         if ((int)threadIdx.x < n) {
             const unsigned long long* p = at(threadIdx.x, tag);
             unsigned long long v;
             while ((unsigned int)((v = load_word(p)) >> 32) != tag) { }
-            dst[threadIdx.x] = __uint_as_float((unsigned int)(v & 0xffffffffull));
+            put(threadIdx.x, __uint_as_float((unsigned int)(v & 0xffffffffull)));
         }
         return;
     }
@@ -349,7 +374,7 @@ __device__ __forceinline__ void await_words(float* dst, int n, At at) {
                 if (pending >> q & 1u) {
                     at(i0 + q * blockDim.x, tag);
                     if ((unsigned int)(w[q] >> 32) == tag) {
-                        dst[i0 + q * blockDim.x] = __uint_as_float((unsigned int)(w[q] & 0xffffffffull));
+                        put(i0 + q * blockDim.x, __uint_as_float((unsigned int)(w[q] & 0xffffffffull)));
                         pending &= ~(1u << q);
                     }
                 }
