@@ -144,6 +144,30 @@ def test_kernel_choice_with_tf32_math():
     assert rec is None and "28.0 MiB" in why
 
 
+@pytest.mark.parametrize("kw", [
+    dict(cell="lstm", input_size=7, hidden_size=16, num_layers=2, seq_len=9, batch=2),
+    dict(cell="gru", input_size=5, hidden_size=12, num_layers=3, seq_len=4, batch=3, bidirectional=True),
+    dict(cell="rnn_relu", input_size=4, hidden_size=8, num_layers=1, seq_len=6, batch=1, bias=False),
+], ids=lambda kw: kw["cell"])
+def test_persistent_plan_from_one_step_equals_the_plan_from_the_whole_graph(kw):
+    """build_plan plans the persistent lowering from a one-step graph (its cost does not grow with the
+    sequence); for every subset of passes the plan is the one the whole unrolled graph gives."""
+    import itertools
+
+    from rnnplan.ir import build
+    from rnnplan.scheduler.lower import lower
+    from rnnplan.scheduler.manager import apply_passes
+    from rnnplan.scheduler.persistent import persistent_recurrence
+
+    spec = rp.RNNSpec(**kw)
+    for passes in itertools.chain.from_iterable(itertools.combinations(rp.PASSES, k) for k in range(6)):
+        options = rp.PlanOptions(lowering="persistent", device=DEFAULT_DEVICE, passes=passes)
+        whole = lower(persistent_recurrence(apply_passes(build(spec), options, check=False), options), options)
+        plan = rp.build_plan(spec, options=options)
+        assert plan.model_dump(exclude={"lowering", "lowering_reason"}) == whole.model_dump(
+            exclude={"lowering", "lowering_reason"}), passes
+
+
 def test_ffma_weights_in_registers_where_they_fit():
     """The FFMA kernel holds its weights in registers (fp32, a warp's fixed rows) where they and the
     accumulators fit REGISTER_BUDGET, and then keeps none in shared memory; else shared memory."""

@@ -162,14 +162,27 @@ class _Builder:
                 for s in spec.state_names}
 
 
+def source_nodes(spec: RNNSpec) -> list[Node]:
+    """The graph's input `x` (T*B, input) and initial states `h0` (and `c0`), (L*D*B, H)."""
+    T, B, H, LD = spec.seq_len, spec.batch, spec.hidden_size, spec.num_layers * spec.directions
+    return [Node("x", "input", (), (Value("x", (T * B, spec.input_size)),), source="x", role="input")] + [
+        Node(f"{s}0", "state", (), (Value(f"{s}0", (LD * B, H)),), source=f"{s}0", role="state")
+        for s in spec.state_names]
+
+
+def sequence_storages(spec: RNNSpec) -> dict[str, tuple[int, int]]:
+    """Each layer's output sequence `y{l}`, (T*B, D*H), written piecewise by the cell-steps."""
+    rows, cols = spec.seq_len * spec.batch, spec.directions * spec.hidden_size
+    return {f"y{layer}": (rows, cols) for layer in range(spec.num_layers)}
+
+
 def build(spec: RNNSpec) -> Graph:
     """The naive unrolled graph of `spec` (no pass applied)."""
     b = _Builder(spec)
     T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers
-    b.add(Node("x", "input", (), (Value("x", (T * B, spec.input_size)),), source="x", role="input"))
-    for s in spec.state_names:
-        b.add(Node(f"{s}0", "state", (), (Value(f"{s}0", (L * D * B, H)),), source=f"{s}0", role="state"))
-    storages = {f"y{layer}": (T * B, D * H) for layer in range(L)}
+    for n in source_nodes(spec):
+        b.add(n)
+    storages = sequence_storages(spec)
     h_at: dict[tuple[int, int, int], str] = {}  # (layer, direction, time) -> value of h
     rule = CELL_RULES[spec.cell]
     final: dict[str, list[str]] = {s: [] for s in spec.state_names}

@@ -5,7 +5,7 @@ through global memory (tagged words or per-step counters, see backends/persisten
 persistent_mma.py), so layers still overlap in a wavefront.
 
 Needs: a graph from `ir.build`, after any subset of passes (it rebuilds the recurrence from the
-spec; from the incoming graph it keeps the inputs, states and params).
+spec; from the incoming graph it keeps only the params, so `build_plan` hands it a one-step graph).
 Guarantees: layer 0's input projection stays a cuBLAS GEMM over all steps per direction (reading
 the pre-transposed weight if `pretranspose` made one); everything recurrent, including the input
 projections of layers above the first, is the `recurrent` node; outputs read its results through
@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 from math import prod
 
-from rnnplan.ir.build import DIRECTIONS, param_shapes
+from rnnplan.ir.build import DIRECTIONS, param_shapes, sequence_storages, source_nodes
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Gemm, Node, Region, Value
 from rnnplan.ir.recurrence import Recurrence
@@ -168,8 +168,11 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE,
                    f"shared memory on {device.name} ({math_used})")
 
 
-def persistent_recurrence(graph: Graph, options=None) -> Graph:
-    spec = graph.spec
+def persistent_recurrence(graph: Graph, options=None, spec: RNNSpec | None = None) -> Graph:
+    """The graph's recurrence as one `recurrent` node (see the module docstring). Of `graph` only the
+    params are read, so `spec` (default: the graph's) may be a longer sequence of the same network: a
+    graph of one step after the same passes then gives the same result at no cost per step."""
+    spec = spec or graph.spec
     math_mode = options.math if options is not None else "fp32"
     rec, reason = choose_recurrence(spec, planning_device(options) or DEFAULT_DEVICE, math_mode)
     if rec is None:
@@ -177,7 +180,7 @@ def persistent_recurrence(graph: Graph, options=None) -> Graph:
     T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers
     G = len(spec.gates)
     shapes = param_shapes(spec)
-    nodes = [n for n in graph.nodes.values() if n.kind in ("input", "state")]
+    nodes = source_nodes(spec)
     params = {(n.source, n.transform): n for n in graph.nodes.values() if n.kind == "param"}
 
     def param(source: str, transform: str = "none") -> str:
@@ -232,4 +235,4 @@ def persistent_recurrence(graph: Graph, options=None) -> Graph:
             finals["c"].append(c)
     for s, names in finals.items():
         nodes.append(Node(f"{s}_n", "output", tuple(names), role=f"{s}_n"))
-    return Graph(spec, nodes, graph.storages, graph.passes + ("persistent_recurrence",))
+    return Graph(spec, nodes, sequence_storages(spec), graph.passes + ("persistent_recurrence",))

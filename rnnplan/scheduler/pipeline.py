@@ -66,13 +66,16 @@ def _plan(spec: RNNSpec, options: PlanOptions, progress) -> Plan:
     total = len(names) + 4 + (lowering == "persistent")
     with _no_cyclic_gc():
         progress("build", 0, total)
-        graph = build(spec)
+        # The persistent lowering replaces every node the passes rewrite and reads only the params they
+        # leave (pretranspose's layout of layer 0's W_ih), so it plans from one step of the network:
+        # the same graph as from all of it (tests/test_persistent.py), at no cost per step.
+        graph = build(spec.model_copy(update={"seq_len": 1}) if lowering == "persistent" else spec)
         for i, name in enumerate(names):
             progress(name, i + 1, total)
             graph = REGISTRY[name](graph, options)
         if lowering == "persistent":
             progress("persistent_recurrence", total - 4, total)
-            graph = persistent_recurrence(graph, options)
+            graph = persistent_recurrence(graph, options, spec)
         progress("verify graph", total - 3, total)
         verify(graph)
         progress("lower", total - 2, total)
