@@ -87,8 +87,7 @@ for label, kw in SMALL + ROWS:
         for name, alt in others.items():
             if alt is None or alt == r or alt.shared_memory_bytes > device.smem_per_block:
                 continue
-            steps = tuple(st.model_copy(update={"recurrence": alt}) if st.recurrence else st for st in plan.steps)
-            alt_ex = rp.Executor(plan.model_copy(update={"steps": steps}), w, backend="cupy")
+            alt_ex = rp.Executor(plan.with_recurrence(alt), w, backend="cupy")
             alt_err = _rel_err(alt_ex.run(x)[0].get(), want)
             assert alt_err < TOL[precision], (name, alt_err)
             other_ms[name] = _median_ms(lambda i: alt_ex.run(xc), 30)

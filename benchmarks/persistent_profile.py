@@ -116,8 +116,7 @@ def main() -> None:
         if args.weights != "chosen" and r.weights_in_registers != (args.weights == "registers"):
             r = (tensor_core_recurrence(spec, r.units_per_block, describe_device(), args.weights == "registers")
                  if r.batch_tile else dataclasses.replace(r, weights_in_registers=args.weights == "registers"))
-            plan = plan.model_copy(update={"steps": tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s
-                                                          for s in plan.steps)})
+            plan = plan.with_recurrence(r)
         ex = rp.Executor(plan, rp.Weights.random(spec, seed=1), backend="cupy", mode="streams")
         x = np.random.default_rng(0).standard_normal((spec.seq_len, spec.batch, spec.input_size)).astype(spec.dtype)
         for _ in range(3):

@@ -232,6 +232,19 @@ def test_persistent_lowering_matches_torch(spec_kw, precision, mode):
             assert rel_err(s_, w) <= TOL[precision]
 
 
+def assert_kernel_matches_torch(plan, module, weights, seed, precision):
+    """The plan's kernel (a variant the planner may not pick) against torch, twice, on poisoned buffers."""
+    ex = rp.Executor(plan, weights, backend="cupy")
+    x, state = random_inputs(plan.spec, seed)
+    want_out, want_st = torch_reference(module, x, state)
+    for _ in range(2):
+        ex.impl.poison()
+        out, st = host(ex.run(x, state))
+        assert rel_err(out, want_out) <= TOL[precision]
+        for s_, w in zip(st, want_st):
+            assert rel_err(s_, w) <= TOL[precision]
+
+
 TENSOR_CORE = [  # fp16 and tf32, each run with the weights in registers and in shared memory
     dict(cell="lstm", input_size=40, hidden_size=200, num_layers=1, seq_len=6, batch=8),  # one layer: k split 4 ways
     dict(cell="lstm", input_size=96, hidden_size=256, num_layers=2, seq_len=7, batch=72),  # a tile of 64 + 8
@@ -260,17 +273,7 @@ def test_tensor_core_kernel_with_weights_in_registers_or_shared_memory(spec_kw, 
     chosen = next(s.recurrence for s in plan.steps if s.recurrence)
     r = tensor_core_recurrence(spec, chosen.units_per_block, describe_device(), registers)
     assert r is not None and r.weights_in_registers == registers and r.mma_kstep == (16 if precision == "fp16" else 8)
-    plan = plan.model_copy(update={"steps": tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s
-                                                  for s in plan.steps)})
-    ex = rp.Executor(plan, weights, backend="cupy")
-    x, state = random_inputs(spec, 6)
-    want_out, want_st = torch_reference(module, x, state)
-    for _ in range(2):
-        ex.impl.poison()
-        out, st = host(ex.run(x, state))
-        assert rel_err(out, want_out) <= TOL[precision]
-        for s_, w in zip(st, want_st):
-            assert rel_err(s_, w) <= TOL[precision]
+    assert_kernel_matches_torch(plan.with_recurrence(r), module, weights, 6, precision)
 
 
 FFMA = [  # (spec, units a block): the FFMA kernel with its weights in registers and in shared memory
@@ -296,17 +299,7 @@ def test_ffma_kernel_with_weights_in_registers_or_shared_memory(spec_kw, units, 
     r = recurrence_of(spec, units, registers=registers)
     assert not registers or r.registers_fit
     plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
-    plan = plan.model_copy(update={"steps": tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s
-                                                  for s in plan.steps)})
-    ex = rp.Executor(plan, weights, backend="cupy")
-    x, state = random_inputs(spec, 8)
-    want_out, want_st = torch_reference(module, x, state)
-    for _ in range(2):
-        ex.impl.poison()
-        out, st = host(ex.run(x, state))
-        assert rel_err(out, want_out) <= TOL[precision]
-        for s_, w in zip(st, want_st):
-            assert rel_err(s_, w) <= TOL[precision]
+    assert_kernel_matches_torch(plan.with_recurrence(r), module, weights, 8, precision)
 
 
 def test_default_plan_reads_the_device_and_picks_persistent_at_small_batch():

@@ -194,16 +194,15 @@ class Graph:
         added = [n for group in groups.values() for n in group] + list(add)
         # Assembled from slices of the old order, by comprehensions: on 10^5 nodes a Python loop
         # with a lookup per node cost 2-4 times as much (planning is bound by memory accesses).
-        names = list(self.nodes)
-        where = dict(zip(names, range(len(names))))
+        pairs = list(self.nodes.items())
+        where = {name: i for i, (name, _) in enumerate(pairs)}
         cuts = sorted((where[a], a) for a in groups if a in where)
         if len(cuts) != len(groups):
             raise ValueError(f"{pass_name}: insert before unknown node(s) "
                              f"{[a for a in groups if a not in where][:3]}")
-        pairs = list(self.nodes.items())
         items: list[tuple[str, Node]] = []
         start = 0
-        for end, anchor in cuts + [(len(names), None)]:
+        for end, anchor in cuts + [(len(pairs), None)]:
             items += [kv for kv in pairs[start:end] if kv[0] not in removed] if removed else pairs[start:end]
             if anchor is not None:
                 items += [(n.name, n) for n in groups[anchor]]

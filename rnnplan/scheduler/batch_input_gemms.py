@@ -49,8 +49,8 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
         if _is_input_gemm(graph, n):
             groups[(n.layer, n.direction, n.gate, n.inputs[1], n.gemm)].append(n)
     remove, insert, views_made = [], [], set()
-    position = {name: i for i, name in enumerate(graph.nodes)}
     for (layer, d, gate, weight, gemm), members in groups.items():
+        arrival = {n.name: i for i, n in enumerate(members)}  # members came in node order
         members.sort(key=lambda n: n.step)
         size = len(members) if layer == 0 else chunk
         for start in range(0, len(members), size):
@@ -58,7 +58,7 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
             if len(block) < 2:
                 continue
             add: list[Node] = []  # goes where the block's first GEMM (in node order) was
-            insert.append((min((n.name for n in block), key=position.__getitem__), add))
+            insert.append((min((n.name for n in block), key=arrival.__getitem__), add))
             times = [n.time for n in block]
             t0, t1 = min(times), max(times)
             prefix = f"L{layer}.{DIRECTIONS[d]}.t{t0:0{width}d}-{t1:0{width}d}"

@@ -141,6 +141,12 @@ class Plan(_Frozen):
     def to_json(self, indent: int | None = None) -> str:
         return self.model_dump_json(indent=indent)
 
+    def with_recurrence(self, r: Recurrence) -> Plan:
+        """This plan with its recurrent step run by the kernel `r` describes (a persistent kernel the
+        planner did not pick, for tests and benchmarks that check or time the alternatives)."""
+        steps = tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s for s in self.steps)
+        return self.model_copy(update={"steps": steps})
+
     @classmethod
     def from_json(cls, text: str | bytes) -> Plan:
         """Load a plan; malformed JSON, another schema version or an inconsistent plan raise PlanError."""
