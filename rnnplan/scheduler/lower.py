@@ -109,7 +109,10 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
     root = {v: graph.root_region(v).storage for v in graph.values}
     temp_roots = {v for v, val in graph.values.items() if val.region is None
                   and graph.nodes[graph.producer[v]].is_kernel}
-    reads = {k.name: {root[v] for v in k.inputs} & temp_roots for k in order}
+    # In operand order, not as sets: the order buffers are released in decides which one a later
+    # temporary reuses, and a set's order would change with the process's string-hash seed.
+    reads = {k.name: [r for r in dict.fromkeys(root[v] for v in k.inputs) if r in temp_roots]
+             for k in order}
     pinned = {root[v] for n in graph.nodes.values() if n.kind == "output" for v in n.inputs}
     readers_left = defaultdict(int)
     for k in order:
