@@ -72,9 +72,10 @@ class Gemm:
         return 2 * self.m * self.n * self.k
 
 
-@dataclass(frozen=True, slots=True)
-class Instr:
-    """One operation of a fused expression: `out = op(*args)`; args name node inputs or earlier outs."""
+class Instr(NamedTuple):
+    """One operation of a fused expression: `out = op(*args)`; args name node inputs or earlier outs.
+
+    A NamedTuple so that plans carry the IR's expressions as they are (`Step.expr`), unconverted."""
 
     out: str
     op: str

@@ -22,8 +22,7 @@ import numpy as np
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Node, Region
 from rnnplan.scheduler.clocks import Clocks, reduce_waits
-from rnnplan.scheduler.plan import (Buffer, BufferView, FusedInstr, GemmParams, Plan, PlanStats,
-                                    Step)
+from rnnplan.scheduler.plan import Buffer, BufferView, GemmParams, Plan, PlanStats, Step
 from rnnplan.spec import PlanOptions
 
 ROLE_OF_KIND = {"input": "input", "state": "state", "param": "param"}
@@ -47,6 +46,7 @@ class _Buffers:
         self.of_storage: dict[str, int] = {}
         self.free: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)  # size -> (buf, accessors)
         self.temp_bytes_no_reuse = 0
+        self.views: dict[str, BufferView] = {}
 
     def _new(self, name: str, role: str, shape: tuple[int, int], **extra) -> int:
         self.table.append(dict(id=len(self.table), name=name, role=role, size=shape[0] * shape[1],
@@ -75,10 +75,15 @@ class _Buffers:
         self.free[self.table[buf]["size"]].append((buf, accessors))
 
     def view(self, value: str) -> BufferView:
-        r: Region = self.graph.root_region(value)
-        ld = self.graph.storage_shape(r.storage)[1]
-        return BufferView(self.of_storage[r.storage], r.rows[0] * ld + r.cols[0], r.rows[1] - r.rows[0],
-                          r.cols[1] - r.cols[0], ld)
+        """Where `value` lives, once every temporary has its buffer (a value read by several steps
+        is looked up once)."""
+        found = self.views.get(value)
+        if found is None:
+            r: Region = self.graph.root_region(value)
+            ld = self.graph.storage_shape(r.storage)[1]
+            found = self.views[value] = BufferView(self.of_storage[r.storage], r.rows[0] * ld + r.cols[0],
+                                                   r.rows[1] - r.rows[0], r.cols[1] - r.cols[0], ld)
+        return found
 
 
 def _order(graph: Graph, levels: dict[str, int]) -> list[Node]:
@@ -152,7 +157,7 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
             record=records.get(i), op=k.op,
             gemm=GemmParams.model_construct(m=g.m, n=g.n, k=g.k, weight_layout=g.weight_layout)
             if g else None,
-            expr=tuple(FusedInstr(e.out, e.op, e.args) for e in k.expr),
+            expr=k.expr,
             expr_outputs=k.expr_outputs, layer=k.layer, direction=k.direction, step=k.step,
             recurrence=k.recurrence))
 

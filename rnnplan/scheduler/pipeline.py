@@ -5,15 +5,16 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 
-from rnnplan.ir import build, verify
+from rnnplan.ir import Graph, build, verify
 from rnnplan.scheduler.lower import lower
-from rnnplan.scheduler.manager import PASSES, REGISTRY, apply_passes
+from rnnplan.scheduler.manager import PASSES, REGISTRY
 from rnnplan.scheduler.persistent import (
     choose_lowering,
     persistent_recurrence,
     planning_device,
 )
 from rnnplan.scheduler.plan import Plan
+from rnnplan.scheduler.repeat_steps import SHORT_STEPS, STEP_LOCAL, repeat_middle_step
 from rnnplan.scheduler.verify_plan import verify_plan
 from rnnplan.spec import PlanOptions, RNNSpec
 
@@ -69,10 +70,10 @@ def _plan(spec: RNNSpec, options: PlanOptions, progress) -> Plan:
         # The persistent lowering replaces every node the passes rewrite and reads only the params they
         # leave (pretranspose's layout of layer 0's W_ih), so it plans from one step of the network:
         # the same graph as from all of it (tests/test_persistent.py), at no cost per step.
-        graph = build(spec.model_copy(update={"seq_len": 1}) if lowering == "persistent" else spec)
-        for i, name in enumerate(names):
-            progress(name, i + 1, total)
-            graph = REGISTRY[name](graph, options)
+        if lowering == "persistent":
+            graph = _passed(spec.model_copy(update={"seq_len": 1}), names, options, progress, total)
+        else:
+            graph = _passed(spec, names, options, progress, total)
         if lowering == "persistent":
             progress("persistent_recurrence", total - 4, total)
             graph = persistent_recurrence(graph, options, spec)
@@ -89,10 +90,32 @@ def _plan(spec: RNNSpec, options: PlanOptions, progress) -> Plan:
         return plan
 
 
+def _passed(spec: RNNSpec, names: tuple[str, ...], options: PlanOptions, progress, total: int) -> Graph:
+    """The graph of `spec` after the passes `names`: the step-local ones applied to three steps and
+    repeated down the sequence (`repeat_steps`), then the others on the whole graph. The same graph
+    as `apply_passes(build(spec))` (tests/test_repeat_steps.py), without ever building the naive
+    graph of a long sequence."""
+    local = tuple(name for name in names if name in STEP_LOCAL)
+    if not local or spec.seq_len <= SHORT_STEPS:
+        graph, rest = build(spec), names
+    else:
+        graph = build(spec.model_copy(update={"seq_len": SHORT_STEPS}))
+        for name in local:
+            progress(name, names.index(name) + 1, total)
+            graph = REGISTRY[name](graph, options)
+        graph, rest = repeat_middle_step(graph, spec), tuple(n for n in names if n not in local)
+    for name in rest:
+        progress(name, names.index(name) + 1, total)
+        graph = REGISTRY[name](graph, options)
+    graph.passes = tuple(names)  # in canonical order, as applied to the whole graph
+    return graph
+
+
 def build_graph(spec: RNNSpec, options: PlanOptions | None = None):
     """The optimized graph that `build_plan` lowers (for inspection and tests)."""
     options = options or PlanOptions()
     options.check_against(spec)
-    graph = apply_passes(build(spec), options, check=False)
+    names = PASSES if options.passes is None else options.passes
+    graph = _passed(spec, tuple(names), options, lambda *a: None, len(names))
     persistent = choose_lowering(spec, options)[0] == "persistent"
     return verify(persistent_recurrence(graph, options) if persistent else graph)

@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from rnnplan.ir.node import Instr
 from rnnplan.ir.recurrence import Recurrence
 from rnnplan.spec import PlanOptions, RNNSpec
 
@@ -69,12 +70,7 @@ class GemmParams(_Frozen):
     weight_layout: Literal["nk", "kn"]
 
 
-class FusedInstr(NamedTuple):
-    """One operation of a fused step's expression (a NamedTuple, like BufferView, for planner speed)."""
-
-    out: str
-    op: str
-    args: tuple[str, ...]
+FusedInstr = Instr  # one operation of a fused step's expression: the IR's, carried over as it is
 
 
 class Step(_Frozen):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from functools import lru_cache
 
 from pydantic import ValidationError
 
@@ -77,21 +78,31 @@ def _pointwise(s: Step) -> list[str]:
             if not _broadcast_ok(v, s.outputs[0])]
 
 
-def _fused(s: Step) -> list[str]:
-    names = {f"in{i}" for i in range(len(s.inputs))}
+@lru_cache(maxsize=256)
+def _expression(inputs: int, expr: tuple, outputs: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
+    """What is wrong with a fused expression over `inputs` operands, and whether it defines every
+    output it names. Cached: every cell-step of a layer carries the same expression, and checking
+    it for each step cost more than the rest of the step's checks."""
+    names = {f"in{i}" for i in range(inputs)}
     errs = []
-    for ins in s.expr:
+    for ins in expr:
         op = POINTWISE_OPS.get(ins.op)
         if op is None or len(ins.args) != op.arity or any(a not in names for a in ins.args):
             errs.append(f"bad instruction {ins.out}={ins.op}{ins.args}")
         names.add(ins.out)
-    if not s.outputs or len(s.outputs) != len(s.expr_outputs) or any(o not in names for o in s.expr_outputs):
+    return tuple(errs), all(o in names for o in outputs)
+
+
+def _fused(s: Step) -> list[str]:
+    instr_errs, outputs_defined = _expression(len(s.inputs), s.expr, s.expr_outputs)
+    errs = list(instr_errs)
+    out = s.outputs[0] if s.outputs else None
+    if out is None or len(s.outputs) != len(s.expr_outputs) or not outputs_defined:
         errs.append("outputs do not match the expression's outputs")
-    elif any((o.rows, o.cols) != (s.outputs[0].rows, s.outputs[0].cols) for o in s.outputs):
+    elif any((o.rows, o.cols) != (out.rows, out.cols) for o in s.outputs):
         errs.append("outputs differ in shape")
     else:
-        errs += [f"input {i} does not broadcast" for i, v in enumerate(s.inputs)
-                 if not _broadcast_ok(v, s.outputs[0])]
+        errs += [f"input {i} does not broadcast" for i, v in enumerate(s.inputs) if not _broadcast_ok(v, out)]
     return errs
 
 
@@ -126,42 +137,47 @@ def _interface(plan: Plan) -> list[str]:
 class _Memory:
     """Live accesses per buffer page; a write retires the accesses it fully overwrites.
 
-    An access is [step, view, write, alive, rect]; `rect` is the view's rectangle (or None when it
-    wraps rows), computed once because every later access to the page compares against it."""
+    An access is [step, view, write, alive, rect, first, end]: `rect` is the view's rectangle (or
+    None when it wraps rows) and first/end its element range, computed once because every later
+    access to the page compares against them."""
 
     def __init__(self, plan: Plan):
-        self.plan = plan
         # Pages of one time step's rows keep the live lists short for sequence-long buffers.
         batch = plan.spec.batch
         self.page = {b.id: b.shape[1] * batch if b.shape[0] % batch == 0 else b.size
                      for b in plan.buffers}
         self.live: dict[tuple[int, int], list[list]] = defaultdict(list)
 
-    def _buckets(self, v: BufferView) -> list[list[list]]:
+    def access(self, step: int, v: BufferView, write: bool) -> tuple[list, list[list[list]]]:
+        """The access record of `v` and the live lists of the pages it touches (not yet added)."""
+        end = v.offset + (v.rows - 1) * v.ld + v.cols
         p, live, buf = self.page[v.buffer], self.live, v.buffer
-        return [live[(buf, k)] for k in range(v.offset // p, (v.end - 1) // p + 1)]
+        first, last = v.offset // p, (end - 1) // p
+        buckets = [live[(buf, first)]] if first == last else [live[(buf, k)] for k in range(first, last + 1)]
+        return [step, v, write, True, _rect(v), v.offset, end], buckets
 
-    def touching(self, v: BufferView, buckets: list[list[list]]) -> list[tuple[list, int]]:
-        """(access, elements shared with v) for every live access that overlaps v."""
+    @staticmethod
+    def touching(acc: list, buckets: list[list[list]], writes_only: bool) -> list[tuple[list, int]]:
+        """(access, elements shared with acc's view) for every live access that overlaps it."""
         found: list[tuple[list, int]] = []
-        seen: set[int] = set()
-        start, end, rect = v.offset, v.end, _rect(v)
+        _, v, _, _, rect, start, end = acc
+        seen: set[int] | None = set() if len(buckets) > 1 else None
         for bucket in buckets:
             for a in bucket:
-                if not a[3] or (len(buckets) > 1 and id(a) in seen):
+                if not a[3] or a[6] <= start or end <= a[5] or (writes_only and not a[2]):
                     continue
-                w = a[1]
-                if w.end <= start or end <= w.offset:
-                    continue
-                shared = _shared(w, a[4], v, rect)
-                if shared:
+                if seen is not None:
+                    if id(a) in seen:
+                        continue
                     seen.add(id(a))
+                w = a[1]
+                shared = v.rows * v.cols if w == v else _shared(w, a[4], v, rect)
+                if shared:
                     found.append((a, shared))
         return found
 
     @staticmethod
-    def add(step: int, v: BufferView, write: bool, buckets: list[list[list]]) -> None:
-        acc = [step, v, write, True, _rect(v)]
+    def add(acc: list, buckets: list[list[list]]) -> None:
         for bucket in buckets:
             if not all(a[3] for a in bucket):
                 bucket[:] = [a for a in bucket if a[3]]
@@ -172,32 +188,32 @@ def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
     mem = _Memory(plan)
     host = {b.id for b in plan.buffers if b.role in HOST_WRITTEN}
     for i, s in enumerate(plan.steps):
-        deps = set(s.deps)
+        deps = s.deps
         for v in s.inputs:
             if v.buffer in host:
                 continue
-            buckets = mem._buckets(v)
-            writes = [(a, shared) for a, shared in mem.touching(v, buckets) if a[2]]
+            acc, buckets = mem.access(i, v, False)
+            writes = mem.touching(acc, buckets, writes_only=True)
             stale = [plan.steps[a[0]].name for a, _ in writes if a[0] not in deps]
             if stale:
                 errs.append(f"{s.name} reads buffer {v.buffer} last written by {stale}, not by its deps")
             if sum(shared for _, shared in writes) < v.rows * v.cols:
                 errs.append(f"{s.name} reads elements of buffer {v.buffer} that nothing wrote before it")
-            mem.add(i, v, False, buckets)
+            mem.add(acc, buckets)
         for v in s.outputs:
             if v.buffer in host:
                 errs.append(f"{s.name} writes buffer {v.buffer}, which holds an input, state or param")
                 continue
-            buckets = mem._buckets(v)
-            for a, _ in mem.touching(v, buckets):
+            acc, buckets = mem.access(i, v, True)
+            for a, _ in mem.touching(acc, buckets, writes_only=False):
                 if a[0] != i and not clocks.happens_before(a[0], i):
                     kind = "write" if a[2] else "read"
                     errs.append(f"{s.name} (stream {s.stream}) overwrites buffer {v.buffer} while the "
                                 f"{kind} by {plan.steps[a[0]].name} (stream {plan.steps[a[0]].stream}) "
                                 f"may still be running: unsafe reuse")
-                if covers(v, a[1]) and a[0] != i:
+                if a[0] != i and (a[1] == v or covers(v, a[1])):
                     a[3] = False
-            mem.add(i, v, True, buckets)
+            mem.add(acc, buckets)
 
 
 def verify_plan(plan: Plan, limit: int = 20) -> Plan:

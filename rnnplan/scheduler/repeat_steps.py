@@ -1,0 +1,156 @@
+"""Repeating a planned time step: the graph of a long sequence from the graph of a three-step one.
+
+The step-local passes (`STEP_LOCAL`: combine_gates, pretranspose, fuse_pointwise) rewrite the nodes
+of each time step the same way, whatever the step: what they do to a step depends only on that
+step's nodes and the params. So `build_plan` runs them on the graph of a three-step sequence
+(times 0, 1, 2: the first step, a middle one, the last) and `repeat_middle_step` makes the long
+sequence's graph from it: time 0 as it is, times 1..T-2 from time 1, time T-1 from time 2, renamed
+and moved down the sequence. Planning then costs per node one rename instead of a build and three
+rewrites (LSTM 8 x 1000 bidirectional: 470,000 naive nodes never exist).
+
+Needs: `build(spec with seq_len 3)` after any subset of the step-local passes; `spec.seq_len >= 3`.
+Guarantees: the graph that the same passes give on `build(spec)`, node for node and in the same node
+order (tests/test_repeat_steps.py checks every pass subset on every cell, 1-3 layers, both
+directions), with the passes recorded as applied.
+Does not: repeat graphs that `batch_input_gemms` or `wavefront_streams` rewrote (their result for a
+step depends on its neighbours: run them on the repeated graph), or check step-locality of a pass
+(a new pass joins `STEP_LOCAL` only with the equality tests).
+
+A node belongs to a time step when its `time` is set (cell-step nodes, per-step input views);
+its names mention times as `.t<digits>` (`L0.fwd.t1.gemm_hh`), and only its own time and the
+neighbouring ones (the recurrence reads h of t-1, or t+1 in the reverse direction). Every other
+node is static: sources, params and their views, initial states, outputs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from rnnplan.ir.build import sequence_storages, source_nodes
+from rnnplan.ir.graph import Graph
+from rnnplan.ir.node import Node, Region, Value
+from rnnplan.spec import RNNSpec
+
+STEP_LOCAL: tuple[str, ...] = ("combine_gates", "pretranspose", "fuse_pointwise")
+SHORT_STEPS = 3  # first, middle, last
+_TIME = re.compile(r"\.t(\d+)(?=\.|$)")
+
+
+def _template(name: str) -> str:
+    """`name` as a format string over the three short times: `L0.fwd.t1.cell` -> `L0.fwd.t{1}.cell`."""
+    return _TIME.sub(lambda m: ".t{" + m.group(1) + "}", name.replace("{", "{{").replace("}", "}}"))
+
+
+class _Repeater:
+    def __init__(self, short: Graph, spec: RNNSpec):
+        self.spec, self.B = spec, spec.batch
+        self.width = len(str(spec.seq_len - 1))
+        self.sequences = {"x"} | set(short.storages)  # storages whose rows follow time
+        self.templates: dict[str, str] = {}
+
+    def fmt(self, name: str) -> str:
+        found = self.templates.get(name)
+        if found is None:
+            found = self.templates[name] = _template(name)
+        return found
+
+    def times(self, slice_time: int, t: int) -> tuple[str, ...]:
+        """The names of the short times 0, 1, 2 seen from the copy of `slice_time` placed at `t`."""
+        return tuple(f"{t + k - slice_time:0{self.width}d}" for k in range(SHORT_STEPS))
+
+    def region(self, r: Region | None, shift: int, names: tuple[str, ...]) -> Region | None:
+        if r is None:
+            return None
+        if r.storage in self.sequences:
+            return Region(r.storage, (r.rows[0] + shift, r.rows[1] + shift), r.cols)
+        return Region(self.fmt(r.storage).format(*names), r.rows, r.cols)
+
+    def copies(self, run: list[Node], slice_time: int, ts: Iterable[int]) -> Iterable[Node]:
+        """The run of one time step's nodes (in node order), placed at each time in `ts`."""
+        T, fmt = self.spec.seq_len, self.fmt
+        recipes = [(n, fmt(n.name), [fmt(v) for v in n.inputs], [(fmt(v.name), v) for v in n.outputs])
+                   for n in run]
+        for t in ts:
+            names = self.times(slice_time, t)
+            shift = (t - slice_time) * self.B
+            for n, name, inputs, outputs in recipes:
+                yield n._replace(
+                    name=name.format(*names), inputs=tuple(i.format(*names) for i in inputs),
+                    outputs=tuple(Value(o.format(*names), v.shape, self.region(v.region, shift, names))
+                                  for o, v in outputs),
+                    time=t, step=None if n.step is None else (t if n.direction == 0 else T - 1 - t))
+
+    def static(self, n: Node, sources: dict[str, Node]) -> Node:
+        """A node outside the time steps; the ones that read or cover the whole sequence are
+        stretched to it (the output view of the last layer's sequence, the output nodes)."""
+        if n.name in sources:
+            return sources[n.name]
+        if not any(_TIME.search(v) for v in n.inputs) and not any(
+                v.region is not None and v.region.storage in self.sequences for v in n.outputs):
+            return n
+        T, short_rows = self.spec.seq_len, SHORT_STEPS * self.B
+        edges = (f"{0:0{self.width}d}", "", f"{T - 1:0{self.width}d}")  # the first and last steps
+        inputs: list[str] = []
+        middle: list[str] = []  # a run of inputs from the middle step: one copy per time 1..T-2
+        for v in n.inputs + ("",):
+            found = _TIME.search(v)
+            if found and int(found.group(1)) == 1:
+                middle.append(self.fmt(v))
+                continue
+            for t in range(1, T - 1):
+                names = self.times(1, t)
+                inputs += [m.format(*names) for m in middle]
+            middle = []
+            if v:
+                inputs.append(self.fmt(v).format(*edges) if found else v)
+        outputs = []
+        for v in n.outputs:
+            r = v.region
+            if r is not None and r.storage in self.sequences:
+                if r.rows != (0, short_rows):
+                    raise ValueError(f"repeat_middle_step: {n.name} covers rows {r.rows} of {r.storage}, "
+                                     "neither one step nor the whole sequence")
+                r = Region(r.storage, (0, T * self.B), r.cols)
+                v = Value(v.name, r.shape, r)
+            outputs.append(v)
+        return n._replace(inputs=tuple(inputs), outputs=tuple(outputs))
+
+
+def repeat_middle_step(short: Graph, spec: RNNSpec) -> Graph:
+    """The graph of `spec` (seq_len T) from `short`, the same network's graph over three steps."""
+    if short.spec != spec.model_copy(update={"seq_len": SHORT_STEPS}) or spec.seq_len < SHORT_STEPS:
+        raise ValueError(f"repeat_middle_step needs the {SHORT_STEPS}-step graph of the spec and "
+                         f"seq_len >= {SHORT_STEPS}")
+    T = spec.seq_len
+    rep = _Repeater(short, spec)
+    sources = {n.name: n for n in source_nodes(spec)}
+    # Runs of consecutive nodes of one time step (layer, direction, time); ir.build emits each step's
+    # nodes together and the step-local passes insert where the nodes they replace were.
+    runs: list[tuple[tuple, list[Node]]] = []
+    for n in short.nodes.values():
+        key = None if n.time is None else (n.layer, n.direction, n.time)
+        if runs and key is not None and runs[-1][0] == key:
+            runs[-1][1].append(n)
+        else:
+            runs.append((key, [n]))
+    seen = [k for k, _ in runs if k is not None]
+    if len(seen) != len(set(seen)):
+        raise ValueError("repeat_middle_step: a time step's nodes are not contiguous in node order")
+    nodes: list[Node] = []
+    for key, run in runs:
+        if key is None:
+            nodes += [rep.static(n, sources) for n in run]
+            continue
+        _, direction, time = key
+        if time == 0:
+            ts: Iterable[int] = (0,)
+        elif time == SHORT_STEPS - 1:
+            ts = (T - 1,)
+        else:  # the middle step, repeated in processing order (the reverse direction counts down)
+            ts = range(T - 2, 0, -1) if direction == 1 else range(1, T - 1)
+        nodes += rep.copies(run, time, ts)
+    table = {n.name: n for n in nodes}
+    if len(table) != len(nodes):
+        raise ValueError("repeat_middle_step: repeated node names collide")
+    return Graph(spec, table, sequence_storages(spec), short.passes)
