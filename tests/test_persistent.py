@@ -1,7 +1,6 @@
 """The persistent lowering on the CPU: plan shape, fit decisions, and the reference semantics of the
 recurrent node against torch (the GPU kernel is checked against both in test_gpu.py)."""
 
-import dataclasses
 import shutil
 import subprocess
 
@@ -171,7 +170,6 @@ def test_persistent_plan_from_one_step_equals_the_plan_from_the_whole_graph(kw):
 def test_ffma_weights_in_registers_where_they_fit():
     """The FFMA kernel holds its weights in registers (fp32, a warp's fixed rows) where they and the
     accumulators fit REGISTER_BUDGET, and then keeps none in shared memory; else shared memory."""
-    from rnnplan.ir.recurrence import REGISTER_BUDGET
 
     def ffma(**kw):
         return choose_recurrence(rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 10, **kw}))

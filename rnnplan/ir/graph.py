@@ -1,19 +1,19 @@
 """`Graph`: the unrolled network as nodes over values, wrapping a `networkx.DiGraph` of dependencies.
 
 A graph is immutable in practice: passes call `rewrite` to get a new graph and never touch the old
-one. The networkx view, the producer/consumer maps and the topological order are derived lazily and
-cached, because most passes only need the maps and large graphs (10^5..10^6 nodes) are common.
+one. The networkx view, the value maps and the topological order are derived lazily and cached,
+because most passes need few of them and large graphs (10^5 nodes and more) are common.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cached_property
 
 import networkx as nx
 
-from rnnplan.ir.node import Node, Region, Value
+from rnnplan.ir.node import KERNEL_KINDS, Node, Region, Value
 from rnnplan.spec import RNNSpec
 
 OUTPUT_NAMES = {"lstm": ("out", "h_n", "c_n"), "gru": ("out", "h_n"),
@@ -47,34 +47,31 @@ class Graph:
     @cached_property
     def values(self) -> dict[str, Value]:
         """value name -> Value."""
-        return self._value_maps()[0]
+        return {v.name: v for n in self.nodes.values() for v in n.outputs}
 
     @cached_property
     def producer(self) -> dict[str, str]:
         """value name -> name of the node that defines it."""
-        return self._value_maps()[1]
+        return {v.name: name for name, n in self.nodes.items() for v in n.outputs}
 
     @cached_property
     def consumers(self) -> dict[str, list[str]]:
-        """value name -> names of the nodes that read it, in node order."""
-        return self._value_maps()[2]
-
-    def _value_maps(self) -> tuple[dict, dict, dict]:
-        """The three value maps together, from one walk over the outputs and one over the inputs
-        (comprehensions where they can be: planning large graphs is bound by memory accesses)."""
-        defined = [(v, name) for name, n in self.nodes.items() for v in n.outputs]
-        values: dict[str, Value] = {v.name: v for v, _ in defined}
-        producer: dict[str, str] = {v.name: name for v, name in defined}
-        consumers: dict[str, list[str]] = {v: [] for v in producer}  # every defined value, read or not
+        """value name -> names of the nodes that read it, in node order (every defined value, read
+        or not, and any value read without being defined). Planning itself asks for it only on small
+        graphs: a dict of lists over a long sequence's graph costs more than most passes."""
+        consumers: dict[str, list[str]] = {v: [] for v in self.producer}
         for name, n in self.nodes.items():
             for v in n.inputs:
                 readers = consumers.get(v)
-                if readers is None:  # a read of an undefined value (verify reports it)
+                if readers is None:
                     consumers[v] = [name]
                 elif not readers or readers[-1] != name:  # a node reading v twice is one reader
                     readers.append(name)
-        self.__dict__.update(values=values, producer=producer, consumers=consumers)
-        return values, producer, consumers
+        return consumers
+
+    def read_counts(self) -> Counter[str]:
+        """value name -> how many operands read it (a node reading a value twice counts twice)."""
+        return Counter(v for n in self.nodes.values() for v in n.inputs)
 
     @cached_property
     def nx(self) -> nx.DiGraph:
@@ -93,10 +90,12 @@ class Graph:
         networkx's topological sort (which raises on a cycle). Checking costs one walk over the
         inputs; sorting would first build the networkx DiGraph of the whole graph."""
         defined: set[str] = set()
+        add, covers = defined.add, defined.issuperset
         for n in self.nodes.values():
-            if not all(map(defined.__contains__, n.inputs)):
+            if not covers(n.inputs):
                 return list(nx.topological_sort(self.nx))
-            defined.update(v.name for v in n.outputs)
+            for v in n.outputs:
+                add(v.name)
         return list(self.nodes)
 
     def readable_order(self) -> list[str]:
@@ -119,14 +118,16 @@ class Graph:
         # which planning turns off, ran again.)
         through: dict[str, tuple[str, ...]] = {}  # value -> kernels that produced it
         deps: dict[str, tuple[str, ...]] = {}
+        get = through.get
         for n in self.topo_nodes():
-            if n.is_kernel:
-                deps[n.name] = tuple(dict.fromkeys(k for v in n.inputs for k in through.get(v, ())))
-                found: tuple[str, ...] = (n.name,)
-            elif n.kind == "view":
-                found = tuple(dict.fromkeys(k for v in n.inputs for k in through.get(v, ())))
-            else:
-                found = ()
+            kernel = n.kind in KERNEL_KINDS
+            found: tuple[str, ...] = ()
+            if kernel or n.kind == "view":
+                ins = n.inputs
+                found = get(ins[0], ()) if len(ins) == 1 else tuple(dict.fromkeys(
+                    k for v in ins for k in get(v, ())))
+                if kernel:
+                    deps[n.name], found = found, (n.name,)
             for v in n.outputs:
                 through[v.name] = found
         return deps
@@ -178,10 +179,9 @@ class Graph:
         Passes insert new nodes where the nodes they stand for were, so that the node order stays a
         topological order and `order` need not sort (a pass that appends still gets a correct,
         sorted order). With `prune`, nodes that the rewrite left unread (orphaned views and params)
-        go too. When the change is small, the value maps of the new graph are derived from this
-        graph's by the change alone, so a local rewrite of a large graph costs time in proportion to
-        the change, plus one dict copy; a large change leaves them to be derived afresh when first
-        asked for.
+        go too. The new graph derives its value maps afresh when first asked: two comprehensions
+        over the nodes, cheaper on a long sequence's graph than carrying the old maps over by the
+        change (which copied them, and most rewrites change a quarter of the nodes or more).
         """
         removed = set(remove)
         swapped = {n.name: n for n in replace}
@@ -215,70 +215,33 @@ class Graph:
             raise ValueError(f"{pass_name}: node name {twice[0]!r} already exists")
         nodes.update(swapped)  # in place: a dict keeps a key's position when its value changes
         g = Graph(self.spec, nodes, self.storages, self.passes + (pass_name,))
-        old = [self.nodes[k] for k in removed] + [self.nodes[k] for k in swapped]
-        g._derive_maps(self, old, list(swapped.values()) + added)
-        return g._prune(old) if prune else g
+        if not prune:
+            return g
+        gone = [self.nodes[k] for k in removed] + [self.nodes[k] for k in swapped]
+        return g._prune({v for n in gone for v in n.inputs})
 
-    def _derive_maps(self, before: Graph, gone: list[Node], new: list[Node]) -> None:
-        """Carry `before`'s value maps over by the change alone, when the change is small; a large
-        change (fusing most of a graph) is cheaper to derive afresh, lazily, from the new nodes."""
-        if ({"values", "producer", "consumers"} <= before.__dict__.keys()
-                and 4 * (len(gone) + len(new)) < len(self.nodes)):
-            self._update_maps(before, gone, new)
-
-    def _update_maps(self, before: Graph, gone: list[Node], new: list[Node]) -> None:
-        values, producer = dict(before.values), dict(before.producer)
-        consumers = dict(before.consumers)  # lists are replaced, never mutated: `before` shares them
-        drop: dict[str, set[str]] = defaultdict(set)
-        gain: dict[str, list[str]] = defaultdict(list)
-        for n in gone:
-            for v in n.outputs:
-                del values[v.name], producer[v.name]
-            for v in n.inputs:
-                drop[v].add(n.name)
-            for v in n.outputs:
-                drop[v.name]  # revisited below: dropped if nothing defines it any more
-        for n in new:
-            for v in n.outputs:
-                values[v.name], producer[v.name] = v, n.name
-                gain[v.name]
-            for v in dict.fromkeys(n.inputs):
-                gain[v].append(n.name)
-        for v in drop.keys() | gain.keys():
-            if v not in producer:  # e.g. a fused cell's internal values: gone with their readers
-                consumers.pop(v, None)
-                continue
-            gone_readers = drop.get(v)
-            old = consumers.get(v, ())
-            kept = [u for u in old if u not in gone_readers] if gone_readers else list(old)
-            consumers[v] = kept + gain.get(v, [])
-        self.__dict__.update(values=values, producer=producer, consumers=consumers)
-
-    def _prune(self, gone: list[Node]) -> Graph:
-        """Drop nodes that nothing reads any more, starting from what `gone` used to read."""
-        users = self.consumers
-        counts: dict[str, int] = {}
-        dead: list[Node] = []
-        dead_names: set[str] = set()
-        work = list(dict.fromkeys(self.producer[v] for n in gone for v in n.inputs if v in self.producer))
+    def _prune(self, candidates: set[str]) -> Graph:
+        """Drop nodes that nothing reads any more, starting from the producers of `candidates`
+        (the values that removed nodes used to read)."""
+        counts = self.read_counts()
+        producer = self.producer
+        dead: set[str] = set()
+        work = list(dict.fromkeys(producer[v] for v in candidates if v in producer))
         while work:
             name = work.pop()
-            n = self.nodes.get(name)
-            if n is None or name in dead_names or n.kind == "output" or not n.outputs:
+            n = self.nodes[name]
+            if name in dead or n.kind == "output" or not n.outputs:
                 continue
-            if all(counts.get(o.name, len(users.get(o.name, ()))) == 0 for o in n.outputs):
-                dead_names.add(name)
-                dead.append(n)
-                for v in dict.fromkeys(n.inputs):
-                    counts[v] = counts.get(v, len(users[v])) - 1
-                    if counts[v] == 0:
-                        work.append(self.producer[v])
+            if all(counts[o.name] == 0 for o in n.outputs):
+                dead.add(name)
+                for v in n.inputs:
+                    counts[v] -= 1
+                    if counts[v] == 0 and v in producer:
+                        work.append(producer[v])
         if not dead:
             return self
-        nodes = {k: n for k, n in self.nodes.items() if k not in dead_names}
-        g = Graph(self.spec, nodes, self.storages, self.passes)
-        g._derive_maps(self, dead, [])
-        return g
+        return Graph(self.spec, {k: n for k, n in self.nodes.items() if k not in dead}, self.storages,
+                     self.passes)
 
     def map_nodes(self, pass_name: str, fn) -> Graph:
         """A new graph with every node replaced by fn(node), which keeps the node's name, inputs and

@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import lru_cache
 
 import networkx as nx
 
 from rnnplan.ir.graph import OUTPUT_NAMES, Graph
-from rnnplan.ir.node import POINTWISE_OPS, Node, Region
+from rnnplan.ir.node import POINTWISE_OPS, Instr, Node, Region
 from rnnplan.ir.recurrence import operand_shapes
 
 SOURCE_KINDS = ("input", "state", "param")
@@ -59,25 +60,35 @@ def _pointwise(g: Graph, n: Node) -> list[str]:
             for v in n.inputs if not _broadcasts(g.values[v].shape, out)]
 
 
-def _fused(g: Graph, n: Node) -> list[str]:
-    known = {f"in{i}": g.values[v].shape for i, v in enumerate(n.inputs)}
+@lru_cache(maxsize=256)
+def _expression(inputs: int, expr: tuple[Instr, ...], outputs: tuple[str, ...]) -> tuple[tuple[str, ...],
+                                                                                      tuple[int, ...]]:
+    """What is wrong with a fused expression over `inputs` operands (`{}` stands for the node's
+    name), and which outputs it leaves undefined. Cached: every cell-step of a layer carries the
+    same expression."""
+    known = {f"in{i}" for i in range(inputs)}
     errs = []
+    for ins in expr:
+        op = POINTWISE_OPS.get(ins.op)
+        if op is None or len(ins.args) != op.arity:
+            errs.append(f"{{}}: bad instruction {ins}")
+        missing = [a for a in ins.args if a not in known]
+        if missing:
+            errs.append(f"{{}}: instruction {ins.out} reads undefined {missing}")
+        known.add(ins.out)
+    return tuple(errs), tuple(i for i, e in enumerate(outputs) if e not in known)
+
+
+def _fused(g: Graph, n: Node) -> list[str]:
+    expr_errs, undefined = _expression(len(n.inputs), n.expr, n.expr_outputs)
+    errs = [e.format(n.name) for e in expr_errs]
+    errs += [f"{n.name}: output {n.outputs[i].name} maps to undefined {n.expr_outputs[i]!r}"
+             for i in undefined if i < len(n.outputs)]
     if len(n.outputs) != len(n.expr_outputs):
         errs.append(f"{n.name}: {len(n.outputs)} outputs but {len(n.expr_outputs)} expression outputs")
     out_shape = n.outputs[0].shape if n.outputs else (0, 0)
-    for ins in n.expr:
-        op = POINTWISE_OPS.get(ins.op)
-        if op is None or len(ins.args) != op.arity:
-            errs.append(f"{n.name}: bad instruction {ins}")
-        missing = [a for a in ins.args if a not in known]
-        if missing:
-            errs.append(f"{n.name}: instruction {ins.out} reads undefined {missing}")
-        known[ins.out] = out_shape
-    for v, e in zip(n.outputs, n.expr_outputs):
-        if e not in known:
-            errs.append(f"{n.name}: output {v.name} maps to undefined {e!r}")
-        elif v.shape != out_shape:
-            errs.append(f"{n.name}: outputs differ in shape")
+    if any(v.shape != out_shape for v in n.outputs):
+        errs.append(f"{n.name}: outputs differ in shape")
     return errs
 
 
@@ -167,8 +178,9 @@ def verify(graph: Graph, limit: int = 20) -> Graph:
             if v.name in seen_values:
                 errs.append(f"value {v.name} is defined twice")
             seen_values.add(v.name)
+    producer = graph.producer
     for n in graph.nodes.values():
-        undefined = [v for v in n.inputs if v not in graph.producer]
+        undefined = [v for v in n.inputs if v not in producer]
         if undefined:
             errs.append(f"{n.name}: reads undefined value(s) {undefined}")
     if errs:
@@ -184,7 +196,8 @@ def verify(graph: Graph, limit: int = 20) -> Graph:
         if not n.inputs and n.kind not in SOURCE_KINDS:
             errs.append(f"{n.name}: a {n.kind} node with no inputs is unreachable from the inputs")
     errs += _regions(graph)
-    errs += [f"value {v} is never read" for v, users in graph.consumers.items() if not users]
+    read = graph.read_counts()
+    errs += [f"value {v} is never read" for v in graph.producer if not read[v]]
     outputs = [n.name for n in graph.nodes.values() if n.kind == "output"]
     want = OUTPUT_NAMES[graph.spec.cell]
     if sorted(outputs) != sorted(want):

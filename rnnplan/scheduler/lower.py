@@ -111,7 +111,10 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
         buffers.fixed(storage, "output" if last else "seq", shape)
 
     # Which temporaries each kernel reads (through views), and which are pinned by graph outputs.
-    root = {v: graph.root_region(v).storage for v in graph.values}
+    root: dict[str, str] = {}  # value -> the storage that owns its memory
+    for n in graph.topo_nodes():  # a region's storage is a sequence or a value defined earlier
+        for v in n.outputs:
+            root[v.name] = v.name if v.region is None else root.get(v.region.storage, v.region.storage)
     temp_roots = {v for v, val in graph.values.items() if val.region is None
                   and graph.nodes[graph.producer[v]].is_kernel}
     # In operand order, not as sets: the order buffers are released in decides which one a later

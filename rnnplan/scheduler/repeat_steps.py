@@ -59,27 +59,31 @@ class _Repeater:
         """The names of the short times 0, 1, 2 seen from the copy of `slice_time` placed at `t`."""
         return tuple(f"{t + k - slice_time:0{self.width}d}" for k in range(SHORT_STEPS))
 
-    def region(self, r: Region | None, shift: int, names: tuple[str, ...]) -> Region | None:
-        if r is None:
-            return None
-        if r.storage in self.sequences:
-            return Region(r.storage, (r.rows[0] + shift, r.rows[1] + shift), r.cols)
-        return Region(self.fmt(r.storage).format(*names), r.rows, r.cols)
-
     def copies(self, run: list[Node], slice_time: int, ts: Iterable[int]) -> Iterable[Node]:
         """The run of one time step's nodes (in node order), placed at each time in `ts`."""
-        T, fmt = self.spec.seq_len, self.fmt
-        recipes = [(n, fmt(n.name), [fmt(v) for v in n.inputs], [(fmt(v.name), v) for v in n.outputs])
-                   for n in run]
+        T, fmt, sequences = self.spec.seq_len, self.fmt, self.sequences
+        # Per node: its fields up to `outputs` as templates, the fields between kept as they are,
+        # and per output value its name and region storage as templates (a storage that follows
+        # time keeps its name and moves its rows instead). Nodes are then assembled positionally:
+        # this loop makes every node of a long sequence's graph.
+        recipes = []
+        for n in run:
+            outs = [(fmt(v.name), v.shape, v.region, v.region is not None and v.region.storage in sequences,
+                     None if v.region is None else fmt(v.region.storage)) for v in n.outputs]
+            recipes.append((fmt(n.name), n.kind, [fmt(v) for v in n.inputs], outs, n[4:12],
+                            n.layer, n.direction, n.step is not None, n[16:]))
         for t in ts:
             names = self.times(slice_time, t)
             shift = (t - slice_time) * self.B
-            for n, name, inputs, outputs in recipes:
-                yield n._replace(
-                    name=name.format(*names), inputs=tuple(i.format(*names) for i in inputs),
-                    outputs=tuple(Value(o.format(*names), v.shape, self.region(v.region, shift, names))
-                                  for o, v in outputs),
-                    time=t, step=None if n.step is None else (t if n.direction == 0 else T - 1 - t))
+            for name, kind, inputs, outs, middle, layer, direction, stepped, tail in recipes:
+                outputs = tuple(
+                    Value(o.format(*names), shape,
+                          None if r is None else Region(r.storage, (r.rows[0] + shift, r.rows[1] + shift), r.cols)
+                          if moves else Region(storage.format(*names), r.rows, r.cols))
+                    for o, shape, r, moves, storage in outs)
+                step = (t if direction == 0 else T - 1 - t) if stepped else None
+                yield Node(name.format(*names), kind, tuple([i.format(*names) for i in inputs]), outputs,
+                           *middle, layer, direction, step, t, *tail)
 
     def static(self, n: Node, sources: dict[str, Node]) -> Node:
         """A node outside the time steps; the ones that read or cover the whole sequence are

@@ -20,6 +20,7 @@ from __future__ import annotations
 import networkx as nx
 
 from rnnplan.ir.graph import Graph
+from rnnplan.ir.node import KERNEL_KINDS
 from rnnplan.spec import PlanOptions
 
 
@@ -31,9 +32,10 @@ def wavefront_streams(graph: Graph, options: PlanOptions | None = None) -> Graph
                     for k in gen}
     level: dict[str, int] = {}
     stream: dict[str, int | None] = {}
+    producer = graph.producer
     spare = 0
     for n in graph.topo_nodes():
-        if n.is_kernel:
+        if n.kind in KERNEL_KINDS:
             level[n.name] = kernel_level[n.name]
             chain = n.layer * spec.directions + (n.direction or 0)
             if n.cell_step is None and streams > chains:
@@ -42,7 +44,5 @@ def wavefront_streams(graph: Graph, options: PlanOptions | None = None) -> Graph
             else:
                 stream[n.name] = chain % streams
         else:
-            level[n.name] = max((level[graph.producer[v]] for v in n.inputs), default=-1)
-            stream[n.name] = None
-    return graph.map_nodes("wavefront_streams",
-                           lambda n: n._replace(level=level[n.name], stream=stream[n.name]))
+            level[n.name] = max([level[producer[v]] for v in n.inputs], default=-1)
+    return graph.map_nodes("wavefront_streams", lambda n: n.scheduled(level[n.name], stream.get(n.name)))
