@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cached_property
+from itertools import chain
 
 import networkx as nx
 
@@ -71,7 +72,7 @@ class Graph:
 
     def read_counts(self) -> Counter[str]:
         """value name -> how many operands read it (a node reading a value twice counts twice)."""
-        return Counter(v for n in self.nodes.values() for v in n.inputs)
+        return Counter(chain.from_iterable([n.inputs for n in self.nodes.values()]))
 
     @cached_property
     def nx(self) -> nx.DiGraph:
@@ -141,28 +142,34 @@ class Graph:
         return g
 
     def topo_nodes(self) -> Iterator[Node]:
-        return (self.nodes[name] for name in self.order)
+        return map(self.nodes.__getitem__, self.order)
 
     def kernels(self) -> list[Node]:
         return [n for n in self.topo_nodes() if n.is_kernel]
 
     @cached_property
-    def _roots(self) -> dict[str, Region]:
-        return {}
+    def root_regions(self) -> dict[str, Region]:
+        """value name -> where it lives, in the coordinates of the storage that owns its memory (a
+        temporary owns itself; a view's region moves into its storage's owner). One walk in
+        topological order: a region's storage is a sequence or a value defined before it."""
+        roots: dict[str, Region] = {}
+        storages = self.storages
+        for n in self.topo_nodes():
+            for v in n.outputs:
+                r = v.region
+                if r is None:
+                    roots[v.name] = Region(v.name, (0, v.shape[0]), (0, v.shape[1]))
+                elif r.storage in storages:
+                    roots[v.name] = r
+                else:  # r.within(outer), written out: this runs for every value of the graph
+                    outer = roots[r.storage]
+                    (r0, r1), (c0, c1), dr, dc = r.rows, r.cols, outer.rows[0], outer.cols[0]
+                    roots[v.name] = Region(outer.storage, (r0 + dr, r1 + dr), (c0 + dc, c1 + dc))
+        return roots
 
     def root_region(self, value: str) -> Region:
         """Where a value lives, in the coordinates of the storage that owns its memory."""
-        found = self._roots.get(value)
-        if found is None:
-            v = self.values[value]
-            if v.region is None:
-                found = Region(v.name, (0, v.shape[0]), (0, v.shape[1]))
-            elif v.region.storage in self.storages:
-                found = v.region
-            else:
-                found = v.region.within(self.root_region(v.region.storage))
-            self._roots[value] = found
-        return found
+        return self.root_regions[value]
 
     def storage_shape(self, storage: str) -> tuple[int, int]:
         return self.storages[storage] if storage in self.storages else self.values[storage].shape
@@ -191,7 +198,6 @@ class Graph:
         groups: dict[str, list[Node]] = defaultdict(list)
         for anchor, group in insert:
             groups[anchor].extend(group)
-        added = [n for group in groups.values() for n in group] + list(add)
         # Assembled from slices of the old order, by comprehensions: on 10^5 nodes a Python loop
         # with a lookup per node cost 2-4 times as much (planning is bound by memory accesses).
         pairs = list(self.nodes.items())
@@ -243,13 +249,12 @@ class Graph:
         return Graph(self.spec, {k: n for k, n in self.nodes.items() if k not in dead}, self.storages,
                      self.passes)
 
-    def map_nodes(self, pass_name: str, fn) -> Graph:
-        """A new graph with every node replaced by fn(node), which keeps the node's name, inputs and
-        outputs and changes only attributes (level, stream ...). The structure is the same, so the
-        new graph inherits every derived map this one has computed."""
-        g = Graph(self.spec, {k: fn(n) for k, n in self.nodes.items()}, self.storages,
-                  self.passes + (pass_name,))
-        for key in ("values", "producer", "consumers", "nx", "order", "kernel_deps", "kernel_dag", "_roots"):
+    def with_nodes(self, pass_name: str, nodes: Mapping[str, Node]) -> Graph:
+        """A new graph with every node replaced by the node of its name in `nodes`, which keeps the
+        node's name, inputs and outputs and changes only attributes (level, stream ...). The
+        structure is the same, so the new graph inherits every derived map this one has computed."""
+        g = Graph(self.spec, {k: nodes[k] for k in self.nodes}, self.storages, self.passes + (pass_name,))
+        for key in ("values", "producer", "consumers", "nx", "order", "kernel_deps", "kernel_dag", "root_regions"):
             if key in self.__dict__:
                 g.__dict__[key] = self.__dict__[key]
         return g

@@ -107,20 +107,21 @@ def _view(g: Graph, n: Node) -> list[str]:
     if len(n.outputs) != 1 or n.outputs[0].region is None or not n.inputs:
         return [f"{n.name}: a view has inputs and one output with a region"]
     region = n.outputs[0].region
+    storage, (r0, r1), (c0, c1) = region
+    size = (r1 - r0) * (c1 - c0)
     covered = 0
+    values = g.values
     for v in n.inputs:
-        if v == region.storage:  # a window into the value itself
-            covered = region.shape[0] * region.shape[1]
+        if v == storage:  # a window into the value itself
+            covered = size
             continue
-        vr = g.values[v].region
-        if vr is None or vr.storage != region.storage:
-            return [f"{n.name}: input {v} does not live in storage {region.storage}"]
-        r = (max(vr.rows[0], region.rows[0]), min(vr.rows[1], region.rows[1]))
-        c = (max(vr.cols[0], region.cols[0]), min(vr.cols[1], region.cols[1]))
-        covered += max(0, r[1] - r[0]) * max(0, c[1] - c[0])
-    if covered != region.shape[0] * region.shape[1]:
-        return [f"{n.name}: inputs cover {covered} of the {region.shape[0] * region.shape[1]} "
-                f"elements of {region}"]
+        vr = values[v].region
+        if vr is None or vr.storage != storage:
+            return [f"{n.name}: input {v} does not live in storage {storage}"]
+        (a0, a1), (b0, b1) = vr.rows, vr.cols
+        covered += max(0, min(a1, r1) - max(a0, r0)) * max(0, min(b1, c1) - max(b0, c0))
+    if covered != size:
+        return [f"{n.name}: inputs cover {covered} of the {size} elements of {region}"]
     return []
 
 
@@ -141,20 +142,22 @@ SHAPE_RULES = {"gemm": _gemm, "pointwise": _pointwise, "fused": _fused, "recurre
 def _regions(g: Graph) -> list[str]:
     errs = []
     writes: dict[str, list[tuple[Region, str]]] = defaultdict(list)
-    for v in g.values.values():
+    values, storages, producer, nodes = g.values, g.storages, g.producer, g.nodes
+    for v in values.values():
         r = v.region
         if r is None:
             continue
-        if r.shape != v.shape:
+        (r0, r1), (c0, c1) = r.rows, r.cols
+        if (r1 - r0, c1 - c0) != v.shape:
             errs.append(f"{v.name}: region {r} has shape {r.shape}, value has {v.shape}")
-        known = r.storage in g.storages or r.storage in g.values
-        if not known:
+        shape = storages.get(r.storage) or (values[r.storage].shape if r.storage in values else None)
+        if shape is None:
             errs.append(f"{v.name}: region in unknown storage {r.storage}")
             continue
-        rows, cols = g.storage_shape(r.storage)
-        if not (0 <= r.rows[0] < r.rows[1] <= rows and 0 <= r.cols[0] < r.cols[1] <= cols):
+        rows, cols = shape
+        if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
             errs.append(f"{v.name}: region {r} is outside storage of shape {(rows, cols)}")
-        if r.storage in g.storages and g.nodes[g.producer[v.name]].kind != "view":
+        if r.storage in storages and nodes[producer[v.name]].kind != "view":
             writes[r.storage].append((r, v.name))
     for storage, rects in writes.items():  # sweep over rows: compare only rectangles whose rows meet
         rects.sort(key=lambda rv: (rv[0].rows, rv[0].cols))
@@ -170,19 +173,15 @@ def _regions(g: Graph) -> list[str]:
 def verify(graph: Graph, limit: int = 20) -> Graph:
     """Check every invariant; raise GraphError listing the problems, else return the graph."""
     errs: list[str] = []
-    seen_values: set[str] = set()
-    for key, n in graph.nodes.items():
-        if key != n.name:
-            errs.append(f"node stored under {key!r} is named {n.name!r}")
-        for v in n.outputs:
-            if v.name in seen_values:
-                errs.append(f"value {v.name} is defined twice")
-            seen_values.add(v.name)
     producer = graph.producer
-    for n in graph.nodes.values():
-        undefined = [v for v in n.inputs if v not in producer]
-        if undefined:
-            errs.append(f"{n.name}: reads undefined value(s) {undefined}")
+    defined = producer.keys()
+    errs += [f"node stored under {key!r} is named {n.name!r}" for key, n in graph.nodes.items() if key != n.name]
+    if sum(len(n.outputs) for n in graph.nodes.values()) != len(producer):  # some name defined twice
+        seen_values: set[str] = set()
+        errs += [f"value {v.name} is defined twice" for n in graph.nodes.values() for v in n.outputs
+                 if v.name in seen_values or seen_values.add(v.name)]
+    errs += [f"{n.name}: reads undefined value(s) {[v for v in n.inputs if v not in producer]}"
+             for n in graph.nodes.values() if not defined >= set(n.inputs)]
     if errs:
         raise GraphError("\n".join(errs[:limit]))
     try:

@@ -20,7 +20,7 @@ import networkx as nx
 import numpy as np
 
 from rnnplan.ir.graph import Graph
-from rnnplan.ir.node import Node, Region
+from rnnplan.ir.node import Node
 from rnnplan.scheduler.clocks import Clocks, reduce_waits
 from rnnplan.scheduler.plan import Buffer, BufferView, GemmParams, Plan, PlanStats, Step
 from rnnplan.spec import PlanOptions
@@ -47,6 +47,7 @@ class _Buffers:
         self.free: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)  # size -> (buf, accessors)
         self.temp_bytes_no_reuse = 0
         self.views: dict[str, BufferView] = {}
+        self.roots = graph.root_regions
 
     def _new(self, name: str, role: str, shape: tuple[int, int], **extra) -> int:
         self.table.append(dict(id=len(self.table), name=name, role=role, size=shape[0] * shape[1],
@@ -79,10 +80,9 @@ class _Buffers:
         is looked up once)."""
         found = self.views.get(value)
         if found is None:
-            r: Region = self.graph.root_region(value)
-            ld = self.graph.storage_shape(r.storage)[1]
-            found = self.views[value] = BufferView(self.of_storage[r.storage], r.rows[0] * ld + r.cols[0],
-                                                   r.rows[1] - r.rows[0], r.cols[1] - r.cols[0], ld)
+            storage, (r0, r1), (c0, c1) = self.roots[value]
+            ld = self.graph.storage_shape(storage)[1]
+            found = self.views[value] = BufferView(self.of_storage[storage], r0 * ld + c0, r1 - r0, c1 - c0, ld)
         return found
 
 
@@ -111,10 +111,7 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
         buffers.fixed(storage, "output" if last else "seq", shape)
 
     # Which temporaries each kernel reads (through views), and which are pinned by graph outputs.
-    root: dict[str, str] = {}  # value -> the storage that owns its memory
-    for n in graph.topo_nodes():  # a region's storage is a sequence or a value defined earlier
-        for v in n.outputs:
-            root[v.name] = v.name if v.region is None else root.get(v.region.storage, v.region.storage)
+    root = {v: r.storage for v, r in graph.root_regions.items()}  # value -> storage owning its memory
     temp_roots = {v for v, val in graph.values.items() if val.region is None
                   and graph.nodes[graph.producer[v]].is_kernel}
     # In operand order, not as sets: the order buffers are released in decides which one a later
@@ -149,20 +146,23 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
             if readers_left[r] == 0 and r not in pinned:
                 buffers.release(r, accessors.pop(r))
 
-    steps = []
+    steps: list[Step] = []
+    gemms: dict = {}  # one GemmParams per shape: they are immutable, and plans have few shapes
+    view, known, deps_of = buffers.view, buffers.views, graph.kernel_deps
     for i, k in enumerate(order):
         g = k.gemm
-        steps.append(Step.model_construct(
+        if g is not None and g not in gemms:
+            gemms[g] = GemmParams.model_construct(m=g.m, n=g.n, k=g.k, weight_layout=g.weight_layout)
+        fields = dict(
             name=k.name, kind=k.kind, stream=k.stream or 0, level=levels[k.name],
-            inputs=tuple(buffers.view(v) for v in k.inputs),
-            outputs=tuple(buffers.view(v.name) for v in k.outputs),
-            deps=tuple(index[d] for d in graph.kernel_deps[k.name]), waits=waits[i],
-            record=records.get(i), op=k.op,
-            gemm=GemmParams.model_construct(m=g.m, n=g.n, k=g.k, weight_layout=g.weight_layout)
-            if g else None,
-            expr=k.expr,
-            expr_outputs=k.expr_outputs, layer=k.layer, direction=k.direction, step=k.step,
-            recurrence=k.recurrence))
+            inputs=tuple([known.get(v) or view(v) for v in k.inputs]),
+            outputs=tuple([known.get(v.name) or view(v.name) for v in k.outputs]),
+            deps=tuple([index[d] for d in deps_of[k.name]]), waits=waits[i], record=records.get(i),
+            op=k.op, gemm=gemms.get(g), expr=k.expr, expr_outputs=k.expr_outputs, layer=k.layer,
+            direction=k.direction, step=k.step, recurrence=k.recurrence)
+        # Every field given, unvalidated either way; copying the first step costs half what
+        # model_construct does (it walks the fields), and a long sequence has 10^4..10^5 steps.
+        steps.append(steps[0].model_copy(update=fields) if steps else Step.model_construct(**fields))
 
     inputs = {n.name: buffers.view(n.outputs[0].name) for n in graph.nodes.values()
               if n.kind in ("input", "state")}

@@ -35,16 +35,6 @@ def _rect(v: BufferView) -> tuple[int, int, int, int] | None:
     return None if c0 + v.cols > v.ld else (r0, r0 + v.rows, c0, c0 + v.cols)
 
 
-def _shared(a: BufferView, ra, b: BufferView, rb) -> int:
-    """Elements shared by two views of one buffer whose element ranges intersect, given their
-    `_rect`s (an upper bound when their strides differ or one wraps)."""
-    if a.ld == b.ld and ra and rb:
-        rows = min(ra[1], rb[1]) - max(ra[0], rb[0])
-        cols = min(ra[3], rb[3]) - max(ra[2], rb[2])
-        return max(0, rows) * max(0, cols)
-    return min(a.end, b.end) - max(a.offset, b.offset)
-
-
 def covers(w: BufferView, a: BufferView) -> bool:
     """Does writing w overwrite every element a touches?"""
     contiguous = w.cols == w.ld or w.rows == 1
@@ -134,86 +124,78 @@ def _interface(plan: Plan) -> list[str]:
     return errs
 
 
-class _Memory:
-    """Live accesses per buffer page; a write retires the accesses it fully overwrites.
+def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
+    """Replay the steps' accesses in issue order, keeping the live accesses of each buffer page.
 
     An access is [step, view, write, alive, rect, first, end]: `rect` is the view's rectangle (or
-    None when it wraps rows) and first/end its element range, computed once because every later
-    access to the page compares against them."""
-
-    def __init__(self, plan: Plan):
-        # Pages of one time step's rows keep the live lists short for sequence-long buffers.
-        batch = plan.spec.batch
-        self.page = {b.id: b.shape[1] * batch if b.shape[0] % batch == 0 else b.size
-                     for b in plan.buffers}
-        self.live: dict[tuple[int, int], list[list]] = defaultdict(list)
-
-    def access(self, step: int, v: BufferView, write: bool) -> tuple[list, list[list[list]]]:
-        """The access record of `v` and the live lists of the pages it touches (not yet added)."""
-        end = v.offset + (v.rows - 1) * v.ld + v.cols
-        p, live, buf = self.page[v.buffer], self.live, v.buffer
-        first, last = v.offset // p, (end - 1) // p
-        buckets = [live[(buf, first)]] if first == last else [live[(buf, k)] for k in range(first, last + 1)]
-        return [step, v, write, True, _rect(v), v.offset, end], buckets
-
-    @staticmethod
-    def touching(acc: list, buckets: list[list[list]], writes_only: bool) -> list[tuple[list, int]]:
-        """(access, elements shared with acc's view) for every live access that overlaps it."""
-        found: list[tuple[list, int]] = []
-        _, v, _, _, rect, start, end = acc
-        seen: set[int] | None = set() if len(buckets) > 1 else None
-        for bucket in buckets:
-            for a in bucket:
-                if not a[3] or a[6] <= start or end <= a[5] or (writes_only and not a[2]):
-                    continue
-                if seen is not None:
-                    if id(a) in seen:
-                        continue
-                    seen.add(id(a))
-                w = a[1]
-                shared = v.rows * v.cols if w == v else _shared(w, a[4], v, rect)
-                if shared:
-                    found.append((a, shared))
-        return found
-
-    @staticmethod
-    def add(acc: list, buckets: list[list[list]]) -> None:
-        for bucket in buckets:
-            if not all(a[3] for a in bucket):
-                bucket[:] = [a for a in bucket if a[3]]
-            bucket.append(acc)
-
-
-def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
-    mem = _Memory(plan)
+    None when it wraps rows) and first/end its element range, kept because every later access to
+    the page compares against them. A write retires the accesses it fully overwrites. Pages of one
+    time step's rows keep the live lists short for sequence-long buffers. One function, its
+    helpers inlined: it runs for every operand of every step (10^5 and more for long sequences)."""
+    batch, steps = plan.spec.batch, plan.steps
+    page = {b.id: b.shape[1] * batch if b.shape[0] % batch == 0 else b.size for b in plan.buffers}
+    live: dict[tuple[int, int], list[list]] = defaultdict(list)
     host = {b.id for b in plan.buffers if b.role in HOST_WRITTEN}
-    for i, s in enumerate(plan.steps):
-        deps = s.deps
-        for v in s.inputs:
-            if v.buffer in host:
-                continue
-            acc, buckets = mem.access(i, v, False)
-            writes = mem.touching(acc, buckets, writes_only=True)
-            stale = [plan.steps[a[0]].name for a, _ in writes if a[0] not in deps]
-            if stale:
-                errs.append(f"{s.name} reads buffer {v.buffer} last written by {stale}, not by its deps")
-            if sum(shared for _, shared in writes) < v.rows * v.cols:
-                errs.append(f"{s.name} reads elements of buffer {v.buffer} that nothing wrote before it")
-            mem.add(acc, buckets)
-        for v in s.outputs:
-            if v.buffer in host:
-                errs.append(f"{s.name} writes buffer {v.buffer}, which holds an input, state or param")
-                continue
-            acc, buckets = mem.access(i, v, True)
-            for a, _ in mem.touching(acc, buckets, writes_only=False):
-                if a[0] != i and not clocks.happens_before(a[0], i):
-                    kind = "write" if a[2] else "read"
-                    errs.append(f"{s.name} (stream {s.stream}) overwrites buffer {v.buffer} while the "
-                                f"{kind} by {plan.steps[a[0]].name} (stream {plan.steps[a[0]].stream}) "
-                                f"may still be running: unsafe reuse")
-                if a[0] != i and (a[1] == v or covers(v, a[1])):
-                    a[3] = False
-            mem.add(acc, buckets)
+    happens_before = clocks.happens_before
+    for i, s in enumerate(steps):
+        for write, views in ((False, s.inputs), (True, s.outputs)):
+            for v in views:
+                buf, offset, rows, cols, ld = v
+                if buf in host:
+                    if write:
+                        errs.append(f"{s.name} writes buffer {buf}, which holds an input, state or param")
+                    continue
+                end = offset + (rows - 1) * ld + cols
+                p = page[buf]
+                first, last = offset // p, (end - 1) // p
+                buckets = [live[(buf, first)]] if first == last else [live[(buf, k)] for k in range(first, last + 1)]
+                r0, c0 = divmod(offset, ld)
+                rect = None if c0 + cols > ld else (r0, r0 + rows, c0, c0 + cols)
+                size = rows * cols
+                found: list[tuple[list, int]] = []  # (live access overlapping v, elements shared)
+                seen: set[int] | None = set() if len(buckets) > 1 else None
+                dead = False
+                for bucket in buckets:
+                    for a in bucket:
+                        if not a[3]:
+                            dead = True
+                            continue
+                        if a[6] <= offset or end <= a[5] or (not write and not a[2]):
+                            continue
+                        if seen is not None:
+                            if id(a) in seen:
+                                continue
+                            seen.add(id(a))
+                        w, ra = a[1], a[4]
+                        if w == v:
+                            shared = size
+                        elif ra is not None and rect is not None and w.ld == ld:
+                            nr = min(ra[1], rect[1]) - max(ra[0], rect[0])
+                            nc = min(ra[3], rect[3]) - max(ra[2], rect[2])
+                            shared = nr * nc if nr > 0 and nc > 0 else 0
+                        else:  # an upper bound: strides differ or a view wraps
+                            shared = min(a[6], end) - max(a[5], offset)
+                        if shared:
+                            found.append((a, shared))
+                if not write:
+                    stale = [steps[a[0]].name for a, _ in found if a[0] not in s.deps]
+                    if stale:
+                        errs.append(f"{s.name} reads buffer {buf} last written by {stale}, not by its deps")
+                    if sum(shared for _, shared in found) < size:
+                        errs.append(f"{s.name} reads elements of buffer {buf} that nothing wrote before it")
+                for a, _ in found if write else ():
+                    if a[0] != i and not happens_before(a[0], i):
+                        kind = "write" if a[2] else "read"
+                        errs.append(f"{s.name} (stream {s.stream}) overwrites buffer {buf} while the "
+                                    f"{kind} by {steps[a[0]].name} (stream {steps[a[0]].stream}) "
+                                    f"may still be running: unsafe reuse")
+                    if a[0] != i and (a[1] == v or covers(v, a[1])):
+                        a[3], dead = False, True
+                acc = [i, v, write, True, rect, offset, end]
+                for bucket in buckets:
+                    if dead:
+                        bucket[:] = [a for a in bucket if a[3]]
+                    bucket.append(acc)
 
 
 def verify_plan(plan: Plan, limit: int = 20) -> Plan:
@@ -224,9 +206,11 @@ def verify_plan(plan: Plan, limit: int = 20) -> Plan:
             errs.append(f"buffer {i} ({b.name}): id {b.id}, size {b.size} for shape {b.shape}")
     views = [v for vs in plan.outputs.values() for v in vs] + list(plan.inputs.values())
     views += [v for s in plan.steps for v in s.inputs + s.outputs]
-    for v in views:
-        if not (0 <= v.buffer < len(plan.buffers)) or v.offset < 0 or min(v.rows, v.cols) < 1 \
-                or v.cols > v.ld or v.end > plan.buffers[v.buffer].size:
+    sizes = [b.size for b in plan.buffers]
+    for v in dict.fromkeys(views):  # each distinct view once, in order: steps share most of them
+        buf, offset, rows, cols, ld = v
+        if not (0 <= buf < len(sizes)) or offset < 0 or rows < 1 or cols < 1 or cols > ld \
+                or offset + (rows - 1) * ld + cols > sizes[buf]:
             errs.append(f"view {v} is outside its buffer")
     errs += _interface(plan)
     recorder: dict[int, int] = {}

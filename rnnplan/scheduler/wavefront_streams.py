@@ -20,7 +20,7 @@ from __future__ import annotations
 import networkx as nx
 
 from rnnplan.ir.graph import Graph
-from rnnplan.ir.node import KERNEL_KINDS
+from rnnplan.ir.node import KERNEL_KINDS, Node
 from rnnplan.spec import PlanOptions
 
 
@@ -31,18 +31,20 @@ def wavefront_streams(graph: Graph, options: PlanOptions | None = None) -> Graph
     kernel_level = {k: lvl for lvl, gen in enumerate(nx.topological_generations(graph.kernel_dag))
                     for k in gen}
     level: dict[str, int] = {}
-    stream: dict[str, int | None] = {}
+    scheduled: dict[str, Node] = {}
     producer = graph.producer
     spare = 0
     for n in graph.topo_nodes():
         if n.kind in KERNEL_KINDS:
-            level[n.name] = kernel_level[n.name]
+            lvl = kernel_level[n.name]
             chain = n.layer * spec.directions + (n.direction or 0)
             if n.cell_step is None and streams > chains:
-                stream[n.name] = chains + spare % (streams - chains)
+                stream: int | None = chains + spare % (streams - chains)
                 spare += 1
             else:
-                stream[n.name] = chain % streams
+                stream = chain % streams
         else:
-            level[n.name] = max([level[producer[v]] for v in n.inputs], default=-1)
-    return graph.map_nodes("wavefront_streams", lambda n: n.scheduled(level[n.name], stream.get(n.name)))
+            lvl, stream = max([level[producer[v]] for v in n.inputs], default=-1), None
+        level[n.name] = lvl
+        scheduled[n.name] = n.scheduled(lvl, stream)
+    return graph.with_nodes("wavefront_streams", scheduled)
