@@ -1,4 +1,9 @@
-"""`build_plan`: spec -> naive graph -> passes -> lowering -> verified Plan, with a plan cache."""
+"""`build_plan`: spec -> naive graph -> passes -> lowering -> verified Plan, with a plan cache.
+
+The naive graph of a long sequence is never built: the step-local passes run on three steps and
+`repeat_steps` repeats the middle one (the graph lowering), or the passes run on one step and the
+recurrence is built for the whole sequence (the persistent lowering). Both give the graph that the
+passes give on the whole naive graph (tests/test_repeat_steps.py, tests/test_persistent.py)."""
 
 from __future__ import annotations
 
