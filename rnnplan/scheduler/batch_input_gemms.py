@@ -46,7 +46,7 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
     width = len(str(spec.seq_len - 1))
     groups: dict[tuple, list[Node]] = defaultdict(list)
     for n in graph.nodes.values():
-        if _is_input_gemm(graph, n):
+        if n.kind == "gemm" and _is_input_gemm(graph, n):
             groups[(n.layer, n.direction, n.gate, n.inputs[1], n.gemm)].append(n)
     remove, insert, views_made = [], [], set()
     for (layer, d, gate, weight, gemm), members in groups.items():

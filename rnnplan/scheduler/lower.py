@@ -28,10 +28,9 @@ from rnnplan.spec import PlanOptions
 ROLE_OF_KIND = {"input": "input", "state": "state", "param": "param"}
 
 
-def kernel_levels(graph: Graph) -> dict[str, int]:
-    """Wavefront level of each kernel: its generation in the kernel DAG (longest path from a source).
-    Taken from the nodes when `wavefront_streams` already set it."""
-    kernels = [n for n in graph.nodes.values() if n.is_kernel]
+def kernel_levels(graph: Graph, kernels: list[Node]) -> dict[str, int]:
+    """Wavefront level of each of the graph's `kernels`: its generation in the kernel DAG (longest
+    path from a source). Taken from the nodes when `wavefront_streams` already set it."""
     if kernels and all(n.level is not None for n in kernels):
         return {n.name: n.level for n in kernels}
     return {k: lvl for lvl, gen in enumerate(nx.topological_generations(graph.kernel_dag)) for k in gen}
@@ -86,18 +85,19 @@ class _Buffers:
         return found
 
 
-def _order(graph: Graph, levels: dict[str, int]) -> list[Node]:
-    kernels = graph.kernels()
+def _order(kernels: list[Node], levels: dict[str, int]) -> list[Node]:
+    """Issue order: (level, stream, topological index) when streams were assigned, else topological."""
     if any(k.stream is not None for k in kernels):
         index = {k.name: i for i, k in enumerate(kernels)}
-        kernels.sort(key=lambda k: (levels[k.name], k.stream or 0, index[k.name]))
+        return sorted(kernels, key=lambda k: (levels[k.name], k.stream or 0, index[k.name]))
     return kernels
 
 
 def lower(graph: Graph, options: PlanOptions) -> Plan:
     spec = graph.spec
-    levels = kernel_levels(graph)
-    order = _order(graph, levels)
+    kernels = graph.kernels()
+    levels = kernel_levels(graph, kernels)
+    order = _order(kernels, levels)
     num_streams = max([k.stream or 0 for k in order] + [0]) + 1
     clocks = Clocks(num_streams)
     buffers = _Buffers(graph, clocks)
@@ -111,14 +111,13 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
         buffers.fixed(storage, "output" if last else "seq", shape)
 
     # Which temporaries each kernel reads (through views), and which are pinned by graph outputs.
-    root = {v: r.storage for v, r in graph.root_regions.items()}  # value -> storage owning its memory
-    temp_roots = {v for v, val in graph.values.items() if val.region is None
-                  and graph.nodes[graph.producer[v]].is_kernel}
+    roots = graph.root_regions  # value -> where it lives in the storage that owns its memory
+    temp_roots = {v.name for k in order for v in k.outputs if v.region is None}
     # In operand order, not as sets: the order buffers are released in decides which one a later
     # temporary reuses, and a set's order would change with the process's string-hash seed.
-    reads = {k.name: [r for r in dict.fromkeys(root[v] for v in k.inputs) if r in temp_roots]
+    reads = {k.name: [r for r in dict.fromkeys([roots[v].storage for v in k.inputs]) if r in temp_roots]
              for k in order}
-    pinned = {root[v] for n in graph.nodes.values() if n.kind == "output" for v in n.inputs}
+    pinned = {roots[v].storage for n in graph.nodes.values() if n.kind == "output" for v in n.inputs}
     readers_left = defaultdict(int)
     for k in order:
         for r in reads[k.name]:

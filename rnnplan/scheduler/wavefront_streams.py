@@ -30,9 +30,8 @@ def wavefront_streams(graph: Graph, options: PlanOptions | None = None) -> Graph
     streams = (options.num_streams if options is not None and options.num_streams else None) or chains
     kernel_level = {k: lvl for lvl, gen in enumerate(nx.topological_generations(graph.kernel_dag))
                     for k in gen}
-    level: dict[str, int] = {}
+    level: dict[str, int] = {}  # value -> level of the node that defines it
     scheduled: dict[str, Node] = {}
-    producer = graph.producer
     spare = 0
     for n in graph.topo_nodes():
         if n.kind in KERNEL_KINDS:
@@ -44,7 +43,10 @@ def wavefront_streams(graph: Graph, options: PlanOptions | None = None) -> Graph
             else:
                 stream = chain % streams
         else:
-            lvl, stream = max([level[producer[v]] for v in n.inputs], default=-1), None
-        level[n.name] = lvl
+            ins = n.inputs
+            lvl = level[ins[0]] if len(ins) == 1 else max([level[v] for v in ins], default=-1)
+            stream = None
+        for v in n.outputs:
+            level[v.name] = lvl
         scheduled[n.name] = n.scheduled(lvl, stream)
     return graph.with_nodes("wavefront_streams", scheduled)
