@@ -163,8 +163,12 @@ class Graph:
                     roots[v.name] = r
                 else:  # r.within(outer), written out: this runs for every value of the graph
                     outer = roots[r.storage]
-                    (r0, r1), (c0, c1), dr, dc = r.rows, r.cols, outer.rows[0], outer.cols[0]
-                    roots[v.name] = Region(outer.storage, (r0 + dr, r1 + dr), (c0 + dc, c1 + dc))
+                    dr, dc = outer.rows[0], outer.cols[0]
+                    if outer.storage == r.storage and dr == 0 and dc == 0:  # a window into a temporary
+                        roots[v.name] = r
+                    else:
+                        (r0, r1), (c0, c1) = r.rows, r.cols
+                        roots[v.name] = Region(outer.storage, (r0 + dr, r1 + dr), (c0 + dc, c1 + dc))
         return roots
 
     def root_region(self, value: str) -> Region:

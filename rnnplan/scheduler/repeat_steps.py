@@ -62,27 +62,38 @@ class _Repeater:
     def copies(self, run: list[Node], slice_time: int, ts: Iterable[int]) -> Iterable[Node]:
         """The run of one time step's nodes (in node order), placed at each time in `ts`."""
         T, fmt, sequences = self.spec.seq_len, self.fmt, self.sequences
-        # Per node: its fields up to `outputs` as templates, the fields between kept as they are,
-        # and per output value its name and region storage as templates (a storage that follows
-        # time keeps its name and moves its rows instead). Nodes are then assembled positionally:
-        # this loop makes every node of a long sequence's graph.
+        # Every name the run mentions (node and value names, inputs, region storages) gets a slot:
+        # a name that moves with time is formatted once per copy, one that does not (params, their
+        # views, initial states) is kept. A value's name, its node's name and every reader's copy
+        # of it are then one string object: a third less memory for the graph, and later lookups
+        # by name compare pointers. Nodes are assembled positionally: this loop makes every node
+        # of a long sequence's graph.
+        mentioned = {fmt(name): name for n in run for name in (
+            n.name, *n.inputs, *(v.name for v in n.outputs),
+            *(v.region.storage for v in n.outputs if v.region is not None and v.region.storage not in sequences))}
+        moving = [template for template in mentioned if _TIME.search(mentioned[template])]
+        fixed = [name for template, name in mentioned.items() if not _TIME.search(name)]
+        slot = {template: i for i, template in enumerate(moving)}
+        slot |= {fmt(name): len(moving) + i for i, name in enumerate(fixed)}
         recipes = []
         for n in run:
-            outs = [(fmt(v.name), v.shape, v.region, v.region is not None and v.region.storage in sequences,
-                     None if v.region is None else fmt(v.region.storage)) for v in n.outputs]
-            recipes.append((fmt(n.name), n.kind, [fmt(v) for v in n.inputs], outs, n[4:12],
+            outs = [(slot[fmt(v.name)], v.shape, v.region, v.region is not None and v.region.storage in sequences,
+                     None if v.region is None or v.region.storage in sequences else slot[fmt(v.region.storage)])
+                    for v in n.outputs]
+            recipes.append((slot[fmt(n.name)], n.kind, [slot[fmt(v)] for v in n.inputs], outs, n[4:12],
                             n.layer, n.direction, n.step is not None, n[16:]))
         for t in ts:
             names = self.times(slice_time, t)
             shift = (t - slice_time) * self.B
+            strs = [m.format(*names) for m in moving] + fixed
             for name, kind, inputs, outs, middle, layer, direction, stepped, tail in recipes:
                 outputs = tuple(
-                    Value(o.format(*names), shape,
+                    Value(strs[o], shape,
                           None if r is None else Region(r.storage, (r.rows[0] + shift, r.rows[1] + shift), r.cols)
-                          if moves else Region(storage.format(*names), r.rows, r.cols))
+                          if moves else Region(strs[storage], r.rows, r.cols))
                     for o, shape, r, moves, storage in outs)
                 step = (t if direction == 0 else T - 1 - t) if stepped else None
-                yield Node(name.format(*names), kind, tuple([i.format(*names) for i in inputs]), outputs,
+                yield Node(strs[name], kind, tuple([strs[i] for i in inputs]), outputs,
                            *middle, layer, direction, step, t, *tail)
 
     def static(self, n: Node, sources: dict[str, Node]) -> Node:
