@@ -46,6 +46,7 @@ class _Buffers:
         self.free: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)  # size -> (buf, accessors)
         self.temp_bytes_no_reuse = 0
         self.views: dict[str, BufferView] = {}
+        self.distinct: dict[BufferView, BufferView] = {}
         self.roots = graph.root_regions
 
     def _new(self, name: str, role: str, shape: tuple[int, int], **extra) -> int:
@@ -81,7 +82,10 @@ class _Buffers:
         if found is None:
             storage, (r0, r1), (c0, c1) = self.roots[value]
             ld = self.graph.storage_shape(storage)[1]
-            found = self.views[value] = BufferView(self.of_storage[storage], r0 * ld + c0, r1 - r0, c1 - c0, ld)
+            found = BufferView(self.of_storage[storage], r0 * ld + c0, r1 - r0, c1 - c0, ld)
+            # One object per distinct view: reused temporaries show the same views step after step,
+            # and verify_plan then compares them by identity.
+            found = self.views[value] = self.distinct.setdefault(found, found)
         return found
 
 

@@ -167,7 +167,7 @@ def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
                                 continue
                             seen.add(id(a))
                         w, ra = a[1], a[4]
-                        if w == v:
+                        if w is v or w == v:
                             shared = size
                         elif ra is not None and rect is not None and w.ld == ld:
                             nr = min(ra[1], rect[1]) - max(ra[0], rect[0])
