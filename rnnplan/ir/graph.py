@@ -161,7 +161,7 @@ class Graph:
                     roots[v.name] = Region(v.name, (0, v.shape[0]), (0, v.shape[1]))
                 elif r.storage in storages:
                     roots[v.name] = r
-                else:  # r.within(outer), written out: this runs for every value of the graph
+                else:  # r moved into its storage's owner, in place: this runs for every value
                     outer = roots[r.storage]
                     dr, dc = outer.rows[0], outer.cols[0]
                     if outer.storage == r.storage and dr == 0 and dc == 0:  # a window into a temporary
@@ -170,10 +170,6 @@ class Graph:
                         (r0, r1), (c0, c1) = r.rows, r.cols
                         roots[v.name] = Region(outer.storage, (r0 + dr, r1 + dr), (c0 + dc, c1 + dc))
         return roots
-
-    def root_region(self, value: str) -> Region:
-        """Where a value lives, in the coordinates of the storage that owns its memory."""
-        return self.root_regions[value]
 
     def storage_shape(self, storage: str) -> tuple[int, int]:
         return self.storages[storage] if storage in self.storages else self.values[storage].shape

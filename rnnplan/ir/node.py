@@ -38,17 +38,6 @@ class Region(NamedTuple):
     def shape(self) -> tuple[int, int]:
         return (self.rows[1] - self.rows[0], self.cols[1] - self.cols[0])
 
-    def contains(self, other: Region) -> bool:
-        return (self.storage == other.storage and self.rows[0] <= other.rows[0]
-                and other.rows[1] <= self.rows[1] and self.cols[0] <= other.cols[0]
-                and other.cols[1] <= self.cols[1])
-
-    def within(self, outer: Region) -> Region:
-        """This region, given in the coordinates of `outer`'s storage, moved into outer's storage."""
-        r0, c0 = outer.rows[0], outer.cols[0]
-        return Region(outer.storage, (self.rows[0] + r0, self.rows[1] + r0),
-                      (self.cols[0] + c0, self.cols[1] + c0))
-
     def __str__(self) -> str:
         return f"{self.storage}[{self.rows[0]}:{self.rows[1]},{self.cols[0]}:{self.cols[1]}]"
 
