@@ -48,6 +48,8 @@ class _Repeater:
         self.width = len(str(spec.seq_len - 1))
         self.sequences = {"x"} | set(short.storages)  # storages whose rows follow time
         self.templates: dict[str, str] = {}
+        # Times -1 .. T, as names print them (a step names its neighbours; -1 and T occur in no name).
+        self.padded = [f"{t:0{self.width}d}" for t in range(-1, spec.seq_len + 1)]
 
     def fmt(self, name: str) -> str:
         found = self.templates.get(name)
@@ -55,9 +57,9 @@ class _Repeater:
             found = self.templates[name] = _template(name)
         return found
 
-    def times(self, slice_time: int, t: int) -> tuple[str, ...]:
+    def times(self, slice_time: int, t: int) -> list[str]:
         """The names of the short times 0, 1, 2 seen from the copy of `slice_time` placed at `t`."""
-        return tuple(f"{t + k - slice_time:0{self.width}d}" for k in range(SHORT_STEPS))
+        return self.padded[t - slice_time + 1:t - slice_time + 1 + SHORT_STEPS]
 
     def copies(self, run: list[Node], slice_time: int, ts: Iterable[int]) -> Iterable[Node]:
         """The run of one time step's nodes (in node order), placed at each time in `ts`."""
@@ -87,11 +89,11 @@ class _Repeater:
             shift = (t - slice_time) * self.B
             strs = [m.format(*names) for m in moving] + fixed
             for name, kind, inputs, outs, middle, layer, direction, stepped, tail in recipes:
-                outputs = tuple(
+                outputs = tuple([
                     Value(strs[o], shape,
                           None if r is None else Region(r.storage, (r.rows[0] + shift, r.rows[1] + shift), r.cols)
                           if moves else Region(strs[storage], r.rows, r.cols))
-                    for o, shape, r, moves, storage in outs)
+                    for o, shape, r, moves, storage in outs])
                 step = (t if direction == 0 else T - 1 - t) if stepped else None
                 yield Node(strs[name], kind, tuple([strs[i] for i in inputs]), outputs,
                            *middle, layer, direction, step, t, *tail)

@@ -148,49 +148,49 @@ def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
                 end = offset + (rows - 1) * ld + cols
                 p = page[buf]
                 first, last = offset // p, (end - 1) // p
-                buckets = [live[(buf, first)]] if first == last else [live[(buf, k)] for k in range(first, last + 1)]
+                if first == last:
+                    buckets: list[list[list]] = [live[(buf, first)]]
+                    candidates = buckets[0]
+                else:  # an access spanning pages is listed in each: look at it once
+                    buckets = [live[(buf, k)] for k in range(first, last + 1)]
+                    candidates = list({id(a): a for bucket in buckets for a in bucket}.values())
                 r0, c0 = divmod(offset, ld)
                 rect = None if c0 + cols > ld else (r0, r0 + rows, c0, c0 + cols)
                 size = rows * cols
-                found: list[tuple[list, int]] = []  # (live access overlapping v, elements shared)
-                seen: set[int] | None = set() if len(buckets) > 1 else None
-                dead = False
-                for bucket in buckets:
-                    for a in bucket:
-                        if not a[3]:
-                            dead = True
-                            continue
-                        if a[6] <= offset or end <= a[5] or (not write and not a[2]):
-                            continue
-                        if seen is not None:
-                            if id(a) in seen:
-                                continue
-                            seen.add(id(a))
-                        w, ra = a[1], a[4]
-                        if w is v or w == v:
-                            shared = size
-                        elif ra is not None and rect is not None and w.ld == ld:
-                            nr = min(ra[1], rect[1]) - max(ra[0], rect[0])
-                            nc = min(ra[3], rect[3]) - max(ra[2], rect[2])
-                            shared = nr * nc if nr > 0 and nc > 0 else 0
-                        else:  # an upper bound: strides differ or a view wraps
-                            shared = min(a[6], end) - max(a[5], offset)
-                        if shared:
-                            found.append((a, shared))
-                if not write:
-                    stale = [steps[a[0]].name for a, _ in found if a[0] not in s.deps]
-                    if stale:
-                        errs.append(f"{s.name} reads buffer {buf} last written by {stale}, not by its deps")
-                    if sum(shared for _, shared in found) < size:
-                        errs.append(f"{s.name} reads elements of buffer {buf} that nothing wrote before it")
-                for a, _ in found if write else ():
-                    if a[0] != i and not happens_before(a[0], i):
-                        kind = "write" if a[2] else "read"
-                        errs.append(f"{s.name} (stream {s.stream}) overwrites buffer {buf} while the "
-                                    f"{kind} by {steps[a[0]].name} (stream {steps[a[0]].stream}) "
-                                    f"may still be running: unsafe reuse")
-                    if a[0] != i and (a[1] == v or covers(v, a[1])):
-                        a[3], dead = False, True
+                covered, stale, dead = 0, [], False
+                for a in candidates:
+                    if not a[3]:
+                        dead = True
+                        continue
+                    if a[6] <= offset or end <= a[5] or (not write and not a[2]):
+                        continue
+                    w, ra = a[1], a[4]
+                    if w is v or w == v:
+                        shared = size
+                    elif ra is not None and rect is not None and w.ld == ld:
+                        nr = min(ra[1], rect[1]) - max(ra[0], rect[0])
+                        nc = min(ra[3], rect[3]) - max(ra[2], rect[2])
+                        shared = nr * nc if nr > 0 and nc > 0 else 0
+                    else:  # an upper bound: strides differ or a view wraps
+                        shared = min(a[6], end) - max(a[5], offset)
+                    if not shared:
+                        continue
+                    if not write:  # a write v overlaps: it must be a dep, and the writes must cover v
+                        covered += shared
+                        if a[0] not in s.deps:
+                            stale.append(steps[a[0]].name)
+                    elif a[0] != i:  # an access v overwrites: it must be complete, and is retired if covered
+                        if not happens_before(a[0], i):
+                            kind = "write" if a[2] else "read"
+                            errs.append(f"{s.name} (stream {s.stream}) overwrites buffer {buf} while the "
+                                        f"{kind} by {steps[a[0]].name} (stream {steps[a[0]].stream}) "
+                                        f"may still be running: unsafe reuse")
+                        if w is v or w == v or covers(v, w):
+                            a[3], dead = False, True
+                if stale:
+                    errs.append(f"{s.name} reads buffer {buf} last written by {stale}, not by its deps")
+                if not write and covered < size:
+                    errs.append(f"{s.name} reads elements of buffer {buf} that nothing wrote before it")
                 acc = [i, v, write, True, rect, offset, end]
                 for bucket in buckets:
                     if dead:
