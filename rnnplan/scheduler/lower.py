@@ -47,6 +47,7 @@ class _Buffers:
         self.temp_bytes_no_reuse = 0
         self.views: dict[str, BufferView] = {}
         self.distinct: dict[BufferView, BufferView] = {}
+        self.placed: dict[str, tuple[int, int]] = {}
         self.roots = graph.root_regions
 
     def _new(self, name: str, role: str, shape: tuple[int, int], **extra) -> int:
@@ -81,8 +82,11 @@ class _Buffers:
         found = self.views.get(value)
         if found is None:
             storage, (r0, r1), (c0, c1) = self.roots[value]
-            ld = self.graph.storage_shape(storage)[1]
-            found = BufferView(self.of_storage[storage], r0 * ld + c0, r1 - r0, c1 - c0, ld)
+            placed = self.placed.get(storage)
+            if placed is None:  # (buffer, row stride) of a storage, looked up once
+                placed = self.placed[storage] = (self.of_storage[storage], self.graph.storage_shape(storage)[1])
+            buf, ld = placed
+            found = BufferView(buf, r0 * ld + c0, r1 - r0, c1 - c0, ld)
             # One object per distinct view: reused temporaries show the same views step after step,
             # and verify_plan then compares them by identity.
             found = self.views[value] = self.distinct.setdefault(found, found)
