@@ -126,7 +126,7 @@ class Graph:
             if kernel or n.kind == "view":
                 ins = n.inputs
                 found = get(ins[0], ()) if len(ins) == 1 else tuple(dict.fromkeys(
-                    k for v in ins for k in get(v, ())))
+                    [k for v in ins for k in get(v, ())]))
                 if kernel:
                     deps[n.name], found = found, (n.name,)
             for v in n.outputs:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from functools import lru_cache
+from itertools import chain
 
 import networkx as nx
 
@@ -150,7 +151,10 @@ def _regions(g: Graph) -> list[str]:
         (r0, r1), (c0, c1) = r.rows, r.cols
         if (r1 - r0, c1 - c0) != v.shape:
             errs.append(f"{v.name}: region {r} has shape {r.shape}, value has {v.shape}")
-        shape = storages.get(r.storage) or (values[r.storage].shape if r.storage in values else None)
+        shape = storages.get(r.storage)
+        if shape is None:
+            owner = values.get(r.storage)
+            shape = None if owner is None else owner.shape
         if shape is None:
             errs.append(f"{v.name}: region in unknown storage {r.storage}")
             continue
@@ -174,14 +178,14 @@ def verify(graph: Graph, limit: int = 20) -> Graph:
     """Check every invariant; raise GraphError listing the problems, else return the graph."""
     errs: list[str] = []
     producer = graph.producer
-    defined = producer.keys()
+    defined = set(producer)
     errs += [f"node stored under {key!r} is named {n.name!r}" for key, n in graph.nodes.items() if key != n.name]
     if sum(len(n.outputs) for n in graph.nodes.values()) != len(producer):  # some name defined twice
         seen_values: set[str] = set()
         errs += [f"value {v.name} is defined twice" for n in graph.nodes.values() for v in n.outputs
                  if v.name in seen_values or seen_values.add(v.name)]
     errs += [f"{n.name}: reads undefined value(s) {[v for v in n.inputs if v not in producer]}"
-             for n in graph.nodes.values() if not defined >= set(n.inputs)]
+             for n in graph.nodes.values() if not defined.issuperset(n.inputs)]
     if errs:
         raise GraphError("\n".join(errs[:limit]))
     try:
@@ -195,8 +199,8 @@ def verify(graph: Graph, limit: int = 20) -> Graph:
         if not n.inputs and n.kind not in SOURCE_KINDS:
             errs.append(f"{n.name}: a {n.kind} node with no inputs is unreachable from the inputs")
     errs += _regions(graph)
-    read = graph.read_counts()
-    errs += [f"value {v} is never read" for v in graph.producer if not read[v]]
+    read = set(chain.from_iterable([n.inputs for n in graph.nodes.values()]))
+    errs += [f"value {v} is never read" for v in graph.producer if v not in read]
     outputs = [n.name for n in graph.nodes.values() if n.kind == "output"]
     want = OUTPUT_NAMES[graph.spec.cell]
     if sorted(outputs) != sorted(want):
