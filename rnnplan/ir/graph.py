@@ -153,12 +153,12 @@ class Graph:
         temporary owns itself; a view's region moves into its storage's owner). One walk in
         topological order: a region's storage is a sequence or a value defined before it."""
         roots: dict[str, Region] = {}
-        storages = self.storages
+        storages, new = self.storages, tuple.__new__  # Regions made without NamedTuple's Python __new__
         for n in self.topo_nodes():
             for v in n.outputs:
                 r = v.region
                 if r is None:
-                    roots[v.name] = Region(v.name, (0, v.shape[0]), (0, v.shape[1]))
+                    roots[v.name] = new(Region, (v.name, (0, v.shape[0]), (0, v.shape[1])))
                 elif r.storage in storages:
                     roots[v.name] = r
                 else:  # r moved into its storage's owner, in place: this runs for every value
@@ -168,7 +168,7 @@ class Graph:
                         roots[v.name] = r
                     else:
                         (r0, r1), (c0, c1) = r.rows, r.cols
-                        roots[v.name] = Region(outer.storage, (r0 + dr, r1 + dr), (c0 + dc, c1 + dc))
+                        roots[v.name] = new(Region, (outer.storage, (r0 + dr, r1 + dr), (c0 + dc, c1 + dc)))
         return roots
 
     def storage_shape(self, storage: str) -> tuple[int, int]:

@@ -120,7 +120,9 @@ def _view(g: Graph, n: Node) -> list[str]:
         if vr is None or vr.storage != storage:
             return [f"{n.name}: input {v} does not live in storage {storage}"]
         (a0, a1), (b0, b1) = vr.rows, vr.cols
-        covered += max(0, min(a1, r1) - max(a0, r0)) * max(0, min(b1, c1) - max(b0, c0))
+        rows = (a1 if a1 < r1 else r1) - (a0 if a0 > r0 else r0)  # min/max written out: every view
+        cols = (b1 if b1 < c1 else c1) - (b0 if b0 > c0 else c0)
+        covered += rows * cols if rows > 0 and cols > 0 else 0
     if covered != size:
         return [f"{n.name}: inputs cover {covered} of the {size} elements of {region}"]
     return []

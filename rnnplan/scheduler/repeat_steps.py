@@ -84,19 +84,20 @@ class _Repeater:
                     for v in n.outputs]
             recipes.append((slot[fmt(n.name)], n.kind, [slot[fmt(v)] for v in n.inputs], outs, n[4:12],
                             n.layer, n.direction, n.step is not None, n[16:]))
+        new = tuple.__new__  # NamedTuples made without their Python-level __new__: half the cost
         for t in ts:
             names = self.times(slice_time, t)
             shift = (t - slice_time) * self.B
             strs = [m.format(*names) for m in moving] + fixed
             for name, kind, inputs, outs, middle, layer, direction, stepped, tail in recipes:
                 outputs = tuple([
-                    Value(strs[o], shape,
-                          None if r is None else Region(r.storage, (r.rows[0] + shift, r.rows[1] + shift), r.cols)
-                          if moves else Region(strs[storage], r.rows, r.cols))
+                    new(Value, (strs[o], shape, None if r is None else
+                                new(Region, (r.storage, (r.rows[0] + shift, r.rows[1] + shift), r.cols)) if moves
+                                else new(Region, (strs[storage], r.rows, r.cols))))
                     for o, shape, r, moves, storage in outs])
                 step = (t if direction == 0 else T - 1 - t) if stepped else None
-                yield Node(strs[name], kind, tuple([strs[i] for i in inputs]), outputs,
-                           *middle, layer, direction, step, t, *tail)
+                yield new(Node, (strs[name], kind, tuple([strs[i] for i in inputs]), outputs,
+                                 *middle, layer, direction, step, t, *tail))
 
     def static(self, n: Node, sources: dict[str, Node]) -> Node:
         """A node outside the time steps; the ones that read or cover the whole sequence are

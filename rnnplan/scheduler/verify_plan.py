@@ -167,9 +167,11 @@ def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
                     w, ra = a[1], a[4]
                     if w is v or w == v:
                         shared = size
-                    elif ra is not None and rect is not None and w.ld == ld:
-                        nr = min(ra[1], rect[1]) - max(ra[0], rect[0])
-                        nc = min(ra[3], rect[3]) - max(ra[2], rect[2])
+                    elif ra is not None and rect is not None and w.ld == ld:  # min/max written out
+                        a0, a1, a2, a3 = ra
+                        b0, b1, b2, b3 = rect
+                        nr = (a1 if a1 < b1 else b1) - (a0 if a0 > b0 else b0)
+                        nc = (a3 if a3 < b3 else b3) - (a2 if a2 > b2 else b2)
                         shared = nr * nc if nr > 0 and nc > 0 else 0
                     else:  # an upper bound: strides differ or a view wraps
                         shared = min(a[6], end) - max(a[5], offset)
