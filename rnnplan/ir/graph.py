@@ -70,6 +70,23 @@ class Graph:
                     readers.append(name)
         return consumers
 
+    def defining_node(self, value: str) -> Node | None:
+        """The node that defines `value` (None if none does). Most nodes define a value of their own
+        name, so this looks there first and builds the producer map only for the others: passes
+        that ask about a few values of a long sequence's graph need not build it."""
+        n = self.nodes.get(value)
+        if n is not None and any(v.name == value for v in n.outputs):
+            return n
+        name = self.producer.get(value)
+        return None if name is None else self.nodes[name]
+
+    def value(self, name: str) -> Value:
+        """The Value called `name` (KeyError if no node defines it), found as `defining_node` does."""
+        n = self.defining_node(name)
+        if n is None:
+            raise KeyError(name)
+        return next(v for v in n.outputs if v.name == name)
+
     def read_counts(self) -> Counter[str]:
         """value name -> how many operands read it (a node reading a value twice counts twice)."""
         return Counter(chain.from_iterable([n.inputs for n in self.nodes.values()]))
@@ -230,20 +247,18 @@ class Graph:
         """Drop nodes that nothing reads any more, starting from the producers of `candidates`
         (the values that removed nodes used to read)."""
         counts = self.read_counts()
-        producer = self.producer
         dead: set[str] = set()
-        work = list(dict.fromkeys(producer[v] for v in candidates if v in producer))
+        work = [n for n in map(self.defining_node, dict.fromkeys(candidates)) if n is not None]
         while work:
-            name = work.pop()
-            n = self.nodes[name]
-            if name in dead or n.kind == "output" or not n.outputs:
+            n = work.pop()
+            if n.name in dead or n.kind == "output" or not n.outputs:
                 continue
             if all(counts[o.name] == 0 for o in n.outputs):
-                dead.add(name)
+                dead.add(n.name)
                 for v in n.inputs:
                     counts[v] -= 1
-                    if counts[v] == 0 and v in producer:
-                        work.append(producer[v])
+                    if counts[v] == 0 and (source := self.defining_node(v)) is not None:
+                        work.append(source)
         if not dead:
             return self
         return Graph(self.spec, {k: n for k, n in self.nodes.items() if k not in dead}, self.storages,

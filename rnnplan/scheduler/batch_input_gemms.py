@@ -35,7 +35,7 @@ def choose_input_chunk(spec: RNNSpec) -> int:
 def _is_input_gemm(graph: Graph, n: Node) -> bool:
     if n.kind != "gemm" or n.role != "gemm_ih" or n.step is None:
         return False
-    r = graph.values[n.inputs[0]].region
+    r = graph.value(n.inputs[0]).region
     return r is not None and (r.storage == "x" or r.storage in graph.storages)
 
 
@@ -62,14 +62,13 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
             times = [n.time for n in block]
             t0, t1 = min(times), max(times)
             prefix = f"L{layer}.{DIRECTIONS[d]}.t{t0:0{width}d}-{t1:0{width}d}"
-            a_regions = [graph.values[n.inputs[0]].region for n in block]
+            a_regions = [graph.value(n.inputs[0]).region for n in block]
             rows = (min(r.rows[0] for r in a_regions), max(r.rows[1] for r in a_regions))
             a_region = Region(a_regions[0].storage, rows, a_regions[0].cols)
             a_name = f"{prefix}.in"
             if a_name not in views_made:
                 views_made.add(a_name)
-                a_inputs = tuple(dict.fromkeys(i for n in block for i in graph.nodes[
-                    graph.producer[n.inputs[0]]].inputs))
+                a_inputs = tuple(dict.fromkeys(i for n in block for i in graph.defining_node(n.inputs[0]).inputs))
                 add.append(Node(a_name, "view", a_inputs, (Value(a_name, a_region.shape, a_region),),
                                 role="view", layer=layer, direction=d))
             name = f"{prefix}.gemm_ih" + (f".{gate}" if gate else "")
@@ -77,7 +76,7 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
             add.append(Node(name, "gemm", (a_name, weight), (Value(name, (g.m, g.n)),), gemm=g,
                             role="gemm_ih", layer=layer, direction=d, gate=gate))
             for old in block:
-                r = graph.values[old.inputs[0]].region
+                r = graph.value(old.inputs[0]).region
                 region = Region(name, (r.rows[0] - rows[0], r.rows[1] - rows[0]), (0, g.n))
                 remove.append(old.name)
                 add.append(Node(old.name, "view", (name,), (Value(old.outputs[0].name, region.shape, region),),
