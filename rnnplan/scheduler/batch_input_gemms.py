@@ -68,7 +68,8 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
             a_name = f"{prefix}.in"
             if a_name not in views_made:
                 views_made.add(a_name)
-                a_inputs = tuple(dict.fromkeys(i for n in block for i in graph.defining_node(n.inputs[0]).inputs))
+                a_inputs = tuple(dict.fromkeys(
+                    i for n in block for i in graph.defining_node(n.inputs[0]).inputs))
                 add.append(Node(a_name, "view", a_inputs, (Value(a_name, a_region.shape, a_region),),
                                 role="view", layer=layer, direction=d))
             name = f"{prefix}.gemm_ih" + (f".{gate}" if gate else "")

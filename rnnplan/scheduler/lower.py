@@ -86,7 +86,8 @@ class _Buffers:
             if placed is None:  # (buffer, row stride) of a storage, looked up once
                 placed = self.placed[storage] = (self.of_storage[storage], self.graph.storage_shape(storage)[1])
             buf, ld = placed
-            found = tuple.__new__(BufferView, (buf, r0 * ld + c0, r1 - r0, c1 - c0, ld))  # without the Python __new__
+            # tuple.__new__: a NamedTuple without its Python-level __new__ (every operand of a plan)
+            found = tuple.__new__(BufferView, (buf, r0 * ld + c0, r1 - r0, c1 - c0, ld))
             # One object per distinct view: reused temporaries show the same views step after step,
             # and verify_plan then compares them by identity.
             found = self.views[value] = self.distinct.setdefault(found, found)

@@ -77,11 +77,10 @@ def _plan(spec: RNNSpec, options: PlanOptions, progress) -> Plan:
         # the same graph as from all of it (tests/test_persistent.py), at no cost per step.
         if lowering == "persistent":
             graph = _passed(spec.model_copy(update={"seq_len": 1}), names, options, progress, total)
-        else:
-            graph = _passed(spec, names, options, progress, total)
-        if lowering == "persistent":
             progress("persistent_recurrence", total - 4, total)
             graph = persistent_recurrence(graph, options, spec)
+        else:
+            graph = _passed(spec, names, options, progress, total)
         progress("verify graph", total - 3, total)
         verify(graph)
         progress("lower", total - 2, total)

@@ -67,9 +67,9 @@ class _Repeater:
         # Every name the run mentions (node and value names, inputs, region storages) gets a slot:
         # a name that moves with time is formatted once per copy, one that does not (params, their
         # views, initial states) is kept. A value's name, its node's name and every reader's copy
-        # of it are then one string object: a third less memory for the graph, and later lookups
-        # by name compare pointers. Nodes are assembled positionally: this loop makes every node
-        # of a long sequence's graph.
+        # of it are then one string object: a fifth less memory for the graph (182 against 225 MB
+        # at 8 x 1000), and later lookups by name compare pointers. Nodes are assembled
+        # positionally: this loop makes every node of a long sequence's graph.
         mentioned = {fmt(name): name for n in run for name in (
             n.name, *n.inputs, *(v.name for v in n.outputs),
             *(v.region.storage for v in n.outputs if v.region is not None and v.region.storage not in sequences))}
