@@ -145,8 +145,8 @@ SHAPE_RULES = {"gemm": _gemm, "pointwise": _pointwise, "fused": _fused, "recurre
 def _regions(g: Graph) -> list[str]:
     errs = []
     writes: dict[str, list[tuple[Region, str]]] = defaultdict(list)
-    values, storages, producer, nodes = g.values, g.storages, g.producer, g.nodes
-    for v in values.values():
+    values, storages = g.values, g.storages
+    for n, v in ((n, v) for n in g.nodes.values() for v in n.outputs):
         r = v.region
         if r is None:
             continue
@@ -163,7 +163,7 @@ def _regions(g: Graph) -> list[str]:
         rows, cols = shape
         if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
             errs.append(f"{v.name}: region {r} is outside storage of shape {(rows, cols)}")
-        if r.storage in storages and nodes[producer[v.name]].kind != "view":
+        if r.storage in storages and n.kind != "view":
             writes[r.storage].append((r, v.name))
     for storage, rects in writes.items():  # sweep over rows: compare only rectangles whose rows meet
         rects.sort(key=lambda rv: (rv[0].rows, rv[0].cols))
@@ -179,14 +179,14 @@ def _regions(g: Graph) -> list[str]:
 def verify(graph: Graph, limit: int = 20) -> Graph:
     """Check every invariant; raise GraphError listing the problems, else return the graph."""
     errs: list[str] = []
-    producer = graph.producer
-    defined = set(producer)
+    values = graph.values  # (not the producer map: planning never builds that for the final graph)
+    defined = set(values)
     errs += [f"node stored under {key!r} is named {n.name!r}" for key, n in graph.nodes.items() if key != n.name]
-    if sum(len(n.outputs) for n in graph.nodes.values()) != len(producer):  # some name defined twice
+    if sum(len(n.outputs) for n in graph.nodes.values()) != len(values):  # some name defined twice
         seen_values: set[str] = set()
         errs += [f"value {v.name} is defined twice" for n in graph.nodes.values() for v in n.outputs
                  if v.name in seen_values or seen_values.add(v.name)]
-    errs += [f"{n.name}: reads undefined value(s) {[v for v in n.inputs if v not in producer]}"
+    errs += [f"{n.name}: reads undefined value(s) {[v for v in n.inputs if v not in defined]}"
              for n in graph.nodes.values() if not defined.issuperset(n.inputs)]
     if errs:
         raise GraphError("\n".join(errs[:limit]))
@@ -202,7 +202,7 @@ def verify(graph: Graph, limit: int = 20) -> Graph:
             errs.append(f"{n.name}: a {n.kind} node with no inputs is unreachable from the inputs")
     errs += _regions(graph)
     read = set(chain.from_iterable([n.inputs for n in graph.nodes.values()]))
-    errs += [f"value {v} is never read" for v in graph.producer if v not in read]
+    errs += [f"value {v} is never read" for v in values if v not in read]
     outputs = [n.name for n in graph.nodes.values() if n.kind == "output"]
     want = OUTPUT_NAMES[graph.spec.cell]
     if sorted(outputs) != sorted(want):
