@@ -2,6 +2,8 @@
 
 import math
 import os
+import subprocess
+import sys
 
 import networkx as nx
 import pytest
@@ -183,10 +185,7 @@ def test_plan_cache_returns_the_same_plan():
 
 def test_plans_do_not_depend_on_the_string_hash_seed():
     """DESIGN: names and dumps are deterministic. Buffer reuse once followed a set's order, so plans
-    differed between processes; two hash seeds must give the same JSON."""
-    import subprocess
-    import sys
-
+    differed between processes; three hash seeds must give the same JSON."""
     code = ("import hashlib, rnnplan as rp\n"
             "s = rp.RNNSpec(cell='lstm', input_size=12, hidden_size=8, num_layers=2, seq_len=6, batch=2,"
             " bidirectional=True)\n"

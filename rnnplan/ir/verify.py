@@ -62,27 +62,30 @@ def _pointwise(g: Graph, n: Node) -> list[str]:
 
 
 @lru_cache(maxsize=256)
-def _expression(inputs: int, expr: tuple[Instr, ...], outputs: tuple[str, ...]) -> tuple[tuple[str, ...],
-                                                                                      tuple[int, ...]]:
-    """What is wrong with a fused expression over `inputs` operands (`{}` stands for the node's
-    name), and which outputs it leaves undefined. Cached: every cell-step of a layer carries the
-    same expression."""
+def expression_faults(inputs: int, expr: tuple[Instr, ...], outputs: tuple[str, ...]) -> tuple[
+        tuple[tuple[Instr, bool, tuple[str, ...]], ...], tuple[int, ...]]:
+    """What is wrong with a fused expression over `inputs` operands (`in0` ...): per faulty
+    instruction, (it, whether its op is unknown or takes another number of args, the args it reads
+    before anything defines them); and the positions of the outputs it never defines. Shared by
+    `verify` and `verify_plan`, and cached: every cell-step of a layer carries the same expression."""
     known = {f"in{i}" for i in range(inputs)}
-    errs = []
+    faults = []
     for ins in expr:
         op = POINTWISE_OPS.get(ins.op)
-        if op is None or len(ins.args) != op.arity:
-            errs.append(f"{{}}: bad instruction {ins}")
-        missing = [a for a in ins.args if a not in known]
-        if missing:
-            errs.append(f"{{}}: instruction {ins.out} reads undefined {missing}")
+        bad = op is None or len(ins.args) != op.arity
+        missing = tuple(a for a in ins.args if a not in known)
+        if bad or missing:
+            faults.append((ins, bad, missing))
         known.add(ins.out)
-    return tuple(errs), tuple(i for i, e in enumerate(outputs) if e not in known)
+    return tuple(faults), tuple(i for i, e in enumerate(outputs) if e not in known)
 
 
 def _fused(g: Graph, n: Node) -> list[str]:
-    expr_errs, undefined = _expression(len(n.inputs), n.expr, n.expr_outputs)
-    errs = [e.format(n.name) for e in expr_errs]
+    faults, undefined = expression_faults(len(n.inputs), n.expr, n.expr_outputs)
+    errs = []
+    for ins, bad, missing in faults:
+        errs += [f"{n.name}: bad instruction {ins}"] if bad else []
+        errs += [f"{n.name}: instruction {ins.out} reads undefined {list(missing)}"] if missing else []
     errs += [f"{n.name}: output {n.outputs[i].name} maps to undefined {n.expr_outputs[i]!r}"
              for i in undefined if i < len(n.outputs)]
     if len(n.outputs) != len(n.expr_outputs):

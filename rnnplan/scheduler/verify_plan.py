@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from functools import lru_cache
 
 from pydantic import ValidationError
 
 from rnnplan.ir.node import POINTWISE_OPS
 from rnnplan.ir.recurrence import operand_shapes
+from rnnplan.ir.verify import expression_faults
 from rnnplan.scheduler.clocks import Clocks
 from rnnplan.scheduler.plan import HOST_WRITTEN, SCHEMA_VERSION, BufferView, Plan, Step
 
@@ -68,26 +68,11 @@ def _pointwise(s: Step) -> list[str]:
             if not _broadcast_ok(v, s.outputs[0])]
 
 
-@lru_cache(maxsize=256)
-def _expression(inputs: int, expr: tuple, outputs: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
-    """What is wrong with a fused expression over `inputs` operands, and whether it defines every
-    output it names. Cached: every cell-step of a layer carries the same expression, and checking
-    it for each step cost more than the rest of the step's checks."""
-    names = {f"in{i}" for i in range(inputs)}
-    errs = []
-    for ins in expr:
-        op = POINTWISE_OPS.get(ins.op)
-        if op is None or len(ins.args) != op.arity or any(a not in names for a in ins.args):
-            errs.append(f"bad instruction {ins.out}={ins.op}{ins.args}")
-        names.add(ins.out)
-    return tuple(errs), all(o in names for o in outputs)
-
-
 def _fused(s: Step) -> list[str]:
-    instr_errs, outputs_defined = _expression(len(s.inputs), s.expr, s.expr_outputs)
-    errs = list(instr_errs)
+    faults, undefined = expression_faults(len(s.inputs), s.expr, s.expr_outputs)
+    errs = [f"bad instruction {ins.out}={ins.op}{ins.args}" for ins, _, _ in faults]
     out = s.outputs[0] if s.outputs else None
-    if out is None or len(s.outputs) != len(s.expr_outputs) or not outputs_defined:
+    if out is None or len(s.outputs) != len(s.expr_outputs) or undefined:
         errs.append("outputs do not match the expression's outputs")
     elif any((o.rows, o.cols) != (out.rows, out.cols) for o in s.outputs):
         errs.append("outputs differ in shape")
