@@ -66,6 +66,13 @@ def test_graph_interpreter_matches_executor(cell):
     res = evaluate(g, feeds)
     out, _ = rp.Executor(rp.build_plan(spec, passes=()), w, backend="numpy").run(x, state)
     assert rel_err(res["out"].reshape(out.shape), out) == 0.0
+    # The optimized graph (gate columns exposed by one view node per GEMM, re-pointed at batched
+    # GEMMs' rows; fused cells; pre-transposed weights) computes the same.
+    optimized = rp.build_graph(spec, rp.PlanOptions(lowering="graph", input_chunk=2))
+    multi = any(n.kind == "view" and len(n.outputs) > 1 for n in optimized.nodes.values())
+    assert multi == (cell in ("lstm", "gru"))
+    fast = evaluate(optimized, feeds)
+    assert all(rel_err(fast[k], res[k]) < 1e-5 for k in res)
 
 
 # ---- verify() rejects broken graphs ------------------------------------------------------------------
@@ -145,3 +152,16 @@ def test_verify_rejects_unknown_op_and_unreachable_node():
     orphan = Node("orphan", "pointwise", (), (Value("orphan", (3, 13)),), op="tanh")
     with pytest.raises(GraphError, match="unreachable"):
         verify(g.rewrite("test", add=[orphan]))
+
+
+def test_verify_checks_every_rectangle_of_a_view():
+    spec = rp.RNNSpec(cell="lstm", num_layers=1, **SMALL)
+    g = rp.build_graph(spec, rp.PlanOptions(lowering="graph", passes=("combine_gates",)))
+    gates = g.nodes["L0.fwd.t1.gemm_hh.gates"]
+    assert len(gates.outputs) == 4 and verify(g) is g
+    i, f, *rest = gates.outputs
+    shifted = f._replace(region=f.region._replace(cols=(40, 53)))  # past the GEMM's 52 columns
+    with pytest.raises(GraphError, match="outside storage"):
+        verify(_swap(g, gates._replace(outputs=(i, shifted, *rest))))
+    with pytest.raises(GraphError, match="does not live in storage"):
+        verify(_swap(g, gates._replace(inputs=("L0.fwd.t1.gemm_ih",))))

@@ -10,6 +10,7 @@ import pytest
 
 import rnnplan as rp
 from rnnplan.ir import build
+from rnnplan.ir.node import Region, Value
 from rnnplan.scheduler.batch_input_gemms import choose_input_chunk
 from rnnplan.scheduler.manager import REGISTRY, apply_passes
 
@@ -59,9 +60,14 @@ def test_combine_gates_lstm_8_to_2():
     gemm = g.nodes["L1.rev.t2.gemm_hh"]
     assert (gemm.gemm.m, gemm.gemm.n, gemm.gemm.k) == (3, 52, 13)
     assert gemm.inputs == ("L1.rev.t3.h", "weight_hh_l1_reverse")  # reverse: step t reads h of t+1
-    # The old per-gate result is a column view of the combined one, under its old name.
-    view = g.nodes["L1.rev.t2.gemm_hh.f"]
-    assert view.kind == "view" and view.outputs[0].region.cols == (13, 26)
+    # The old per-gate results are column views of the combined one, under their old names, all
+    # exposed by one view node.
+    view = g.nodes["L1.rev.t2.gemm_hh.gates"]
+    assert view.kind == "view" and view.inputs == ("L1.rev.t2.gemm_hh",)
+    assert [(v.name, v.region) for v in view.outputs] == [
+        (f"L1.rev.t2.gemm_hh.{gate}", Region("L1.rev.t2.gemm_hh", (0, 3), (13 * i, 13 * (i + 1))))
+        for i, gate in enumerate("ifgo")]
+    assert g.defining_node("L1.rev.t2.gemm_hh.f") is view and "L1.rev.t2.gemm_hh.f" not in g.nodes
     assert "L1.rev.w_hh.f" not in g.nodes  # orphaned per-gate weight views are gone
 
 
@@ -98,6 +104,25 @@ def test_batch_input_gemms_chunks(chunk, expected):
                   and n.direction == d]
         assert len(layer1) == expected
         assert sum(n.gemm.m for n in layer1) == 15
+
+
+def test_batch_input_gemms_repoints_gate_views_and_keeps_other_results():
+    before = run(SPEC, "combine_gates")
+    assert before.nodes["L1.fwd.t3.gemm_ih.gates"].inputs == ("L1.fwd.t3.gemm_ih",)
+    after = run(SPEC, "combine_gates", "batch_input_gemms", input_chunk=2)
+    # Only views read the per-step result: they now expose the merged GEMM's rows of step 3, and
+    # the per-step value is gone.
+    gates = after.nodes["L1.fwd.t3.gemm_ih.gates"]
+    assert gates.inputs == ("L1.fwd.t2-3.gemm_ih",)
+    assert [(v.name, v.region) for v in gates.outputs] == [
+        (f"L1.fwd.t3.gemm_ih.{gate}", Region("L1.fwd.t2-3.gemm_ih", (3, 6), (13 * i, 13 * (i + 1))))
+        for i, gate in enumerate("ifgo")]
+    assert "L1.fwd.t3.gemm_ih" not in after.values and "L1.fwd.t3.gemm_ih" not in after.nodes
+    # Without combine_gates, pointwise nodes read each per-gate result: it survives as a row view.
+    plain = run(SPEC, "batch_input_gemms", input_chunk=2)
+    row = plain.nodes["L1.fwd.t3.gemm_ih.f"]
+    assert row.kind == "view" and row.inputs == ("L1.fwd.t2-3.gemm_ih.f",)
+    assert row.outputs == (Value("L1.fwd.t3.gemm_ih.f", (3, 13), Region("L1.fwd.t2-3.gemm_ih.f", (3, 6), (0, 13))),)
 
 
 def test_chunk_waits_only_for_the_steps_it_reads():

@@ -207,7 +207,7 @@ class Graph:
         over the nodes, cheaper on a long sequence's graph than carrying the old maps over by the
         change (which copied them, and most rewrites change a quarter of the nodes or more).
         """
-        removed = set(remove)
+        removed, add = set(remove), list(add)
         swapped = {n.name: n for n in replace}
         unknown = [k for k in swapped if k not in self.nodes]
         if unknown:
@@ -241,7 +241,11 @@ class Graph:
         if not prune:
             return g
         gone = [self.nodes[k] for k in removed] + [self.nodes[k] for k in swapped]
-        return g._prune({v for n in gone for v in n.inputs})
+        # A value that went with its node (and no new node defines) has nothing left to prune:
+        # leaving it out spares looking for its producer in the whole new graph.
+        dropped = {v.name for k in removed for v in self.nodes[k].outputs}
+        dropped -= {v.name for n in chain(swapped.values(), add, *groups.values()) for v in n.outputs}
+        return g._prune({v for n in gone for v in n.inputs} - dropped)
 
     def _prune(self, candidates: set[str]) -> Graph:
         """Drop nodes that nothing reads any more, starting from the producers of `candidates`

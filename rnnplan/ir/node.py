@@ -5,8 +5,10 @@ temporary that lowering gives a buffer) or lives in a rectangle of a named stora
 input sequence `x`, the initial states `h0`/`c0`, a weight tensor, a layer's output sequence `y{l}`,
 or another value (a gate's columns of a combined GEMM's output). Nodes of kind `view` produce such
 values without computing anything: they are the input slices, state slices, weight-gate slices and
-the time chunks that batched GEMMs read; their inputs are the values that cover the rectangle, so
-that the DAG carries exactly the dependencies of the data they expose.
+the time chunks that batched GEMMs read; their inputs are the values that cover the rectangles, so
+that the DAG carries exactly the dependencies of the data they expose. A view may expose several
+rectangles (the gate columns of one GEMM's output: one node, a value per gate), each covered by
+the inputs that live in its storage.
 
 Nodes are immutable: passes build new nodes (`node._replace(...)`), never mutate.
 """

@@ -51,20 +51,21 @@ def compute(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
 # ---- the graph interpreter ------------------------------------------------------------------------
 
 
-def _view(graph: Graph, node: Node, env: dict[str, np.ndarray]) -> np.ndarray:
-    """Assemble a view's rectangle from the values that cover it."""
-    region: Region = node.outputs[0].region
+def _view(graph: Graph, region: Region, inputs: tuple[str, ...], env: dict[str, np.ndarray]) -> np.ndarray:
+    """Assemble one of a view's rectangles from the values that cover it."""
     (r0, r1), (c0, c1) = region.rows, region.cols
-    first = env[node.inputs[0]]
-    out = np.empty(region.shape, dtype=first.dtype)
-    for name in node.inputs:
+    out = np.empty(region.shape, dtype=env[inputs[0]].dtype)
+    for name in inputs:
         if name == region.storage:
             return env[name][r0:r1, c0:c1]
         vr = graph.values[name].region
+        if vr is None or vr.storage != region.storage:
+            continue  # covers another of the view's rectangles
         rr = (max(vr.rows[0], r0), min(vr.rows[1], r1))
         cc = (max(vr.cols[0], c0), min(vr.cols[1], c1))
-        out[rr[0] - r0:rr[1] - r0, cc[0] - c0:cc[1] - c0] = \
-            env[name][rr[0] - vr.rows[0]:rr[1] - vr.rows[0], cc[0] - vr.cols[0]:cc[1] - vr.cols[0]]
+        if rr[0] < rr[1] and cc[0] < cc[1]:
+            out[rr[0] - r0:rr[1] - r0, cc[0] - c0:cc[1] - c0] = \
+                env[name][rr[0] - vr.rows[0]:rr[1] - vr.rows[0], cc[0] - vr.cols[0]:cc[1] - vr.cols[0]]
     return out
 
 
@@ -79,7 +80,8 @@ def evaluate(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndar
             src = feeds[node.source]
             env[node.outputs[0].name] = src.T if node.transform == "transpose" else src
         elif node.kind == "view":
-            env[node.outputs[0].name] = _view(graph, node, env)
+            for v in node.outputs:
+                env[v.name] = _view(graph, v.region, node.inputs, env)
         elif node.kind == "output":
             results[node.name] = np.concatenate([env[v] for v in node.inputs], axis=0)
         else:

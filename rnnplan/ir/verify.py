@@ -108,27 +108,32 @@ def _recurrent(g: Graph, n: Node) -> list[str]:
 
 
 def _view(g: Graph, n: Node) -> list[str]:
-    if len(n.outputs) != 1 or n.outputs[0].region is None or not n.inputs:
-        return [f"{n.name}: a view has inputs and one output with a region"]
-    region = n.outputs[0].region
-    storage, (r0, r1), (c0, c1) = region
-    size = (r1 - r0) * (c1 - c0)
-    covered = 0
+    if not n.outputs or not n.inputs or any(v.region is None for v in n.outputs):
+        return [f"{n.name}: a view has inputs and outputs with regions"]
     values = g.values
+    storages = {v.region.storage for v in n.outputs}
     for v in n.inputs:
-        if v == storage:  # a window into the value itself
-            covered = size
-            continue
         vr = values[v].region
-        if vr is None or vr.storage != storage:
-            return [f"{n.name}: input {v} does not live in storage {storage}"]
-        (a0, a1), (b0, b1) = vr.rows, vr.cols
-        rows = (a1 if a1 < r1 else r1) - (a0 if a0 > r0 else r0)  # min/max written out: every view
-        cols = (b1 if b1 < c1 else c1) - (b0 if b0 > c0 else c0)
-        covered += rows * cols if rows > 0 and cols > 0 else 0
-    if covered != size:
-        return [f"{n.name}: inputs cover {covered} of the {size} elements of {region}"]
-    return []
+        if v not in storages and (vr is None or vr.storage not in storages):
+            return [f"{n.name}: input {v} does not live in storage {' or '.join(sorted(storages))}"]
+    errs = []
+    for out in n.outputs:  # each rectangle it exposes is covered exactly by the inputs in its storage
+        region = out.region
+        storage, (r0, r1), (c0, c1) = region
+        size = (r1 - r0) * (c1 - c0)
+        covered = 0
+        for v in n.inputs:
+            vr = values[v].region
+            if v == storage:  # a window into the value itself
+                covered = size
+            elif vr is not None and vr.storage == storage:
+                (a0, a1), (b0, b1) = vr.rows, vr.cols
+                rows = (a1 if a1 < r1 else r1) - (a0 if a0 > r0 else r0)  # min/max written out: every view
+                cols = (b1 if b1 < c1 else c1) - (b0 if b0 > c0 else c0)
+                covered += rows * cols if rows > 0 and cols > 0 else 0
+        if covered != size:
+            errs.append(f"{n.name}: inputs cover {covered} of the {size} elements of {region}")
+    return errs
 
 
 def _source(g: Graph, n: Node) -> list[str]:

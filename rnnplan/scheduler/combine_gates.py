@@ -5,7 +5,8 @@ Needs: GEMMs whose weight operand is a row view of a param in PyTorch's (N, K) l
 as `ir.build` makes them; so it runs before `pretranspose`.
 Guarantees: per cell-step and operand, one GEMM of width gates*H (LSTM 8 -> 2 GEMMs, GRU 6 -> 2,
 Elman unchanged); each old per-gate result survives, under its old name, as a column view of the
-combined result, so no consumer changes; orphaned per-gate weight views are removed.
+combined result (all of them outputs of one view node, `<gemm>.gates`), so no consumer changes;
+orphaned per-gate weight views are removed.
 Does not: combine GEMMs of different cell-steps (that is `batch_input_gemms`) or of different
 directions that share an input (both read x in layer 0; cuDNN does that, we do not yet).
 """
@@ -56,13 +57,16 @@ def combine_gates(graph: Graph, options=None) -> Graph:
         g = Gemm(first.gemm.m, n_total, first.gemm.k)
         add.append(Node(name, "gemm", (a, weight), (Value(name, (g.m, g.n)),), gemm=g, role=role,
                         layer=first.layer, direction=first.direction, step=first.step, time=first.time))
+        # One view node exposes every gate's columns: the values are the old ones, and a node per
+        # gate would be four (LSTM) nodes per cell-step that every later phase walks.
+        gates = []
         for (r, old) in members:
             cols = (r[0] - rows[0], r[1] - rows[0])
             out = old.outputs[0]
             remove.append(old.name)
-            add.append(Node(old.name, "view", (name,), (Value(out.name, out.shape, Region(name, (0, g.m), cols)),),
-                            role="view", layer=old.layer, direction=old.direction, step=old.step,
-                            time=old.time, gate=old.gate))
+            gates.append(Value(out.name, out.shape, Region(name, (0, g.m), cols)))
+        add.append(Node(f"{name}.gates", "view", (name,), tuple(gates), role="view", layer=first.layer,
+                        direction=first.direction, step=first.step, time=first.time))
         insert.append((anchor, add))
     if not remove:
         return graph.rewrite("combine_gates")

@@ -34,8 +34,8 @@ def pretranspose(graph: Graph, options=None) -> Graph:
         readers = [graph.nodes[u] for u in graph.consumers[param]]
         views = [r for r in readers if r.kind == "view"]
         weight_only = all(r.kind == "gemm" and r.inputs[1] == param for r in readers if r.kind != "view") \
-            and all(graph.nodes[u].kind == "gemm" and graph.nodes[u].inputs[1] == v.outputs[0].name
-                    for v in views for u in graph.consumers[v.outputs[0].name])
+            and all(graph.nodes[u].kind == "gemm" and graph.nodes[u].inputs[1] == o.name
+                    for v in views for o in v.outputs for u in graph.consumers[o.name])
         if not weight_only:
             continue  # some reader is not a GEMM weight operand: keep PyTorch's layout
         t_name = f"{param}.T"
@@ -44,10 +44,9 @@ def pretranspose(graph: Graph, options=None) -> Graph:
         insert.append((param, [pnode._replace(name=t_name, outputs=(Value(t_name, (cols, rows)),),
                                               transform="transpose")]))
         for v in views:
-            r = v.outputs[0].region
-            swapped = Region(t_name, r.cols, r.rows)
-            replace.append(v._replace(
-                inputs=(t_name,), outputs=(Value(v.outputs[0].name, swapped.shape, swapped),)))
+            swapped = [Region(t_name, o.region.cols, o.region.rows) for o in v.outputs]
+            replace.append(v._replace(inputs=(t_name,), outputs=tuple(
+                Value(o.name, r.shape, r) for o, r in zip(v.outputs, swapped))))
         for g in gemms:
             inputs = (g.inputs[0], t_name) if g.inputs[1] == param else g.inputs
             replace.append(g._replace(inputs=inputs, gemm=dataclasses.replace(g.gemm, weight_layout="kn")))
