@@ -115,3 +115,29 @@ def test_stream_out_of_range_and_double_record():
     rec = [i for i, s in enumerate(p.steps) if s.record is not None]
     with pytest.raises(PlanError, match="already recorded"):
         verify_plan(edit(p, rec[1], record=p.steps[rec[0]].record))
+
+
+def test_reads_of_adjacent_columns_are_replayed_as_one_rectangle():
+    from rnnplan.scheduler.plan import BufferView as V
+    from rnnplan.scheduler.verify_plan import _joined
+
+    gates = [V(3, 16 + 4 * g, 2, 4, 16) for g in (2, 0, 3, 1)]  # a cell's four gate columns, any order
+    assert _joined(gates) == [V(3, 16, 2, 16, 16)]
+    kept = [
+        [V(3, 0, 2, 4, 16), V(3, 8, 2, 4, 16)],  # a gap between them
+        [V(3, 0, 2, 4, 16), V(3, 4, 1, 4, 16)],  # different rows
+        [V(5, 12, 2, 4, 16), V(5, 16, 2, 4, 16)],  # the second starts on the next row
+        [V(3, 0, 2, 4, 16), V(3, 0, 2, 4, 16)],  # the same view twice
+        [V(3, 0, 2, 4, 16), V(4, 4, 2, 4, 16)],  # another buffer
+        [V(3, 0, 2, 4, 16), V(3, 4, 2, 4, 20)],  # another row stride
+    ]
+    for views in kept:
+        assert _joined(views) == sorted(views)
+    # The built plans' fused steps read each GEMM's gate columns; a missing dependency on the GEMM
+    # is still caught through the joined rectangle.
+    p = plan(passes=("combine_gates", "fuse_pointwise"))
+    i = next(i for i, s in enumerate(p.steps) if s.kind == "fused" and s.deps)
+    assert len(_joined([v for v in p.steps[i].inputs if p.buffers[v.buffer].role == "temp"])) < \
+        sum(p.buffers[v.buffer].role == "temp" for v in p.steps[i].inputs)
+    with pytest.raises(PlanError, match="not by its deps|nothing wrote before it"):
+        verify_plan(edit(p, i, deps=()))

@@ -109,26 +109,44 @@ def _interface(plan: Plan) -> list[str]:
     return errs
 
 
+def _joined(reads: list[BufferView]) -> list[BufferView]:
+    """One step's reads with side-by-side column blocks of one buffer (a cell's gate columns of a
+    GEMM's output) joined into the rectangle they make up: the same elements, fewer accesses to
+    replay. Repeated and overlapping views stay as they are."""
+    reads = sorted(reads)  # by buffer, then offset
+    out = [reads[0]]
+    for v in reads[1:]:
+        buf, offset, rows, cols, ld = out[-1]
+        if v[0] == buf and v[1] == offset + cols and v[2] == rows and v[4] == ld \
+                and offset % ld + cols + v[3] <= ld:  # the next columns, within the same rows
+            out[-1] = tuple.__new__(BufferView, (buf, offset, rows, cols + v[3], ld))
+        else:
+            out.append(v)
+    return out
+
+
 def _memory(plan: Plan, clocks: Clocks, errs: list[str]) -> None:
     """Replay the steps' accesses in issue order, keeping the live accesses of each buffer page.
 
     An access is [step, view, write, alive, rect, first, end]: `rect` is the view's rectangle (or
     None when it wraps rows) and first/end its element range, kept because every later access to
     the page compares against them. A write retires the accesses it fully overwrites. Pages of one
-    time step's rows keep the live lists short for sequence-long buffers. One function, its
-    helpers inlined: it runs for every operand of every step (10^5 and more for long sequences)."""
+    time step's rows keep the live lists short for sequence-long buffers. A step's reads of host-
+    written buffers (inputs, params) need no replay, and its reads of side-by-side columns are one
+    access (`_joined`). One function, its helpers inlined: it runs for every operand of every step
+    (10^5 and more for long sequences)."""
     batch, steps = plan.spec.batch, plan.steps
     page = {b.id: b.shape[1] * batch if b.shape[0] % batch == 0 else b.size for b in plan.buffers}
     live: dict[tuple[int, int], list[list]] = defaultdict(list)
     host = {b.id for b in plan.buffers if b.role in HOST_WRITTEN}
     happens_before = clocks.happens_before
     for i, s in enumerate(steps):
-        for write, views in ((False, s.inputs), (True, s.outputs)):
+        reads = [v for v in s.inputs if v[0] not in host]  # host-written memory is never written here
+        for write, views in ((False, _joined(reads) if len(reads) > 2 else reads), (True, s.outputs)):
             for v in views:
                 buf, offset, rows, cols, ld = v
-                if buf in host:
-                    if write:
-                        errs.append(f"{s.name} writes buffer {buf}, which holds an input, state or param")
+                if write and buf in host:
+                    errs.append(f"{s.name} writes buffer {buf}, which holds an input, state or param")
                     continue
                 end = offset + (rows - 1) * ld + cols
                 p = page[buf]
