@@ -102,19 +102,24 @@ class Graph:
         return g
 
     @cached_property
-    def order(self) -> list[str]:
-        """A deterministic topological order: the node order itself when it is one, as `ir.build` and
-        rewrites that insert new nodes where the nodes they replace were keep it; otherwise
-        networkx's topological sort (which raises on a cycle). Checking costs one walk over the
-        inputs; sorting would first build the networkx DiGraph of the whole graph."""
+    def in_node_order(self) -> bool:
+        """Is the node order itself a topological order? It is for `ir.build`'s graphs and for
+        rewrites that insert new nodes where the nodes they replace were. Checking costs one walk
+        over the inputs; sorting would first build the networkx DiGraph of the whole graph."""
         defined: set[str] = set()
         add, covers = defined.add, defined.issuperset
         for n in self.nodes.values():
             if not covers(n.inputs):
-                return list(nx.topological_sort(self.nx))
+                return False
             for v in n.outputs:
                 add(v.name)
-        return list(self.nodes)
+        return True
+
+    @cached_property
+    def order(self) -> list[str]:
+        """A deterministic topological order: the node order itself when it is one, otherwise
+        networkx's topological sort (which raises on a cycle)."""
+        return list(self.nodes) if self.in_node_order else list(nx.topological_sort(self.nx))
 
     def readable_order(self) -> list[str]:
         """The topological order used for dumps: among ready nodes, by (layer, direction, step),
@@ -159,7 +164,9 @@ class Graph:
         return g
 
     def topo_nodes(self) -> Iterator[Node]:
-        return map(self.nodes.__getitem__, self.order)
+        """The nodes in topological order: the node dict as it is when its order is one (no
+        lookup by name per node: on a long sequence's graph every lookup is a cache miss)."""
+        return iter(self.nodes.values()) if self.in_node_order else map(self.nodes.__getitem__, self.order)
 
     def kernels(self) -> list[Node]:
         return [n for n in self.topo_nodes() if n.is_kernel]
@@ -273,7 +280,8 @@ class Graph:
         node's name, inputs and outputs and changes only attributes (level, stream ...). The
         structure is the same, so the new graph inherits every derived map this one has computed."""
         g = Graph(self.spec, {k: nodes[k] for k in self.nodes}, self.storages, self.passes + (pass_name,))
-        for key in ("values", "producer", "consumers", "nx", "order", "kernel_deps", "kernel_dag", "root_regions"):
+        for key in ("values", "producer", "consumers", "nx", "in_node_order", "order", "kernel_deps", "kernel_dag",
+                    "root_regions"):
             if key in self.__dict__:
                 g.__dict__[key] = self.__dict__[key]
         return g
