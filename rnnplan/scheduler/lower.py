@@ -45,9 +45,6 @@ class _Buffers:
         self.of_storage: dict[str, int] = {}
         self.free: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)  # size -> (buf, accessors)
         self.temp_bytes_no_reuse = 0
-        self.views: dict[str, BufferView] = {}
-        self.distinct: dict[BufferView, BufferView] = {}
-        self.placed: dict[str, tuple[int, int]] = {}
         self.roots = graph.root_regions
 
     def _new(self, name: str, role: str, shape: tuple[int, int], **extra) -> int:
@@ -76,22 +73,20 @@ class _Buffers:
         buf = self.of_storage[storage]
         self.free[self.table[buf]["size"]].append((buf, accessors))
 
-    def view(self, value: str) -> BufferView:
-        """Where `value` lives, once every temporary has its buffer (a value read by several steps
-        is looked up once)."""
-        found = self.views.get(value)
-        if found is None:
-            storage, (r0, r1), (c0, c1) = self.roots[value]
-            placed = self.placed.get(storage)
-            if placed is None:  # (buffer, row stride) of a storage, looked up once
-                placed = self.placed[storage] = (self.of_storage[storage], self.graph.storage_shape(storage)[1])
-            buf, ld = placed
-            # tuple.__new__: a NamedTuple without its Python-level __new__ (every operand of a plan)
-            found = tuple.__new__(BufferView, (buf, r0 * ld + c0, r1 - r0, c1 - c0, ld))
-            # One object per distinct view: reused temporaries show the same views step after step,
-            # and verify_plan then compares them by identity.
-            found = self.views[value] = self.distinct.setdefault(found, found)
-        return found
+    def placed_views(self) -> dict[str, BufferView]:
+        """Where every value lives, once every temporary has its buffer: one walk over the values'
+        root regions, one object per distinct view (reused temporaries show the same views step
+        after step, and verify_plan then compares them by identity)."""
+        shape_of = self.graph.storage_shape
+        placed = {storage: (buf, shape_of(storage)[1]) for storage, buf in self.of_storage.items()}
+        views: dict[str, BufferView] = {}
+        distinct: dict[BufferView, BufferView] = {}
+        setdefault, new = distinct.setdefault, tuple.__new__  # new: no NamedTuple Python-level __new__
+        for value, (storage, (r0, r1), (c0, c1)) in self.roots.items():
+            buf, ld = placed[storage]
+            found = new(BufferView, (buf, r0 * ld + c0, r1 - r0, c1 - c0, ld))
+            views[value] = setdefault(found, found)
+        return views
 
 
 def _order(kernels: list[Node], levels: dict[str, int]) -> list[Node]:
@@ -156,15 +151,14 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
 
     steps: list[Step] = []
     gemms: dict = {}  # one GemmParams per shape: they are immutable, and plans have few shapes
-    view, known, deps_of = buffers.view, buffers.views, graph.kernel_deps
+    view, deps_of = buffers.placed_views(), graph.kernel_deps
     for i, k in enumerate(order):
         g = k.gemm
         if g is not None and g not in gemms:
             gemms[g] = GemmParams.model_construct(m=g.m, n=g.n, k=g.k, weight_layout=g.weight_layout)
         fields = dict(
             name=k.name, kind=k.kind, stream=k.stream or 0, level=levels[k.name],
-            inputs=tuple([known.get(v) or view(v) for v in k.inputs]),
-            outputs=tuple([known.get(v.name) or view(v.name) for v in k.outputs]),
+            inputs=tuple([view[v] for v in k.inputs]), outputs=tuple([view[v.name] for v in k.outputs]),
             deps=tuple([index[d] for d in deps_of[k.name]]), waits=waits[i], record=records.get(i),
             op=k.op, gemm=gemms.get(g), expr=k.expr, expr_outputs=k.expr_outputs, layer=k.layer,
             direction=k.direction, step=k.step, recurrence=k.recurrence)
@@ -172,10 +166,8 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
         # model_construct does (it walks the fields), and a long sequence has 10^4..10^5 steps.
         steps.append(steps[0].model_copy(update=fields) if steps else Step.model_construct(**fields))
 
-    inputs = {n.name: buffers.view(n.outputs[0].name) for n in graph.nodes.values()
-              if n.kind in ("input", "state")}
-    outputs = {n.name: tuple(buffers.view(v) for v in n.inputs) for n in graph.nodes.values()
-               if n.kind == "output"}
+    inputs = {n.name: view[n.outputs[0].name] for n in graph.nodes.values() if n.kind in ("input", "state")}
+    outputs = {n.name: tuple(view[v] for v in n.inputs) for n in graph.nodes.values() if n.kind == "output"}
     table = tuple(Buffer.model_construct(**{"source": None, "transform": "none", **b})
                   for b in buffers.table)
     itemsize = np.dtype(spec.dtype).itemsize

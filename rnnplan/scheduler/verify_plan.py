@@ -76,8 +76,10 @@ def _fused(s: Step) -> list[str]:
         errs.append("outputs do not match the expression's outputs")
     elif any((o.rows, o.cols) != (out.rows, out.cols) for o in s.outputs):
         errs.append("outputs differ in shape")
-    else:
-        errs += [f"input {i} does not broadcast" for i, v in enumerate(s.inputs) if not _broadcast_ok(v, out)]
+    else:  # _broadcast_ok written out: this runs for every operand of every fused step
+        rows, cols = out.rows, out.cols
+        errs += [f"input {i} does not broadcast" for i, (_, _, r, c, _) in enumerate(s.inputs)
+                 if (r != rows and r != 1) or (c != cols and c != 1)]
     return errs
 
 
