@@ -14,7 +14,8 @@ Does not: reuse the `y{l}` sequences of lower layers, or reorder work within a l
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from itertools import chain
 
 import networkx as nx
 import numpy as np
@@ -28,12 +29,14 @@ from rnnplan.spec import PlanOptions
 ROLE_OF_KIND = {"input": "input", "state": "state", "param": "param"}
 
 
-def kernel_levels(graph: Graph, kernels: list[Node]) -> dict[str, int]:
-    """Wavefront level of each of the graph's `kernels`: its generation in the kernel DAG (longest
-    path from a source). Taken from the nodes when `wavefront_streams` already set it."""
+def kernel_levels(graph: Graph, kernels: list[Node]) -> list[int]:
+    """Wavefront level of each of the graph's `kernels` (in that order): its generation in the
+    kernel DAG (longest path from a source). Taken from the nodes when `wavefront_streams` already
+    set it."""
     if kernels and all(n.level is not None for n in kernels):
-        return {n.name: n.level for n in kernels}
-    return {k: lvl for lvl, gen in enumerate(nx.topological_generations(graph.kernel_dag)) for k in gen}
+        return [n.level for n in kernels]
+    level = {k: lvl for lvl, gen in enumerate(nx.topological_generations(graph.kernel_dag)) for k in gen}
+    return [level[n.name] for n in kernels]
 
 
 class _Buffers:
@@ -89,19 +92,21 @@ class _Buffers:
         return views
 
 
-def _order(kernels: list[Node], levels: dict[str, int]) -> list[Node]:
-    """Issue order: (level, stream, topological index) when streams were assigned, else topological."""
+def _order(kernels: list[Node], levels: list[int]) -> list[int]:
+    """Issue order, as positions in `kernels`: (level, stream, topological index) when streams were
+    assigned, else topological."""
     if any(k.stream is not None for k in kernels):
-        index = {k.name: i for i, k in enumerate(kernels)}
-        return sorted(kernels, key=lambda k: (levels[k.name], k.stream or 0, index[k.name]))
-    return kernels
+        keyed = sorted([(lvl, k.stream or 0, i) for i, (k, lvl) in enumerate(zip(kernels, levels))])
+        return [i for _, _, i in keyed]
+    return list(range(len(kernels)))
 
 
 def lower(graph: Graph, options: PlanOptions) -> Plan:
     spec = graph.spec
     kernels = graph.kernels()
     levels = kernel_levels(graph, kernels)
-    order = _order(kernels, levels)
+    issue = _order(kernels, levels)
+    order, levels = [kernels[i] for i in issue], [levels[i] for i in issue]
     num_streams = max([k.stream or 0 for k in order] + [0]) + 1
     clocks = Clocks(num_streams)
     buffers = _Buffers(graph, clocks)
@@ -119,31 +124,31 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
     temp_roots = {v.name for k in order for v in k.outputs if v.region is None}
     # In operand order, not as sets: the order buffers are released in decides which one a later
     # temporary reuses, and a set's order would change with the process's string-hash seed.
-    reads = {k.name: [r for r in dict.fromkeys([roots[v].storage for v in k.inputs]) if r in temp_roots]
-             for k in order}
+    # (Lists in issue order rather than dicts by kernel name: a long sequence's plan has 10^4..10^5
+    # steps, and every lookup by name into a table that size misses the cache.)
+    reads = [[r for r in dict.fromkeys([roots[v][0] for v in k.inputs]) if r in temp_roots] for k in order]
     pinned = {roots[v].storage for n in graph.nodes.values() if n.kind == "output" for v in n.inputs}
-    readers_left = defaultdict(int)
-    for k in order:
-        for r in reads[k.name]:
-            readers_left[r] += 1
+    readers_left = Counter(chain.from_iterable(reads))
     accessors: dict[str, list[int]] = defaultdict(list)
 
     index: dict[str, int] = {}
+    deps: list[tuple[int, ...]] = []
     records: dict[int, int] = {}  # step -> event id
     waits: list[tuple[int, ...]] = []
+    kernel_deps = graph.kernel_deps
     for i, k in enumerate(order):
         stream = k.stream or 0
-        deps = [index[d] for d in graph.kernel_deps[k.name]]
-        wait_on = reduce_waits(clocks, stream, deps)
+        deps.append(tuple([index[d] for d in kernel_deps[k.name]]))
+        wait_on = reduce_waits(clocks, stream, deps[i])
         for d in wait_on:
             records.setdefault(d, len(records))
         waits.append(tuple(sorted(records[d] for d in wait_on)))
         index[k.name] = clocks.add(stream, wait_on)
         for v in k.outputs:
-            if v.name in temp_roots:
+            if v.region is None:  # a temporary (temp_roots)
                 buffers.temp(v.name, v.shape, i)
                 accessors[v.name].append(i)
-        for r in reads[k.name]:
+        for r in reads[i]:
             accessors[r].append(i)
             readers_left[r] -= 1
             if readers_left[r] == 0 and r not in pinned:
@@ -151,15 +156,15 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
 
     steps: list[Step] = []
     gemms: dict = {}  # one GemmParams per shape: they are immutable, and plans have few shapes
-    view, deps_of = buffers.placed_views(), graph.kernel_deps
+    view = buffers.placed_views()
     for i, k in enumerate(order):
         g = k.gemm
         if g is not None and g not in gemms:
             gemms[g] = GemmParams.model_construct(m=g.m, n=g.n, k=g.k, weight_layout=g.weight_layout)
         fields = dict(
-            name=k.name, kind=k.kind, stream=k.stream or 0, level=levels[k.name],
+            name=k.name, kind=k.kind, stream=k.stream or 0, level=levels[i],
             inputs=tuple([view[v] for v in k.inputs]), outputs=tuple([view[v.name] for v in k.outputs]),
-            deps=tuple([index[d] for d in deps_of[k.name]]), waits=waits[i], record=records.get(i),
+            deps=deps[i], waits=waits[i], record=records.get(i),
             op=k.op, gemm=gemms.get(g), expr=k.expr, expr_outputs=k.expr_outputs, layer=k.layer,
             direction=k.direction, step=k.step, recurrence=k.recurrence)
         # Every field given, unvalidated either way; copying the first step costs half what
@@ -179,7 +184,7 @@ def lower(graph: Graph, options: PlanOptions) -> Plan:
         fused=sum(s.kind == "fused" for s in steps),
         events=len(records), waits=sum(len(w) for w in waits),
         streams=len({s.stream for s in steps}), flops=sum(s.flops for s in steps),
-        critical_path=max(levels.values(), default=-1) + 1,
+        critical_path=max(levels, default=-1) + 1,
         peak_bytes=sum(b.size for b in table) * itemsize,
         bytes_without_reuse=(fixed_bytes + buffers.temp_bytes_no_reuse) * itemsize)
     return Plan.model_construct(
