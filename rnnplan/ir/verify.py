@@ -112,7 +112,7 @@ def _view(g: Graph, n: Node) -> list[str]:
         return [f"{n.name}: a view has inputs and outputs with regions"]
     storages = {v.region.storage for v in n.outputs}
     if len(storages) == 1 and n.inputs == tuple(storages):
-        return []  # windows into the one value it reads (a GEMM's gate columns): covered; _regions checks bounds
+        return []  # windows into the one value it reads (a GEMM's gate columns); _regions checks bounds
     values = g.values
     for v in n.inputs:
         vr = values[v].region
