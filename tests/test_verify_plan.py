@@ -5,6 +5,8 @@ import pytest
 
 import rnnplan as rp
 from rnnplan.scheduler import PlanError, verify_plan
+from rnnplan.scheduler.plan import BufferView as V
+from rnnplan.scheduler.verify_plan import _joined
 
 SPEC = rp.RNNSpec(cell="lstm", input_size=5, hidden_size=6, num_layers=2, seq_len=6, batch=2)
 
@@ -118,9 +120,6 @@ def test_stream_out_of_range_and_double_record():
 
 
 def test_reads_of_adjacent_columns_are_replayed_as_one_rectangle():
-    from rnnplan.scheduler.plan import BufferView as V
-    from rnnplan.scheduler.verify_plan import _joined
-
     gates = [V(3, 16 + 4 * g, 2, 4, 16) for g in (2, 0, 3, 1)]  # a cell's four gate columns, any order
     assert _joined(gates) == [V(3, 16, 2, 16, 16)]
     kept = [
