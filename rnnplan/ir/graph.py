@@ -163,6 +163,12 @@ class Graph:
         g.add_edges_from((d, k) for k, deps in self.kernel_deps.items() for d in deps)
         return g
 
+    @cached_property
+    def kernel_generation(self) -> dict[str, int]:
+        """kernel node -> its generation in `kernel_dag` (networkx topological generations): the
+        longest chain of kernels before it, i.e. its wavefront level."""
+        return {k: lvl for lvl, gen in enumerate(nx.topological_generations(self.kernel_dag)) for k in gen}
+
     def topo_nodes(self) -> Iterator[Node]:
         """The nodes in topological order: the node dict as it is when its order is one (no
         lookup by name per node: on a long sequence's graph every lookup is a cache miss)."""
@@ -281,7 +287,7 @@ class Graph:
         structure is the same, so the new graph inherits every derived map this one has computed."""
         g = Graph(self.spec, {k: nodes[k] for k in self.nodes}, self.storages, self.passes + (pass_name,))
         for key in ("values", "producer", "consumers", "nx", "in_node_order", "order", "kernel_deps", "kernel_dag",
-                    "root_regions"):
+                    "kernel_generation", "root_regions"):
             if key in self.__dict__:
                 g.__dict__[key] = self.__dict__[key]
         return g

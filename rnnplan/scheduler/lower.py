@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from itertools import chain
 
-import networkx as nx
 import numpy as np
 
 from rnnplan.ir.graph import Graph
@@ -35,7 +34,7 @@ def kernel_levels(graph: Graph, kernels: list[Node]) -> list[int]:
     set it."""
     if kernels and all(n.level is not None for n in kernels):
         return [n.level for n in kernels]
-    level = {k: lvl for lvl, gen in enumerate(nx.topological_generations(graph.kernel_dag)) for k in gen}
+    level = graph.kernel_generation
     return [level[n.name] for n in kernels]
 
 

@@ -17,8 +17,6 @@ Does not: balance streams by cost (every chain gets one stream) or assign device
 
 from __future__ import annotations
 
-import networkx as nx
-
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import KERNEL_KINDS, Node
 from rnnplan.spec import PlanOptions
@@ -28,8 +26,7 @@ def wavefront_streams(graph: Graph, options: PlanOptions | None = None) -> Graph
     spec = graph.spec
     chains = spec.num_layers * spec.directions
     streams = (options.num_streams if options is not None and options.num_streams else None) or chains
-    kernel_level = {k: lvl for lvl, gen in enumerate(nx.topological_generations(graph.kernel_dag))
-                    for k in gen}
+    kernel_level = graph.kernel_generation
     level: dict[str, int] = {}  # value -> level of the node that defines it
     scheduled: dict[str, Node] = {}
     spare = 0
