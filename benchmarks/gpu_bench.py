@@ -1,11 +1,11 @@
-"""GPU benchmark: the paper's ablation and rnnplan against cuDNN (see rnnplan/bench.py).
+"""GPU benchmark: the paper's ablation and rnnplan against cuDNN (see rnnplan/bench/matrix.py).
 
     python benchmarks/gpu_bench.py [--quick] [--repeats N] [--out DIR]
 """
 
 import argparse
 
-from rnnplan.bench import main
+from rnnplan.bench.matrix import main
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()

@@ -8,8 +8,8 @@ import cupy as cp
 import numpy as np
 
 import rnnplan as rp
-from rnnplan.bench import _median_ms
-from rnnplan.scheduler.persistent import DEFAULT_DEVICE
+from rnnplan.bench import median_ms
+from rnnplan.persistent import DEFAULT_DEVICE, kernel_of
 
 CONFIGS = [dict(cell="lstm", input_size=256, hidden_size=256, num_layers=1, seq_len=100, batch=1),
            dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=1),
@@ -30,6 +30,6 @@ for kw in CONFIGS:
                 row.append(f"{sms} SMs: does not fit")
                 continue
             ex = rp.Executor(plan, w, backend="cupy")
-            r = plan.steps[-1].recurrence
-            row.append(f"{r.blocks:3d} blocks x {r.units_per_block:2d}u: {_median_ms(lambda i: ex.run(x), 30):.3f}")
+            r = kernel_of(plan.steps[-1].recurrence)
+            row.append(f"{r.blocks:3d} blocks x {r.units_per_block:2d}u: {median_ms(lambda i: ex.run(x), 30):.3f}")
         print(f"{spec.short():<44} " + " | ".join(row), flush=True)

@@ -10,7 +10,7 @@ import cupy as cp
 import numpy as np
 
 import rnnplan as rp
-from rnnplan.bench import _median_ms
+from rnnplan.bench import median_ms
 
 CONFIGS = [
     dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, batch=1, dtype="float32"),
@@ -44,8 +44,8 @@ def times(kw: dict, seq_len: int) -> dict:
             kernel()
         joined()
 
-    return dict(run=_median_ms(lambda i: ex.run(x), 30), graph=_median_ms(graph_only, 30),
-                kernel=_median_ms(kernel_only, 30))
+    return dict(run=median_ms(lambda i: ex.run(x), 30), graph=median_ms(graph_only, 30),
+                kernel=median_ms(kernel_only, 30))
 
 
 for kw in CONFIGS:

@@ -9,7 +9,7 @@ import cupy as cp
 import numpy as np
 
 import rnnplan as rp
-from rnnplan.bench import _median_ms
+from rnnplan.bench import median_ms
 
 CONFIGS = {
     "paper tf32": (dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64), "tf32"),
@@ -27,7 +27,7 @@ for name, (kw, math) in CONFIGS.items():
         plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, input_chunk=chunk, num_streams=streams,
                                                           lowering="graph"))
         ex = rp.Executor(plan, w, backend="cupy")
-        ms = _median_ms(lambda i: ex.run(x), 20)
+        ms = median_ms(lambda i: ex.run(x), 20)
         print(f"{name:<18} chunk {chunk:3d} streams {streams:2d}: {ms:7.3f} ms  critical path {plan.stats.critical_path:4d}"
               f"  kernels {plan.stats.kernels}", flush=True)
         ex.impl.close()

@@ -76,7 +76,7 @@ def _options(a: argparse.Namespace) -> PlanOptions:
 
 
 def _plan(a: argparse.Namespace):
-    from rnnplan.scheduler import build_plan
+    from rnnplan.api import build_plan
 
     with Progress("planning") as progress:
         return build_plan(_spec(a), options=_options(a), progress=progress)
@@ -109,8 +109,8 @@ def cmd_plan(a: argparse.Namespace) -> None:
     from rnnplan import viz
 
     plan = _plan(a)
-    print(plan.summary())
-    dot = plan.to_dot(a.view, a.max_steps) if (a.dot or a.svg) else None
+    print(viz.summarize(plan))
+    dot = viz.to_dot(plan, a.view, a.max_steps) if (a.dot or a.svg) else None
     writers = [
         (a.json, lambda p: Path(p).write_text(plan.to_json(indent=1))),
         (a.dot, lambda p: Path(p).write_text(dot)),
@@ -125,7 +125,7 @@ def cmd_plan(a: argparse.Namespace) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from rnnplan.backends import Executor
+    from rnnplan.executor import Executor
     from rnnplan.weights import Weights
 
     spec = _spec(a)
@@ -181,7 +181,7 @@ def cmd_kernels(a: argparse.Namespace) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    from rnnplan.bench import main as bench_main
+    from rnnplan.bench.matrix import main as bench_main
 
     bench_main(quick=a.quick, out=a.out, repeats=a.repeats)
 
@@ -193,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("plan", help="build a plan and print its summary")
     _spec_flags(pp)
     out = pp.add_argument_group("outputs")
-    out.add_argument("--json", metavar="PATH", help="write the plan as JSON (Plan.from_json reads it back)")
+    out.add_argument("--json", metavar="PATH", help="write the plan as JSON (rnnplan.load_plan reads it back)")
     out.add_argument("--dot", metavar="PATH", help="write the Graphviz DOT text of the plan")
     out.add_argument("--svg", metavar="PATH", help="render the DOT view to SVG (or .png) with Graphviz's dot")
     out.add_argument("--png", metavar="PATH", help="write the wavefront picture: layer x step grid by level and stream")

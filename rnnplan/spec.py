@@ -1,6 +1,9 @@
-"""The two user-facing configuration models: what network to run (`RNNSpec`) and how to plan it
-(`PlanOptions`). Both are frozen pydantic models, so they validate at the edge, name the offending
-field on error, hash (they key the plan cache) and round-trip through JSON."""
+"""The user-facing configuration models: what network to run (`RNNSpec`), how to plan it
+(`PlanOptions`) and the GPU to plan for (`DeviceShape`); and `PASSES`, the one list of pass names.
+All are frozen pydantic models, so they validate at the edge, name the offending field on error,
+hash (they key the plan cache) and round-trip through JSON. This module imports nothing of rnnplan:
+the cells (`rnnplan.ir.cells`) say what a cell's gates and states are, the passes
+(`rnnplan.passes`) what each pass does."""
 
 from __future__ import annotations
 
@@ -8,15 +11,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
+# The cells a spec may name; each is defined in rnnplan/ir/cells.py (a test checks the two agree).
 Cell = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
 
-# Gate names in PyTorch's row order of weight_ih / weight_hh: LSTM i,f,g,o; GRU r,z,n; Elman one gate.
-GATES: dict[str, tuple[str, ...]] = {
-    "lstm": ("i", "f", "g", "o"),
-    "gru": ("r", "z", "n"),
-    "rnn_tanh": ("h",),
-    "rnn_relu": ("h",),
-}
+# The passes, by name, in canonical order: the order `build_plan` runs any subset in. Each pass is a
+# record in its own module of rnnplan/passes/ (what it needs to follow, whether it is step-local);
+# the pass manager checks that this order keeps every pass after the ones it must follow.
+PASSES: tuple[str, ...] = ("combine_gates", "pretranspose", "batch_input_gemms", "fuse_pointwise",
+                           "wavefront_streams")
 
 
 class RNNSpec(BaseModel):
@@ -39,16 +41,8 @@ class RNNSpec(BaseModel):
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    @property
-    def gates(self) -> tuple[str, ...]:
-        return GATES[self.cell]
-
     def layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.hidden_size * self.directions
-
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return ("h", "c") if self.cell == "lstm" else ("h",)
 
     def short(self) -> str:
         """One line for summaries and logs."""
@@ -62,7 +56,9 @@ PAPER_SPEC = RNNSpec(cell="lstm", input_size=512, hidden_size=512, num_layers=4,
 
 
 class DeviceShape(BaseModel):
-    """What planning needs to know of a GPU (`rnnplan.backends.describe_device()` reads one)."""
+    """What planning needs to know of a GPU. The planner never probes hardware: `rnnplan.build_plan`
+    fills `PlanOptions.device` with the local GPU (`rnnplan.backends.describe_device()`), or a caller
+    describes the GPU to plan for."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -83,10 +79,11 @@ class PlanOptions(BaseModel):
     `num_streams=None` means one stream per layer and direction. `input_chunk=None` lets the planner
     choose the number of steps merged into one input GEMM for layers above the first.
     `lowering="persistent"` runs the whole recurrence as one persistent GPU kernel
-    (`rnnplan.scheduler.persistent`); "graph" keeps one kernel per GEMM and cell-step; "auto" (the
-    default) picks persistent where it fits the device and is measured to win, else graph (always
-    graph without a GPU, or when `passes` selects a subset). `device` describes the GPU to plan for
-    (default: the local GPU, read through CuPy; for "persistent" without one, an H200).
+    (`rnnplan.persistent`); "graph" keeps one kernel per GEMM and cell-step; "auto" (the default)
+    picks persistent where it fits the device and is measured to win, else graph (always graph
+    without a device, or when `passes` selects a subset). `device` describes the GPU to plan for:
+    `rnnplan.build_plan` fills in the local GPU when it is None; the planner itself plans "auto"
+    without a device as graph, and "persistent" without one for an H200.
     `math` applies to fp32 storage: "fp32" keeps every product in fp32 (cuBLAS without TF32, the
     persistent lowering's FFMA kernel); "tf32" lets cuBLAS use TF32 tensor cores and the persistent
     lowering its tensor-core kernel on tf32 operands (above batch 2; measured relative errors 2e-5 to
@@ -108,8 +105,6 @@ class PlanOptions(BaseModel):
     def _known_passes(cls, passes: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if passes is None:
             return None
-        from rnnplan.scheduler.manager import PASSES  # lazy: the registry imports the passes
-
         unknown = [p for p in passes if p not in PASSES]
         if unknown:
             raise ValueError(f"unknown pass name(s) {unknown}; known passes, in canonical order: "

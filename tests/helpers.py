@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 import rnnplan as rp
@@ -60,3 +65,21 @@ def assert_same_result(got, want, tol: float) -> None:
     assert len(sts) == len(wsts)
     for name, s, w in zip(("h_n", "c_n"), sts, wsts):
         assert rel_err(s, w) <= tol, f"{name}: {rel_err(s, w)}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for running rnnplan in a subprocess: this checkout first on PYTHONPATH, the
+    caller's path after it (where pydantic may live, as on the GPU machine), plus `extra`."""
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def nvcc() -> str:
+    """The CUDA compiler for the compile checks: skipped where it is missing, except on CI, where a
+    missing nvcc fails by name (the checks must run there)."""
+    path = shutil.which("nvcc")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("nvcc is not on PATH: the CUDA compile checks need the CUDA toolkit's nvcc on CI")
+        pytest.skip("nvcc is not on PATH (install the CUDA toolkit to run the compile checks)")
+    return path

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import rnnplan as rp
+from rnnplan.lowering import build_plan  # the planner itself: hardware-free
 from rnnplan.weights import WeightsError
 
 LSTM = rp.RNNSpec(cell="lstm", input_size=4, hidden_size=5, num_layers=2, seq_len=3, batch=2)
@@ -12,12 +13,12 @@ GRU = LSTM.model_copy(update={"cell": "gru"})
 
 @pytest.fixture(scope="module")
 def lstm():
-    return rp.Executor(rp.build_plan(LSTM, passes=()), rp.Weights.random(LSTM), backend="numpy")
+    return rp.Executor(build_plan(LSTM, passes=()), rp.Weights.random(LSTM), backend="numpy")
 
 
 @pytest.fixture(scope="module")
 def gru():
-    return rp.Executor(rp.build_plan(GRU, passes=()), rp.Weights.random(GRU), backend="numpy")
+    return rp.Executor(build_plan(GRU, passes=()), rp.Weights.random(GRU), backend="numpy")
 
 
 X = np.zeros((3, 2, 4), np.float32)
@@ -54,12 +55,12 @@ def test_bad_gru_state(gru):
 
 def test_weights_for_another_spec_rejected_at_construction():
     with pytest.raises(WeightsError, match="hyper-parameter cell"):
-        rp.Executor(rp.build_plan(LSTM, passes=()), rp.Weights.random(GRU), backend="numpy")
+        rp.Executor(build_plan(LSTM, passes=()), rp.Weights.random(GRU), backend="numpy")
 
 
 def test_unknown_backend_and_unusable_cupy():
     w = rp.Weights.random(LSTM)
-    plan = rp.build_plan(LSTM, passes=())
+    plan = build_plan(LSTM, passes=())
     with pytest.raises(ValueError, match="backend must be one of"):
         rp.Executor(plan, w, backend="tpu")
     if rp.backends.cupy_unavailable_reason() is not None:
@@ -71,4 +72,4 @@ def test_unknown_backend_and_unusable_cupy():
 
 def test_unknown_pass_lists_known_ones():
     with pytest.raises(ValueError, match="known passes"):
-        rp.build_plan(LSTM, passes=("fuse_everything",))
+        build_plan(LSTM, passes=("fuse_everything",))

@@ -265,15 +265,17 @@ TENSOR_CORE_CASES = [(k, "fp16") for k in TENSOR_CORE] + [(k, "tf32") for k in T
 @pytest.mark.parametrize("registers", [True, False], ids=["registers", "shared"])
 def test_tensor_core_kernel_with_weights_in_registers_or_shared_memory(spec_kw, precision, registers):
     from rnnplan.backends import describe_device
-    from rnnplan.scheduler.persistent import tensor_core_recurrence
+    from rnnplan.lowering.recurrent import with_recurrence
+    from rnnplan.persistent import kernel_of, tensor_core_recurrence
 
     spec = rp.RNNSpec(**spec_kw, dtype="float16" if precision == "fp16" else "float32")
     module, weights = module_and_weights(spec, 5)
     plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
     chosen = next(s.recurrence for s in plan.steps if s.recurrence)
     r = tensor_core_recurrence(spec, chosen.units_per_block, describe_device(), registers)
-    assert r is not None and r.weights_in_registers == registers and r.mma_kstep == (16 if precision == "fp16" else 8)
-    assert_kernel_matches_torch(plan.with_recurrence(r), module, weights, 6, precision)
+    assert r is not None and r.weights_in_registers == registers
+    assert kernel_of(r).mma_kstep == (16 if precision == "fp16" else 8)
+    assert_kernel_matches_torch(with_recurrence(plan, r), module, weights, 6, precision)
 
 
 FFMA = [  # (spec, units a block): the FFMA kernel with its weights in registers and in shared memory
@@ -292,19 +294,21 @@ FFMA = [  # (spec, units a block): the FFMA kernel with its weights in registers
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("registers", [True, False], ids=["registers", "shared"])
 def test_ffma_kernel_with_weights_in_registers_or_shared_memory(spec_kw, units, precision, registers):
-    from rnnplan.scheduler.persistent import recurrence_of
+    from rnnplan.lowering.recurrent import with_recurrence
+    from rnnplan.persistent import kernel_of, recurrence_of
 
     spec = rp.RNNSpec(**spec_kw, dtype="float16" if precision == "fp16" else "float32")
     module, weights = module_and_weights(spec, 7)
     r = recurrence_of(spec, units, registers=registers)
-    assert not registers or r.registers_fit
+    assert not registers or kernel_of(r).registers_fit
     plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
-    assert_kernel_matches_torch(plan.with_recurrence(r), module, weights, 8, precision)
+    assert_kernel_matches_torch(with_recurrence(plan, r), module, weights, 8, precision)
 
 
 def test_default_plan_reads_the_device_and_picks_persistent_at_small_batch():
     spec = rp.RNNSpec(cell="gru", input_size=24, hidden_size=64, num_layers=2, seq_len=9, batch=1)
-    plan = rp.build_plan(spec)  # lowering="auto", no device given: the planner reads GPU 0
+    plan = rp.build_plan(spec)  # lowering="auto", no device given: rp.build_plan describes GPU 0
+    assert plan.options.device == rp.backends.describe_device()
     assert plan.lowering == "persistent" and "fit on-chip" in plan.lowering_reason
     assert rp.build_plan(rp.PAPER_SPEC).lowering == "graph"  # fp32 weights do not fit on-chip
     w = rp.Weights.random(spec, seed=4)
@@ -327,3 +331,27 @@ def test_auto_lowering_with_the_real_device():
     x, state = random_inputs(small, 2)
     want, _ = rp.Executor(rp.build_plan(small, passes=()), w, backend="numpy").run(x, state)
     assert rel_err(rp.Executor(plan, w, backend="cupy").run(x, state)[0].get(), want) <= 1e-5
+
+
+@pytest.mark.parametrize("spec_kw, precision", [
+    (dict(cell="lstm", input_size=64, hidden_size=128, num_layers=2, seq_len=12, batch=1), "fp32"),  # FFMA
+    (dict(cell="gru", input_size=32, hidden_size=64, num_layers=2, seq_len=10, batch=16), "fp16"),  # tensor cores
+], ids=["ffma", "mma"])
+def test_profiled_kernel_computes_the_same_and_counts_its_phases(spec_kw, precision):
+    """profile=True compiles the persistent kernel with its PROF marks on: the same results, and every
+    block's clock sums of its phases (set-up, and at least one phase per step) are filled in."""
+    spec = rp.RNNSpec(**spec_kw, dtype="float16" if precision == "fp16" else "float32")
+    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
+    w = rp.Weights.random(spec, seed=3)
+    x, state = random_inputs(spec, 3)
+    plain = rp.Executor(plan, w, backend="cupy", mode="streams")
+    profiled = rp.Executor(plan, w, backend="cupy", mode="streams", profile=True)
+    for _ in range(2):
+        assert rel_err(profiled.run(x, state)[0].get(), plain.run(x, state)[0].get()) == 0.0
+    (cycles,) = profiled.impl.persistent_profile()
+    r = plan.steps[-1].recurrence
+    from rnnplan.persistent import kernel_of
+
+    assert cycles.shape == (kernel_of(r).blocks, 8)
+    assert (cycles[:, 7] > 0).all() and (cycles[:, :5].sum(axis=1) > 0).all()
+    assert plain.impl.persistent_profile() == []

@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rnnplan as rp
+from rnnplan.lowering import build_plan  # the planner itself: hardware-free
 from tests.helpers import assert_same_result, random_inputs, run_torch, torch_module
 
 TOL = 1e-5
@@ -14,7 +15,7 @@ CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 
 def check_against_torch(spec, seed=0, with_state=True, passes=(), options=None):
     module = torch_module(spec, seed)
-    plan = rp.build_plan(spec, passes=passes) if options is None else rp.build_plan(spec, options=options)
+    plan = build_plan(spec, passes=passes) if options is None else build_plan(spec, options=options)
     ex = rp.Executor(plan, rp.Weights.from_torch(module, spec), backend="numpy")
     x, state = random_inputs(spec, seed, with_state)
     assert_same_result(ex.run(x, state), run_torch(module, x, state), TOL)
@@ -59,7 +60,7 @@ def test_nan_propagates_like_torch():
     module = torch_module(spec)
     x, state = random_inputs(spec)
     x[1, 0, 2] = np.nan
-    out, h_n = rp.Executor(rp.build_plan(spec, passes=()), rp.Weights.from_torch(module), "numpy").run(x, state)
+    out, h_n = rp.Executor(build_plan(spec, passes=()), rp.Weights.from_torch(module), "numpy").run(x, state)
     want_out, want_h = run_torch(module, x, state)
     assert np.array_equal(np.isnan(out), np.isnan(want_out)) and np.isnan(out).any()
     assert np.array_equal(np.isnan(h_n), np.isnan(want_h))
@@ -70,7 +71,7 @@ def test_float16_spec_stores_half_and_stays_close():
                       dtype="float16")
     module = torch_module(spec)
     x, state = random_inputs(spec)
-    out, (h, c) = rp.Executor(rp.build_plan(spec, passes=()), rp.Weights.from_torch(module), "numpy").run(x, state)
+    out, (h, c) = rp.Executor(build_plan(spec, passes=()), rp.Weights.from_torch(module), "numpy").run(x, state)
     assert out.dtype == np.float16 and h.dtype == np.float16
     want, _ = run_torch(module, x.astype(np.float32), tuple(s.astype(np.float32) for s in state))
     assert np.abs(out.astype(np.float32) - want).max() < 5e-3
@@ -78,7 +79,7 @@ def test_float16_spec_stores_half_and_stays_close():
 
 def test_repeated_runs_are_independent():
     spec = rp.RNNSpec(cell="lstm", input_size=4, hidden_size=5, num_layers=2, seq_len=3, batch=2)
-    ex = rp.Executor(rp.build_plan(spec, passes=()), rp.Weights.random(spec), "numpy")
+    ex = rp.Executor(build_plan(spec, passes=()), rp.Weights.random(spec), "numpy")
     x1, s1 = random_inputs(spec, 1)
     x2, _ = random_inputs(spec, 2)
     first, _ = ex.run(x1, s1)

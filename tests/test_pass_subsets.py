@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rnnplan as rp
+from rnnplan.lowering import build_plan  # the planner itself: hardware-free
 from tests.helpers import assert_same_result, random_inputs, run_torch, torch_module
 
 SUBSETS = [s for k in range(len(rp.PASSES) + 1) for s in itertools.combinations(rp.PASSES, k)]
@@ -30,14 +31,14 @@ def case(request):
     spec = SPECS[request.param]
     w = rp.Weights.random(spec, seed=5)
     x, state = random_inputs(spec, seed=6)
-    want = rp.Executor(rp.build_plan(spec, passes=()), w, backend="numpy").run(x, state)
+    want = rp.Executor(build_plan(spec, passes=()), w, backend="numpy").run(x, state)
     return spec, w, x, state, want
 
 
 @pytest.mark.parametrize("passes", SUBSETS, ids=lambda s: "+".join(p[:4] for p in s) or "naive")
 def test_subset_equals_naive(case, passes):
     spec, w, x, state, want = case
-    plan = rp.build_plan(spec, options=rp.PlanOptions(passes=passes, input_chunk=3))  # 3 divides no T here but 6
+    plan = build_plan(spec, options=rp.PlanOptions(passes=passes, input_chunk=3))  # 3 divides no T here but 6
     ex = rp.Executor(plan, w, backend="numpy")
     assert_same_result(ex.run(x, state), want, 1e-5)
     for seed in SEEDS:
@@ -47,7 +48,7 @@ def test_subset_equals_naive(case, passes):
 def test_more_streams_than_chains_and_fewer(case):
     spec, w, x, state, want = case
     for streams in (1, 2, 9):
-        plan = rp.build_plan(spec, options=rp.PlanOptions(num_streams=streams, input_chunk=2))
+        plan = build_plan(spec, options=rp.PlanOptions(num_streams=streams, input_chunk=2))
         ex = rp.Executor(plan, w, backend="numpy")
         for seed in SEEDS:
             assert_same_result(ex.run(x, state, interleave_seed=seed), want, 1e-5)
@@ -57,14 +58,14 @@ def test_all_passes_match_torch(case):
     spec = case[0]
     module = torch_module(spec, seed=9)
     x, state = random_inputs(spec, seed=10)
-    ex = rp.Executor(rp.build_plan(spec), rp.Weights.from_torch(module, spec), backend="numpy")
+    ex = rp.Executor(build_plan(spec), rp.Weights.from_torch(module, spec), backend="numpy")
     assert_same_result(ex.run(x, state, interleave_seed=4), run_torch(module, x, state), 1e-5)
 
 
 def test_waits_are_the_transitive_reduction(case):
     """Kept waits = cross-stream edges of the transitive reduction of (kernel DAG + stream order)."""
     spec = case[0]
-    plan = rp.build_plan(spec, options=rp.PlanOptions(input_chunk=2, num_streams=5))
+    plan = build_plan(spec, options=rp.PlanOptions(input_chunk=2, num_streams=5))
     g = nx.DiGraph()
     g.add_nodes_from(range(len(plan.steps)))
     last = {}
@@ -93,8 +94,8 @@ def test_random_specs_and_subsets(spec, subset, data):
     streams = data.draw(st.one_of(st.none(), st.integers(1, 5)))
     w = rp.Weights.random(spec, seed=1)
     x, state = random_inputs(spec, seed=2)
-    want = rp.Executor(rp.build_plan(spec, passes=()), w, "numpy").run(x, state)
-    plan = rp.build_plan(spec, options=rp.PlanOptions(passes=tuple(subset), input_chunk=chunk, num_streams=streams))
+    want = rp.Executor(build_plan(spec, passes=()), w, "numpy").run(x, state)
+    plan = build_plan(spec, options=rp.PlanOptions(passes=tuple(subset), input_chunk=chunk, num_streams=streams))
     got = rp.Executor(plan, w, "numpy").run(x, state, interleave_seed=data.draw(st.integers(0, 99)))
     assert_same_result(got, want, 1e-5)
     assert np.isfinite(got[0]).all()

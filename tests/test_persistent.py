@@ -1,20 +1,46 @@
 """The persistent lowering on the CPU: plan shape, fit decisions, and the reference semantics of the
 recurrent node against torch (the GPU kernel is checked against both in test_gpu.py)."""
 
-import shutil
 import subprocess
 
 import pytest
 
 import rnnplan as rp
-from rnnplan.backends.persistent_kernel import recurrent_source
-from rnnplan.ir.recurrence import FFMA_REGISTER_BUDGET, KERNEL_WARPS, REGISTER_BUDGET
-from rnnplan.scheduler.persistent import (AUTO_MAX_BATCH, DEFAULT_DEVICE, FFMA_MAX_BATCH, choose_lowering,
-                                          choose_recurrence, tensor_core_recurrence)
+from rnnplan.lowering import build_plan  # the planner itself: hardware-free
+from rnnplan.persistent import (
+    AUTO_MAX_BATCH,
+    DEFAULT_DEVICE,
+    FFMA_MAX_BATCH,
+    FFMA_REGISTER_BUDGET,
+    KERNEL_WARPS,
+    REGISTER_BUDGET,
+    choose_lowering,
+    choose_recurrence,
+    kernel_of,
+    tensor_core_recurrence,
+)
+from rnnplan.persistent import kernel_source as recurrent_source
 from rnnplan.spec import DeviceShape
-from tests.helpers import assert_same_result, random_inputs, run_torch, torch_module
+from tests.helpers import (
+    assert_same_result,
+    nvcc,
+    random_inputs,
+    run_torch,
+    torch_module,
+)
 
 PERSISTENT = rp.PlanOptions(lowering="persistent")
+
+
+def choose(spec, device=DEFAULT_DEVICE, math="fp32"):
+    """choose_recurrence, with the choice as the kernel sees it (its layout and budgets)."""
+    r, why = choose_recurrence(spec, device, math)
+    return (None if r is None else kernel_of(r)), why
+
+
+def tensor_cores(spec, units, device, registers):
+    r = tensor_core_recurrence(spec, units, device, registers)
+    return None if r is None else kernel_of(r)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
@@ -26,7 +52,7 @@ def test_reference_matches_torch(cell, layers, bidir, bias, batch_first):
     module = torch_module(spec, 1)
     x, state = random_inputs(spec, 2, with_state=layers != 2)
     for passes in (None, (), ("pretranspose",)):
-        plan = rp.build_plan(spec, passes=passes, options=PERSISTENT)
+        plan = build_plan(spec, passes=passes, options=PERSISTENT)
         got = rp.Executor(plan, rp.Weights.from_torch(module, spec), backend="numpy").run(x, state)
         assert_same_result(got, run_torch(module, x, state), 1e-5)
 
@@ -34,28 +60,31 @@ def test_reference_matches_torch(cell, layers, bidir, bias, batch_first):
 def test_plan_shape_and_summary():
     spec = rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=1,
                       bidirectional=True)
-    plan = rp.build_plan(spec, options=PERSISTENT)
+    plan = build_plan(spec, options=PERSISTENT)
     assert [s.kind for s in plan.steps] == ["gemm", "gemm", "recurrent"]
     assert plan.stats.critical_path == 2
     r = plan.steps[-1].recurrence
     assert r.units_per_block * (DEFAULT_DEVICE.sms // 4) >= 256
-    assert "1 kernel" in plan.summary() and "lowering=persistent" in plan.summary()
-    assert rp.Plan.from_json(plan.to_json()) == plan
+    summary = rp.summarize(plan)
+    assert "1 kernel" in summary and "lowering=persistent" in summary
+    held = "registers" if kernel_of(r).weights_in_registers else "shared memory"
+    assert f"weights held in {held}" in summary  # what the kernel does, not one fixed phrase
+    assert rp.load_plan(plan.to_json()) == plan
     gemm = plan.steps[0]
     assert gemm.gemm.m == 100 and gemm.gemm.n == 1024  # layer 0's input projection, all steps at once
 
 
 def test_fit_decisions_say_why():
     small = rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=10, batch=1)
-    rec, why = choose_recurrence(small)
+    rec, why = choose(small)
     assert rec is not None and rec.units_per_block > 0 and "fit on-chip" in why and "MiB" in why
     big = rp.RNNSpec(cell="lstm", input_size=2048, hidden_size=2048, num_layers=4, seq_len=10, batch=1)
-    rec, why = choose_recurrence(big)
+    rec, why = choose(big)
     assert rec is None and "KiB of shared memory per block" in why
     with pytest.raises(ValueError, match="lowering='persistent' does not fit"):
-        rp.build_plan(big, options=PERSISTENT)
+        build_plan(big, options=PERSISTENT)
     tiny_gpu = DeviceShape(name="a small GPU", sms=2, smem_per_block=48 * 1024)
-    assert choose_recurrence(small.model_copy(update={"num_layers": 3}), tiny_gpu)[0] is None
+    assert choose(small.model_copy(update={"num_layers": 3}), tiny_gpu)[0] is None
 
 
 def test_auto_lowering_decides_and_says_why():
@@ -70,26 +99,26 @@ def test_auto_lowering_decides_and_says_why():
     assert choose_lowering(rp.PAPER_SPEC, rp.PlanOptions(lowering="auto", device=h200))[0] == "graph"
     no_coop = h200.model_copy(update={"cooperative_launch": False})
     assert "cooperative" in choose_lowering(small, rp.PlanOptions(lowering="auto", device=no_coop))[1]
-    plan = rp.build_plan(small, options=rp.PlanOptions(lowering="auto", device=h200))
+    plan = build_plan(small, options=rp.PlanOptions(lowering="auto", device=h200))
     assert plan.lowering == "persistent" and "fit on-chip" in plan.lowering_reason
-    assert "lowering       persistent: auto: recurrent weights" in plan.summary()
-    assert "persistent lowering: auto: recurrent weights" in plan.to_dot()
-    assert rp.build_plan(wide, options=rp.PlanOptions(lowering="auto", device=h200)).lowering == "graph"
+    assert "lowering       persistent: auto: recurrent weights" in rp.summarize(plan)
+    assert "persistent lowering: auto: recurrent weights" in rp.viz.to_dot(plan)
+    assert build_plan(wide, options=rp.PlanOptions(lowering="auto", device=h200)).lowering == "graph"
 
 
 def test_inspection_of_a_persistent_plan(tmp_path):
-    from rnnplan.ir.recurrence import wavefront
-    from rnnplan.viz import predicted_trace, save_wavefront_png
+    from rnnplan.persistent import wavefront
+    from rnnplan.viz import predicted_trace, save_wavefront_png, to_dot
 
     spec = rp.RNNSpec(cell="lstm", input_size=16, hidden_size=32, num_layers=3, seq_len=4, batch=1)
-    plan = rp.build_plan(spec, options=PERSISTENT)
+    plan = build_plan(spec, options=PERSISTENT)
     r = plan.steps[-1].recurrence
     levels = wavefront(r)
     assert levels[(0, 0, 0)] == 0 and levels[(2, 0, 3)] == 3 + 2  # one round per step, one per layer
-    bidir_plan = rp.build_plan(spec.model_copy(update={"bidirectional": True}), options=PERSISTENT)
+    bidir_plan = build_plan(spec.model_copy(update={"bidirectional": True}), options=PERSISTENT)
     bidir = wavefront(bidir_plan.steps[-1].recurrence)
     assert bidir[(1, 0, 0)] == 4  # layer 1 waits for the whole reverse pass of layer 0
-    assert "whole network" in plan.to_dot(view="cell") and "recurrence" in plan.to_dot()
+    assert "whole network" in to_dot(plan, view="cell") and "recurrence" in to_dot(plan)
     assert save_wavefront_png(plan, tmp_path / "w.png").stat().st_size > 5000
     spans = [e for e in predicted_trace(plan)["traceEvents"] if e["ph"] == "X"]
     assert spans[-1]["name"] == "recurrence" and spans[-1]["dur"] >= 6 * 2.3
@@ -97,27 +126,27 @@ def test_inspection_of_a_persistent_plan(tmp_path):
 
 def test_kernel_choice_by_dtype_and_batch():
     base = dict(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=10)
-    fp32 = choose_recurrence(rp.RNNSpec(**base, batch=8))[0]
+    fp32 = choose(rp.RNNSpec(**base, batch=8))[0]
     assert fp32.batch_tile == 0  # fp32 math is FFMA
-    small = choose_recurrence(rp.RNNSpec(**base, batch=FFMA_MAX_BATCH, dtype="float16"))[0]
+    small = choose(rp.RNNSpec(**base, batch=FFMA_MAX_BATCH, dtype="float16"))[0]
     assert small.batch_tile == 0  # fp16 at batch 1-2: FFMA's tagged hand-off is faster (BENCHMARKS.md)
-    rec, why = choose_recurrence(rp.RNNSpec(**base, batch=5, dtype="float16"))
+    rec, why = choose(rp.RNNSpec(**base, batch=5, dtype="float16"))
     assert rec.batch_tile == 8 and "tensor cores (fp16), batch tiles of 8" in why
     # The paper configuration fits in fp16 with its weights in registers (the whole batch in one tile),
     # or in shared memory by tiling the batch; in fp32 it does not fit.
     paper16 = rp.PAPER_SPEC.model_copy(update={"dtype": "float16"})
-    rec, why = choose_recurrence(paper16)
+    rec, why = choose(paper16)
     assert rec.weights_in_registers and rec.batch_tile == 64 and "weights in registers" in why
     assert rec.smem_layout()["stage"] == 0  # no weights in shared memory
-    held = tensor_core_recurrence(paper16, rec.units_per_block, DEFAULT_DEVICE, registers=False)
+    held = tensor_cores(paper16, rec.units_per_block, DEFAULT_DEVICE, registers=False)
     assert 8 <= held.batch_tile < 64 and held.shared_memory_bytes <= DEFAULT_DEVICE.smem_per_block
-    assert choose_recurrence(rp.PAPER_SPEC)[0] is None
+    assert choose(rp.PAPER_SPEC)[0] is None
     # Too many weights per warp for registers (2 layers of 768: 48 fragments a warp): shared memory.
     wide = rp.RNNSpec(cell="lstm", input_size=768, hidden_size=768, num_layers=2, seq_len=10, batch=8, dtype="float16")
-    rec = choose_recurrence(wide)[0]
+    rec = choose(wide)[0]
     assert rec.batch_tile and not rec.weights_in_registers
-    assert tensor_core_recurrence(wide, rec.units_per_block, DEFAULT_DEVICE, registers=True) is None
-    plan = rp.build_plan(rp.RNNSpec(**base, batch=5, dtype="float16"), options=PERSISTENT)
+    assert tensor_cores(wide, rec.units_per_block, DEFAULT_DEVICE, registers=True) is None
+    plan = build_plan(rp.RNNSpec(**base, batch=5, dtype="float16"), options=PERSISTENT)
     assert plan.steps[-1].recurrence.batch_tile == 8 and "tensor cores" in plan.lowering_reason
 
 
@@ -125,21 +154,21 @@ def test_kernel_choice_with_tf32_math():
     """fp32 storage with math="tf32" runs the tensor-core kernel on tf32 operands (k-steps of 8) above
     FFMA_MAX_BATCH; with math="fp32" it stays FFMA (exact fp32 products)."""
     spec = rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=2, seq_len=10, batch=8)
-    rec, why = choose_recurrence(spec, DEFAULT_DEVICE, "tf32")
+    rec, why = choose(spec, DEFAULT_DEVICE, "tf32")
     assert rec.batch_tile == 8 and rec.weights_in_registers and rec.mma_kstep == 8 and rec.element_bytes == 4
     assert "tensor cores (tf32), batch tiles of 8" in why
-    assert choose_recurrence(spec)[0].batch_tile == 0
+    assert choose(spec)[0].batch_tile == 0
     small = spec.model_copy(update={"batch": FFMA_MAX_BATCH})
-    ffma_tf32, ffma_fp32 = choose_recurrence(small, DEFAULT_DEVICE, "tf32")[0], choose_recurrence(small)[0]
+    ffma_tf32, ffma_fp32 = choose(small, DEFAULT_DEVICE, "tf32")[0], choose(small)[0]
     assert ffma_tf32.batch_tile == 0 and ffma_tf32.math == "tf32" and ffma_fp32.math == "fp32"
     # tf32 math allows the cell's fast exponentials in the FFMA kernel too; strict fp32 keeps the accurate ones
-    assert "#define FAST_CELL 1" in recurrent_source(ffma_tf32) and "#define FAST_CELL 0" in recurrent_source(ffma_fp32)
-    assert rec.math == "tf32" and choose_recurrence(spec.model_copy(update={"dtype": "float16"}))[0].fast_cell
-    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
-    assert plan.steps[-1].recurrence == rec and "(tf32)" in plan.lowering_reason
-    assert rp.build_plan(spec, options=PERSISTENT).steps[-1].recurrence.batch_tile == 0  # the cache keys on math
+    assert "#define FAST_EXP 1" in recurrent_source(ffma_tf32) and "#define FAST_EXP 0" in recurrent_source(ffma_fp32)
+    assert rec.math == "tf32" and choose(spec.model_copy(update={"dtype": "float16"}))[0].fast_cell
+    plan = build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
+    assert plan.steps[-1].recurrence == rec.recurrence and "(tf32)" in plan.lowering_reason
+    assert build_plan(spec, options=PERSISTENT).steps[-1].recurrence.batch_tile == 0  # the cache keys on math
     # The paper configuration's fp32 weights (28 MiB) fit neither registers nor shared memory per block.
-    rec, why = choose_recurrence(rp.PAPER_SPEC, DEFAULT_DEVICE, "tf32")
+    rec, why = choose(rp.PAPER_SPEC, DEFAULT_DEVICE, "tf32")
     assert rec is None and "28.0 MiB" in why
 
 
@@ -154,15 +183,15 @@ def test_persistent_plan_from_one_step_equals_the_plan_from_the_whole_graph(kw):
     import itertools
 
     from rnnplan.ir import build
-    from rnnplan.scheduler.lower import lower
-    from rnnplan.scheduler.manager import apply_passes
-    from rnnplan.scheduler.persistent import persistent_recurrence
+    from rnnplan.lowering.lower import lower
+    from rnnplan.lowering.recurrent import persistent_recurrence
+    from rnnplan.passes.manager import apply_passes
 
     spec = rp.RNNSpec(**kw)
     for passes in itertools.chain.from_iterable(itertools.combinations(rp.PASSES, k) for k in range(6)):
         options = rp.PlanOptions(lowering="persistent", device=DEFAULT_DEVICE, passes=passes)
         whole = lower(persistent_recurrence(apply_passes(build(spec), options, check=False), options), options)
-        plan = rp.build_plan(spec, options=options)
+        plan = build_plan(spec, options=options)
         assert plan.model_dump(exclude={"lowering", "lowering_reason"}) == whole.model_dump(
             exclude={"lowering", "lowering_reason"}), passes
 
@@ -172,7 +201,7 @@ def test_ffma_weights_in_registers_where_they_fit():
     accumulators fit REGISTER_BUDGET, and then keeps none in shared memory; else shared memory."""
 
     def ffma(**kw):
-        return choose_recurrence(rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 10, **kw}))
+        return choose(rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 10, **kw}))
     rec, why = ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=1)
     # 8 units x 4 gates = 32 rows over 8 warps: 4 rows a warp, each 1024 long: 32 values a lane per row
     assert rec.weights_in_registers and rec.ffma_rows_per_warp == 4 and rec.weight_registers == 128
@@ -190,10 +219,11 @@ def test_ffma_weights_in_registers_where_they_fit():
 def test_ffma_merged_wait_where_it_measured_faster():
     """Above layer 0 the FFMA kernel waits for h and the layer input at once only where each alone has
     more words than threads and both fit one round of in-flight loads (faster there, slower elsewhere)."""
-    from rnnplan.backends.persistent_kernel import merged_wait
+    def merged_wait(r):
+        return kernel_of(r).merged_wait
 
     def ffma(**kw):
-        return choose_recurrence(rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 10, **kw}))[0]
+        return choose(rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 10, **kw}))[0]
     assert merged_wait(ffma(cell="rnn_tanh", num_layers=2, hidden_size=512, batch=1))  # 512 + 512 words
     assert merged_wait(ffma(cell="gru", num_layers=2, hidden_size=256, batch=4))  # 1024 + 1024
     assert not merged_wait(ffma(cell="lstm", num_layers=2, hidden_size=256, batch=1))  # 256: a word a thread
@@ -206,10 +236,11 @@ def test_ffma_vector_loads_where_they_measured_faster():
     """The FFMA kernel's 4-value loads: with several batch rows or one weight row a warp (faster on the
     H200), not with one batch row and several weight rows (slower there), and never for rows that are
     not whole runs of 4."""
-    from rnnplan.backends.persistent_kernel import vector_dot
+    def vector_dot(r):
+        return kernel_of(r).vector_dot
 
     def ffma(**kw):
-        return choose_recurrence(rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 10, **kw}))[0]
+        return choose(rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 10, **kw}))[0]
     assert vector_dot(ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=8))
     assert vector_dot(ffma(cell="lstm", num_layers=1, hidden_size=256, batch=1))  # 2 units: a row a warp
     assert not vector_dot(ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=1))  # 4 rows a warp
@@ -223,7 +254,7 @@ def test_ffma_vector_loads_where_they_measured_faster():
 def test_one_definition_of_the_kernel_layouts(dtype, batch, math):
     spec = rp.RNNSpec(cell="gru", input_size=12, hidden_size=47, num_layers=2, seq_len=3, batch=batch,
                       bidirectional=True, dtype=dtype)
-    r = choose_recurrence(spec, DEFAULT_DEVICE, math)[0]
+    r = choose(spec, DEFAULT_DEVICE, math)[0]
     assert bool(r.batch_tile) == (batch > FFMA_MAX_BATCH and (dtype, math) != ("float32", "fp32"))
     layout = r.smem_layout()
     offsets = [v for k, v in layout.items() if k != "end"]
@@ -247,13 +278,13 @@ def test_tensor_core_work_split():
     fewer than warps, and then the later k-slices get partial-sum slots of their own in shared memory
     (no atomics)."""
     paper16 = rp.PAPER_SPEC.model_copy(update={"dtype": "float16"})
-    paper = tensor_core_recurrence(paper16, 16, DEFAULT_DEVICE, registers=False)
+    paper = tensor_cores(paper16, 16, DEFAULT_DEVICE, registers=False)
     m_tiles, n_tiles = paper.mma_rows // 16, paper.batch_tile // 8
     groups, k_split = paper.mma_split
     assert (groups, k_split) == (2, 1) and m_tiles * groups == 8 and n_tiles % groups == 0
     layout = paper.smem_layout()
     assert layout["partial"] == layout["bias"]  # no k-split, no partial sums
-    small = tensor_core_recurrence(rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=10,
+    small = tensor_cores(rp.RNNSpec(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=10,
                                               batch=8, dtype="float16"), 8, DEFAULT_DEVICE, registers=False)
     assert small.mma_split == (1, 4)  # 2 m-tiles x 1 n-tile: k split four ways to use 8 warps
     layout = small.smem_layout()
@@ -273,7 +304,7 @@ def test_tensor_core_work_split():
 def test_tensor_core_work_split_with_weights_in_registers(kw, group, split, ksteps, dtype):
     """A warp's job is fixed for the run: `mma_mgroup` m-tiles, one part (h or layer input), one k-slice
     of it, every n-tile of the batch tile; its fragments stay in registers, within REGISTER_BUDGET."""
-    r = choose_recurrence(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10, dtype=dtype), DEFAULT_DEVICE,
+    r = choose(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10, dtype=dtype), DEFAULT_DEVICE,
                           "tf32")[0]
     assert r.weights_in_registers and r.registers_fit
     assert (r.mma_mgroup, r.mma_split, r.register_ksteps) == (group, split, ksteps)
@@ -287,7 +318,6 @@ def test_tensor_core_work_split_with_weights_in_registers(kw, group, split, kste
     assert layout["bias"] - layout["partial"] == (split[1] - 1) * 2 * r.batch_tile * r.sum_stride * 4
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 @pytest.mark.parametrize("kw", [dict(cell="lstm", num_layers=4, hidden_size=512, batch=64, dtype="float16"),
                                 dict(cell="gru", num_layers=4, hidden_size=512, batch=64, dtype="float16"),
                                 dict(cell="lstm", num_layers=1, hidden_size=1024, batch=8, dtype="float16"),
@@ -296,10 +326,10 @@ def test_tensor_core_work_split_with_weights_in_registers(kw, group, split, kste
 def test_register_held_weights_compile_without_spills(kw, tmp_path):
     """The register budget holds in the compiled kernel: ptxas keeps every held fragment in registers
     (fp16 and, for fp32 storage, tf32 operands)."""
-    r = choose_recurrence(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10), DEFAULT_DEVICE, "tf32")[0]
+    r = choose(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10), DEFAULT_DEVICE, "tf32")[0]
     assert r.weights_in_registers
     (tmp_path / "k.cu").write_text(recurrent_source(r))
-    out = subprocess.run(["nvcc", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), "-Xptxas", "-v",
+    out = subprocess.run([nvcc(), "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), "-Xptxas", "-v",
                           str(tmp_path / "k.cu")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in out.stderr, out.stderr
@@ -309,17 +339,16 @@ def _variant(kind, **kw):
     """A kernel configuration by kind: "ffma" / "ffma_registers" / "ffma_tf32" (FFMA whatever the dtype,
     weights in shared memory / registers / registers with tf32 math), "registers" / "shared" (the
     tensor-core kernel holding its weights so; fp32 storage means tf32 operands)."""
-    from rnnplan.scheduler.persistent import recurrence_of
+    from rnnplan.persistent import recurrence_of
 
     spec = rp.RNNSpec(**{"input_size": kw["hidden_size"], "seq_len": 5, **kw})
-    units = choose_recurrence(spec, DEFAULT_DEVICE, "tf32")[0].units_per_block
+    units = choose(spec, DEFAULT_DEVICE, "tf32")[0].units_per_block
     if kind.startswith("ffma"):
         r = recurrence_of(spec, units, registers=kind != "ffma", math="tf32" if kind == "ffma_tf32" else "fp32")
-        return r if r.registers_fit or not r.weights_in_registers else None
-    return tensor_core_recurrence(spec, units, DEFAULT_DEVICE, registers=kind == "registers")
+        return r if kernel_of(r).registers_fit or not r.weights_in_registers else None
+    return tensor_cores(spec, units, DEFAULT_DEVICE, registers=kind == "registers")
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 @pytest.mark.parametrize("kind, kw", [
     ("ffma", dict(cell="gru", num_layers=3, hidden_size=47, batch=5, bidirectional=True)),  # scalar loads, split sums
     ("ffma", dict(cell="lstm", num_layers=1, hidden_size=256, batch=1)),  # vector loads, projection prefetched
@@ -347,21 +376,42 @@ def test_every_kernel_variant_compiles_cleanly(kind, kw, tmp_path):
     r = _variant(kind, **kw)
     assert r is not None and bool(r.batch_tile) == (not kind.startswith("ffma"))
     (tmp_path / "k.cu").write_text(recurrent_source(r))
-    out = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), "-Xptxas",
+    out = subprocess.run([nvcc(), "-std=c++17", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), "-Xptxas",
                           "-v", str(tmp_path / "k.cu")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "warning" not in out.stderr, out.stderr
     assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in out.stderr, out.stderr
 
 
-def test_default_plan_follows_the_local_gpu(monkeypatch):
-    from rnnplan.scheduler import persistent
+def test_the_planner_plans_for_the_device_it_is_given(monkeypatch):
+    """The planner probes no hardware: it plans for the device the options describe (graph without
+    one, for "auto"). `rp.build_plan` is where the local GPU is described and handed to it."""
+    import rnnplan.api
 
     small = rp.RNNSpec(cell="lstm", input_size=32, hidden_size=32, num_layers=2, seq_len=5, batch=1)
-    plan = rp.build_plan(small)  # conftest: CPU tests plan as on a machine without a GPU
-    assert plan.lowering == "graph" and "no CUDA device" in plan.lowering_reason
-    monkeypatch.setattr(persistent, "local_device", lambda: DEFAULT_DEVICE)
-    plan = rp.build_plan(small)  # the same spec and options, another machine: not the cached plan
+    plan = build_plan(small)
+    assert plan.lowering == "graph" and "no CUDA device" in plan.lowering_reason and plan.options.device is None
+    on_h200 = rp.PlanOptions(device=DEFAULT_DEVICE)
+    plan = build_plan(small, options=on_h200)
     assert plan.lowering == "persistent" and plan.lowering_reason.startswith("auto: recurrent weights")
-    assert rp.build_plan(small, passes=()).lowering == "graph"  # a pass study keeps one kernel per cell-step
-    assert rp.build_plan(small, options=rp.PlanOptions(lowering="graph")).lowering == "graph"
+    assert build_plan(small, passes=(), options=on_h200).lowering == "graph"  # a pass study keeps its kernels
+    assert build_plan(small, options=on_h200.model_copy(update={"lowering": "graph"})).lowering == "graph"
+    # The public entry point fills in the machine's GPU (a stand-in for one here) and plans for it.
+    monkeypatch.setattr(rnnplan.api, "local_device", lambda: DEFAULT_DEVICE)
+    plan = rp.build_plan(small)
+    assert plan.options.device == DEFAULT_DEVICE and plan.lowering == "persistent"
+    monkeypatch.setattr(rnnplan.api, "local_device", lambda: None)
+    assert rp.build_plan(small).lowering == "graph" and rp.build_plan(small).options.device is None
+
+
+@pytest.mark.parametrize("kw, kernel", [
+    (dict(cell="lstm", num_layers=1, hidden_size=1024, batch=1), "1 kernel (FFMA), 128 blocks of 8 hidden units, "
+                                                                 "weights held in registers"),
+    (dict(cell="lstm", num_layers=2, hidden_size=768, batch=1, dtype="float16"), "weights held in shared memory"),
+    (dict(cell="lstm", num_layers=4, hidden_size=512, batch=64, dtype="float16"),
+     "1 kernel (tensor cores (fp16), batch tiles of 64), 128 blocks of 16 hidden units, weights held in registers"),
+], ids=["ffma-registers", "ffma-shared", "mma-registers"])
+def test_summary_says_which_kernel_and_where_its_weights_are(kw, kernel):
+    plan = build_plan(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10), options=PERSISTENT)
+    line = next(line for line in rp.summarize(plan).splitlines() if line.startswith("persistent"))
+    assert kernel in line

@@ -1,5 +1,5 @@
 """build_plan runs the step-local passes on three steps and repeats the middle one
-(scheduler/repeat_steps.py): the graph must be the one the passes give on the whole naive graph,
+(passes/repeat_steps.py): the graph must be the one the passes give on the whole naive graph,
 node for node and in the same order, for every pass subset."""
 
 import itertools
@@ -8,8 +8,9 @@ import pytest
 
 import rnnplan as rp
 from rnnplan.ir import build
-from rnnplan.scheduler.manager import apply_passes
-from rnnplan.scheduler.repeat_steps import STEP_LOCAL, repeat_middle_step
+from rnnplan.lowering import build_graph  # the planner itself: hardware-free
+from rnnplan.passes.manager import STEP_LOCAL, apply_passes
+from rnnplan.passes.repeat_steps import repeat_middle_step
 
 SUBSETS = [s for k in range(len(rp.PASSES) + 1) for s in itertools.combinations(rp.PASSES, k)]
 SPECS = [
@@ -36,7 +37,7 @@ def test_planned_graph_equals_passes_on_the_whole_graph(spec, chunk):
     for passes in SUBSETS:
         options = rp.PlanOptions(passes=passes, input_chunk=chunk, num_streams=3 if chunk else None,
                                  lowering="graph")
-        assert_same_graph(rp.build_graph(spec, options), apply_passes(build(spec), options, check=False))
+        assert_same_graph(build_graph(spec, options), apply_passes(build(spec), options, check=False))
 
 
 @pytest.mark.parametrize("spec", SPECS[:3], ids=lambda s: s.short())
@@ -44,15 +45,28 @@ def test_repeating_three_steps_gives_the_whole_graph_before_and_after_local_pass
     options = rp.PlanOptions(lowering="graph")
     for k in range(len(STEP_LOCAL) + 1):
         for passes in itertools.combinations(STEP_LOCAL, k):
-            short = apply_passes(build(spec.model_copy(update={"seq_len": 3})), options.model_copy(
-                update={"passes": passes}), check=False)
+            short = apply_passes(build(spec.model_copy(update={"seq_len": 3}), time_slots=True),
+                                 options.model_copy(update={"passes": passes}), check=False)
             whole = apply_passes(build(spec), options.model_copy(update={"passes": passes}), check=False)
             assert_same_graph(repeat_middle_step(short, spec), whole)
 
 
-def test_repeat_needs_the_three_step_graph_of_the_spec():
+def test_repeat_needs_the_three_step_template_of_the_spec():
     spec = SPECS[0]
     with pytest.raises(ValueError, match="3-step graph"):
-        repeat_middle_step(build(spec.model_copy(update={"seq_len": 4})), spec)
+        repeat_middle_step(build(spec.model_copy(update={"seq_len": 4}), time_slots=True), spec)
     with pytest.raises(ValueError, match="3-step graph"):
-        repeat_middle_step(build(SPECS[1].model_copy(update={"seq_len": 3})), spec)
+        repeat_middle_step(build(SPECS[1].model_copy(update={"seq_len": 3}), time_slots=True), spec)
+    with pytest.raises(ValueError, match="time slots"):  # names with printed times cannot be repeated
+        repeat_middle_step(build(spec.model_copy(update={"seq_len": 3})), spec)
+
+
+def test_time_slots_hold_every_time_a_name_mentions():
+    """A template graph names times only as format slots (`{k}`), and formatting them as printed
+    times gives the plain graph's names: no name is ever parsed for its time."""
+    spec = SPECS[0].model_copy(update={"seq_len": 3})
+    plain, template = build(spec), build(spec, time_slots=True)
+    assert [n.time for n in plain.nodes.values()] == [n.time for n in template.nodes.values()]
+    assert "L1.rev.t{2}.gemm_hh.f" in template.nodes and "L1.rev.t2.gemm_hh.f" in plain.nodes
+    assert [name.format("0", "1", "2") for name in template.nodes] == list(plain.nodes)
+    assert all("{" not in name for name in plain.nodes)

@@ -4,15 +4,19 @@ import numpy as np
 import pytest
 
 import rnnplan as rp
-from rnnplan.scheduler import PlanError, verify_plan
-from rnnplan.scheduler.plan import BufferView as V
-from rnnplan.scheduler.verify_plan import _joined
+from rnnplan.lowering import (
+    PlanError,
+    build_plan,  # the planner itself: hardware-free
+    verify_plan,
+)
+from rnnplan.lowering.plan import BufferView as V
+from rnnplan.lowering.verify_plan import _joined
 
 SPEC = rp.RNNSpec(cell="lstm", input_size=5, hidden_size=6, num_layers=2, seq_len=6, batch=2)
 
 
 def plan(**opts):
-    return rp.build_plan(SPEC, options=rp.PlanOptions(input_chunk=2, **opts))
+    return build_plan(SPEC, options=rp.PlanOptions(input_chunk=2, **opts))
 
 
 def with_steps(p, steps):
@@ -27,7 +31,7 @@ def edit(p, i, **changes):
 
 def test_built_plans_verify():
     for passes in [(), ("wavefront_streams",), None]:
-        verify_plan(rp.build_plan(SPEC, passes=passes))
+        verify_plan(build_plan(SPEC, passes=passes))
 
 
 def test_missing_event_is_rejected():

@@ -12,8 +12,13 @@ import numpy as np
 import pytest
 
 import rnnplan as rp
-from rnnplan.scheduler import PlanError
-from rnnplan.viz import predicted_trace, save_wavefront_png, to_dot
+from rnnplan.lowering import (  # the planner itself: hardware-free
+    PlanError,
+    build_graph,
+    build_plan,
+)
+from rnnplan.viz import predicted_trace, render, save_wavefront_png, summarize, to_dot
+from tests.helpers import subprocess_env
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY = rp.RNNSpec(cell="lstm", input_size=3, hidden_size=4, num_layers=2, seq_len=3, batch=2)
@@ -29,29 +34,29 @@ def golden(name: str, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def tiny():
-    return rp.build_plan(TINY, options=rp.PlanOptions(input_chunk=2, lowering="graph"))  # the same on any machine
+    return build_plan(TINY, options=rp.PlanOptions(input_chunk=2, lowering="graph"))  # the same on any machine
 
 
 def test_summary_golden(tiny):
-    golden("tiny_summary.txt", tiny.summary() + "\n")
+    golden("tiny_summary.txt", summarize(tiny) + "\n")
 
 
 def test_graph_dump_golden():
-    golden("tiny_graph.txt", str(rp.build_graph(TINY, rp.PlanOptions(input_chunk=2, lowering="graph"))) + "\n")
+    golden("tiny_graph.txt", str(build_graph(TINY, rp.PlanOptions(input_chunk=2, lowering="graph"))) + "\n")
 
 
 def test_dot_goldens(tiny):
-    golden("tiny_op.dot", tiny.to_dot())
-    golden("tiny_cell.dot", tiny.to_dot(view="cell"))
+    golden("tiny_op.dot", to_dot(tiny))
+    golden("tiny_cell.dot", to_dot(tiny, view="cell"))
 
 
 def test_dot_structure(tiny):
-    dot = tiny.to_dot()
+    dot = to_dot(tiny)
     assert dot.count("subgraph cluster_stream") == tiny.stats.streams
     assert dot.count("style=dashed") == tiny.stats.waits  # one event edge per wait
     assert dot.count("rank=same") == tiny.stats.critical_path
     assert "#9ecae1" in dot and "#fdae6b" in dot  # gemm and fused colours
-    small = to_dot(rp.build_plan(rp.PAPER_SPEC), view="cell", max_steps=3)
+    small = to_dot(build_plan(rp.PAPER_SPEC), view="cell", max_steps=3)
     assert small.count("step ") == 4 * 3
 
 
@@ -59,22 +64,22 @@ def test_dot_structure(tiny):
                     reason="Graphviz not installed (CI installs it)")
 def test_dot_renders_with_graphviz(tiny, tmp_path):
     for view in ("op", "cell"):
-        svg = tiny.render(tmp_path / f"{view}.svg", view=view)
+        svg = render(to_dot(tiny, view), tmp_path / f"{view}.svg")
         assert svg.read_text().lstrip().startswith(("<?xml", "<svg"))
-    assert tiny.render(tmp_path / "op.png").read_bytes()[:4] == b"\x89PNG"
+    assert render(to_dot(tiny), tmp_path / "op.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_render_without_graphviz_says_how_to_install(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="apt-get install graphviz"):
-        tiny.render(tmp_path / "x.svg")
+        render(to_dot(tiny), tmp_path / "x.svg")
     with pytest.raises(ValueError, match="view must be"):
-        tiny.to_dot(view="layer")
+        to_dot(tiny, view="layer")
 
 
 def test_json_round_trip_is_exact(tiny):
     text = tiny.to_json()
-    back = rp.Plan.from_json(text)
+    back = rp.load_plan(text)
     assert back == tiny and back.to_json() == text
     assert json.loads(text)["schema_version"] == 1
 
@@ -82,15 +87,15 @@ def test_json_round_trip_is_exact(tiny):
 def test_json_rejections(tiny):
     raw = json.loads(tiny.to_json())
     with pytest.raises(PlanError, match="malformed"):
-        rp.Plan.from_json("{not json")
+        rp.load_plan("{not json")
     with pytest.raises(PlanError, match="schema_version is 2"):
-        rp.Plan.from_json(json.dumps({**raw, "schema_version": 2}))
+        rp.load_plan(json.dumps({**raw, "schema_version": 2}))
     with pytest.raises(PlanError, match="does not match the schema"):
-        rp.Plan.from_json(json.dumps({**raw, "steps": "many"}))
+        rp.load_plan(json.dumps({**raw, "steps": "many"}))
     waiting = next(i for i, s in enumerate(raw["steps"]) if s["waits"])
     raw["steps"][waiting]["waits"] = []  # hand-edited: drop an event wait
     with pytest.raises(PlanError, match="no event or stream order"):
-        rp.Plan.from_json(json.dumps(raw))
+        rp.load_plan(json.dumps(raw))
 
 
 def test_wavefront_png(tiny, tmp_path):
@@ -123,7 +128,7 @@ def test_measured_trace_numpy(tiny):
 
 
 def cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = subprocess_env()
     return subprocess.run([sys.executable, "-m", "rnnplan.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=600)
 
@@ -142,7 +147,7 @@ def test_cli_plan_writes_everything(tmp_path):
             str(files["p.dot"]), "--png", str(files["p.png"]), "--trace", str(files["t.json"]))
     assert r.returncode == 0, r.stderr
     assert "critical path" in r.stdout and all(p.exists() for p in files.values())
-    assert rp.Plan.from_json(files["p.json"].read_text()).spec == TINY
+    assert rp.load_plan(files["p.json"].read_text()).spec == TINY
 
 
 def test_cli_run_numpy_prints_shape_checksum_time(tmp_path):
@@ -171,7 +176,7 @@ def test_cli_errors_are_one_line(args, message):
 
 
 def test_cli_missing_graphviz_is_one_line(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "PATH": str(tmp_path)}
+    env = subprocess_env(PATH=str(tmp_path))
     r = subprocess.run([sys.executable, "-m", "rnnplan.cli", "plan", *TINY_FLAGS, "--svg", str(tmp_path / "x.svg")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 2 and "install graphviz" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -14,9 +14,11 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+from rnnplan.precision import Precision
+
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 CUDA_R_32F, CUDA_R_16F = 0, 2
-CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32 = 68, 77
+COMPUTE_TYPES = {"32F": 68, "32F_FAST_TF32": 77}  # cublasComputeType_t, by Precision.cublas_compute
 CUBLAS_GEMM_DEFAULT = -1
 WORKSPACE_BYTES = 32 << 20
 
@@ -36,7 +38,7 @@ def _loaded_libcublas() -> ctypes.CDLL:
 class Cublas:
     """One cuBLAS handle per stream, each with its own workspace, for GEMMs on that stream."""
 
-    def __init__(self, streams, workspaces, math: str, dtype: str):
+    def __init__(self, streams, workspaces, precision: Precision):
         self.lib = lib = _loaded_libcublas()
         lib.cublasGemmEx.argtypes = [
             ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
@@ -51,10 +53,9 @@ class Cublas:
             self._check(lib.cublasSetWorkspace_v2(h, ctypes.c_void_p(ws.data.ptr), ctypes.c_size_t(ws.nbytes)),
                         "cublasSetWorkspace")
             self.handles.append(h)
-        self.data_type = CUDA_R_16F if dtype == "float16" else CUDA_R_32F
-        # fp16 data with fp32 accumulation runs on tensor cores; fp32 data uses tf32 only when asked.
-        self.compute = CUBLAS_COMPUTE_32F_FAST_TF32 if (math == "tf32" and dtype == "float32") \
-            else CUBLAS_COMPUTE_32F
+        self.data_type = CUDA_R_16F if precision.storage == "float16" else CUDA_R_32F
+        # fp32 accumulation always; tf32 operands only where the precision allows them.
+        self.compute = COMPUTE_TYPES[precision.cublas_compute]
         self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
     @staticmethod

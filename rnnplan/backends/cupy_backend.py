@@ -4,8 +4,9 @@ At construction: the plan's memory estimate is checked against free device memor
 the plan's table is allocated once; weights are uploaded and transformed (pre-transposed) once;
 pointwise and fused steps get kernels generated from their expressions (compiled once per distinct
 kernel, cached per process); GEMMs go to cuBLAS through one handle per stream (`cublas.py`); a
-`recurrent` step (persistent lowering) becomes one cooperative launch of the kernel that
-`persistent_kernel.py` generates, after a check that the device can hold all its blocks at once.
+`recurrent` step (persistent lowering) becomes one cooperative launch of the kernel of
+`rnnplan.persistent`, after `PersistentKernel.fit` says the device holds all its blocks at once.
+`profile=True` compiles that kernel with its clock marks on (`persistent_profile()` reads them).
 
 Each call issues the plan on its streams: a fork event lets every stream start after the input is
 copied in, each step waits on its plan events and records its own, and a join brings all streams
@@ -23,11 +24,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnplan.backends import pack_outputs
 from rnnplan.backends.cublas import WORKSPACE_BYTES, Cublas
+from rnnplan.backends.device import describe_device
 from rnnplan.backends.kernels import THREADS, kernel_key, kernel_source, launch_grid
-from rnnplan.backends.persistent_kernel import kernel_name, recurrent_source
-from rnnplan.scheduler.plan import BufferView, Plan, Step
+from rnnplan.backends.outputs import pack_outputs
+from rnnplan.lowering.plan import BufferView, Plan, Step
+from rnnplan.persistent import PROFILE_SLOTS, kernel_name, kernel_of
+from rnnplan.persistent import THREADS as PERSISTENT_THREADS
+from rnnplan.persistent import kernel_source as persistent_source
+from rnnplan.precision import Precision
 from rnnplan.weights import Weights
 
 MODES = ("graph", "streams")
@@ -52,12 +57,14 @@ def _compiled(cp, device_id: int, step: Step, dtype: str):
 
 
 class CupyExecutor:
-    def __init__(self, plan: Plan, weights: Weights, mode: str = "graph", device: int | None = None):
+    def __init__(self, plan: Plan, weights: Weights, mode: str = "graph", device: int | None = None,
+                 profile: bool = False):
         import cupy as cp
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.cp, self.plan = cp, plan
+        self.cp, self.plan, self.profile = cp, plan, profile
+        self._profiled: list = []  # (kernel, exchange buffer) of each profiled persistent kernel
         self.dtype = np.dtype(plan.spec.dtype)
         self.device = cp.cuda.Device(device) if device is not None else cp.cuda.Device()
         with self.device:
@@ -72,7 +79,7 @@ class CupyExecutor:
             self.joins = [cp.cuda.Event(disable_timing=True) for _ in self.streams]
             self.caller_ready, self.results_ready = cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True)
             self.workspaces = [cp.empty(WORKSPACE_BYTES, dtype=np.uint8) for _ in self.streams]
-            self.blas = Cublas(self.streams, self.workspaces, plan.options.math, plan.spec.dtype)
+            self.blas = Cublas(self.streams, self.workspaces, Precision.of(plan.spec.dtype, plan.options.math))
             self._keep_alive: list = []  # device arrays that captured launches point to
             self._zeroed_states: set[str] = set()  # state buffers known to hold zeros (nothing else writes them)
             self.program = [self._prepare(s) for s in plan.steps]
@@ -133,32 +140,43 @@ class CupyExecutor:
     def _prepare_recurrent(self, step: Step, stream):
         """The persistent kernel of a `recurrent` step: every block must be resident at once (they
         wait on each other), so the launch is cooperative and the device is checked first."""
-        cp, r = self.cp, step.recurrence
+        cp, k = self.cp, kernel_of(step.recurrence)
         props = cp.cuda.runtime.getDeviceProperties(self.device.id)
-        smem, blocks = r.shared_memory_bytes, r.blocks
-        per_sm = min(2048 // THREADS, props["sharedMemPerMultiprocessor"] // (smem + 1024))
-        if smem > props["sharedMemPerBlockOptin"] or blocks > per_sm * props["multiProcessorCount"]:
-            raise RuntimeError(
-                f"the persistent kernel needs {blocks} resident blocks with {smem / 1024:.0f} KiB of shared memory "
-                f"each; GPU {self.device.id} holds {per_sm * props['multiProcessorCount']} such blocks")
-        key = (self.device.id, kernel_name(r))
-        if key not in _KERNELS:
-            _KERNELS[key] = cp.RawKernel(recurrent_source(r), kernel_name(r), options=("-std=c++17",),
-                                         enable_cooperative_groups=True)
-        kernel = _KERNELS[key]
+        fit = k.fit(describe_device(self.device.id), smem_per_sm=props["sharedMemPerMultiprocessor"])
+        if not fit.ok:
+            raise RuntimeError(f"the persistent kernel does not fit GPU {self.device.id}: {fit.why}")
+        smem, blocks = k.shared_memory_bytes, k.blocks
+        name = kernel_name(k, self.profile)
+        if (self.device.id, name) not in _KERNELS:
+            _KERNELS[(self.device.id, name)] = cp.RawKernel(persistent_source(k, self.profile), name,
+                                                            options=("-std=c++17",), enable_cooperative_groups=True)
+        kernel = _KERNELS[(self.device.id, name)]
         kernel.max_dynamic_shared_size_bytes = smem
         ptrs = cp.asarray([self._ptr(v) for v in step.inputs + step.outputs], dtype=np.uint64)
-        # Where blocks hand h to each other (layout: Recurrence.exchange_bytes); its head is zeroed
-        # before each run.
-        size, zeroed = r.exchange_bytes
+        # Where blocks hand h to each other (layout: PersistentKernel.exchange_bytes); its head is
+        # zeroed before each run. Profiling adds the blocks' clock sums after it.
+        size, zeroed = k.exchange_bytes
+        if self.profile:
+            size = k.profile_offset + blocks * PROFILE_SLOTS * 8
         exchange = cp.zeros(-(-size // 8), dtype=np.uint64)
         self._keep_alive += [ptrs, exchange]
+        if self.profile:
+            self._profiled.append((k, exchange))
         memset = cp.cuda.runtime.memsetAsync
 
         def launch():
             memset(exchange.data.ptr, 0, zeroed, stream.ptr)
-            kernel((blocks,), (THREADS,), (ptrs, exchange), shared_mem=smem, stream=stream)
+            kernel((blocks,), (PERSISTENT_THREADS,), (ptrs, exchange), shared_mem=smem, stream=stream)
         return launch
+
+    def persistent_profile(self) -> list[np.ndarray]:
+        """With `profile=True`: per persistent kernel, the clock cycles each block spent in each phase
+        over the last run, a (blocks, PROFILE_SLOTS) array (phases: the PROF marks of the kernel's
+        source; slot 7 is the set-up before the first step)."""
+        with self.device:
+            self.device.synchronize()
+            return [exchange.view(np.uint8)[k.profile_offset:k.profile_offset + k.blocks * PROFILE_SLOTS * 8]
+                    .view(np.uint64).get().reshape(k.blocks, PROFILE_SLOTS) for k, exchange in self._profiled]
 
     def _issue(self, marks=None) -> None:
         """Enqueue the whole plan: fork from stream 0, every step with its waits and record, join.

@@ -1,4 +1,5 @@
-"""CUDA C source for pointwise and fused steps, generated from their expressions.
+"""CUDA C source for pointwise and fused steps, generated from their expressions and the ops' C forms
+(`ir/ops.py`), after the shared loads and stores of `cuda/pointwise.cuh`.
 
 One kernel per distinct (expression, which inputs broadcast a row, dtype, vector width). Every
 operand is a row-major view with its own row stride (`ld`), so a kernel reads gate columns straight
@@ -13,50 +14,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from importlib.resources import files
 
-from rnnplan.scheduler.plan import Plan, Step
-
-# One C expression per pointwise op of rnnplan.ir.POINTWISE_OPS (a test checks both tables agree).
-C_OPS = {
-    "add": "({0} + {1})",
-    "mul": "({0} * {1})",
-    # expf, not __expf: fp32 strict results must stay within 1e-5 of PyTorch.
-    "sigmoid": "(1.0f / (1.0f + expf(-{0})))",
-    "tanh": "tanhf({0})",
-    "relu": "({0} != {0} ? {0} : fmaxf({0}, 0.0f))",  # fmaxf drops NaN; PyTorch keeps it
-    "one_minus": "(1.0f - {0})",
-}
+from rnnplan.ir.ops import POINTWISE_OPS
+from rnnplan.lowering.plan import Plan, Step
+from rnnplan.persistent.source import kernel_name
+from rnnplan.persistent.source import kernel_source as persistent_source
 
 CTYPE = {"float32": "float", "float16": "__half"}
 THREADS = 256
-
-PRELUDE = r"""#include <cuda_fp16.h>
-
-// Loads and stores of V neighbouring elements, converted to and from fp32.
-template <int V> __device__ __forceinline__ void load(const float* p, float* v) {
-    if constexpr (V == 4) { float4 q = *reinterpret_cast<const float4*>(p); v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w; }
-    else { v[0] = *p; }
-}
-template <int V> __device__ __forceinline__ void store(float* p, const float* v) {
-    if constexpr (V == 4) { *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]); }
-    else { *p = v[0]; }
-}
-template <int V> __device__ __forceinline__ void load(const __half* p, float* v) {
-    if constexpr (V == 4) {
-        uint2 q = *reinterpret_cast<const uint2*>(p);
-        float2 a = __half22float2(*reinterpret_cast<__half2*>(&q.x));
-        float2 b = __half22float2(*reinterpret_cast<__half2*>(&q.y));
-        v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
-    } else { v[0] = __half2float(*p); }
-}
-template <int V> __device__ __forceinline__ void store(__half* p, const float* v) {
-    if constexpr (V == 4) {
-        __half2 a = __floats2half2_rn(v[0], v[1]), b = __floats2half2_rn(v[2], v[3]);
-        uint2 q; q.x = *reinterpret_cast<unsigned int*>(&a); q.y = *reinterpret_cast<unsigned int*>(&b);
-        *reinterpret_cast<uint2*>(p) = q;
-    } else { *p = __float2half_rn(v[0]); }
-}
-"""
+PRELUDE = (files("rnnplan.backends") / "cuda" / "pointwise.cuh").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +75,7 @@ def kernel_source(key: KernelKey) -> str:
     loads = [f"        float a{i}[{v}]; load<{v}>(in{i} + {'0' if b else 'r * (long long)ld_in' + str(i)} + c, a{i});"
              for i, b in enumerate(key.broadcast)]
     body = [f"            const float in{i} = a{i}[j];" for i in range(len(key.broadcast))]
-    body += [f"            const float {out} = {C_OPS[op].format(*args)};" for out, op, args in key.expr]
+    body += [f"            const float {out} = {POINTWISE_OPS[op].c_expr(*args)};" for out, op, args in key.expr]
     body += [f"            o{i}[j] = {name};" for i, name in enumerate(key.expr_outputs)]
     stores = [f"        store<{v}>(out{i} + r * (long long)ld_out{i} + c, o{i});" for i in range(key.n_outputs)]
     outs = " ".join(f"float o{i}[{v}];" for i in range(key.n_outputs))
@@ -139,12 +106,10 @@ extern "C" __global__ void __launch_bounds__({THREADS}) {key.name}(
 def plan_kernels(plan: Plan) -> dict[str, str]:
     """name -> CUDA source of every distinct kernel the plan needs: its pointwise and fused steps,
     and the persistent kernel of a recurrent step. GEMMs are cuBLAS calls and have no source."""
-    from rnnplan.backends.persistent_kernel import kernel_name, recurrent_source
-
     found = {}
     for s in plan.steps:
         if s.kind == "recurrent":
-            found.setdefault(kernel_name(s.recurrence), recurrent_source(s.recurrence))
+            found.setdefault(kernel_name(s.recurrence), persistent_source(s.recurrence))
         elif s.kind != "gemm":
             key = kernel_key(s, plan.spec.dtype)
             found.setdefault(key.name, kernel_source(key))

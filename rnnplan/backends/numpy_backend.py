@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from rnnplan.backends import pack_outputs
+from rnnplan.backends.outputs import pack_outputs
 from rnnplan.ir import semantics
-from rnnplan.scheduler.plan import BufferView, Plan
+from rnnplan.lowering.plan import BufferView, Plan
 from rnnplan.weights import Weights
 
 

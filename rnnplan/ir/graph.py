@@ -14,11 +14,15 @@ from itertools import chain
 
 import networkx as nx
 
+from rnnplan.ir import names
+from rnnplan.ir.cells import CELLS
 from rnnplan.ir.node import KERNEL_KINDS, Node, Region, Value
 from rnnplan.spec import RNNSpec
 
-OUTPUT_NAMES = {"lstm": ("out", "h_n", "c_n"), "gru": ("out", "h_n"),
-                "rnn_tanh": ("out", "h_n"), "rnn_relu": ("out", "h_n")}
+
+def output_names(spec: RNNSpec) -> tuple[str, ...]:
+    """The graph's output nodes: the sequence `out` and each final state (`h_n`, `c_n` for LSTM)."""
+    return ("out",) + tuple(f"{s}_n" for s in CELLS[spec.cell].states)
 
 
 class Graph:
@@ -26,12 +30,15 @@ class Graph:
 
     `storages` maps the name of each piecewise-written storage (a layer's output sequence `y{l}`) to
     its shape; every other storage is a value that owns itself (`Value.region is None`).
-    `passes` records the passes applied so far, in order.
+    `passes` records the passes applied so far, in order. With `time_slots`, names mention times as
+    format slots (`{k}` for time k, see `ir/names.py`): the template of a few steps that
+    `passes/repeat_steps.py` repeats down a long sequence.
     """
 
     def __init__(self, spec: RNNSpec, nodes: Mapping[str, Node] | Iterable[Node],
-                 storages: Mapping[str, tuple[int, int]], passes: tuple[str, ...] = ()):
-        self.spec = spec
+                 storages: Mapping[str, tuple[int, int]], passes: tuple[str, ...] = (),
+                 time_slots: bool = False):
+        self.spec, self.time_slots = spec, time_slots
         if isinstance(nodes, Mapping):
             self.nodes: dict[str, Node] = dict(nodes)
         else:
@@ -42,6 +49,10 @@ class Graph:
                 self.nodes[n.name] = n
         self.storages = dict(storages)
         self.passes = passes
+
+    def time_label(self, t: int) -> str:
+        """How time t prints in this graph's names (`ir.names.time_label`)."""
+        return names.time_label(t, names.time_width(self.spec.seq_len), self.time_slots)
 
     # ---- derived maps ---------------------------------------------------------------------------
 
@@ -250,7 +261,7 @@ class Graph:
             twice = [k for k, _ in items if k in seen or seen.add(k)]
             raise ValueError(f"{pass_name}: node name {twice[0]!r} already exists")
         nodes.update(swapped)  # in place: a dict keeps a key's position when its value changes
-        g = Graph(self.spec, nodes, self.storages, self.passes + (pass_name,))
+        g = Graph(self.spec, nodes, self.storages, self.passes + (pass_name,), self.time_slots)
         if not prune:
             return g
         gone = [self.nodes[k] for k in removed] + [self.nodes[k] for k in swapped]
@@ -279,13 +290,14 @@ class Graph:
         if not dead:
             return self
         return Graph(self.spec, {k: n for k, n in self.nodes.items() if k not in dead}, self.storages,
-                     self.passes)
+                     self.passes, self.time_slots)
 
     def with_nodes(self, pass_name: str, nodes: Mapping[str, Node]) -> Graph:
         """A new graph with every node replaced by the node of its name in `nodes`, which keeps the
         node's name, inputs and outputs and changes only attributes (level, stream ...). The
         structure is the same, so the new graph inherits every derived map this one has computed."""
-        g = Graph(self.spec, {k: nodes[k] for k in self.nodes}, self.storages, self.passes + (pass_name,))
+        g = Graph(self.spec, {k: nodes[k] for k in self.nodes}, self.storages, self.passes + (pass_name,),
+                  self.time_slots)
         for key in ("values", "producer", "consumers", "nx", "in_node_order", "order", "kernel_deps", "kernel_dag",
                     "kernel_generation", "root_regions"):
             if key in self.__dict__:

@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-import numpy as np
-
 from rnnplan.ir.recurrence import Recurrence
 
 NodeKind = Literal["input", "state", "param", "view", "gemm", "pointwise", "fused", "recurrent", "output"]
@@ -78,11 +76,12 @@ class Node(NamedTuple):
     """One node of the unrolled network.
 
     `inputs` are value names (in operand order); `outputs` the values it defines. `op` is the
-    pointwise operation name (kind pointwise), `gemm` the GEMM shape (kind gemm), `expr` the fused
+    pointwise operation name (kind pointwise, see `ir/ops.py`), `gemm` the GEMM shape (kind gemm), `expr` the fused
     expression (kind fused: the i-th input is called `in{i}`; outputs map to instruction outs by
     `expr_outputs`); `recurrence` the parameters of a whole-network recurrent kernel (kind
-    recurrent, see `ir/recurrence.py`). `source` names the tensor a param/input/state node stands for and `transform`
-    the one-time change of layout applied when it is loaded. `layer`, `direction`, `step` (processing
+    recurrent, see `ir/recurrence.py`). `source` names the tensor a param/input/state node stands for
+    and `transform` the one-time change of layout applied when it is loaded. Names are made by
+    `ir/names.py`. `layer`, `direction`, `step` (processing
     order), `time` (index into the sequence) and `gate` place the node in the network; `level` and
     `stream` are set by scheduling.
 
@@ -131,32 +130,3 @@ class Node(NamedTuple):
 
 _LEVEL = Node._fields.index("level")
 assert Node._fields[_LEVEL:_LEVEL + 2] == ("level", "stream")
-
-
-# ---- pointwise operations: the one fixed table every backend implements -------------------------
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # Written with exp(-|x|) so that large |x| neither overflows nor loses precision.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
-
-
-@dataclass(frozen=True, slots=True)
-class PointwiseOp:
-    name: str
-    arity: int
-    numpy: object  # callable on float32 arrays; broadcasting (1, N) rows is allowed; NaN propagates
-
-
-POINTWISE_OPS: dict[str, PointwiseOp] = {
-    op.name: op
-    for op in (
-        PointwiseOp("add", 2, np.add),
-        PointwiseOp("mul", 2, np.multiply),
-        PointwiseOp("sigmoid", 1, _sigmoid),
-        PointwiseOp("tanh", 1, np.tanh),
-        PointwiseOp("relu", 1, lambda a: np.maximum(a, np.float32(0))),  # maximum keeps NaN, as torch
-        PointwiseOp("one_minus", 1, lambda a: np.float32(1) - a),
-    )
-}

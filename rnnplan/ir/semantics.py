@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rnnplan.ir.graph import Graph
-from rnnplan.ir.node import POINTWISE_OPS, Instr, Node, Region
+from rnnplan.ir.node import Instr, Node, Region
+from rnnplan.ir.ops import POINTWISE_OPS
 from rnnplan.ir.recurrence import run_recurrence
 
 

@@ -18,8 +18,9 @@ from itertools import chain
 
 import networkx as nx
 
-from rnnplan.ir.graph import OUTPUT_NAMES, Graph
-from rnnplan.ir.node import POINTWISE_OPS, Instr, Node, Region
+from rnnplan.ir.graph import Graph, output_names
+from rnnplan.ir.node import Instr, Node, Region
+from rnnplan.ir.ops import POINTWISE_OPS
 from rnnplan.ir.recurrence import operand_shapes
 
 SOURCE_KINDS = ("input", "state", "param")
@@ -214,7 +215,7 @@ def verify(graph: Graph, limit: int = 20) -> Graph:
     read = set(chain.from_iterable([n.inputs for n in graph.nodes.values()]))
     errs += [f"value {v} is never read" for v in values if v not in read]
     outputs = [n.name for n in graph.nodes.values() if n.kind == "output"]
-    want = OUTPUT_NAMES[graph.spec.cell]
+    want = output_names(graph.spec)
     if sorted(outputs) != sorted(want):
         errs.append(f"outputs are {sorted(outputs)}, the cell needs {sorted(want)}")
     if errs:

@@ -13,15 +13,15 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-from rnnplan.scheduler.plan import Plan
+from rnnplan.ir.names import DIRECTIONS
+from rnnplan.lowering.plan import Plan
 
 KIND_COLOURS = {"gemm": "#9ecae1", "pointwise": "#fdd0a2", "fused": "#fdae6b", "recurrent": "#e6550d",
                 "cell": "#c7e9c0", "chunk": "#bcbddc"}
-DIR_NAMES = ("fwd", "rev")
 NL = "\\n"  # a line break inside a DOT label
 INSTALL_HINT = ("Graphviz's `dot` program is not installed: install it with `apt-get install graphviz` "
                 "(Debian/Ubuntu), `brew install graphviz` (macOS) or `conda install graphviz`, or render "
-                "the text of plan.to_dot() elsewhere")
+                "the text of rnnplan.viz.to_dot(plan) elsewhere")
 
 
 def _q(s: str) -> str:
@@ -98,7 +98,7 @@ def _cell_view(plan: Plan, kept: list[int]) -> list[str]:
         # A step of no layer (the persistent kernel, which runs them all) gets a cluster of its own.
         chains[(-1 if first.layer is None else first.layer, first.direction or 0)].append(key)
     for (layer, d), keys in sorted(chains.items()):
-        title = "whole network" if layer < 0 else f"layer {layer} {DIR_NAMES[d]}"
+        title = "whole network" if layer < 0 else f"layer {layer} {DIRECTIONS[d]}"
         lines += [f"  subgraph cluster_L{layer}_{d} {{".replace("L-1", "all"),
                   f"    label=\"{title}\"; color=\"#cccccc\";"]
         for key in keys:
@@ -106,7 +106,7 @@ def _cell_view(plan: Plan, kept: list[int]) -> list[str]:
             if key[0] == "chunk":
                 label, colour = NL.join((steps[0].name, f"level {steps[0].level}")), KIND_COLOURS["chunk"]
             else:
-                label = NL.join((f"L{layer} {DIR_NAMES[d]} step {key[2]}",
+                label = NL.join((f"L{layer} {DIRECTIONS[d]} step {key[2]}",
                                  f"{len(steps)} kernels, streams {sorted({s.stream for s in steps})}",
                                  f"levels {min(s.level for s in steps)}-{max(s.level for s in steps)}"))
                 colour = KIND_COLOURS["cell"]

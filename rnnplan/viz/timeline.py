@@ -8,8 +8,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from rnnplan.scheduler.cost import CostModel, simulate
-from rnnplan.scheduler.plan import Plan
+from rnnplan.lowering.cost import CostModel, simulate
+from rnnplan.lowering.plan import Plan
 
 
 def trace_events(plan: Plan, times: Sequence[tuple[float, float]], source: str) -> dict:

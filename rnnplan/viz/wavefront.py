@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnplan.ir.recurrence import wavefront
-from rnnplan.scheduler.plan import Plan
-
-DIR_NAMES = ("fwd", "rev")
+from rnnplan.ir.names import DIRECTIONS
+from rnnplan.lowering.plan import Plan
+from rnnplan.persistent.kernel import wavefront
 
 
 def _grid(plan: Plan) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -30,7 +29,7 @@ def _grid(plan: Plan) -> tuple[np.ndarray, np.ndarray, list[str]]:
         # A cell-step's level is the level of its last kernel: when its new state exists.
         if np.isnan(level[r, s.step]) or s.level > level[r, s.step]:
             level[r, s.step], stream[r, s.step] = s.level, s.stream
-    labels = [f"L{l} {DIR_NAMES[d]}" for l in range(spec.num_layers) for d in range(spec.directions)]
+    labels = [f"L{l} {DIRECTIONS[d]}" for l in range(spec.num_layers) for d in range(spec.directions)]
     return level, stream, labels
 
 

@@ -2,7 +2,7 @@
 same operand and adjacent row blocks of one weight tensor become one GEMM over the stacked weights.
 
 Needs: GEMMs whose weight operand is a row view of a param in PyTorch's (N, K) layout ("nk"),
-as `ir.build` makes them; so it runs before `pretranspose`.
+as `ir.build` makes them; so it runs before `pretranspose`. Step-local.
 Guarantees: per cell-step and operand, one GEMM of width gates*H (LSTM 8 -> 2 GEMMs, GRU 6 -> 2,
 Elman unchanged); each old per-gate result survives, under its old name, as a column view of the
 combined result (all of them outputs of one view node, `<gemm>.gates`), so no consumer changes;
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from rnnplan.ir import names
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Gemm, Node, Region, Value
+from rnnplan.passes.record import Pass
 
 
 def _weight_rows(graph: Graph, gemm: Node) -> tuple[str, tuple[int, int]] | None:
@@ -45,7 +47,7 @@ def combine_gates(graph: Graph, options=None) -> Graph:
             continue
         first = members[0][1]
         rows = (members[0][0][0], members[-1][0][1])
-        name = first.name.rsplit(".", 1)[0]  # drop the gate suffix: L0.fwd.t3.gemm_ih
+        name = names.cell_step(first.layer, first.direction, graph.time_label(first.time), role)  # L0.fwd.t3.gemm_ih
         n_total = rows[1] - rows[0]
         weight = param
         add = []
@@ -71,3 +73,6 @@ def combine_gates(graph: Graph, options=None) -> Graph:
     if not remove:
         return graph.rewrite("combine_gates")
     return graph.rewrite("combine_gates", remove=remove, insert=insert, prune=True)
+
+
+PASS = Pass("combine_gates", combine_gates, step_local=True)

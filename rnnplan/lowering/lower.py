@@ -21,8 +21,8 @@ import numpy as np
 
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Node
-from rnnplan.scheduler.clocks import Clocks, reduce_waits
-from rnnplan.scheduler.plan import Buffer, BufferView, GemmParams, Plan, PlanStats, Step
+from rnnplan.lowering.clocks import Clocks, reduce_waits
+from rnnplan.lowering.plan import Buffer, BufferView, GemmParams, Plan, PlanStats, Step
 from rnnplan.spec import PlanOptions
 
 ROLE_OF_KIND = {"input": "input", "state": "state", "param": "param"}

@@ -2,7 +2,8 @@
 read is stored once, at load time, as its transpose (K, N), so the GEMM reads it without a
 transposed operand (cuBLAS "NN" instead of "TN" on row-major data).
 
-Needs: GEMM weights that are params in PyTorch's (N, K) layout, or views of their rows.
+Needs: GEMM weights that are params in PyTorch's (N, K) layout, or views of their rows; after
+`combine_gates` (which merges row blocks of that layout). Step-local.
 Guarantees: each such param is replaced by a param node `<name>.T` that loads the same PyTorch
 tensor with `transform="transpose"`; its views become the matching column views; every GEMM reading
 it has `weight_layout="kn"`. Value names read by GEMMs are unchanged. The plan's buffer table
@@ -16,6 +17,7 @@ import dataclasses
 
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Region, Value
+from rnnplan.passes.record import Pass
 
 
 def pretranspose(graph: Graph, options=None) -> Graph:
@@ -51,3 +53,7 @@ def pretranspose(graph: Graph, options=None) -> Graph:
             inputs = (g.inputs[0], t_name) if g.inputs[1] == param else g.inputs
             replace.append(g._replace(inputs=inputs, gemm=dataclasses.replace(g.gemm, weight_layout="kn")))
     return graph.rewrite("pretranspose", remove=remove, insert=insert, replace=replace)
+
+
+# After combine_gates, which merges row blocks of the PyTorch layout this pass replaces.
+PASS = Pass("pretranspose", pretranspose, step_local=True, after=("combine_gates",))

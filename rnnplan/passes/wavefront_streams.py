@@ -2,7 +2,8 @@
 node a wavefront level and every kernel a stream, so that independent work (layer l at step t and
 layer l+1 at step t-1; the two directions of a layer) runs concurrently.
 
-Needs: any graph (it reads only the kernel dependency DAG and the layer/direction/step tags).
+Needs: any graph (it reads only the kernel dependency DAG and the layer/direction/step tags), after
+every pass that adds or replaces kernels (their new nodes would have no level or stream).
 Guarantees:
 - `level` of a kernel is its generation in the kernel DAG (`networkx.topological_generations`,
   i.e. the longest chain of kernels before it); a view/param/input node gets the level of the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import KERNEL_KINDS, Node
+from rnnplan.passes.record import Pass
 from rnnplan.spec import PlanOptions
 
 
@@ -47,3 +49,8 @@ def wavefront_streams(graph: Graph, options: PlanOptions | None = None) -> Graph
             level[v.name] = lvl
         scheduled[n.name] = n.scheduled(lvl, stream)
     return graph.with_nodes("wavefront_streams", scheduled)
+
+
+# Last: it schedules the final DAG, and nodes made after it would have no level or stream.
+PASS = Pass("wavefront_streams", wavefront_streams,
+            after=("combine_gates", "pretranspose", "batch_input_gemms", "fuse_pointwise"))

@@ -1,10 +1,11 @@
-"""`plan.summary()`: a fixed-layout text table of what a plan contains."""
+"""`summarize(plan)` (`rnnplan.summary`): a fixed-layout text table of what a plan contains."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-from rnnplan.scheduler.plan import Plan
+from rnnplan.lowering.plan import Plan
+from rnnplan.persistent.kernel import kernel_of
 
 
 def _human_bytes(n: int) -> str:
@@ -38,8 +39,10 @@ def summarize(plan: Plan) -> str:
     rows.insert(3, ("lowering", f"{plan.lowering}: {plan.lowering_reason}" if plan.lowering_reason else plan.lowering))
     rec = next((st for st in plan.steps if st.recurrence is not None), None)
     if rec is not None:
-        r = rec.recurrence
-        rows.append(("persistent", f"1 kernel, {r.blocks} blocks of "
-                                   f"{r.units_per_block} hidden units, weights held in shared memory"))
+        k = kernel_of(rec.recurrence)
+        held = "registers" if k.weights_in_registers else "shared memory"
+        kind = f"tensor cores ({k.precision.operands}), batch tiles of {k.batch_tile}" if k.batch_tile else "FFMA"
+        rows.append(("persistent", f"1 kernel ({kind}), {k.blocks} blocks of {k.units_per_block} hidden units, "
+                                   f"weights held in {held}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -5,6 +5,9 @@ fused pointwise expression) on one stream; before it the stream waits on `waits`
 it the stream records `record`. Operands are `BufferView`s: a rectangle (rows x cols, row stride
 `ld`, starting `offset` elements in) of one buffer of the buffer table. `deps` lists the steps whose
 outputs the step reads, so that `verify_plan` can prove every dependency is ordered.
+
+A pure schema: checking (`lowering/verify_plan.py`, `rnnplan.load_plan`), summarizing and drawing
+(`rnnplan.viz`) are functions of a Plan, not methods, so that the schema depends on nothing else.
 """
 
 from __future__ import annotations
@@ -136,36 +139,6 @@ class Plan(_Frozen):
 
     def to_json(self, indent: int | None = None) -> str:
         return self.model_dump_json(indent=indent)
-
-    def with_recurrence(self, r: Recurrence) -> Plan:
-        """This plan with its recurrent step run by the kernel `r` describes (a persistent kernel the
-        planner did not pick, for tests and benchmarks that check or time the alternatives)."""
-        steps = tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s for s in self.steps)
-        return self.model_copy(update={"steps": steps})
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Plan:
-        """Load a plan; malformed JSON, another schema version or an inconsistent plan raise PlanError."""
-        from rnnplan.scheduler.verify_plan import load_plan
-
-        return load_plan(text)
-
-    def to_dot(self, view: str = "op", max_steps: int | None = None) -> str:
-        """Graphviz text: `view="op"` one node per kernel, `"cell"` one node per cell-step."""
-        from rnnplan.viz.dot import to_dot
-
-        return to_dot(self, view, max_steps)
-
-    def render(self, path, view: str = "op", max_steps: int | None = None):
-        """Write the DOT view as SVG or PNG (by suffix) with Graphviz's `dot`."""
-        from rnnplan.viz.dot import render
-
-        return render(self.to_dot(view, max_steps), path)
-
-    def summary(self) -> str:
-        from rnnplan.scheduler.summary import summarize
-
-        return summarize(self)
 
     def __repr__(self) -> str:
         s = self.stats

@@ -3,7 +3,9 @@ GEMMs (W_ih x_t) of consecutive steps of one layer-direction do not depend on th
 they merge into one GEMM over a block of time steps: M = steps * batch rows instead of batch.
 
 Needs: input GEMMs (role `gemm_ih`) whose operand A is a row block of `x` or of the previous
-layer's output sequence `y{l-1}` (as `ir.build` makes them), combined per gate or not.
+layer's output sequence `y{l-1}` (as `ir.build` makes them), combined per gate or not; after
+`combine_gates` and `pretranspose`, which rewrite GEMMs one cell-step at a time. Not step-local: a
+chunk spans steps.
 Guarantees: layer 0 gets one GEMM over all steps (its input is all there at the start); layers above
 get chunks of `input_chunk` steps in processing order (`choose_input_chunk` when the option is
 None), so layer l's chunk k waits only for the steps of layer l-1 it reads and layers still overlap
@@ -19,9 +21,10 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from rnnplan.ir.build import DIRECTIONS
+from rnnplan.ir import names
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Gemm, Node, Region, Value
+from rnnplan.passes.record import Pass
 from rnnplan.spec import RNNSpec
 
 
@@ -48,7 +51,6 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
     spec = graph.spec
     chunk = (options.input_chunk if options is not None and options.input_chunk else None) \
         or choose_input_chunk(spec)
-    width = len(str(spec.seq_len - 1))
     groups: dict[tuple, list[Node]] = defaultdict(list)
     operand: dict[str, tuple[Node, Region]] = {}  # input GEMM -> (view node, region) of its A
     for n in graph.nodes.values():
@@ -69,18 +71,18 @@ def batch_input_gemms(graph: Graph, options=None) -> Graph:
             insert.append((min((n.name for n in block), key=arrival.__getitem__), add))
             times = [n.time for n in block]
             t0, t1 = min(times), max(times)
-            prefix = f"L{layer}.{DIRECTIONS[d]}.t{t0:0{width}d}-{t1:0{width}d}"
+            first, last = graph.time_label(t0), graph.time_label(t1)
             a_regions = [operand[n.name][1] for n in block]
             rows = (min(r.rows[0] for r in a_regions), max(r.rows[1] for r in a_regions))
             a_region = Region(a_regions[0].storage, rows, a_regions[0].cols)
-            a_name = f"{prefix}.in"
+            a_name = names.chunk(layer, d, first, last, "in")
             if a_name not in views_made:
                 views_made.add(a_name)
                 a_inputs = tuple(dict.fromkeys(
                     i for n in block for i in operand[n.name][0].inputs))
                 add.append(Node(a_name, "view", a_inputs, (Value(a_name, a_region.shape, a_region),),
                                 role="view", layer=layer, direction=d))
-            name = f"{prefix}.gemm_ih" + (f".{gate}" if gate else "")
+            name = names.chunk(layer, d, first, last, "gemm_ih", gate)
             g = Gemm(a_region.shape[0], gemm.n, gemm.k, gemm.weight_layout)
             add.append(Node(name, "gemm", (a_name, weight), (Value(name, (g.m, g.n)),), gemm=g,
                             role="gemm_ih", layer=layer, direction=d, gate=gate))
@@ -118,3 +120,7 @@ def _repoint_views(graph: Graph, merged: dict[str, tuple[Node, str, int, list[No
         add.append(Node(old.name, "view", (name,), (Value(value, region.shape, region),), role="view",
                         layer=old.layer, direction=old.direction, step=old.step, time=old.time, gate=old.gate))
     return replace
+
+
+# After the GEMM rewrites that work one cell-step at a time: merged GEMMs belong to no cell-step.
+PASS = Pass("batch_input_gemms", batch_input_gemms, after=("combine_gates", "pretranspose"))

@@ -1,10 +1,10 @@
 """A simple cost model of a plan: per-step time from FLOPs, bytes and launch overhead, and a
 stream-faithful simulation that gives each step a predicted start and end.
 
-Rates default to what was measured on an H200 (ANCHORS.md): GEMM ceilings fp32 51, tf32 398,
-fp16 751 TFLOP/s; copies about 4.3 TB/s; about 7 us per kernel launched from Python and about
-1.1 us per dependent node of a replayed CUDA graph. It is a model for pictures and first choices,
-not a promise: measured times live in BENCHMARKS.md.
+Rates default to what was measured on an H200 (ANCHORS.md): GEMM ceilings by operand type
+(`Precision.gemm_tflops`: fp32 51, tf32 398, fp16 751 TFLOP/s); copies about 4.3 TB/s; about 7 us
+per kernel launched from Python and about 1.1 us per dependent node of a replayed CUDA graph. It is
+a model for pictures and first choices, not a promise: measured times live in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rnnplan.ir.recurrence import wavefront
-from rnnplan.scheduler.plan import Plan, Step
+from rnnplan.lowering.plan import Plan, Step
+from rnnplan.persistent.kernel import wavefront
+from rnnplan.precision import Precision
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,7 @@ class CostModel:
 
     @classmethod
     def for_plan(cls, plan: Plan, graph_replay: bool = False) -> CostModel:
-        rate = 751.0 if plan.spec.dtype == "float16" else (398.0 if plan.options.math == "tf32" else 51.0)
+        rate = Precision.of(plan.spec.dtype, plan.options.math).gemm_tflops
         return cls(gemm_tflops=rate, launch_us=1.1 if graph_replay else 7.0)
 
     def step_us(self, step: Step, itemsize: int) -> float:

@@ -18,11 +18,12 @@ from collections import defaultdict
 
 from pydantic import ValidationError
 
-from rnnplan.ir.node import POINTWISE_OPS
+from rnnplan.ir.cells import CELLS
+from rnnplan.ir.ops import POINTWISE_OPS
 from rnnplan.ir.recurrence import operand_shapes
 from rnnplan.ir.verify import expression_faults
-from rnnplan.scheduler.clocks import Clocks
-from rnnplan.scheduler.plan import HOST_WRITTEN, SCHEMA_VERSION, BufferView, Plan, Step
+from rnnplan.lowering.clocks import Clocks
+from rnnplan.lowering.plan import HOST_WRITTEN, SCHEMA_VERSION, BufferView, Plan, Step
 
 
 class PlanError(ValueError):
@@ -99,8 +100,9 @@ def _interface(plan: Plan) -> list[str]:
     """The plan's inputs and outputs have the shapes the spec implies."""
     sp = plan.spec
     T, B, H, LD = sp.seq_len, sp.batch, sp.hidden_size, sp.num_layers * sp.directions
-    want_in = {"x": (T * B, sp.input_size)} | {f"{s}0": (LD * B, H) for s in sp.state_names}
-    want_out = {"out": [(T * B, sp.directions * H)]} | {f"{s}_n": [(B, H)] * LD for s in sp.state_names}
+    states = CELLS[sp.cell].states
+    want_in = {"x": (T * B, sp.input_size)} | {f"{s}0": (LD * B, H) for s in states}
+    want_out = {"out": [(T * B, sp.directions * H)]} | {f"{s}_n": [(B, H)] * LD for s in states}
     errs = []
     got_in = {k: (v.rows, v.cols) for k, v in plan.inputs.items()}
     if got_in != want_in:
@@ -249,6 +251,8 @@ def verify_plan(plan: Plan, limit: int = 20) -> Plan:
 
 
 def load_plan(text: str | bytes) -> Plan:
+    """A plan from its JSON (`Plan.to_json`); malformed JSON, another schema version or an
+    inconsistent plan raise PlanError."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:

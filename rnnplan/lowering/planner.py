@@ -1,9 +1,11 @@
-"""`build_plan`: spec -> naive graph -> passes -> lowering -> verified Plan, with a plan cache.
+"""The planner: spec -> naive graph -> passes -> lowering -> verified Plan, with a plan cache.
 
-The naive graph of a long sequence is never built: the step-local passes run on three steps and
-`repeat_steps` repeats the middle one (the graph lowering), or the passes run on one step and the
-recurrence is built for the whole sequence (the persistent lowering). Both give the graph that the
-passes give on the whole naive graph (tests/test_repeat_steps.py, tests/test_persistent.py)."""
+Hardware-free: the GPU to plan for arrives as data (`PlanOptions.device`; `rnnplan.build_plan`
+fills in the local one). The naive graph of a long sequence is never built: the step-local passes
+run on three steps and `passes/repeat_steps.py` repeats the middle one (the graph lowering), or the
+passes run on one step and the recurrence is built for the whole sequence (the persistent lowering).
+Both give the graph that the passes give on the whole naive graph (tests/test_repeat_steps.py,
+tests/test_persistent.py)."""
 
 from __future__ import annotations
 
@@ -11,35 +13,36 @@ import gc
 from contextlib import contextmanager
 
 from rnnplan.ir import Graph, build, verify
-from rnnplan.scheduler.lower import lower
-from rnnplan.scheduler.manager import PASSES, REGISTRY
-from rnnplan.scheduler.persistent import (
-    choose_lowering,
-    persistent_recurrence,
-    planning_device,
-)
-from rnnplan.scheduler.plan import Plan
-from rnnplan.scheduler.repeat_steps import SHORT_STEPS, STEP_LOCAL, repeat_middle_step
-from rnnplan.scheduler.verify_plan import verify_plan
-from rnnplan.spec import PlanOptions, RNNSpec
+from rnnplan.lowering.lower import lower
+from rnnplan.lowering.plan import Plan
+from rnnplan.lowering.recurrent import persistent_recurrence
+from rnnplan.lowering.verify_plan import verify_plan
+from rnnplan.passes.manager import REGISTRY
+from rnnplan.passes.repeat_steps import SHORT_STEPS, repeat_middle_step
+from rnnplan.persistent.select import choose_lowering
+from rnnplan.spec import PASSES, PlanOptions, RNNSpec
 
 
-def build_plan(spec: RNNSpec, passes: tuple[str, ...] | list[str] | None = None,
-               options: PlanOptions | None = None, progress=None) -> Plan:
-    """Plan `spec`. `passes` (a shortcut for `options.passes`) selects passes; `()` is the naive plan.
-
-    Plans are cached by (spec, options, the GPU planned for): a repeated call returns the same
-    (immutable) Plan.
-    `progress(stage, done, total)`, if given, is called as planning moves from stage to stage.
-    """
+def resolve_options(options: PlanOptions | None, passes) -> PlanOptions:
+    """`options` with `passes` (a shortcut for `options.passes`) folded in, checked."""
     options = options or PlanOptions()
     if passes is not None:
         if options.passes is not None and tuple(options.passes) != tuple(passes):
             raise ValueError("passes given twice (argument and options.passes) with different values")
         options = PlanOptions(**{**options.model_dump(exclude={"passes"}), "passes": tuple(passes)})
+    return options
+
+
+def build_plan(spec: RNNSpec, passes: tuple[str, ...] | list[str] | None = None,
+               options: PlanOptions | None = None, progress=None) -> Plan:
+    """Plan `spec` for the device `options.device` describes, or none (no local GPU is looked for:
+    `rnnplan.build_plan` does that). `passes` (a shortcut for `options.passes`) selects passes; `()`
+    is the naive plan. Plans are cached by (spec, options): a repeated call returns the same
+    (immutable) Plan. `progress(stage, done, total)`, if given, is called as planning moves from
+    stage to stage."""
+    options = resolve_options(options, passes)
     options.check_against(spec)
-    # An auto or persistent plan without a described device is made for the local GPU: key it so.
-    key = (spec, options, planning_device(options) if options.lowering != "graph" else None)
+    key = (spec, options)
     if key not in _CACHE:
         _CACHE[key] = _plan(spec, options, progress or (lambda *a: None))
         while len(_CACHE) > CACHE_SIZE:
@@ -76,50 +79,52 @@ def _plan(spec: RNNSpec, options: PlanOptions, progress) -> Plan:
         # leave (pretranspose's layout of layer 0's W_ih), so it plans from one step of the network:
         # the same graph as from all of it (tests/test_persistent.py), at no cost per step.
         if lowering == "persistent":
-            graph = _passed(spec.model_copy(update={"seq_len": 1}), names, options, progress, total)
+            graph = passed_graph(spec.model_copy(update={"seq_len": 1}), names, options, progress, total)
             progress("persistent_recurrence", total - 4, total)
             graph = persistent_recurrence(graph, options, spec)
         else:
-            graph = _passed(spec, names, options, progress, total)
+            graph = passed_graph(spec, names, options, progress, total)
         progress("verify graph", total - 3, total)
         verify(graph)
         progress("lower", total - 2, total)
-        plan = lower(graph, options).model_copy(update={"lowering": lowering, "lowering_reason": why})
+        result = lower(graph, options).model_copy(update={"lowering": lowering, "lowering_reason": why})
         progress("verify plan", total - 1, total)
-        verify_plan(plan)
+        verify_plan(result)
         # Drop the graph while the collector is still off: freed by reference counting now, it is not
         # among the objects the first collection after planning must scan.
         del graph
         progress("done", total, total)
-        return plan
+        return result
 
 
-def _passed(spec: RNNSpec, names: tuple[str, ...], options: PlanOptions, progress, total: int) -> Graph:
-    """The graph of `spec` after the passes `names`: the step-local ones applied to three steps and
-    repeated down the sequence (`repeat_steps`), then the others on the whole graph. The same graph
-    as `apply_passes(build(spec))` (tests/test_repeat_steps.py), without ever building the naive
-    graph of a long sequence."""
-    local = tuple(name for name in names if name in STEP_LOCAL)
+def passed_graph(spec: RNNSpec, names: tuple[str, ...], options: PlanOptions, progress=None,
+                 total: int = 0) -> Graph:
+    """The graph of `spec` after the passes `names` (canonical order): the step-local ones applied to
+    three steps and repeated down the sequence (`repeat_steps`), then the others on the whole graph.
+    The same graph as `apply_passes(build(spec))` (tests/test_repeat_steps.py), without ever building
+    the naive graph of a long sequence."""
+    progress = progress or (lambda *a: None)
+    local = tuple(name for name in names if REGISTRY[name].step_local)
     if not local or spec.seq_len <= SHORT_STEPS:
         graph, rest = build(spec), names
     else:
-        graph = build(spec.model_copy(update={"seq_len": SHORT_STEPS}))
+        graph = build(spec.model_copy(update={"seq_len": SHORT_STEPS}), time_slots=True)
         for name in local:
             progress(name, names.index(name) + 1, total)
-            graph = REGISTRY[name](graph, options)
+            graph = REGISTRY[name].run(graph, options)
         graph, rest = repeat_middle_step(graph, spec), tuple(n for n in names if n not in local)
     for name in rest:
         progress(name, names.index(name) + 1, total)
-        graph = REGISTRY[name](graph, options)
+        graph = REGISTRY[name].run(graph, options)
     graph.passes = tuple(names)  # in canonical order, as applied to the whole graph
     return graph
 
 
-def build_graph(spec: RNNSpec, options: PlanOptions | None = None):
-    """The optimized graph that `build_plan` lowers (for inspection and tests)."""
+def build_graph(spec: RNNSpec, options: PlanOptions | None = None) -> Graph:
+    """The optimized graph that `plan` lowers (for inspection and tests)."""
     options = options or PlanOptions()
     options.check_against(spec)
     names = PASSES if options.passes is None else options.passes
-    graph = _passed(spec, tuple(names), options, lambda *a: None, len(names))
+    graph = passed_graph(spec, tuple(names), options, None, len(names))
     persistent = choose_lowering(spec, options)[0] == "persistent"
     return verify(persistent_recurrence(graph, options) if persistent else graph)

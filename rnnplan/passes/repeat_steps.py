@@ -8,54 +8,46 @@ sequence's graph from it: time 0 as it is, times 1..T-2 from time 1, time T-1 fr
 and moved down the sequence. Planning then costs per node one rename instead of a build and three
 rewrites (LSTM 8 x 1000 bidirectional: 470,000 naive nodes never exist).
 
-Needs: `build(spec with seq_len 3)` after any subset of the step-local passes; `spec.seq_len >= 3`.
+Needs: `build(spec with seq_len 3, time_slots=True)` after any subset of the step-local passes (its
+names hold times as format slots `{0}`, `{1}`, `{2}`: `ir/names.py`); `spec.seq_len >= 3`.
 Guarantees: the graph that the same passes give on `build(spec)`, node for node and in the same node
 order (tests/test_repeat_steps.py checks every pass subset on every cell, 1-3 layers, both
 directions), with the passes recorded as applied.
 Does not: repeat graphs that `batch_input_gemms` or `wavefront_streams` rewrote (their result for a
 step depends on its neighbours: run them on the repeated graph), or check step-locality of a pass
-(a new pass joins `STEP_LOCAL` only with the equality tests).
+(a pass is step-local by its record, `Pass.step_local`, which it gets only with the equality tests).
 
-A node belongs to a time step when its `time` is set (cell-step nodes, per-step input views);
-its names mention times as `.t<digits>` (`L0.fwd.t1.gemm_hh`), and only its own time and the
-neighbouring ones (the recurrence reads h of t-1, or t+1 in the reverse direction). Every other
-node is static: sources, params and their views, initial states, outputs.
+A node belongs to a time step when its `time` is set (cell-step nodes, per-step input views); the
+names it mentions hold slots for its own time and the neighbouring ones (the recurrence reads h of
+t-1, or t+1 in the reverse direction), which `str.format` fills for each copy. Every other node is
+static: sources, params and their views, initial states, outputs.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
+from rnnplan.ir import names
 from rnnplan.ir.build import sequence_storages, source_nodes
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Node, Region, Value
 from rnnplan.spec import RNNSpec
 
-STEP_LOCAL: tuple[str, ...] = ("combine_gates", "pretranspose", "fuse_pointwise")
 SHORT_STEPS = 3  # first, middle, last
-_TIME = re.compile(r"\.t(\d+)(?=\.|$)")
 
 
-def _template(name: str) -> str:
-    """`name` as a format string over the three short times: `L0.fwd.t1.cell` -> `L0.fwd.t{1}.cell`."""
-    return _TIME.sub(lambda m: ".t{" + m.group(1) + "}", name.replace("{", "{{").replace("}", "}}"))
+def _moves(name: str) -> bool:
+    """Does a template name mention a time (hold a format slot)?"""
+    return "{" in name
 
 
 class _Repeater:
     def __init__(self, short: Graph, spec: RNNSpec):
         self.spec, self.B = spec, spec.batch
-        self.width = len(str(spec.seq_len - 1))
+        self.width = names.time_width(spec.seq_len)
         self.sequences = {"x"} | set(short.storages)  # storages whose rows follow time
-        self.templates: dict[str, str] = {}
         # Times -1 .. T, as names print them (a step names its neighbours; -1 and T occur in no name).
-        self.padded = [f"{t:0{self.width}d}" for t in range(-1, spec.seq_len + 1)]
-
-    def fmt(self, name: str) -> str:
-        found = self.templates.get(name)
-        if found is None:
-            found = self.templates[name] = _template(name)
-        return found
+        self.padded = [names.time_label(t, self.width) for t in range(-1, spec.seq_len + 1)]
 
     def times(self, slice_time: int, t: int) -> list[str]:
         """The names of the short times 0, 1, 2 seen from the copy of `slice_time` placed at `t`."""
@@ -63,32 +55,31 @@ class _Repeater:
 
     def copies(self, run: list[Node], slice_time: int, ts: Iterable[int]) -> Iterable[Node]:
         """The run of one time step's nodes (in node order), placed at each time in `ts`."""
-        T, fmt, sequences = self.spec.seq_len, self.fmt, self.sequences
+        T, sequences = self.spec.seq_len, self.sequences
         # Every name the run mentions (node and value names, inputs, region storages) gets a slot:
         # a name that moves with time is formatted once per copy, one that does not (params, their
         # views, initial states) is kept. A value's name, its node's name and every reader's copy
         # of it are then one string object: a fifth less memory for the graph (182 against 225 MB
         # at 8 x 1000), and later lookups by name compare pointers. Nodes are assembled
         # positionally: this loop makes every node of a long sequence's graph.
-        mentioned = {fmt(name): name for n in run for name in (
+        mentioned = list(dict.fromkeys(name for n in run for name in (
             n.name, *n.inputs, *(v.name for v in n.outputs),
-            *(v.region.storage for v in n.outputs if v.region is not None and v.region.storage not in sequences))}
-        moving = [template for template in mentioned if _TIME.search(mentioned[template])]
-        fixed = [name for template, name in mentioned.items() if not _TIME.search(name)]
-        slot = {template: i for i, template in enumerate(moving)}
-        slot |= {fmt(name): len(moving) + i for i, name in enumerate(fixed)}
+            *(v.region.storage for v in n.outputs if v.region is not None and v.region.storage not in sequences))))
+        moving = [name for name in mentioned if _moves(name)]
+        fixed = [name for name in mentioned if not _moves(name)]
+        slot = {name: i for i, name in enumerate(moving + fixed)}
         recipes = []
         for n in run:
-            outs = [(slot[fmt(v.name)], v.shape, v.region, v.region is not None and v.region.storage in sequences,
-                     None if v.region is None or v.region.storage in sequences else slot[fmt(v.region.storage)])
+            outs = [(slot[v.name], v.shape, v.region, v.region is not None and v.region.storage in sequences,
+                     None if v.region is None or v.region.storage in sequences else slot[v.region.storage])
                     for v in n.outputs]
-            recipes.append((slot[fmt(n.name)], n.kind, [slot[fmt(v)] for v in n.inputs], outs, n[4:12],
+            recipes.append((slot[n.name], n.kind, [slot[v] for v in n.inputs], outs, n[4:12],
                             n.layer, n.direction, n.step is not None, n[16:]))
         new = tuple.__new__  # NamedTuples made without their Python-level __new__: half the cost
         for t in ts:
-            names = self.times(slice_time, t)
+            labels = self.times(slice_time, t)
             shift = (t - slice_time) * self.B
-            strs = [m.format(*names) for m in moving] + fixed
+            strs = [m.format(*labels) for m in moving] + fixed
             for name, kind, inputs, outs, middle, layer, direction, stepped, tail in recipes:
                 outputs = tuple([
                     new(Value, (strs[o], shape, None if r is None else
@@ -104,24 +95,23 @@ class _Repeater:
         stretched to it (the output view of the last layer's sequence, the output nodes)."""
         if n.name in sources:
             return sources[n.name]
-        if not any(_TIME.search(v) for v in n.inputs) and not any(
+        if not any(_moves(v) for v in n.inputs) and not any(
                 v.region is not None and v.region.storage in self.sequences for v in n.outputs):
             return n
         T, short_rows = self.spec.seq_len, SHORT_STEPS * self.B
-        edges = (f"{0:0{self.width}d}", "", f"{T - 1:0{self.width}d}")  # the first and last steps
+        edges = (names.time_label(0, self.width), "", names.time_label(T - 1, self.width))  # first, last
         inputs: list[str] = []
         middle: list[str] = []  # a run of inputs from the middle step: one copy per time 1..T-2
         for v in n.inputs + ("",):
-            found = _TIME.search(v)
-            if found and int(found.group(1)) == 1:
-                middle.append(self.fmt(v))
+            if "{1}" in v:  # the middle step's
+                middle.append(v)
                 continue
             for t in range(1, T - 1):
-                names = self.times(1, t)
-                inputs += [m.format(*names) for m in middle]
+                labels = self.times(1, t)
+                inputs += [m.format(*labels) for m in middle]
             middle = []
             if v:
-                inputs.append(self.fmt(v).format(*edges) if found else v)
+                inputs.append(v.format(*edges) if _moves(v) else v)
         outputs = []
         for v in n.outputs:
             r = v.region
@@ -136,10 +126,12 @@ class _Repeater:
 
 
 def repeat_middle_step(short: Graph, spec: RNNSpec) -> Graph:
-    """The graph of `spec` (seq_len T) from `short`, the same network's graph over three steps."""
-    if short.spec != spec.model_copy(update={"seq_len": SHORT_STEPS}) or spec.seq_len < SHORT_STEPS:
-        raise ValueError(f"repeat_middle_step needs the {SHORT_STEPS}-step graph of the spec and "
-                         f"seq_len >= {SHORT_STEPS}")
+    """The graph of `spec` (seq_len T) from `short`, the same network's graph over three steps, with
+    time slots in its names."""
+    if short.spec != spec.model_copy(update={"seq_len": SHORT_STEPS}) or spec.seq_len < SHORT_STEPS \
+            or not short.time_slots:
+        raise ValueError(f"repeat_middle_step needs the {SHORT_STEPS}-step graph of the spec, with time "
+                         f"slots in its names, and seq_len >= {SHORT_STEPS}")
     T = spec.seq_len
     rep = _Repeater(short, spec)
     sources = {n.name: n for n in source_nodes(spec)}

@@ -1,0 +1,19 @@
+"""GPU benchmarks against cuDNN: `harness` (what every benchmark shares, public) and `matrix` (the
+`rnnplan bench` command). Nothing here is imported by the library itself."""
+
+from rnnplan.bench.harness import (
+    CELL_LABELS,
+    PRECISIONS,
+    ROWS,
+    TOL,
+    config,
+    cudnn_module,
+    cudnn_times,
+    environment,
+    median_ms,
+    rel_err,
+    strict_reference,
+)
+
+__all__ = ["CELL_LABELS", "PRECISIONS", "ROWS", "TOL", "config", "cudnn_times", "environment", "median_ms", "rel_err",
+           "strict_reference", "cudnn_module"]

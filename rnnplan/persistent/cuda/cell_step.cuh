@@ -1,0 +1,13 @@
+// The cell update of batch row b, unit u (included inside both kernels' cell loops): with GX(g) and
+// GH(g) the gates' pre-activations (biases included) and hprev the previous h, CELL_UPDATE (written
+// from the cell's equations, rnnplan/ir/cells.py) declares h and updates c; then h goes to y and, by
+// the kernel's HANDOFF, to the other blocks, and c to c_n at the last step.
+            float c = HAS_C ? c_s[b * U + u] : 0.0f;
+            (void)hprev; (void)c;
+            CELL_UPDATE
+            if (HAS_C) c_s[b * U + u] = c;
+            st hv;
+            put(&hv, h);  // rounded to the storage type: what the reference and the readers see
+            y[((size_t)t * B + b) * (D * H) + dir * H + u0 + u] = hv;
+            HANDOFF(hv);
+            if (HAS_C && s == T - 1) put(&cn[(size_t)(chain * B + b) * H + u0 + u], c);

@@ -1,0 +1,396 @@
+// The tensor-core persistent kernel (rnnplan/persistent/kernel.py: `batch_tile > 0`): fp16 storage runs
+// `mma.sync.m16n8k16` on fp16 operands, fp32 storage (PlanOptions(math="tf32")) `mma.sync.m16n8k8` on
+// tf32 operands (weights rounded to tf32 once, h read as stored), both accumulating in fp32. One source
+// for both: a k-step is 32 bytes of a staged row either way, so staging, ldmatrix and the work split
+// are the same; what differs is the element type `st`, KSTEP and the fragment layout (`a_word`).
+//
+// Same work split as the FFMA kernel (one block per slice of a chain's hidden units, layers in a
+// wavefront, c on-chip), different arithmetic and hand-off:
+// - the block's weight rows (gates x units, padded to 16) over both reductions ([W_hh | W_ih], each
+//   padded to the mma's K) are held on-chip as A fragments (`a_word` gives their layout), one of two
+//   ways (REG_A, chosen by the planner where it fits):
+//   - in registers: each warp owns a fixed job for the whole run, MG m-tiles x one part (h or layer
+//     input) x one k-slice of it, and keeps those fragments in registers; no weight is read from
+//     shared memory at any step, which leaves shared memory to the batch (tiles up to 64);
+//   - in shared memory, in fragment order (one conflict-free 16-byte load per lane and mma); each warp
+//     takes (m-tile, group of n-tiles) jobs and k is split only when jobs are fewer than warps;
+// - h is published in rows of the storage type ([chain][t][b][H padded to 16 bytes]) and a per-(chain,
+//   step) counter that each block bumps once its slice is written (barrier, then a release add). A
+//   reader's thread 0 waits for the counters it needs (acquire loads): above layer 0 first the layer
+//   below's, whose rows the block then copies into shared memory with cp.async (16 bytes a copy, all in
+//   flight at once) while thread 0 waits for its own chain's; then h is copied the same way. At batch
+//   1-2 the FFMA kernel's tagged words, which need one L2 round trip per hand-off instead of two,
+//   measured faster or equal, and the planner uses that kernel there (FFMA_MAX_BATCH). Tried and
+//   dropped: a flag per block instead of a shared counter (no atomics on one address; within noise at
+//   32-64 blocks a chain, 17-20% slower at 128);
+// - per step, the batch is processed in tiles of BT rows: the tile's gate sums start from the biases
+//   (kept in shared memory) and, in layer 0, cuBLAS's input projection (prefetched into shared memory
+//   during the previous step where the batch is one tile, XPRE, else loaded before the wait); the sums'
+//   rows are padded (GS) so that accumulator writes do not collide; warps load B fragments with
+//   ldmatrix, accumulate in fp32 and add into the gate sums they own alone, with no atomics; the later
+//   k-slices of a split write partial sums of their own, which the cell update adds. The cell update
+//   of the tile follows.
+#include <cuda_fp16.h>
+#include "config.h"
+#include "persistent.cuh"
+
+#define NT (BT / 8)
+#define MT (RP / 16)
+#define KHT (KHP / KSTEP)
+#define NPG (NT / NG)
+#define MGROUPS (MT / MG)
+#define RJOBS (MGROUPS * NPARTS * KSPLIT)  // warps with a job (REG_A)
+#if ST_HALF
+typedef unsigned short st_bits;  // raw bits of one stored value
+#else
+typedef unsigned int st_bits;
+#endif
+
+// D (16x8, fp32) += A (16xKSTEP, row-major) * B (KSTEP x8, column-major), fp16 or tf32 operands (tf32: B
+// is h as stored, fp32, whose low 13 mantissa bits the tensor cores do not read). Volatile on purpose:
+// letting the compiler reorder the mma (a pure function of registers) measured 15% slower at batch 4.
+__device__ __forceinline__ void mma_tc(float (&c)[4], const uint4& a, unsigned int b0, unsigned int b1) {
+#if TF32
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+#endif
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+}
+
+// The hand-off's two halves, as a release/acquire pair at GPU scope (the pattern of CUTLASS's
+// semaphores): after a block barrier, thread 0 adds 1 to the step's counter with release semantics,
+// which orders every write of the block before it; a reader's thread 0 spins with acquire loads until
+// all NBC blocks have added, and its block barrier then orders the block's reads after that.
+__device__ __forceinline__ void publish_count(unsigned int* counter) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" :: "l"(counter) : "memory");
+}
+
+__device__ __forceinline__ void await_count(const unsigned int* counter) {
+    unsigned int seen;
+    do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+    } while (seen < NBC);
+}
+
+// Stage `rows` batch rows (from b0) of one published h, src [b][XSTRIDE], into stage columns col0 ... col0+H.
+// 16-byte rows go by cp.async (L2 -> shared memory, no registers, all in flight at once; .cg reads
+// L2, where other SMs' writes are); the caller waits with `staged()`. Other widths copy one value at a time.
+__device__ __forceinline__ void stage_part(st* stage, const st* src, int rows, int b0, int col0) {
+    for (int i = threadIdx.x; i < rows * (H / CHUNK); i += blockDim.x) {
+        const int bl = i / (H / CHUNK), c = i % (H / CHUNK);
+        st* dst = stage + bl * KS + col0 + c * CHUNK;
+        const st* from = src + (size_t)(b0 + bl) * XSTRIDE + c * CHUNK;
+        if (CHUNK == VEC) {
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
+                         :: "r"((unsigned int)__cvta_generic_to_shared(dst)), "l"(from));
+        } else {
+            *(st_bits*)dst = __ldcg((const st_bits*)from);
+        }
+    }
+}
+
+// XPRE: layer 0's input projection (cuBLAS's, [t][b][G*H]) at time t, this block's units, into
+// xs[b][g*U + u], 16 bytes a cp.async; the caller waits with `staged()`.
+__device__ __forceinline__ void prefetch_xproj(st* xs, const st* xproj, int t, int u0) {
+#if XPRE  // (U / VEC is 0 otherwise)
+    for (int i = threadIdx.x; i < B * G * (U / VEC); i += blockDim.x) {
+        const int bl = i / (G * (U / VEC)), g = i / (U / VEC) % G, c = i % (U / VEC);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
+                     :: "r"((unsigned int)__cvta_generic_to_shared(xs + bl * RP + g * U + c * VEC)),
+                        "l"(xproj + ((size_t)t * B + bl) * (G * H) + g * H + u0 + c * VEC));
+    }
+#endif
+}
+
+__device__ __forceinline__ void staged() {
+    asm volatile("cp.async.wait_all;\n" ::);
+}
+
+__device__ __forceinline__ void stage_h0(st* stage, const st* h0, int rows, int b0, int chain) {
+    for (int i = threadIdx.x; i < rows * H; i += blockDim.x)
+        stage[(i / H) * KS + i % H] = h0[(size_t)(chain * B + b0 + i / H) * H + i % H];
+}
+
+// Stage batch rows b0 ... b0 + BT (those below B) of h of step s-1 (stage_h), of the layer below's h at
+// time t (stage_x), or of both (stage_tile).
+__device__ __forceinline__ void stage_h(st* stage, const st* hx, const st* h0, int b0, int s, int tprev,
+                                        int chain) {
+    const int rows = min(BT, B - b0);
+    if (s == 0) stage_h0(stage, h0, rows, b0, chain);
+    else stage_part(stage, hx + ((size_t)chain * T + tprev) * B * XSTRIDE, rows, b0, 0);
+}
+
+__device__ __forceinline__ void stage_x(st* stage, const st* hx, int b0, int t, int layer) {
+    for (int d2 = 0; layer > 0 && d2 < D; ++d2)
+        stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * XSTRIDE, min(BT, B - b0), b0,
+                   KHP + d2 * H);
+}
+
+__device__ __forceinline__ void stage_tile(st* stage, const st* hx, const st* h0, int b0, int s, int t, int tprev,
+                                           int chain, int layer) {
+    stage_h(stage, hx, h0, b0, s, tprev, chain);
+    stage_x(stage, hx, b0, t, layer);
+}
+
+// A gate's sum (which: 0 x-part, 1 h-part) over the first k-slice's slot and the others' partials.
+// (Weights in registers split each part separately; a network of one layer has no layer-input part.)
+__device__ __forceinline__ float gate_sum(const float* sums, const float* partial, int which, int at) {
+    float v = sums[at];
+    if (REG_A && NPARTS == 1 && which == 0) return v;
+#pragma unroll
+    for (int slice = 1; slice < KSPLIT; ++slice) v += partial[((slice - 1) * 2 + which) * BT * GS + at];
+    return v;
+}
+
+// Word p (of 4) of lane ln's A fragment for k-step ks, m-tile mt, of the block's rows of [W_hh | W_ih]
+// (gate-major rows padded to RP, each part's columns padded to KSTEP), as the mma reads it; PTX's layouts:
+// - m16n8k16 (fp16): elements 2p and 2p + 1, packed low first: row mt*16 + ln/4 (+8 for odd p), columns
+//   ks*16 + (ln%4)*2 (+1) (+8 for p >= 2), neighbours in one row (one 4-byte load where aligned);
+// - m16n8k8 (tf32): element p: row mt*16 + ln/4 (+8 for odd p), column ks*8 + ln%4 (+4 for p >= 2),
+//   rounded to tf32 once here (the weights stay in that form for the whole run).
+__device__ __forceinline__ unsigned int a_word(const st* whh, const st* first, int u0, int nu, int kin, int ks, int mt,
+                                               int ln, int p) {
+    const int row = mt * 16 + (ln >> 2) + (p & 1) * 8;
+    const int k = TF32 ? ks * 8 + (ln & 3) + (p >> 1) * 4 : ks * 16 + (ln & 3) * 2 + (p >> 1) * 8;
+    const int g = row / U, u = row % U;
+    const st* src = nullptr;
+    int n = 0;  // elements of the word inside the weight
+    if (g < G && u < nu) {
+        if (k < KHP) { src = whh + (size_t)(g * H + u0 + u) * H + k; n = min(2, H - k); }
+        else if (k - KHP < kin) { src = first + (size_t)(g * H + u0 + u) * kin + (k - KHP); n = min(2, kin - (k - KHP)); }
+    }
+#if TF32
+    unsigned int w = 0u;
+    if (n > 0) asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(w) : "f"(to_f(src[0])));
+    return w;
+#else
+    if (n == 2 && ((size_t)src & 3) == 0) return *(const unsigned int*)src;
+    const unsigned int lo = n > 0 ? __half_as_ushort(__float2half_rn(to_f(src[0]))) : 0u;
+    const unsigned int hi = n > 1 ? __half_as_ushort(__float2half_rn(to_f(src[1]))) : 0u;
+    return lo | (hi << 16);
+#endif
+}
+
+// Shared-memory address of this lane's row for ldmatrix over the staged rows from `rows`: lanes 8m..8m+7
+// point at the 16-byte rows of 8x8 (b16) matrix m (n-tile m/2, second half of the k-step for odd m), so
+// that lane l receives row l/4, bytes 4*(l%4) ... +3 of each: for fp16, columns 2*(l%4) and +1; for tf32,
+// column l%4; PTX's B layouts of m16n8k16 and m16n8k8 (b0 from the first half, b1 from the second).
+__device__ __forceinline__ unsigned int b_base(const st* rows, int lane) {
+    const int mat = lane >> 3, row = lane & 7;
+    return (unsigned int)__cvta_generic_to_shared(rows + ((mat >> 1) * 8 + row) * KS + (mat & 1) * VEC);
+}
+
+// The B fragments of NTILES n-tiles for k-step ks (columns ks*KSTEP ... from `base`, see b_base), by ldmatrix.
+template <int NTILES>
+__device__ __forceinline__ void load_b(unsigned int (&b)[NTILES][2], unsigned int base, int ks) {
+#pragma unroll
+    for (int n = 0; n + 1 < NTILES; n += 2)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(b[n][0]), "=r"(b[n][1]), "=r"(b[n + 1][0]), "=r"(b[n + 1][1])
+                     : "r"(base + (n * 8 * KS + ks * KSTEP) * (int)sizeof(st)));
+    if (NTILES % 2)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                     : "=r"(b[NTILES - 1][0]), "=r"(b[NTILES - 1][1]) : "r"(base + ((NTILES - 1) * 8 * KS + ks * KSTEP) * (int)sizeof(st)));
+}
+
+// k-step ks of A fragment a against NTILES n-tiles, added into acc.
+template <int NTILES>
+__device__ __forceinline__ void mma_step(float (&acc)[NTILES][4], const uint4& a, unsigned int base, int ks) {
+    unsigned int b[NTILES][2];
+    load_b(b, base, ks);
+#pragma unroll
+    for (int n = 0; n < NTILES; ++n) mma_tc(acc[n], a, b[n][0], b[n][1]);
+}
+
+// A warp's sums of m-tile mt over NTILES n-tiles from n-tile n0 (C layout: row mt*16 + lane/4 (+8), batch
+// column n*8 + (lane%4)*2 (+1)) added into `dst` (the warp alone owns those sums: no atomics) or, when
+// !add, written into a partial-sum slot.
+template <int NTILES>
+__device__ __forceinline__ void put_sums(float* dst, bool add, const float (&acc)[NTILES][4], int mt, int n0, int lane) {
+#pragma unroll
+    for (int n = 0; n < NTILES; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = mt * 16 + (lane >> 2) + (e >> 1) * 8, bl = (n0 + n) * 8 + (lane & 3) * 2 + (e & 1);
+            float* at = dst + bl * GS + row;
+            *at = add ? *at + acc[n][e] : acc[n][e];
+        }
+}
+
+// h to the other blocks: its row of the published h, in the storage type.
+#define HANDOFF(hv) (hx[((size_t)(chain * T + t) * B + b) * XSTRIDE + u0 + u] = (hv))
+
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
+    const unsigned long long* __restrict__ ptrs, unsigned long long* xch)
+{
+#include "prologue.cuh"
+    PROF_START
+    unsigned int* counters = (unsigned int*)xch;  // [chain][t]: blocks that have published h
+    st* hx = (st*)((unsigned char*)xch + CNT_BYTES);  // [chain][t][b][XSTRIDE]: h in the storage type
+    const uint4* wf = (const uint4*)(smem + OFF_WEIGHTS);
+    st* stage = (st*)(smem + OFF_STAGE);
+    float* gx_s = (float*)(smem + OFF_GX);
+    float* gh_s = (float*)(smem + OFF_GH);
+    float* partial = (float*)(smem + OFF_PARTIAL);  // [KSPLIT - 1][gx, gh][BT][GS]
+    const int kt = KHT + (layer == 0 ? 0 : KXP / KSTEP);  // k-steps this block runs
+
+    // W_hh | W_ih rows of this block as A fragments (`a_word` gives their layout): in shared memory,
+    // fragment (ks, mt) as 32 lanes x 4 words; or, with weights in registers, each warp's own.
+    // IN_FLIGHT loads a thread in flight before their stores.
+    if (!REG_A) {
+        unsigned int* wsm = (unsigned int*)(smem + OFF_WEIGHTS);
+        const int words = kt * MT * 128;
+        for (int w0 = tid; w0 < words; w0 += IN_FLIGHT * NTHREADS) {
+            unsigned int v[IN_FLIGHT];
+#pragma unroll
+            for (int q = 0; q < IN_FLIGHT; ++q) {
+                const int w = w0 + q * NTHREADS, f = w >> 7;
+                v[q] = w < words ? a_word(whh, first, u0, nu, kin, f / MT, f % MT, (w >> 2) & 31, w & 3) : 0u;
+            }
+#pragma unroll
+            for (int q = 0; q < IN_FLIGHT; ++q)
+                if (w0 + q * NTHREADS < words) wsm[w0 + q * NTHREADS] = v[q];
+        }
+    }
+    // With weights in registers a warp's job is fixed: m-tile rmt, part rpart (0: h, 1: layer input), k-steps
+    // [rk0, rk0 + rkn) of that part; warps past the jobs (or with an empty part, layer 0's input) hold none.
+    const int rmt = warp % MGROUPS * MG, rpart = (warp / MGROUPS) % NPARTS, rslice = warp / (MGROUPS * NPARTS);
+    const int rkp = rpart == 0 ? KHT : (layer == 0 ? 0 : KXP / KSTEP);
+    const int rk0 = rslice * rkp / KSPLIT, rkn = warp < RJOBS ? (rslice + 1) * rkp / KSPLIT - rk0 : 0;
+    uint4 areg[MG][KREG];
+#pragma unroll
+    for (int m = 0; m < MG; ++m)
+#pragma unroll
+        for (int j = 0; j < KREG; ++j) {
+            unsigned int packed[4] = {0u, 0u, 0u, 0u};
+            if (REG_A && j < rkn)
+#pragma unroll
+                for (int p = 0; p < 4; ++p)
+                    packed[p] = a_word(whh, first, u0, nu, kin, rpart * KHT + rk0 + j, rmt + m, lane, p);
+            areg[m][j] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        }
+    float* bias_s = (float*)(smem + OFF_BIAS);  // [b_ih | b_hh] of this block's rows, fp32
+    for (int i = tid; i < 2 * RP; i += blockDim.x) {
+        const int row = i % RP, g = row / U, u = row % U;
+        const st* b = i < RP ? bih : bhh;
+        bias_s[i] = BIAS && g < G && u < nu ? to_f(b[g * H + u0 + u]) : 0.0f;
+    }
+    for (int i = tid; i < BT * KS; i += blockDim.x) put(&stage[i], 0.0f);
+    st* xs = (st*)(smem + OFF_XPROJ);  // XPRE: layer 0's input projection of the coming step
+    if (XPRE && layer == 0) prefetch_xproj(xs, first, dir == 0 ? 0 : T - 1, u0);
+    staged();
+    __syncthreads();
+
+    PROF(7);  // set-up: weights on-chip, biases, staging cleared
+    for (int s = 0; s < T; ++s) {
+        const int t = dir == 0 ? s : T - 1 - s;
+        const int tprev = dir == 0 ? t - 1 : t + 1;
+        for (int b0 = 0; b0 < B; b0 += BT) {
+            PROF(0);
+            // Gate sums start from what does not depend on h: the biases (kept in shared memory) and, in
+            // layer 0, the input projection (cuBLAS's, in global memory), loaded before the wait hides it.
+            {
+                float fx[FILL], fh[FILL];  // all loads in flight before the first store
+#pragma unroll
+                for (int q = 0; q < FILL; ++q) {
+                    const int i = tid + q * NTHREADS, bl = i / RP, row = i % RP, g = row / U, u = row % U;
+                    fx[q] = 0.0f;
+                    if (layer == 0 && i < BT * RP && g < G && u < nu && b0 + bl < B)
+                        fx[q] = XPRE ? to_f(xs[bl * RP + row])
+                                     : to_f(first[((size_t)t * B + b0 + bl) * (G * H) + g * H + u0 + u]);
+                    fx[q] += bias_s[row];
+                    fh[q] = bias_s[RP + row];
+                }
+#pragma unroll
+                for (int q = 0; q < FILL; ++q)
+                    if (tid + q * NTHREADS < BT * RP) {
+                        const int at = (tid + q * NTHREADS) / RP * GS + (tid + q * NTHREADS) % RP;
+                        gx_s[at] = fx[q];
+                        gh_s[at] = fh[q];
+                    }
+            }
+            PROF(1);
+            // Stage [h | layer input] of the tile's batch rows in the storage type (a last, partial tile's rows past
+            // B keep stale data, whose sums are never read). Cells that do not read h_prev had the
+            // tiles after the first staged during the previous tile's cell update.
+            if (b0 == 0) {  // above layer 0, wait until the layer below published time t in every
+                if (tid == 0)  // direction and copy that in while waiting for this chain's step s-1
+                    for (int d2 = 0; layer > 0 && d2 < D; ++d2) await_count(&counters[((layer - 1) * D + d2) * T + t]);
+                __syncthreads();
+                // every thread has filled from `xs` (barrier above): bring the next step's projection
+                if (XPRE && layer == 0 && s + 1 < T) prefetch_xproj(xs, first, dir == 0 ? t + 1 : t - 1, u0);
+            PROF(2);
+                stage_x(stage, hx, b0, t, layer);
+                if (tid == 0 && s > 0) await_count(&counters[chain * T + tprev]);
+                __syncthreads();
+            PROF(3);
+                stage_h(stage, hx, h0, b0, s, tprev, chain);
+            } else if (READS_HPREV) stage_tile(stage, hx, h0, b0, s, t, tprev, chain, layer);
+            staged();
+            __syncthreads();
+            PROF(4);
+            if (REG_A) {  // this warp's fixed job, A fragments from registers, NC n-tiles at a time
+                // slice 0 owns the part's gate sums; later slices write their own partial slots
+                float* sums = rslice == 0 ? (rpart ? gx_s : gh_s) : partial + ((rslice - 1) * 2 + 1 - rpart) * BT * GS;
+                for (int nc = 0; warp < RJOBS && nc < NT; nc += NC) {
+                    float acc[MG][NC][4];
+#pragma unroll
+                    for (int m = 0; m < MG; ++m)
+#pragma unroll
+                        for (int n = 0; n < NC; ++n)
+#pragma unroll
+                            for (int e = 0; e < 4; ++e) acc[m][n][e] = 0.0f;
+                    const unsigned int base = b_base(stage + nc * 8 * KS + rpart * KHP, lane);
+                    // One B fragment per n-tile feeds MG mma; k-step j + 1's are loaded before k-step j's
+                    // mma are issued, so that the ldmatrix latency hides behind them.
+                    unsigned int b[2][NC][2];
+                    if (rkn > 0) load_b(b[0], base, rk0);
+#pragma unroll
+                    for (int j = 0; j < KREG; ++j) {
+                        if (j >= rkn) break;
+                        if (j + 1 < rkn) load_b(b[(j + 1) & 1], base, rk0 + j + 1);
+#pragma unroll
+                        for (int m = 0; m < MG; ++m)
+#pragma unroll
+                            for (int n = 0; n < NC; ++n) mma_tc(acc[m][n], areg[m][j], b[j & 1][n][0], b[j & 1][n][1]);
+                    }
+#pragma unroll
+                    for (int m = 0; m < MG; ++m) put_sums(sums, rslice == 0, acc[m], rmt + m, nc, lane);
+                }
+            } else for (int job = warp; job < MT * NG * KSPLIT; job += nwarps) {
+                const int mt = job % MT, ng = (job / MT) % NG, slice = job / (MT * NG);
+                const int k0 = slice * kt / KSPLIT, k1 = (slice + 1) * kt / KSPLIT;
+                float ah[NPG][4], ax[NPG][4];
+#pragma unroll
+                for (int n = 0; n < NPG; ++n)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) { ah[n][e] = 0.0f; ax[n][e] = 0.0f; }
+                const unsigned int base = b_base(stage + ng * NPG * 8 * KS, lane);
+                for (int ks = k0; ks < min(k1, KHT); ++ks) mma_step(ah, wf[(ks * MT + mt) * 32 + lane], base, ks);
+                for (int ks = max(k0, KHT); ks < k1; ++ks) mma_step(ax, wf[(ks * MT + mt) * 32 + lane], base, ks);
+                float* px = partial + (slice - 1) * 2 * BT * GS;  // slices after the first: own slots
+                put_sums(slice == 0 ? gh_s : px + BT * GS, slice == 0, ah, mt, ng * NPG, lane);
+                put_sums(slice == 0 ? gx_s : px, slice == 0, ax, mt, ng * NPG, lane);
+            }
+            __syncthreads();
+            if (!READS_HPREV && b0 + BT < B) stage_tile(stage, hx, h0, b0 + BT, s, t, tprev, chain, layer);
+            PROF(5);
+            for (int i = tid; i < BT * nu; i += blockDim.x) {
+                const int bl = i / nu, u = i % nu, b = b0 + bl;
+                if (b >= B) break;
+#define GX(g) gate_sum(gx_s, partial, 0, bl * GS + (g) * U + u)
+#define GH(g) gate_sum(gh_s, partial, 1, bl * GS + (g) * U + u)
+                const float hprev = READS_HPREV ? to_f(stage[bl * KS + u0 + u]) : 0.0f;
+#include "cell_step.cuh"
+#undef GX
+#undef GH
+            }
+            __syncthreads();  // the next tile restages `stage` and the gate sums
+            PROF(6);
+        }
+        if (tid == 0) publish_count(&counters[chain * T + t]);  // every thread's h of step s is written (barrier above)
+    }
+    PROF_END
+}

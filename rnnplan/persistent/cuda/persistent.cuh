@@ -1,0 +1,28 @@
+// What both persistent kernels share: the storage type, conversions, and the profiling hooks.
+// Everything that varies (sizes, layout offsets, switches, the cell update) arrives as #defines in
+// config.h, which rnnplan/persistent/source.py writes from a PersistentKernel.
+
+#if ST_HALF
+typedef __half st;  // the storage type of weights, published h and the sequences
+#else
+typedef float st;
+#endif
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ void put(float* p, float v) { *p = v; }
+__device__ __forceinline__ void put(__half* p, float v) { *p = __float2half_rn(v); }
+
+// Profiling (PROFILE 1): thread 0 of each block sums clock64() between the PROF(k) marks of its
+// phases and, at the end, writes the PROFILE_SLOTS sums past the exchange buffer (PROFILE_OFFSET).
+// Otherwise the marks are empty statements and cost nothing.
+#if PROFILE
+#define PROF_START unsigned long long prof_acc[PROFILE_SLOTS] = {0}, prof_t = clock64();
+#define PROF(k) if (tid == 0) { unsigned long long now = clock64(); prof_acc[k] += now - prof_t; prof_t = now; }
+#define PROF_END if (tid == 0) for (int k = 0; k < PROFILE_SLOTS; ++k) \
+    ((unsigned long long*)((unsigned char*)xch + PROFILE_OFFSET))[blockIdx.x * PROFILE_SLOTS + k] = prof_acc[k];
+#else
+#define PROF_START
+#define PROF(k)
+#define PROF_END
+#endif

@@ -1,0 +1,138 @@
+"""Choosing the persistent kernel for a spec and a device, and whether `lowering="auto"` takes it.
+
+`choose_recurrence` picks the kernel: FFMA dot products (fp32 math, and any storage at batch <=
+FFMA_MAX_BATCH) or tensor-core mma (fp16 storage, or fp32 storage with `math="tf32"`; batch in tiles
+sized to fit shared memory), with its weights in registers where they fit the register budget, else
+in shared memory; hidden units per block such that all blocks fill the device once.
+`choose_lowering` resolves the lowering: persistent where the kernel fits the device and the batch
+is at most AUTO_MAX_BATCH for the dtype (where it measured faster), else graph, with the reason
+either way. The device arrives as data (`PlanOptions.device`); nothing here probes hardware.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+from rnnplan.ir.build import param_shapes
+from rnnplan.ir.recurrence import Recurrence
+from rnnplan.persistent.kernel import kernel_of
+from rnnplan.precision import Precision
+from rnnplan.spec import H200, DeviceShape, PlanOptions, RNNSpec
+
+# What `lowering="persistent"` sizes its blocks for when no device is described.
+DEFAULT_DEVICE = H200
+# Measured on an H200 (BENCHMARKS.md, persistent lowering, third round): the FFMA kernel (fp32) beats
+# the graph lowering at every batch measured, up to 8 (LSTM 1x1024 B8 0.97 against 1.64 ms, the
+# closest); the tensor-core kernel (fp16) too, up to 64 (paper configuration 1.18 against 1.74 ms,
+# GRU 4x512 1.10 against 1.33), and with tf32 operands up to 8, the largest measured (LSTM 1x1024 B8
+# 0.52 against 1.28 ms). Larger batches are not measured.
+AUTO_MAX_BATCH = {"float32": 8, "float16": 64}
+# At batch 1-2 the FFMA kernel's tagged hand-off (one L2 round trip, no counter) beats the tensor-core
+# kernel, or ties it: at batch 1 in every row measured with tf32 operands (LSTM 2x256: 0.227 against
+# 0.266 ms) and with fp16 (0.196 against 0.243; LSTM 1x1024 0.266 against 0.285, RNN 2x512 0.235
+# against 0.245). From batch 4 the tensor-core kernel wins everywhere (BENCHMARKS.md, third round).
+FFMA_MAX_BATCH = 2
+
+
+def planning_device(options: PlanOptions | None) -> DeviceShape | None:
+    """The GPU a plan is sized for: the one described, else, for an explicit persistent lowering,
+    DEFAULT_DEVICE; None (plan graph) for auto without a device."""
+    if options is not None and options.device is not None:
+        return options.device
+    return DEFAULT_DEVICE if options is None or options.lowering == "persistent" else None
+
+
+def choose_lowering(spec: RNNSpec, options: PlanOptions) -> tuple[str, str]:
+    """("graph" | "persistent", why) for the options' lowering and device. "auto" with a subset of
+    passes plans graph (a pass study keeps its kernels)."""
+    if options.lowering == "graph":
+        return "graph", "requested"
+    if options.lowering == "auto" and options.passes is not None:
+        return "graph", "auto: a subset of passes was chosen, so the plan keeps one kernel per GEMM and cell-step"
+    device = planning_device(options)
+    if device is None:
+        return "graph", "auto: no CUDA device here (plan for one with PlanOptions(device=...))"
+    rec, why = choose_recurrence(spec, device, options.math)
+    if options.lowering == "persistent":
+        if rec is None:
+            raise ValueError(f"lowering='persistent' does not fit: {why}")
+        return "persistent", why
+    if rec is None:
+        return "graph", f"auto: {why}"
+    if not device.cooperative_launch:
+        return "graph", f"auto: {device.name} has no cooperative launch"
+    limit = AUTO_MAX_BATCH[spec.dtype]
+    if spec.batch > limit:
+        return "graph", f"auto: batch {spec.batch} > {limit}, where the persistent kernel loses ({spec.dtype}); {why}"
+    return "persistent", f"auto: {why}"
+
+
+def recurrence_of(spec: RNNSpec, units: int, batch_tile: int = 0, registers: bool = False,
+                  math: str = "fp32") -> Recurrence:
+    precision = Precision.of(spec.dtype, math)
+    if batch_tile:
+        precision = precision.on_tensor_cores()
+    return Recurrence(spec.cell, spec.num_layers, spec.directions, spec.seq_len, spec.batch, spec.hidden_size,
+                      spec.input_size, spec.bias, spec.dtype, units, batch_tile, registers, precision.math)
+
+
+def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, registers: bool) -> Recurrence | None:
+    """The tensor-core kernel with the widest batch tile (64 rows down to 8) that fits shared memory
+    (and, with weights in registers, the register budget); None where even 8 rows do not fit registers."""
+    def fits(r: Recurrence) -> bool:
+        k = kernel_of(r)
+        return k.shared_memory_bytes <= device.smem_per_block and (not registers or k.registers_fit)
+
+    tile = min(64, -(-spec.batch // 8) * 8)
+    while tile > 8 and not fits(recurrence_of(spec, units, tile, registers)):
+        tile = max(8, tile // 16 * 8)
+    r = recurrence_of(spec, units, tile, registers)
+    return r if not registers or kernel_of(r).registers_fit else None
+
+
+def ffma_recurrence(spec: RNNSpec, units: int, math: str = "fp32") -> Recurrence:
+    """The FFMA kernel for `units` per block, with its weights in registers where they fit the
+    register budget (no shared-memory reads of weights at each step), else in shared memory."""
+    held = recurrence_of(spec, units, registers=True, math=math)
+    return held if kernel_of(held).registers_fit else recurrence_of(spec, units, math=math)
+
+
+def _fitting(spec: RNNSpec, units: int, device: DeviceShape, math: str) -> Recurrence:
+    """The recurrence for `units` per block: without tensor cores (fp32 math), and in any precision up
+    to FFMA_MAX_BATCH where it fits, the FFMA kernel (`ffma_recurrence`); the rest (fp16 storage, or
+    fp32 storage with tf32 math) the tensor-core kernel, with the weights in registers where they fit
+    the register budget (no shared-memory reads of weights at each step, and room for the widest batch
+    tile), else in shared memory, else (tf32 only) the FFMA kernel, which stages no whole batch tiles."""
+    precision = Precision.of(spec.dtype, math)
+    ffma = ffma_recurrence(spec, units, math)
+    ffma_fits = kernel_of(ffma).shared_memory_bytes <= device.smem_per_block
+    if not precision.tensor_cores or (spec.batch <= FFMA_MAX_BATCH and ffma_fits):
+        return ffma
+    tensor_cores = (tensor_core_recurrence(spec, units, device, registers=True)
+                    or tensor_core_recurrence(spec, units, device, registers=False))
+    if precision.operands == "tf32" and ffma_fits and kernel_of(tensor_cores).shared_memory_bytes > device.smem_per_block:
+        return ffma
+    return tensor_cores
+
+
+def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE,
+                      math: str = "fp32") -> tuple[Recurrence | None, str]:
+    """The persistent kernel's parameters for `spec` on `device` with `math` (PlanOptions.math: with
+    fp32 storage, "tf32" allows the tensor-core kernel) (hidden units per block such that all blocks
+    fill the device once, and the kernel) and why, or None and why it does not fit."""
+    chains = spec.num_layers * spec.directions
+    per_chain = max(1, device.sms // chains)
+    trial = kernel_of(_fitting(spec, -(-spec.hidden_size // per_chain), device, math))
+    mib = sum(prod(s) for n, s in param_shapes(spec).items()
+              if n.startswith("weight_hh") or (n.startswith("weight_ih") and not n.startswith("weight_ih_l0")))
+    mib *= Precision.of(spec.dtype).element_bytes / 2**20
+    fit = trial.fit(device)
+    if not fit.ok:
+        return None, (f"recurrent weights {mib:.1f} MiB need {fit.why}" if chains <= device.sms else fit.why)
+    held = ", weights in registers" if trial.weights_in_registers else ""
+    math_used = (f"tensor cores ({trial.precision.operands}), batch tiles of {trial.batch_tile}{held}"
+                 if trial.batch_tile else f"FFMA{held}")
+    regs = f" {trial.weight_registers} registers a thread +" if trial.weights_in_registers else ""
+    need = trial.shared_memory_bytes
+    return trial.recurrence, (f"recurrent weights {mib:.1f} MiB fit on-chip: {trial.blocks} blocks x{regs} "
+                              f"{need / 1024:.0f} KiB shared memory on {device.name} ({math_used})")
