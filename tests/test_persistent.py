@@ -19,7 +19,7 @@ from rnnplan.persistent import (
     kernel_of,
     tensor_core_recurrence,
 )
-from rnnplan.persistent import kernel_source as recurrent_source
+from rnnplan.persistent import kernel_source
 from rnnplan.spec import DeviceShape
 from tests.helpers import (
     assert_same_result,
@@ -162,7 +162,7 @@ def test_kernel_choice_with_tf32_math():
     ffma_tf32, ffma_fp32 = choose(small, DEFAULT_DEVICE, "tf32")[0], choose(small)[0]
     assert ffma_tf32.batch_tile == 0 and ffma_tf32.math == "tf32" and ffma_fp32.math == "fp32"
     # tf32 math allows the cell's fast exponentials in the FFMA kernel too; strict fp32 keeps the accurate ones
-    assert "#define FAST_EXP 1" in recurrent_source(ffma_tf32) and "#define FAST_EXP 0" in recurrent_source(ffma_fp32)
+    assert "#define FAST_EXP 1" in kernel_source(ffma_tf32) and "#define FAST_EXP 0" in kernel_source(ffma_fp32)
     assert rec.math == "tf32" and choose(spec.model_copy(update={"dtype": "float16"}))[0].fast_cell
     plan = build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
     assert plan.steps[-1].recurrence == rec.recurrence and "(tf32)" in plan.lowering_reason
@@ -210,7 +210,7 @@ def test_ffma_weights_in_registers_where_they_fit():
     assert rec.weights_in_registers and rec.weight_registers == 64
     rec = ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=8)[0]  # 128 + 2 x 4 x 8 accumulators
     assert rec.weights_in_registers and rec.weight_registers + 2 * 4 * 8 == FFMA_REGISTER_BUDGET
-    assert "#define WREG 1" in recurrent_source(rec) and "#define KHR 32" in recurrent_source(rec)
+    assert "#define WREG 1" in kernel_source(rec) and "#define KHR 32" in kernel_source(rec)
     rec = ffma(cell="lstm", num_layers=2, hidden_size=768, batch=1, dtype="float16")[0]  # 12 units: 2 x 4 x 48
     assert not rec.weights_in_registers and rec.weight_registers == 384
     assert rec.smem_layout()["h"] == 4 * 12 * (768 + 768) * 2  # fp16 weights in shared memory
@@ -229,7 +229,7 @@ def test_ffma_merged_wait_where_it_measured_faster():
     assert not merged_wait(ffma(cell="lstm", num_layers=2, hidden_size=256, batch=1))  # 256: a word a thread
     assert not merged_wait(ffma(cell="lstm", num_layers=4, hidden_size=256, batch=8))  # 2048 + 2048: two rounds
     assert not merged_wait(ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=1))  # one layer
-    assert "#define MERGED_WAIT 1" in recurrent_source(ffma(cell="rnn_tanh", num_layers=2, hidden_size=512, batch=1))
+    assert "#define MERGED_WAIT 1" in kernel_source(ffma(cell="rnn_tanh", num_layers=2, hidden_size=512, batch=1))
 
 
 def test_ffma_vector_loads_where_they_measured_faster():
@@ -245,7 +245,7 @@ def test_ffma_vector_loads_where_they_measured_faster():
     assert vector_dot(ffma(cell="lstm", num_layers=1, hidden_size=256, batch=1))  # 2 units: a row a warp
     assert not vector_dot(ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=1))  # 4 rows a warp
     assert not vector_dot(ffma(cell="gru", num_layers=2, hidden_size=47, batch=8))  # rows of 47
-    src = recurrent_source(ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=8))
+    src = kernel_source(ffma(cell="lstm", num_layers=1, hidden_size=1024, batch=8))
     assert "#define VEC4 1" in src and "#define SPLIT_SUMS 0" in src
 
 
@@ -260,7 +260,7 @@ def test_one_definition_of_the_kernel_layouts(dtype, batch, math):
     offsets = [v for k, v in layout.items() if k != "end"]
     assert offsets == sorted(offsets) and all(v % 16 == 0 for v in offsets)
     assert layout["end"] == r.shared_memory_bytes
-    src = recurrent_source(r)
+    src = kernel_source(r)
     for k, v in layout.items():  # the kernel reads its offsets from the layout, never recomputes them
         assert (f"#define OFF_{k.upper()} {v}\n" in src) == (k != "end")
     size, zeroed = r.exchange_bytes
@@ -328,7 +328,7 @@ def test_register_held_weights_compile_without_spills(kw, tmp_path):
     (fp16 and, for fp32 storage, tf32 operands)."""
     r = choose(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10), DEFAULT_DEVICE, "tf32")[0]
     assert r.weights_in_registers
-    (tmp_path / "k.cu").write_text(recurrent_source(r))
+    (tmp_path / "k.cu").write_text(kernel_source(r))
     out = subprocess.run([nvcc(), "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), "-Xptxas", "-v",
                           str(tmp_path / "k.cu")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -375,7 +375,7 @@ def test_every_kernel_variant_compiles_cleanly(kind, kw, tmp_path):
     registers or shared memory), compile for sm_90 without warnings or spills."""
     r = _variant(kind, **kw)
     assert r is not None and bool(r.batch_tile) == (not kind.startswith("ffma"))
-    (tmp_path / "k.cu").write_text(recurrent_source(r))
+    (tmp_path / "k.cu").write_text(kernel_source(r))
     out = subprocess.run([nvcc(), "-std=c++17", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), "-Xptxas",
                           "-v", str(tmp_path / "k.cu")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

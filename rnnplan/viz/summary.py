@@ -1,4 +1,4 @@
-"""`summarize(plan)` (`rnnplan.summary`): a fixed-layout text table of what a plan contains."""
+"""`summarize(plan)` (`rnnplan.summarize`): a fixed-layout text table of what a plan contains."""
 
 from __future__ import annotations
 
