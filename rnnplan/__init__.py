@@ -15,14 +15,16 @@ from rnnplan import viz
 from rnnplan.api import build_graph, build_plan
 from rnnplan.executor import Executor
 from rnnplan.ir import Graph, GraphError, build, verify
-from rnnplan.lowering import Plan, PlanError, load_plan, verify_plan
+from rnnplan.lowering import PLAN_CACHE as plan_cache
+from rnnplan.lowering import Plan, PlanError, check_plan, load_plan, verify_plan
 from rnnplan.precision import Precision
+from rnnplan.resources import NotEnoughMemory
 from rnnplan.spec import PAPER_SPEC, PASSES, DeviceShape, PlanOptions, RNNSpec
 from rnnplan.viz import summarize
 from rnnplan.weights import Weights, WeightsError
 
 __version__ = "0.1.0"
 
-__all__ = ["PAPER_SPEC", "PASSES", "DeviceShape", "Executor", "Graph", "GraphError", "Plan", "PlanError", "PlanOptions",
-           "Precision", "RNNSpec", "Weights", "WeightsError", "build", "build_graph", "build_plan", "load_plan",
-           "summarize", "verify", "verify_plan", "viz"]
+__all__ = ["PAPER_SPEC", "PASSES", "DeviceShape", "Executor", "Graph", "GraphError", "NotEnoughMemory", "Plan",
+           "PlanError", "PlanOptions", "Precision", "RNNSpec", "Weights", "WeightsError", "build", "build_graph",
+           "build_plan", "check_plan", "load_plan", "plan_cache", "summarize", "verify", "verify_plan", "viz"]

@@ -7,52 +7,82 @@ ValueError naming expected and actual) on any backend and before any work starts
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 from rnnplan.backends import BACKENDS, cupy_unavailable_reason
 from rnnplan.ir.cells import CELLS
+from rnnplan.lowering.integrity import check_plan
 from rnnplan.lowering.plan import Plan
 from rnnplan.weights import Weights
+
+MODES = ("graph", "streams")
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 class Executor:
     """Runs `plan` with `weights` on `backend` ("numpy", "cupy", or "auto": cupy when usable).
 
-    `mode` applies to the cupy backend: "graph" (default) replays one CUDA graph per call,
-    "streams" launches every step from Python. Other keyword options go to the backend.
+    The plan must compute its spec's function: one `build_plan` or `load_plan` returned passes as
+    it is; any other (a copy, an edit) is planned again and compared (`rnnplan.check_plan`), and an
+    edited plan runs only with `allow_edits=True`. `mode` applies to the cupy backend: "graph"
+    (default) replays one CUDA graph per call, "streams" launches every step from Python; `device`
+    (cupy) picks the GPU, `profile` (cupy) compiles the persistent kernel with its clock marks.
+    `debug=True` fills every buffer steps write with NaN before each call, so that an element a call
+    does not write can never carry an earlier call's value unnoticed.
     """
 
-    def __init__(self, plan: Plan, weights: Weights, backend: str = "auto", mode: str = "graph",
-                 **options: Any):
+    def __init__(self, plan: Plan, weights: Weights, backend: str = "auto", mode: str = "graph", *,
+                 allow_edits: bool = False, debug: bool = False, device: int | None = None,
+                 profile: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if device is not None and (type(device) is not int or device < 0):
+            raise ValueError(f"device must be a GPU index (an int >= 0) or None, got {device!r}")
+        allow_edits, debug, profile = _flag("allow_edits", allow_edits), _flag("debug", debug), _flag("profile", profile)
+        if not isinstance(weights, Weights):
+            raise TypeError(f"weights must be rnnplan.Weights (Weights.from_torch, .random or .load), got "
+                            f"{type(weights).__name__}")
+        check_plan(plan, allow_edits)
         weights.check(plan.spec)
-        self.plan, self.spec = plan, plan.spec
+        self.plan, self.spec, self.debug = plan, plan.spec, debug
         if backend == "auto":
             reason = cupy_unavailable_reason()
             if reason is not None:
                 warnings.warn(f"backend='auto' falls back to numpy: {reason}", stacklevel=2)
             backend = "numpy" if reason else "cupy"
         if backend == "numpy":
+            if device is not None or profile:
+                raise ValueError("device and profile apply to the cupy backend; this executor runs on numpy")
             from rnnplan.backends.numpy_backend import (
                 NumpyExecutor,  # lazily: the backend a call needs
             )
 
-            self.impl = NumpyExecutor(plan, weights, **options)
+            self.impl = NumpyExecutor(plan, weights, debug=debug)
         else:
             reason = cupy_unavailable_reason()
             if reason is not None:
                 raise RuntimeError(f"backend='cupy' is not usable: {reason}")
             from rnnplan.backends.cupy_backend import CupyExecutor
 
-            self.impl = CupyExecutor(plan, weights, mode=mode, **options)
+            self.impl = CupyExecutor(plan, weights, mode=mode, device=device, profile=profile, debug=debug)
         self.backend = backend
 
-    def run(self, x, state=None, **kw):
+    def run(self, x, state=None, *, interleave_seed: int | None = None):
         """Forward the whole sequence. Returns what torch returns: LSTM `(out, (h_n, c_n))`,
-        GRU/RNN `(out, h_n)`. `state` may be omitted (zeros)."""
+        GRU/RNN `(out, h_n)`. `state` may be omitted (zeros). `interleave_seed` (numpy backend)
+        runs the steps in a random order that respects only streams and events."""
         h0, c0 = check_inputs(self.spec, x, state)
-        return self.impl.run(x, h0, c0, **kw)
+        if interleave_seed is not None:
+            if self.backend != "numpy":
+                raise ValueError("interleave_seed applies to the numpy backend")
+            return self.impl.run(x, h0, c0, interleave_seed=interleave_seed)
+        return self.impl.run(x, h0, c0)
 
     __call__ = run
 
@@ -67,10 +97,20 @@ class Executor:
 
 
 def _check(name: str, a, shape: tuple[int, ...], dtype: str) -> None:
-    got_shape = tuple(getattr(a, "shape", ()))
+    """`a` is an array (NumPy, CuPy, a torch tensor: anything with a shape and a dtype) of this shape
+    and dtype; otherwise a ValueError or TypeError that names it and what it is."""
+    if a is None:
+        raise TypeError(f"{name} is None: pass an array of shape {shape}, or leave the whole state out (zeros)")
+    if hasattr(a, "batch_sizes") and hasattr(a, "data"):
+        raise TypeError(f"{name} is a torch PackedSequence: this Executor runs padded arrays of shape {shape} "
+                        "(packed sequences are not supported yet: pad with torch.nn.utils.rnn.pad_packed_sequence)")
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError(f"{name} must be an array (NumPy, CuPy or a torch tensor) of shape {shape}, "
+                        f"got a {type(a).__name__}")
+    got_shape = tuple(a.shape)
     if got_shape != shape:
         raise ValueError(f"{name} has shape {got_shape}, expected {shape}")
-    got = str(getattr(a, "dtype", type(a).__name__)).replace("torch.", "")
+    got = str(a.dtype).replace("torch.", "")
     if got != dtype:
         raise ValueError(f"{name} has dtype {got}, expected {dtype}")
 
@@ -84,12 +124,12 @@ def check_inputs(spec, x, state):
         return None, None
     if "c" in CELLS[spec.cell].states:
         if not (isinstance(state, (tuple, list)) and len(state) == 2):
-            raise ValueError("LSTM state must be a tuple (h0, c0) of arrays of shape "
-                             f"{st_shape}, got {type(state).__name__}")
+            raise TypeError(f"an LSTM state is a tuple (h0, c0) of arrays of shape {st_shape}, got "
+                            f"{type(state).__name__}" + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
         _check("h0", state[0], st_shape, spec.dtype)
         _check("c0", state[1], st_shape, spec.dtype)
         return state[0], state[1]
     if isinstance(state, (tuple, list)):
-        raise ValueError(f"{spec.cell} state is one array h0 of shape {st_shape}, got a {type(state).__name__}")
+        raise TypeError(f"a {spec.cell} state is one array h0 of shape {st_shape}, got a {type(state).__name__}")
     _check("h0", state, st_shape, spec.dtype)
     return state, None

@@ -7,9 +7,9 @@ the cells (`rnnplan.ir.cells`) say what a cell's gates and states are, the passe
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The cells a spec may name; each is defined in rnnplan/ir/cells.py (a test checks the two agree).
 Cell = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
@@ -20,6 +20,10 @@ Cell = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
 PASSES: tuple[str, ...] = ("combine_gates", "pretranspose", "batch_input_gemms", "fuse_pointwise",
                            "wavefront_streams")
 
+# Sizes and switches validate strictly: a bool is no size (True is not batch 1), a string no number.
+Size = Annotated[int, Field(strict=True, gt=0)]
+Switch = Annotated[bool, Field(strict=True)]
+
 
 class RNNSpec(BaseModel):
     """A stacked recurrent network and the shape of one inference call, with PyTorch's semantics."""
@@ -27,14 +31,14 @@ class RNNSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     cell: Cell
-    input_size: PositiveInt
-    hidden_size: PositiveInt
-    num_layers: PositiveInt
-    seq_len: PositiveInt
-    batch: PositiveInt
-    bidirectional: bool = False
-    bias: bool = True
-    batch_first: bool = False
+    input_size: Size
+    hidden_size: Size
+    num_layers: Size
+    seq_len: Size
+    batch: Size
+    bidirectional: Switch = False
+    bias: Switch = True
+    batch_first: Switch = False
     dtype: Literal["float32", "float16"] = "float32"
 
     @property
@@ -63,9 +67,9 @@ class DeviceShape(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    sms: PositiveInt
-    smem_per_block: PositiveInt  # opt-in dynamic shared memory per block, bytes
-    cooperative_launch: bool = True
+    sms: Size
+    smem_per_block: Size  # opt-in dynamic shared memory per block, bytes
+    cooperative_launch: Switch = True
 
 
 # What `lowering="persistent"` sizes its blocks for when no device is described and no GPU is found.
@@ -75,7 +79,8 @@ H200 = DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448)
 class PlanOptions(BaseModel):
     """How to plan: which passes run, how many streams, the input-GEMM chunk and the GEMM math mode.
 
-    `passes=None` means every pass in canonical order (`rnnplan.PASSES`); `()` gives the naive plan.
+    `passes=None` (or "all") means every pass in canonical order (`rnnplan.PASSES`); `()` (or "none")
+    gives the naive plan.
     `num_streams=None` means one stream per layer and direction. `input_chunk=None` lets the planner
     choose the number of steps merged into one input GEMM for layers above the first.
     `lowering="persistent"` runs the whole recurrence as one persistent GPU kernel
@@ -93,12 +98,23 @@ class PlanOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    passes: tuple[str, ...] | None = None
-    num_streams: PositiveInt | None = None
-    input_chunk: int | None = Field(default=None)
+    passes: tuple[Annotated[str, Field(strict=True)], ...] | None = None
+    num_streams: Size | None = None
+    input_chunk: Annotated[int, Field(strict=True)] | None = None
     math: Literal["fp32", "tf32"] = "fp32"
     lowering: Literal["graph", "persistent", "auto"] = "auto"
     device: DeviceShape | None = None
+
+    @field_validator("passes", mode="before")
+    @classmethod
+    def _all_or_none(cls, passes):
+        """"all" and "none" name every pass and none; any other string is an error, not its letters."""
+        if isinstance(passes, str):
+            if passes in ("all", "none"):
+                return None if passes == "all" else ()
+            raise ValueError(f"passes must be pass names (a list or tuple), 'all' or 'none'; got the string "
+                             f"{passes!r} (known passes: {list(PASSES)})")
+        return passes
 
     @field_validator("passes")
     @classmethod

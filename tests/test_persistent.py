@@ -17,9 +17,9 @@ from rnnplan.persistent import (
     choose_lowering,
     choose_recurrence,
     kernel_of,
+    kernel_source,
     tensor_core_recurrence,
 )
-from rnnplan.persistent import kernel_source
 from rnnplan.spec import DeviceShape
 from tests.helpers import (
     assert_same_result,

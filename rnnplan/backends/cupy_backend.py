@@ -33,6 +33,7 @@ from rnnplan.persistent import PROFILE_SLOTS, kernel_name, kernel_of
 from rnnplan.persistent import THREADS as PERSISTENT_THREADS
 from rnnplan.persistent import kernel_source as persistent_source
 from rnnplan.precision import Precision
+from rnnplan.resources import NotEnoughMemory, check_fits, plan_breakdown
 from rnnplan.weights import Weights
 
 MODES = ("graph", "streams")
@@ -44,8 +45,8 @@ def _device_id(arr) -> int:
     return arr.device.id
 
 
-class DeviceMemoryError(RuntimeError):
-    """The plan does not fit in the device memory that is free."""
+class DeviceMemoryError(NotEnoughMemory):
+    """The plan does not fit in the device memory that is free (or a call ran out of it)."""
 
 
 def _compiled(cp, device_id: int, step: Step, dtype: str):
@@ -58,12 +59,13 @@ def _compiled(cp, device_id: int, step: Step, dtype: str):
 
 class CupyExecutor:
     def __init__(self, plan: Plan, weights: Weights, mode: str = "graph", device: int | None = None,
-                 profile: bool = False):
+                 profile: bool = False, debug: bool = False):
         import cupy as cp
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.cp, self.plan, self.profile = cp, plan, profile
+        self.cp, self.plan, self.profile, self.debug = cp, plan, profile, debug
+        self.unusable: str | None = None  # why this executor cannot run any more, after a CUDA error
         self._profiled: list = []  # (kernel, exchange buffer) of each profiled persistent kernel
         self.dtype = np.dtype(plan.spec.dtype)
         self.device = cp.cuda.Device(device) if device is not None else cp.cuda.Device()
@@ -94,13 +96,13 @@ class CupyExecutor:
     def _check_memory(self) -> None:
         free, _total = self.cp.cuda.runtime.memGetInfo()
         spec = self.plan.spec
-        outputs = (spec.seq_len + 2 * spec.num_layers * spec.directions) * spec.batch * \
-            spec.hidden_size * spec.directions * self.dtype.itemsize
-        need = self.plan.stats.peak_bytes + self.plan.num_streams * WORKSPACE_BYTES + outputs
-        if need > free:
-            raise DeviceMemoryError(
-                f"the plan needs about {need / 2**20:,.1f} MiB of device memory ({self.plan.stats.peak_bytes / 2**20:,.1f} "
-                f"MiB of buffers), GPU {self.device.id} has {free / 2**20:,.1f} MiB free")
+        parts = plan_breakdown(self.plan)
+        parts["cuBLAS workspaces"] = self.plan.num_streams * WORKSPACE_BYTES
+        # what each call returns: fresh copies of the output sequence and the final states
+        parts["returned outputs"] = (spec.seq_len + 2 * spec.num_layers) * spec.batch * spec.hidden_size * \
+            spec.directions * self.dtype.itemsize
+        check_fits("the plan", sum(parts.values()), free, f"GPU {self.device.id}'s free", spec, parts,
+                   DeviceMemoryError)
 
     def view(self, v: BufferView):
         """A CuPy view (rows x cols, row stride ld) of a plan buffer."""
@@ -315,10 +317,32 @@ class CupyExecutor:
                     for a, b in marks]
 
     def run(self, x, h0=None, c0=None):
+        """One forward call. A call that fails returns nothing; one that ran out of device memory
+        leaves the executor usable (DeviceMemoryError says so); after a CUDA error the GPU context may
+        be broken, and the executor refuses further calls, saying why."""
+        cp = self.cp
+        if self.unusable:
+            raise RuntimeError(self.unusable)
+        try:
+            return self._run(x, h0, c0)
+        except cp.cuda.memory.OutOfMemoryError as e:
+            raise DeviceMemoryError(f"out of device memory during a call ({e}); the call returned nothing and the "
+                                    "executor stays usable: free device memory and call again") from None
+        except cp.cuda.runtime.CUDARuntimeError as e:
+            self.unusable = (f"this executor is unusable: a CUDA error in an earlier call ({e}) may have broken the "
+                             "GPU context; make a new executor (in a new process, if the error was sticky)")
+            raise
+
+    def _run(self, x, h0, c0):
         cp, plan = self.cp, self.plan
         with self.device:
             self._load(x, h0, c0)
             first = self.streams[0]
+            if self.debug:  # what this call does not write shows as NaN, never as an earlier call's value
+                with first:
+                    for b in plan.buffers:
+                        if b.role in ("temp", "seq", "output"):
+                            self.buffers[b.id].fill(np.nan)
             if self.graph is not None:
                 self.graph.launch(stream=first)
             else:

@@ -1,7 +1,8 @@
 """The NumPy reference executor: runs any Plan step by step on the CPU.
 
-Buffers are flat arrays of the plan's dtype; every BufferView becomes a strided NumPy view once, at
-construction. `run` executes the steps in issue order, or, with `interleave_seed`, in a random
+Buffers are flat arrays of the plan's dtype, allocated once the host is known to have the memory;
+every BufferView becomes a strided NumPy view once, at construction. With `debug`, every buffer
+steps write is filled with NaN before each call. `run` executes the steps in issue order, or, with `interleave_seed`, in a random
 interleaving that respects only stream order and event waits: a missing event then shows up as a
 wrong answer, as it would on a GPU.
 """
@@ -16,15 +17,19 @@ import numpy as np
 from rnnplan.backends.outputs import pack_outputs
 from rnnplan.ir import semantics
 from rnnplan.lowering.plan import BufferView, Plan
+from rnnplan.resources import available_host_bytes, check_fits, plan_breakdown
 from rnnplan.weights import Weights
 
 
 class NumpyExecutor:
-    def __init__(self, plan: Plan, weights: Weights):
-        self.plan = plan
+    def __init__(self, plan: Plan, weights: Weights, debug: bool = False):
+        self.plan, self.debug = plan, debug
         self.dtype = np.dtype(plan.spec.dtype)
+        parts = plan_breakdown(plan)
+        check_fits("the plan", sum(parts.values()), available_host_bytes(), "host", plan.spec, parts)
         # NaN-filled so that a read of memory nothing wrote poisons the result instead of passing.
         self.buffers = [np.full(b.size, np.nan, dtype=self.dtype) for b in plan.buffers]
+        self.written = [b.id for b in plan.buffers if b.role in ("temp", "seq", "output")]
         for b in plan.buffers:
             if b.role == "param":
                 self.view(BufferView(b.id, 0, b.shape[0], b.shape[1], b.shape[1]))[...] = \
@@ -80,6 +85,9 @@ class NumpyExecutor:
 
     def run(self, x, h0=None, c0=None, interleave_seed: int | None = None):
         spec, plan = self.plan.spec, self.plan
+        if self.debug:  # what this call does not write shows as NaN, never as an earlier call's value
+            for i in self.written:
+                self.buffers[i].fill(np.nan)
         self._load(x, h0, c0)
         order = self._issue_order() if interleave_seed is None else self._random_interleaving(interleave_seed)
         for i in order:

@@ -10,12 +10,15 @@ tests/test_persistent.py)."""
 from __future__ import annotations
 
 import gc
+from collections import OrderedDict
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from rnnplan.ir import Graph, build, verify
 from rnnplan.lowering.lower import lower
 from rnnplan.lowering.plan import Plan
 from rnnplan.lowering.recurrent import persistent_recurrence
+from rnnplan.lowering.registry import register
 from rnnplan.lowering.verify_plan import verify_plan
 from rnnplan.passes.manager import REGISTRY
 from rnnplan.passes.repeat_steps import SHORT_STEPS, repeat_middle_step
@@ -23,13 +26,24 @@ from rnnplan.persistent.select import choose_lowering
 from rnnplan.spec import PASSES, PlanOptions, RNNSpec
 
 
+def revalidated(model, cls, name: str):
+    """`model`, an instance of the pydantic model `cls`, validated again: `model_copy(update=...)`
+    skips validation, so what planning is handed is checked here (a ValidationError names the field)."""
+    if not isinstance(model, cls):
+        raise TypeError(f"{name} must be an rnnplan.{cls.__name__}, got {type(model).__name__}")
+    return cls.model_validate(model.model_dump())
+
+
 def resolve_options(options: PlanOptions | None, passes) -> PlanOptions:
-    """`options` with `passes` (a shortcut for `options.passes`) folded in, checked."""
-    options = options or PlanOptions()
+    """`options` (validated again) with `passes` (a shortcut for `options.passes`: pass names, "all"
+    or "none") folded in."""
+    options = PlanOptions() if options is None else revalidated(options, PlanOptions, "options")
     if passes is not None:
-        if options.passes is not None and tuple(options.passes) != tuple(passes):
-            raise ValueError("passes given twice (argument and options.passes) with different values")
-        options = PlanOptions(**{**options.model_dump(exclude={"passes"}), "passes": tuple(passes)})
+        given = PlanOptions(passes=passes).passes
+        if options.passes is not None and options.passes != given:
+            raise ValueError(f"passes given twice with different values: {list(given or PASSES)} as the argument, "
+                             f"{list(options.passes)} in options.passes")
+        options = options.model_copy(update={"passes": given})
     return options
 
 
@@ -37,23 +51,73 @@ def build_plan(spec: RNNSpec, passes: tuple[str, ...] | list[str] | None = None,
                options: PlanOptions | None = None, progress=None) -> Plan:
     """Plan `spec` for the device `options.device` describes, or none (no local GPU is looked for:
     `rnnplan.build_plan` does that). `passes` (a shortcut for `options.passes`) selects passes; `()`
-    is the naive plan. Plans are cached by (spec, options): a repeated call returns the same
-    (immutable) Plan. `progress(stage, done, total)`, if given, is called as planning moves from
+    is the naive plan. Plans are cached by (spec, options) in `PLAN_CACHE`: a repeated call returns
+    the same (immutable) Plan. `progress(stage, done, total)`, if given, is called as planning moves from
     stage to stage."""
-    options = resolve_options(options, passes)
+    spec, options = revalidated(spec, RNNSpec, "spec"), resolve_options(options, passes)
     options.check_against(spec)
     key = (spec, options)
-    if key not in _CACHE:
-        _CACHE[key] = _plan(spec, options, progress or (lambda *a: None))
-        while len(_CACHE) > CACHE_SIZE:
-            del _CACHE[next(iter(_CACHE))]
-    return _CACHE[key]
+    found = PLAN_CACHE.get(key)
+    if found is None:
+        found = PLAN_CACHE.put(key, _plan(spec, options, progress or (lambda *a: None)))
+    return found
 
 
-CACHE_SIZE = 32
-_CACHE: dict[tuple, Plan] = {}
+class CacheInfo(NamedTuple):
+    plans: int
+    max_plans: int
+    steps: int  # steps of the plans held: a plan holds about 2 KB of Python objects a step
+    hits: int
+    misses: int
 
 
+class PlanCache:
+    """The planner's plans by (spec, options), at most `max_plans` of them, the least recently used
+    dropped first. `rnnplan.plan_cache` is the one the planner uses: `info()`, `clear()`, and
+    `max_plans` to resize it (0 keeps none)."""
+
+    def __init__(self, max_plans: int = 32):
+        self._plans: OrderedDict[tuple, Plan] = OrderedDict()
+        self._max, self.hits, self.misses = 0, 0, 0
+        self.max_plans = max_plans
+
+    @property
+    def max_plans(self) -> int:
+        return self._max
+
+    @max_plans.setter
+    def max_plans(self, n: int) -> None:
+        if type(n) is not int or n < 0:
+            raise ValueError(f"max_plans must be an int >= 0, got {n!r}")
+        self._max = n
+        while len(self._plans) > n:
+            self._plans.popitem(last=False)
+
+    def get(self, key: tuple) -> Plan | None:
+        found = self._plans.get(key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._plans.move_to_end(key)
+        return found
+
+    def put(self, key: tuple, plan: Plan) -> Plan:
+        if self._max:
+            self._plans[key] = plan
+            self.max_plans = self._max  # evicts down to the limit
+        return plan
+
+    def info(self) -> CacheInfo:
+        return CacheInfo(len(self._plans), self._max, sum(len(p.steps) for p in self._plans.values()),
+                         self.hits, self.misses)
+
+    def clear(self) -> None:
+        self._plans.clear()
+        self.hits = self.misses = 0
+
+
+PLAN_CACHE = PlanCache()
 @contextmanager
 def _no_cyclic_gc():
     """Planning allocates millions of small acyclic objects; the cyclic collector would rescan them
@@ -94,7 +158,7 @@ def _plan(spec: RNNSpec, options: PlanOptions, progress) -> Plan:
         # among the objects the first collection after planning must scan.
         del graph
         progress("done", total, total)
-        return result
+        return register(result)
 
 
 def passed_graph(spec: RNNSpec, names: tuple[str, ...], options: PlanOptions, progress=None,
@@ -121,8 +185,8 @@ def passed_graph(spec: RNNSpec, names: tuple[str, ...], options: PlanOptions, pr
 
 
 def build_graph(spec: RNNSpec, options: PlanOptions | None = None) -> Graph:
-    """The optimized graph that `plan` lowers (for inspection and tests)."""
-    options = options or PlanOptions()
+    """The optimized graph that `build_plan` lowers (for inspection and tests)."""
+    spec, options = revalidated(spec, RNNSpec, "spec"), resolve_options(options, None)
     options.check_against(spec)
     names = PASSES if options.passes is None else options.passes
     graph = passed_graph(spec, tuple(names), options, None, len(names))

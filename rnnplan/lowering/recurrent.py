@@ -27,6 +27,7 @@ from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Gemm, Node, Region, Value
 from rnnplan.ir.recurrence import Recurrence
 from rnnplan.lowering.plan import Plan
+from rnnplan.lowering.registry import register
 from rnnplan.persistent.select import DEFAULT_DEVICE, choose_recurrence, planning_device
 from rnnplan.spec import RNNSpec
 
@@ -102,8 +103,19 @@ def persistent_recurrence(graph: Graph, options=None, spec: RNNSpec | None = Non
     return Graph(spec, nodes, sequence_storages(spec), graph.passes + ("persistent_recurrence",))
 
 
+NETWORK_FIELDS = ("cell", "num_layers", "directions", "seq_len", "batch", "hidden", "input_size", "bias", "dtype")
+
+
 def with_recurrence(plan: Plan, r: Recurrence) -> Plan:
     """`plan` with its recurrent step run by the kernel `r` describes (a persistent kernel the planner
-    did not pick, for tests and benchmarks that check or time the alternatives)."""
+    did not pick, for tests and benchmarks that check or time the alternatives). `r` must describe the
+    plan's own network (only the kernel's choices may differ), so the plan computes the same function
+    and counts as planned (`lowering/registry.py`)."""
+    current = next((s.recurrence for s in plan.steps if s.recurrence is not None), None)
+    if current is None:
+        raise ValueError("with_recurrence needs a plan of the persistent lowering (it has no recurrent step)")
+    other = [f for f in NETWORK_FIELDS if getattr(r, f) != getattr(current, f)]
+    if other:
+        raise ValueError(f"with_recurrence: the kernel describes another network ({', '.join(other)} differ)")
     steps = tuple(s.model_copy(update={"recurrence": r}) if s.recurrence else s for s in plan.steps)
-    return plan.model_copy(update={"steps": steps})
+    return register(plan.model_copy(update={"steps": steps}))

@@ -4,6 +4,9 @@ Checks, and the error each raises (all collected into one PlanError):
 - structure: buffer ids, views inside their buffers, streams in range, every event recorded by
   exactly one step and waited on only after that step was issued, deps pointing backwards;
 - shapes: per step kind (`_SHAPE_RULES`), and the plan's inputs/outputs against the spec;
+- bindings: inputs bound to buffers of their role, outputs to device-written buffers, every param
+  buffer to a tensor of the spec with its shape and transform, recurrent steps to the spec's
+  network (`_bindings`); every element of every declared output written by some step;
 - ordering: every dependency happens-before its consumer (stream order or an event chain);
 - memory: two accesses to overlapping memory, one of them a write, are ordered by happens-before
   the same way as issue order (so no unsafe reuse and no race); what a step reads from device-
@@ -13,17 +16,15 @@ Checks, and the error each raises (all collected into one PlanError):
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 
-from pydantic import ValidationError
-
+from rnnplan.ir.build import param_shapes
 from rnnplan.ir.cells import CELLS
 from rnnplan.ir.ops import POINTWISE_OPS
 from rnnplan.ir.recurrence import operand_shapes
 from rnnplan.ir.verify import expression_faults
 from rnnplan.lowering.clocks import Clocks
-from rnnplan.lowering.plan import HOST_WRITTEN, SCHEMA_VERSION, BufferView, Plan, Step
+from rnnplan.lowering.plan import HOST_WRITTEN, BufferView, Plan, Step
 
 
 class PlanError(ValueError):
@@ -110,6 +111,119 @@ def _interface(plan: Plan) -> list[str]:
     got_out = {k: [(v.rows, v.cols) for v in vs] for k, vs in plan.outputs.items()}
     if got_out != want_out:
         errs.append(f"plan outputs {got_out} do not match the spec's {want_out}")
+    return errs
+
+
+def _bindings(plan: Plan) -> list[str]:
+    """What the plan's names are bound to is what the spec says: inputs to buffers of their role,
+    outputs to device-written buffers (`out` to the output buffer), every param buffer to a tensor of
+    the spec with that tensor's shape (after its transform), a recurrent step to the spec's network."""
+    spec, buffers, errs = plan.spec, plan.buffers, []
+    for name, v in plan.inputs.items():
+        want = "input" if name == "x" else "state"
+        if buffers[v.buffer].role != want:
+            errs.append(f"input {name} is bound to buffer {v.buffer} ({buffers[v.buffer].name}) of role "
+                        f"{buffers[v.buffer].role}, not {want}")
+    for name, views in plan.outputs.items():
+        for k, v in enumerate(views):
+            role = buffers[v.buffer].role
+            if role in HOST_WRITTEN or (name == "out" and role != "output"):
+                errs.append(f"output {name}[{k}] is bound to buffer {v.buffer} ({buffers[v.buffer].name}) of role {role}")
+    tensors = param_shapes(spec)
+    for b in buffers:
+        if b.role != "param":
+            allowed = {"input": ("x",), "state": ("h0", "c0")}.get(b.role, (None,))
+            if b.source not in allowed or b.transform != "none":
+                errs.append(f"buffer {b.id} ({b.name}): a {b.role} buffer with source {b.source!r} and transform "
+                            f"{b.transform!r}")
+            continue
+        if b.source not in tensors:
+            why = " (the spec has bias=False)" if (b.source or "").startswith("bias") and not spec.bias else ""
+            errs.append(f"buffer {b.id} ({b.name}): source {b.source!r} is no tensor of {spec.short()}{why}; its "
+                        f"tensors are {', '.join(tensors)}")
+            continue
+        shape = tensors[b.source] if len(tensors[b.source]) == 2 else (1, tensors[b.source][0])
+        want = shape[::-1] if b.transform == "transpose" else shape
+        if tuple(b.shape) != want:
+            errs.append(f"buffer {b.id} ({b.name}): shape {tuple(b.shape)} is not {b.source}'s {shape} with "
+                        f"transform {b.transform!r} ({want})")
+    network = {"cell": spec.cell, "num_layers": spec.num_layers, "directions": spec.directions,
+               "seq_len": spec.seq_len, "batch": spec.batch, "hidden": spec.hidden_size,
+               "input_size": spec.input_size, "bias": spec.bias, "dtype": spec.dtype}
+    for s in plan.steps:
+        if s.recurrence is not None:
+            errs += [f"{s.name}: recurrence.{k} is {getattr(s.recurrence, k)!r}, the spec's is {v!r}"
+                     for k, v in network.items() if getattr(s.recurrence, k) != v]
+    return errs
+
+
+def _run(start: int, end: int, ld: int) -> list[tuple[int, int, int, int]]:
+    """The elements start..end-1 of a buffer as rectangles (r0, r1, c0, c1) of rows `ld` long."""
+    (r0, c0), (r1, c1) = divmod(start, ld), divmod(end, ld)
+    if r0 == r1:
+        return [(r0, r0 + 1, c0, c1)] if c1 > c0 else []
+    return [(r0, r0 + 1, c0, ld)] + ([(r0 + 1, r1, 0, ld)] if r1 > r0 + 1 else []) + ([(r1, r1 + 1, 0, c1)] if c1 else [])
+
+
+def _rects(v: BufferView, ld: int) -> list[tuple[int, int, int, int]] | None:
+    """The elements a view touches, as rectangles of a buffer seen with rows `ld` long (None: too many
+    pieces to list, for a view with another row stride that is no contiguous run)."""
+    r0, c0 = divmod(v.offset, v.ld)
+    if v.ld == ld and c0 + v.cols <= ld:
+        return [(r0, r0 + v.rows, c0, c0 + v.cols)]
+    if v.cols == v.ld or v.rows == 1:
+        return _run(v.offset, v.offset + (v.rows - 1) * v.ld + v.cols, ld)
+    if v.rows > 4096:
+        return None
+    return [r for i in range(v.rows) for r in _run(v.offset + i * v.ld, v.offset + i * v.ld + v.cols, ld)]
+
+
+def _covered(target: tuple[int, int, int, int], rects: list[tuple[int, int, int, int]]) -> int:
+    """How many elements of the rectangle `target` the union of `rects` covers (a sweep over rows:
+    between two row boundaries, the merged column intervals of the rectangles spanning them)."""
+    t0, t1, u0, u1 = target
+    clipped = [(max(a, t0), min(b, t1), max(c, u0), min(d, u1)) for a, b, c, d in rects]
+    clipped = [r for r in clipped if r[0] < r[1] and r[2] < r[3]]
+    bounds = sorted({r for a, b, _, _ in clipped for r in (a, b)})
+    starts = sorted(clipped)
+    total, active, nxt = 0, [], 0
+    for lo, hi in zip(bounds, bounds[1:]):
+        while nxt < len(starts) and starts[nxt][0] <= lo:
+            active.append(starts[nxt])
+            nxt += 1
+        active = [r for r in active if r[1] > lo]
+        width, reach = 0, None
+        for _, _, c, d in sorted(active, key=lambda r: r[2]):
+            if reach is None or c > reach:
+                width, reach = width + d - c, d
+            elif d > reach:
+                width, reach = width + d - reach, d
+        total += width * (hi - lo)
+    return total
+
+
+def _outputs_written(plan: Plan) -> list[str]:
+    """Every element of every declared output is written by some step (else a run would return what
+    the buffer held before: NaN on the NumPy backend, an earlier call's values on a GPU). Which write
+    is last is no race: `_memory` orders every write after the accesses it overwrites. Counted by
+    rectangles, not elements: outputs can be far larger than what checking them may allocate."""
+    writes: dict[int, list[BufferView]] = defaultdict(list)
+    wanted = {v.buffer for vs in plan.outputs.values() for v in vs}
+    for s in plan.steps:
+        for v in s.outputs:
+            if v.buffer in wanted:
+                writes[v.buffer].append(v)
+    errs = []
+    for name, views in plan.outputs.items():
+        for k, v in enumerate(views):
+            target, pieces = _rects(v, v.ld), [_rects(w, v.ld) for w in writes[v.buffer]]
+            where = f"output {name}[{k}] (buffer {v.buffer}, {plan.buffers[v.buffer].name})"
+            if target is None or len(target) != 1 or any(p is None for p in pieces):
+                errs.append(f"{where}: its view or the writes to it are too irregular to prove it written")
+                continue
+            missing = v.rows * v.cols - _covered(target[0], [r for p in pieces for r in p])
+            if missing:
+                errs.append(f"{where}: {missing} of its {v.rows * v.cols} elements are written by no step")
     return errs
 
 
@@ -222,6 +336,8 @@ def verify_plan(plan: Plan, limit: int = 20) -> Plan:
                 or offset + (rows - 1) * ld + cols > sizes[buf]:
             errs.append(f"view {v} is outside its buffer")
     errs += _interface(plan)
+    if not errs:  # bindings and coverage read views that are known to lie inside their buffers
+        errs += _bindings(plan) + _outputs_written(plan)
     recorder: dict[int, int] = {}
     for i, s in enumerate(plan.steps):
         errs += [f"{s.name}: {e}" for e in _SHAPE_RULES[s.kind](s)]
@@ -248,20 +364,3 @@ def verify_plan(plan: Plan, limit: int = 20) -> Plan:
         more = f"\n... and {len(errs) - limit} more" if len(errs) > limit else ""
         raise PlanError("\n".join(errs[:limit]) + more)
     return plan
-
-
-def load_plan(text: str | bytes) -> Plan:
-    """A plan from its JSON (`Plan.to_json`); malformed JSON, another schema version or an
-    inconsistent plan raise PlanError."""
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PlanError(f"plan JSON is malformed: {e}") from None
-    version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version != SCHEMA_VERSION:
-        raise PlanError(f"plan schema_version is {version!r}; this rnnplan reads version {SCHEMA_VERSION}")
-    try:
-        plan = Plan.model_validate(raw)
-    except ValidationError as e:
-        raise PlanError(f"plan JSON does not match the schema:\n{e}") from None
-    return verify_plan(plan)
