@@ -84,15 +84,19 @@ def test_gpu_out_of_memory_during_a_call_leaves_the_executor_usable(mode):
     x, state = random_inputs(spec, 4)
     xs = cp.asarray(x)
     want = ex.run(xs, state)[0].get()
-    pool = cp.get_default_memory_pool()
-    pool.free_all_blocks()
-    free = cp.cuda.runtime.memGetInfo()[0]
-    hog = cp.cuda.runtime.malloc(free - (1 << 20))  # all but 1 MiB: the 13 MiB of outputs cannot be had
-    try:
+    cp.get_default_memory_pool().free_all_blocks()
+    hogs, size = [], 1 << 30  # take the device's memory in ever smaller blocks, down to 1 MiB left
+    while size >= 1 << 20:
+        try:
+            hogs.append(cp.cuda.runtime.malloc(size))
+        except cp.cuda.runtime.CUDARuntimeError:
+            size //= 2
+    try:  # the call's 13 MiB of outputs cannot be had
         with pytest.raises(DeviceMemoryError, match="out of device memory during a call .* the executor stays usable"):
             ex.run(xs, state)
     finally:
-        cp.cuda.runtime.free(hog)
+        for h in hogs:
+            cp.cuda.runtime.free(h)
     for _ in range(2):  # usable again, and right
         assert rel_err(ex.run(xs, state)[0].get(), want) == 0.0
 
