@@ -49,6 +49,8 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bidirectional", action="store_true")
     g.add_argument("--no-bias", action="store_true")
     g.add_argument("--batch-first", action="store_true")
+    g.add_argument("--variable-lengths", action="store_true",
+                   help="each sequence has its own length (run: random lengths in 1..seq-len)")
     g.add_argument("--dtype", default=d.dtype, choices=["float32", "float16"])
     o = p.add_argument_group("planning")
     o.add_argument("--passes", default="all", help="all | none | comma-separated pass names")
@@ -64,7 +66,7 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
 def _spec(a: argparse.Namespace) -> RNNSpec:
     return RNNSpec(cell=a.cell, input_size=a.input_size, hidden_size=a.hidden_size, num_layers=a.layers,
                    seq_len=a.seq_len, batch=a.batch, bidirectional=a.bidirectional, bias=not a.no_bias,
-                   batch_first=a.batch_first, dtype=a.dtype)
+                   batch_first=a.batch_first, dtype=a.dtype, variable_lengths=a.variable_lengths)
 
 
 def _options(a: argparse.Namespace) -> PlanOptions:
@@ -169,7 +171,9 @@ def cmd_run(a: argparse.Namespace) -> None:
     plan_s = time.perf_counter() - t0
     shape = (spec.batch, spec.seq_len, spec.input_size) if spec.batch_first else \
         (spec.seq_len, spec.batch, spec.input_size)
-    x = np.random.default_rng(a.seed).standard_normal(shape).astype(spec.dtype)
+    rng = np.random.default_rng(a.seed)
+    x = rng.standard_normal(shape).astype(spec.dtype)
+    lengths = rng.integers(1, spec.seq_len + 1, spec.batch) if spec.variable_lengths else None
     sync = lambda: None  # noqa: E731
     if ex.backend == "cupy":  # time the forward, not the host-to-device copy of x
         import cupy
@@ -179,7 +183,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     times = []
     for _ in range(max(1, a.repeat) + 1):  # the first call warms up
         t = time.perf_counter()
-        out, _state = ex.run(x)
+        out, _state = ex.run(x, lengths=lengths)
         sync()
         times.append(time.perf_counter() - t)
     times = times[1:] if len(times) > 1 else times
@@ -194,7 +198,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     if a.trace:
         from rnnplan.viz import write_trace
 
-        write_trace(ex.trace(x), a.trace)
+        write_trace(ex.trace(x, lengths=lengths), a.trace)
         print(f"wrote {a.trace} (measured timeline, Chrome trace JSON)")
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from rnnplan.backends import BACKENDS, cupy_unavailable_reason
 from rnnplan.ir.cells import CELLS
 from rnnplan.lowering.integrity import check_plan
@@ -73,27 +75,31 @@ class Executor:
             self.impl = CupyExecutor(plan, weights, mode=mode, device=device, profile=profile, debug=debug)
         self.backend = backend
 
-    def run(self, x, state=None, *, interleave_seed: int | None = None):
+    def run(self, x, state=None, lengths=None, *, interleave_seed: int | None = None):
         """Forward the whole sequence. Returns what torch returns: LSTM `(out, (h_n, c_n))`,
-        GRU/RNN `(out, h_n)`. `state` may be omitted (zeros). `interleave_seed` (numpy backend)
-        runs the steps in a random order that respects only streams and events."""
+        GRU/RNN `(out, h_n)`. `state` may be omitted (zeros). With a spec of variable lengths,
+        `lengths` gives each sequence's length (B ints in 1..seq_len, on the host): outputs past it
+        are zero, the final state is the one at its last step. `interleave_seed` (numpy backend) runs
+        the steps in a random order that respects only streams and events."""
         h0, c0 = check_inputs(self.spec, x, state)
+        mask = length_mask(self.spec, lengths)
         if interleave_seed is not None:
             if self.backend != "numpy":
                 raise ValueError("interleave_seed applies to the numpy backend")
-            return self.impl.run(x, h0, c0, interleave_seed=interleave_seed)
-        return self.impl.run(x, h0, c0)
+            return self.impl.run(x, h0, c0, mask, interleave_seed=interleave_seed)
+        return self.impl.run(x, h0, c0, mask)
 
     __call__ = run
 
-    def trace(self, x, state=None) -> dict:
+    def trace(self, x, state=None, lengths=None) -> dict:
         """Run once and return the measured timeline as Chrome trace JSON (one track per stream),
         the format of `rnnplan.viz.predicted_trace`: GPU event times on cupy (every step launched
         from Python, so gaps include launch cost), host times on numpy."""
         from rnnplan.viz.timeline import trace_events
 
         h0, c0 = check_inputs(self.spec, x, state)
-        return trace_events(self.plan, self.impl.timeline(x, h0, c0), f"measured on {self.backend}")
+        mask = length_mask(self.spec, lengths)
+        return trace_events(self.plan, self.impl.timeline(x, h0, c0, mask), f"measured on {self.backend}")
 
 
 def _check(name: str, a, shape: tuple[int, ...], dtype: str) -> None:
@@ -133,3 +139,24 @@ def check_inputs(spec, x, state):
         raise TypeError(f"a {spec.cell} state is one array h0 of shape {st_shape}, got a {type(state).__name__}")
     _check("h0", state, st_shape, spec.dtype)
     return state, None
+
+
+def length_mask(spec, lengths) -> np.ndarray | None:
+    """The (T*B, 1) mask of a call's sequence lengths (1 where step t of sequence b lies inside it),
+    in the spec's dtype, for a spec with variable lengths; None for one without."""
+    T, B = spec.seq_len, spec.batch
+    if not spec.variable_lengths:
+        if lengths is not None:
+            raise ValueError("lengths given, but the plan's spec has variable_lengths=False (plan with "
+                             "RNNSpec(..., variable_lengths=True) to run sequences of their own lengths)")
+        return None
+    if lengths is None:
+        raise TypeError(f"the plan's spec has variable lengths: pass lengths=, {B} ints in 1..{T}")
+    if getattr(lengths, "is_cuda", False) or hasattr(lengths, "__cuda_array_interface__"):
+        raise TypeError("lengths must be on the host (a list, NumPy array or CPU tensor), as torch keeps them")
+    got = np.asarray(lengths)
+    if got.shape != (B,) or got.dtype.kind not in "iu":
+        raise ValueError(f"lengths must be {B} ints (one per sequence), got shape {got.shape} of dtype {got.dtype}")
+    if got.min() < 1 or got.max() > T:
+        raise ValueError(f"lengths must lie in 1..{T} (seq_len), got {got.min()}..{got.max()}")
+    return (np.arange(T)[:, None] < got[None, :]).astype(spec.dtype).reshape(T * B, 1)

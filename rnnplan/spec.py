@@ -40,6 +40,9 @@ class RNNSpec(BaseModel):
     bias: Switch = True
     batch_first: Switch = False
     dtype: Literal["float32", "float16"] = "float32"
+    # Each sequence of the batch has its own length (1..seq_len), given with every call: its outputs
+    # past it are zero and its final state is the one at its last step, as for a torch PackedSequence.
+    variable_lengths: Switch = False
 
     @property
     def directions(self) -> int:
@@ -52,7 +55,7 @@ class RNNSpec(BaseModel):
         """One line for summaries and logs."""
         return (f"{self.cell} {self.num_layers}x{self.hidden_size} in={self.input_size} "
                 f"B={self.batch} T={self.seq_len}{' bidir' if self.bidirectional else ''}"
-                f"{'' if self.bias else ' nobias'} {self.dtype}")
+                f"{'' if self.bias else ' nobias'}{' varlen' if self.variable_lengths else ''} {self.dtype}")
 
 
 # The paper's configuration (Appleyard et al. 2016, section 4): the CLI default.

@@ -48,7 +48,9 @@ def test_cli_kernels_compile_with_nvcc(tmp_path):
               "--seq-len", "2", "--no-bias"],
              ["--lowering", "persistent", "--batch", "2", "--hidden-size", "128", "--input-size", "64", "--bidirectional"],
              ["--lowering", "persistent", "--cell", "gru", "--batch", "3", "--hidden-size", "40", "--dtype", "float16",
-              "--layers", "1", "--seq-len", "4"]]
+              "--layers", "1", "--seq-len", "4"],
+             ["--variable-lengths", "--cell", "gru", "--seq-len", "4", "--dtype", "float16"],  # masks: column reads
+             ["--variable-lengths", "--passes", "none", "--seq-len", "2", "--hidden-size", "7"]]
     for i, flags in enumerate(specs):
         r = subprocess.run([sys.executable, "-m", "rnnplan.cli", "kernels", "--out", str(tmp_path / str(i)), *flags],
                            capture_output=True, text=True, env=env, timeout=600)

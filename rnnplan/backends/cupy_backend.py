@@ -236,7 +236,7 @@ class CupyExecutor:
                     self.buffers[b.id].fill(np.nan)
             self.device.synchronize()
 
-    def _load(self, x, h0, c0) -> None:
+    def _load(self, x, h0, c0, mask=None) -> None:
         """Copy the input and initial state into the plan's buffers, on stream 0, after the caller's work.
         Arrays already in the plan's dtype and layout go by one cudaMemcpy2DAsync each and a state the
         caller leaves out is zeroed only when an earlier call wrote one: at small sizes a call's
@@ -251,6 +251,9 @@ class CupyExecutor:
         first = self.streams[0]
         self.caller_ready.record(cp.cuda.get_current_stream())
         first.wait_event(self.caller_ready)
+        if mask is not None:  # (T*B, 1) on the host, for variable lengths: into its contiguous buffer
+            view = plan.inputs["mask"]
+            self.buffers[view.buffer][view.offset:view.offset + view.rows].set(mask.ravel(), stream=first)
         dst = plan.inputs["x"]
         if spec.batch_first or not self._copy_in(dst, x):
             with first:
@@ -302,12 +305,12 @@ class CupyExecutor:
             self._copy_rect(out.data.ptr + i * size * self.dtype.itemsize, v.cols, self._ptr(v), v.ld, v.rows, v.cols)
         return out
 
-    def timeline(self, x, h0=None, c0=None) -> list[tuple[float, float]]:
+    def timeline(self, x, h0=None, c0=None, mask=None) -> list[tuple[float, float]]:
         """Run once, launching from Python with a timing event before and after every step;
         (start_us, end_us) of each step relative to the start of the run, measured on the GPU."""
         cp = self.cp
         with self.device:
-            self._load(x, h0, c0)
+            self._load(x, h0, c0, mask)
             marks = [(cp.cuda.Event(), cp.cuda.Event()) for _ in self.program]
             origin = cp.cuda.Event()
             origin.record(self.streams[0])
@@ -316,7 +319,7 @@ class CupyExecutor:
             return [(cp.cuda.get_elapsed_time(origin, a) * 1e3, cp.cuda.get_elapsed_time(origin, b) * 1e3)
                     for a, b in marks]
 
-    def run(self, x, h0=None, c0=None):
+    def run(self, x, h0=None, c0=None, mask=None):
         """One forward call. A call that fails returns nothing; one that ran out of device memory
         leaves the executor usable (DeviceMemoryError says so); after a CUDA error the GPU context may
         be broken, and the executor refuses further calls, saying why."""
@@ -324,7 +327,7 @@ class CupyExecutor:
         if self.unusable:
             raise RuntimeError(self.unusable)
         try:
-            return self._run(x, h0, c0)
+            return self._run(x, h0, c0, mask)
         except cp.cuda.memory.OutOfMemoryError as e:
             raise DeviceMemoryError(f"out of device memory during a call ({e}); the call returned nothing and the "
                                     "executor stays usable: free device memory and call again") from None
@@ -333,10 +336,10 @@ class CupyExecutor:
                              "GPU context; make a new executor (in a new process, if the error was sticky)")
             raise
 
-    def _run(self, x, h0, c0):
+    def _run(self, x, h0, c0, mask):
         cp, plan = self.cp, self.plan
         with self.device:
-            self._load(x, h0, c0)
+            self._load(x, h0, c0, mask)
             first = self.streams[0]
             if self.debug:  # what this call does not write shows as NaN, never as an earlier call's value
                 with first:

@@ -1,7 +1,8 @@
 """CUDA C source for pointwise and fused steps, generated from their expressions and the ops' C forms
 (`ir/ops.py`), after the shared loads and stores of `cuda/pointwise.cuh`.
 
-One kernel per distinct (expression, which inputs broadcast a row, dtype, vector width). Every
+One kernel per distinct (expression, which inputs broadcast a row or a column, dtype, vector
+width). Every
 operand is a row-major view with its own row stride (`ld`), so a kernel reads gate columns straight
 out of a combined GEMM result and writes h straight into the layer's output sequence. Math is fp32
 whatever the storage dtype; with vector width 4 each thread moves 4 neighbouring elements per
@@ -36,11 +37,14 @@ class KernelKey:
     n_outputs: int
     dtype: str
     vec: int
+    column: tuple[bool, ...] = ()  # per input: one column read by every output column (a mask)
 
     @property
     def name(self) -> str:
-        digest = hashlib.sha1(repr(self).encode()).hexdigest()[:12]
-        return f"rnnplan_pw_{digest}"
+        text = repr(self)
+        if not self.column:  # named as before column broadcasts existed: the same kernels keep their names
+            text = text.replace(", column=()", "")
+        return f"rnnplan_pw_{hashlib.sha1(text.encode()).hexdigest()[:12]}"
 
 
 def step_expression(step: Step) -> tuple[tuple, tuple[str, ...]]:
@@ -51,9 +55,15 @@ def step_expression(step: Step) -> tuple[tuple, tuple[str, ...]]:
     return tuple((e.out, e.op, tuple(e.args)) for e in step.expr), tuple(step.expr_outputs)
 
 
+def _columns(step: Step) -> tuple[bool, ...]:
+    cols = step.outputs[0].cols
+    return tuple(v.cols == 1 and cols > 1 for v in step.inputs)
+
+
 def vector_width(step: Step) -> int:
-    """4 when every operand's columns, row stride and start allow aligned 4-element accesses."""
-    views = step.inputs + step.outputs
+    """4 when every operand's columns, row stride and start allow aligned 4-element accesses (a
+    column read by every output column is loaded as one value)."""
+    views = [v for v, col in zip(step.inputs, _columns(step)) if not col] + list(step.outputs)
     ok = step.outputs[0].cols % 4 == 0 and all(
         v.offset % 4 == 0 and (v.ld % 4 == 0 or v.rows == 1) and v.cols % 4 == 0 for v in views)
     return 4 if ok else 1
@@ -62,8 +72,9 @@ def vector_width(step: Step) -> int:
 def kernel_key(step: Step, dtype: str) -> KernelKey:
     expr, outs = step_expression(step)
     rows = step.outputs[0].rows
+    column = _columns(step)
     return KernelKey(expr, outs, tuple(v.rows == 1 and rows > 1 for v in step.inputs), len(step.outputs),
-                     dtype, vector_width(step))
+                     dtype, vector_width(step), column if any(column) else ())
 
 
 def kernel_source(key: KernelKey) -> str:
@@ -72,8 +83,11 @@ def kernel_source(key: KernelKey) -> str:
     params += [f"{t}* __restrict__ out{i}, const int ld_out{i}" for i in range(key.n_outputs)]
     params += ["const int rows", "const int cols"]
     v = key.vec
-    loads = [f"        float a{i}[{v}]; load<{v}>(in{i} + {'0' if b else 'r * (long long)ld_in' + str(i)} + c, a{i});"
-             for i, b in enumerate(key.broadcast)]
+    column = key.column or (False,) * len(key.broadcast)
+    loads = [f"        float a{i}[{v}]; load<1>(in{i} + r * (long long)ld_in{i}, a{i}); "
+             f"for (int j = 1; j < {v}; ++j) a{i}[j] = a{i}[0];" if col else
+             f"        float a{i}[{v}]; load<{v}>(in{i} + {'0' if b else 'r * (long long)ld_in' + str(i)} + c, a{i});"
+             for i, (b, col) in enumerate(zip(key.broadcast, column))]
     body = [f"            const float in{i} = a{i}[j];" for i in range(len(key.broadcast))]
     body += [f"            const float {out} = {POINTWISE_OPS[op].c_expr(*args)};" for out, op, args in key.expr]
     body += [f"            o{i}[j] = {name};" for i, name in enumerate(key.expr_outputs)]

@@ -72,23 +72,25 @@ class NumpyExecutor:
                 recorded.add(self.plan.steps[i].record)
         return order
 
-    def _load(self, x, h0, c0) -> None:
+    def _load(self, x, h0, c0, mask=None) -> None:
         spec, plan = self.plan.spec, self.plan
         x = np.asarray(x)
         if spec.batch_first:
             x = x.transpose(1, 0, 2)
         self.view(plan.inputs["x"])[...] = x.reshape(spec.seq_len * spec.batch, spec.input_size)
+        if mask is not None:
+            self.view(plan.inputs["mask"])[...] = mask
         for name, given in (("h0", h0), ("c0", c0)):
             if name in plan.inputs:
                 dst = self.view(plan.inputs[name])
                 dst[...] = 0 if given is None else np.asarray(given).reshape(dst.shape)
 
-    def run(self, x, h0=None, c0=None, interleave_seed: int | None = None):
+    def run(self, x, h0=None, c0=None, mask=None, interleave_seed: int | None = None):
         spec, plan = self.plan.spec, self.plan
         if self.debug:  # what this call does not write shows as NaN, never as an earlier call's value
             for i in self.written:
                 self.buffers[i].fill(np.nan)
-        self._load(x, h0, c0)
+        self._load(x, h0, c0, mask)
         order = self._issue_order() if interleave_seed is None else self._random_interleaving(interleave_seed)
         for i in order:
             self._execute(i)
@@ -97,9 +99,9 @@ class NumpyExecutor:
                   for name in ("h_n", "c_n") if name in plan.outputs}
         return pack_outputs(spec, out, states["h_n"], states.get("c_n"))
 
-    def timeline(self, x, h0=None, c0=None) -> list[tuple[float, float]]:
+    def timeline(self, x, h0=None, c0=None, mask=None) -> list[tuple[float, float]]:
         """Run once in issue order; (start_us, end_us) of every step, by the host clock."""
-        self._load(x, h0, c0)
+        self._load(x, h0, c0, mask)
         times = []
         t0 = time.perf_counter()
         for i in range(len(self.steps)):

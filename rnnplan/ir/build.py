@@ -7,6 +7,10 @@ time t is written into rows t*B:(t+1)*B and columns d*H:(d+1)*H of storage `y{l}
 so layer l+1 reads one row block per step and the final output is `y{L-1}` as it stands. The reverse direction processes
 t = T-1 ... 0; its step index counts in processing order, its `time` attribute is the sequence index.
 
+With variable lengths the cell is masked (`Cell.masked`): each cell-step reads its rows of the `mask`
+input, keeps its states past a sequence's end, and writes its masked output (not its h state) into
+`y{l}`, so that the recurrence carries the state in a value of its own.
+
 Node names read `L{layer}.{fwd|rev}.t{time}.{role}.{gate}` (`ir/names.py`); they are deterministic.
 `build(spec, time_slots=True)` writes times as format slots instead (`passes/repeat_steps.py`).
 """
@@ -14,7 +18,7 @@ Node names read `L{layer}.{fwd|rev}.t{time}.{role}.{gate}` (`ir/names.py`); they
 from __future__ import annotations
 
 from rnnplan.ir import names
-from rnnplan.ir.cells import CELLS, Cell
+from rnnplan.ir.cells import CELLS, Cell, cell_of
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Gemm, Node, Region, Value
 from rnnplan.spec import RNNSpec
@@ -79,17 +83,26 @@ class _CellStep:
         bias = self.b.weight_views[(self.layer, self.d)].get(f"b_{operand}")
         return self.pw(f"bias_{operand}", "add", gemm_out, bias[gate], gate=gate) if bias else gemm_out
 
-    def cell(self, cell: Cell, xp: dict, hp: dict, state: dict, out: Region) -> dict:
-        """The cell's equations as pointwise nodes, in order; the new h is written into `out`.
-        Returns the new state values by name ("h", and "c" for LSTM)."""
+    def mask(self) -> str:
+        """This step's rows of the mask (1 inside a sequence, 0 past its end), a (B, 1) view."""
+        B, t = self.b.spec.batch, self.time
+        name = self.name("mask")
+        self.b.add(Node(name, "view", ("mask",), (Value(name, (B, 1), Region("mask", (t * B, (t + 1) * B), (0, 1))),),
+                        role="view", **self.tags()))
+        return name
+
+    def cell(self, cell: Cell, xp: dict, hp: dict, state: dict, out: Region) -> tuple[dict, str]:
+        """The cell's equations as pointwise nodes, in order; what the layer outputs is written into
+        `out`. Returns the new state values by name ("h", and "c" for LSTM) and the output's value."""
         env = {"h_prev": state["h"], "c_prev": state.get("c")}
-        h_result = cell.output("h")
         for eq in cell.equations:
+            if "mask" in eq.args and "mask" not in env:
+                env["mask"] = self.mask()
             args = [self.biased("ih", xp[a[3:]], a[3:]) if a.startswith("xp.") else
                     self.biased("hh", hp[a[3:]], a[3:]) if a.startswith("hp.") else env[a] for a in eq.args]
             env[eq.result] = self.pw(eq.role, eq.op, *args, gate=eq.gate,
-                                     region=out if eq.result == h_result else None)
-        return {s: env[r] for s, r in cell.outputs}
+                                     region=out if eq.result == cell.emitted else None)
+        return {s: env[r] for s, r in cell.outputs}, env[cell.emitted]
 
 
 class _Builder:
@@ -137,9 +150,12 @@ class _Builder:
 
 
 def source_nodes(spec: RNNSpec) -> list[Node]:
-    """The graph's input `x` (T*B, input) and initial states `h0` (and `c0`), (L*D*B, H)."""
+    """The graph's input `x` (T*B, input), with variable lengths the `mask` (T*B, 1: 1 where step t of
+    sequence b lies inside it), and the initial states `h0` (and `c0`), (L*D*B, H)."""
     T, B, H, LD = spec.seq_len, spec.batch, spec.hidden_size, spec.num_layers * spec.directions
-    return [Node("x", "input", (), (Value("x", (T * B, spec.input_size)),), source="x", role="input")] + [
+    mask = [Node("mask", "input", (), (Value("mask", (T * B, 1)),), source="mask", role="input")]
+    return [Node("x", "input", (), (Value("x", (T * B, spec.input_size)),), source="x", role="input")] + \
+        (mask if spec.variable_lengths else []) + [
         Node(f"{s}0", "state", (), (Value(f"{s}0", (LD * B, H)),), source=f"{s}0", role="state")
         for s in CELLS[spec.cell].states]
 
@@ -154,7 +170,7 @@ def build(spec: RNNSpec, time_slots: bool = False) -> Graph:
     """The naive unrolled graph of `spec` (no pass applied); with `time_slots`, names hold times as
     format slots (`Graph.time_slots`)."""
     b = _Builder(spec, time_slots)
-    cell = CELLS[spec.cell]
+    cell = cell_of(spec)
     T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers
     for n in source_nodes(spec):
         b.add(n)
@@ -183,8 +199,7 @@ def build(spec: RNNSpec, time_slots: bool = False) -> Graph:
                 xp = {g: cs.gemm("ih", inputs[t], w["w_ih"][g], g, k_in) for g in cell.gates}
                 hp = {g: cs.gemm("hh", state["h"], w["w_hh"][g], g, H) for g in cell.gates}
                 out = Region(f"y{layer}", (t * B, (t + 1) * B), (d * H, (d + 1) * H))
-                state = cs.cell(cell, xp, hp, state, out)
-                h_at[(layer, d, t)] = state["h"]
+                state, h_at[(layer, d, t)] = cs.cell(cell, xp, hp, state, out)
             for s in cell.states:
                 final[s].append(state[s])
     last = L - 1

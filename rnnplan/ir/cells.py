@@ -3,9 +3,11 @@
 A cell's equations are pointwise operations (`rnnplan.ir.ops`) over named symbols:
 - `xp.<gate>`: the input projection W_ih x of that gate's rows, with b_ih added when there is a bias;
 - `hp.<gate>`: the recurrent projection W_hh h_prev, with b_hh added likewise;
-- `h_prev`, `c_prev`: the previous state; and the results of earlier equations, each named
+- `h_prev`, `c_prev`: the previous state; `mask` (masked cells, for variable lengths): 1 where the
+  step lies inside a sequence, 0 past its end; and the results of earlier equations, each named
   `<role>` or `<role>.<gate>`.
-`outputs` names the result that becomes each new state. Everything else is derived from this one
+`outputs` names the result that becomes each new state, `emits` the one the layer outputs (the new h,
+unless the cell is masked: `Cell.masked`). Everything else is derived from this one
 definition: the naive graph's pointwise nodes (`ir.build`, one node per equation, named by role and
 gate, biases as their own nodes), the reference semantics (`Cell.step`, NumPy, used by the recurrent
 node's interpreter) and the persistent kernels' cell update (`Cell.c_statements`, from each op's C
@@ -43,9 +45,26 @@ class Cell:
     states: tuple[str, ...]  # ("h", "c") for LSTM, ("h",) otherwise; h is the layer's output
     equations: tuple[Eq, ...]
     outputs: tuple[tuple[str, str], ...]  # (state, the result that becomes it)
+    emits: str | None = None  # the result written to the layer's output sequence (None: the new h)
 
     def output(self, state: str) -> str:
         return dict(self.outputs)[state]
+
+    @property
+    def emitted(self) -> str:
+        """The result the layer outputs at this step: the new h, or (masked) what `emits` names."""
+        return self.emits or self.output("h")
+
+    def masked(self) -> Cell:
+        """The cell for variable lengths, with the symbol `mask` (1 inside a sequence, 0 past its end):
+        past the end every state keeps its previous value (so the reverse direction starts from its
+        initial state at each sequence's own end, and h_n, c_n are taken at each sequence's last
+        step), and the layer's output there is 0, as torch's packed sequences give."""
+        eqs = list(self.equations)
+        eqs += [Eq(f"{state}_keep", "select", ("mask", result, f"{state}_prev")) for state, result in self.outputs]
+        eqs.append(Eq("y", "masked", ("mask", self.output("h"))))
+        return Cell(self.name, self.gates, self.states, tuple(eqs),
+                    tuple((state, f"{state}_keep") for state, _ in self.outputs), emits="y")
 
     @property
     def reads_h_prev(self) -> bool:
@@ -64,10 +83,11 @@ class Cell:
         return True
 
     def step(self, xp: Mapping[str, np.ndarray], hp: Mapping[str, np.ndarray], h_prev: np.ndarray,
-             c_prev: np.ndarray | None) -> dict[str, np.ndarray]:
+             c_prev: np.ndarray | None, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The reference semantics: the new states from each gate's projections (biases added) and the
-        previous state, float32 NumPy arrays, by the ops' NumPy forms."""
-        env: dict[str, np.ndarray | None] = {"h_prev": h_prev, "c_prev": c_prev}
+        previous state (and, for a masked cell, the mask), float32 NumPy arrays, by the ops' NumPy
+        forms."""
+        env: dict[str, np.ndarray | None] = {"h_prev": h_prev, "c_prev": c_prev, "mask": mask}
         env |= {f"xp.{g}": xp[g] for g in self.gates} | {f"hp.{g}": hp[g] for g in self.gates}
         for eq in self.equations:
             env[eq.result] = POINTWISE_OPS[eq.op].numpy(*(env[a] for a in eq.args))
@@ -123,5 +143,6 @@ CELLS: dict[str, Cell] = {c.name: c for c in (_lstm(), _gru(), _elman("rnn_tanh"
 
 
 def cell_of(spec) -> Cell:
-    """The cell an `RNNSpec` (or anything with a `cell` name) runs."""
-    return CELLS[spec.cell]
+    """The cell an `RNNSpec` runs: its cell, masked when the spec has variable lengths."""
+    cell = CELLS[spec.cell]
+    return cell.masked() if getattr(spec, "variable_lengths", False) else cell

@@ -46,5 +46,11 @@ POINTWISE_OPS: dict[str, PointwiseOp] = {
         # np.maximum keeps NaN, as torch does; fmaxf drops it, hence the NaN test in C.
         PointwiseOp("relu", 1, lambda a: np.maximum(a, np.float32(0)), "({0} != {0} ? {0} : fmaxf({0}, 0.0f))"),
         PointwiseOp("one_minus", 1, lambda a: np.float32(1) - a, "(1.0f - {0})"),
+        # Variable lengths: `select(m, a, b)` keeps a where the step is inside a sequence (m = 1) and b
+        # past its end; `masked(m, a)` is a inside, 0 past the end. Exact: no arithmetic on a or b.
+        PointwiseOp("select", 3, lambda m, a, b: np.where(m != 0, a, b).astype(a.dtype, copy=False),
+                    "({0} != 0.0f ? {1} : {2})"),
+        PointwiseOp("masked", 2, lambda m, a: np.where(m != 0, a, np.float32(0)).astype(a.dtype, copy=False),
+                    "({0} != 0.0f ? {1} : 0.0f)"),
     )
 }

@@ -102,7 +102,8 @@ def _interface(plan: Plan) -> list[str]:
     sp = plan.spec
     T, B, H, LD = sp.seq_len, sp.batch, sp.hidden_size, sp.num_layers * sp.directions
     states = CELLS[sp.cell].states
-    want_in = {"x": (T * B, sp.input_size)} | {f"{s}0": (LD * B, H) for s in states}
+    want_in = {"x": (T * B, sp.input_size)} | ({"mask": (T * B, 1)} if sp.variable_lengths else {}) | \
+        {f"{s}0": (LD * B, H) for s in states}
     want_out = {"out": [(T * B, sp.directions * H)]} | {f"{s}_n": [(B, H)] * LD for s in states}
     errs = []
     got_in = {k: (v.rows, v.cols) for k, v in plan.inputs.items()}
@@ -120,7 +121,7 @@ def _bindings(plan: Plan) -> list[str]:
     the spec with that tensor's shape (after its transform), a recurrent step to the spec's network."""
     spec, buffers, errs = plan.spec, plan.buffers, []
     for name, v in plan.inputs.items():
-        want = "input" if name == "x" else "state"
+        want = "input" if name in ("x", "mask") else "state"
         if buffers[v.buffer].role != want:
             errs.append(f"input {name} is bound to buffer {v.buffer} ({buffers[v.buffer].name}) of role "
                         f"{buffers[v.buffer].role}, not {want}")
@@ -132,7 +133,7 @@ def _bindings(plan: Plan) -> list[str]:
     tensors = param_shapes(spec)
     for b in buffers:
         if b.role != "param":
-            allowed = {"input": ("x",), "state": ("h0", "c0")}.get(b.role, (None,))
+            allowed = {"input": ("x", "mask"), "state": ("h0", "c0")}.get(b.role, (None,))
             if b.source not in allowed or b.transform != "none":
                 errs.append(f"buffer {b.id} ({b.name}): a {b.role} buffer with source {b.source!r} and transform "
                             f"{b.transform!r}")

@@ -45,7 +45,7 @@ class _Repeater:
     def __init__(self, short: Graph, spec: RNNSpec):
         self.spec, self.B = spec, spec.batch
         self.width = names.time_width(spec.seq_len)
-        self.sequences = {"x"} | set(short.storages)  # storages whose rows follow time
+        self.sequences = {"x", "mask"} | set(short.storages)  # storages whose rows follow time
         # Times -1 .. T, as names print them (a step names its neighbours; -1 and T occur in no name).
         self.padded = [names.time_label(t, self.width) for t in range(-1, spec.seq_len + 1)]
 
