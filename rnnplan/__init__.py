@@ -5,6 +5,7 @@
     plan = rp.build_plan(spec)                       # all passes; passes=() gives the naive plan
     print(rp.summarize(plan))
     out, (h_n, c_n) = rp.Executor(plan, rp.Weights.random(spec)).run(x)
+    fast = rp.compile(torch_lstm)                    # the drop-in: called like the module, any (T, B)
 
 The pipeline, one package per stage: `spec` -> `ir` (cells, naive DAG) -> `passes` -> `lowering`
 (Plan) -> `backends`; `persistent` is the persistent kernel's home, `viz` draws. CuPy is imported
@@ -24,6 +25,21 @@ from rnnplan.viz import summarize
 from rnnplan.weights import Weights, WeightsError
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`rnnplan.compile` and `rnnplan.CompiledRNN` (the PyTorch drop-in) import torch, so they load
+    when first asked for: `import rnnplan` works without torch."""
+    if name in ("compile", "CompiledRNN", "CompileError"):
+        try:
+            from rnnplan import dropin
+        except ModuleNotFoundError as e:
+            if e.name != "torch":
+                raise
+            raise ModuleNotFoundError(f"rnnplan.{name} needs PyTorch: pip install 'rnnplan[torch]'", name="torch") from None
+        return getattr(dropin, name)
+    raise AttributeError(f"module 'rnnplan' has no attribute {name!r}")
+
 
 __all__ = ["PAPER_SPEC", "PASSES", "DeviceShape", "Executor", "Graph", "GraphError", "NotEnoughMemory", "Plan",
            "PlanError", "PlanOptions", "Precision", "RNNSpec", "Weights", "WeightsError", "build", "build_graph",

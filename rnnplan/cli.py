@@ -39,16 +39,18 @@ class CLIError(Exception):
 
 def _spec_flags(p: argparse.ArgumentParser) -> None:
     d = PAPER_SPEC
-    g = p.add_argument_group("network (defaults: the paper's configuration)")
-    g.add_argument("--cell", default=d.cell, choices=["lstm", "gru", "rnn_tanh", "rnn_relu"])
-    g.add_argument("--input-size", type=int, default=d.input_size)
-    g.add_argument("--hidden-size", type=int, default=d.hidden_size)
-    g.add_argument("--layers", type=int, default=d.num_layers)
+    # The architecture's flags default to None: `run --weights FILE` takes what the file records, the
+    # paper's configuration fills the rest.
+    g = p.add_argument_group("network (defaults: the paper's configuration, or what --weights records)")
+    g.add_argument("--cell", default=None, choices=["lstm", "gru", "rnn_tanh", "rnn_relu"])
+    g.add_argument("--input-size", type=int, default=None)
+    g.add_argument("--hidden-size", type=int, default=None)
+    g.add_argument("--layers", type=int, default=None)
     g.add_argument("--seq-len", type=int, default=d.seq_len)
     g.add_argument("--batch", type=int, default=d.batch)
-    g.add_argument("--bidirectional", action="store_true")
-    g.add_argument("--no-bias", action="store_true")
-    g.add_argument("--batch-first", action="store_true")
+    g.add_argument("--bidirectional", action="store_true", default=None)
+    g.add_argument("--no-bias", action="store_true", default=None)
+    g.add_argument("--batch-first", action="store_true", default=None)
     g.add_argument("--variable-lengths", action="store_true",
                    help="each sequence has its own length (run: random lengths in 1..seq-len)")
     g.add_argument("--dtype", default=d.dtype, choices=["float32", "float16"])
@@ -63,10 +65,15 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
                         "auto: persistent where it fits this machine's GPU and should win")
 
 
-def _spec(a: argparse.Namespace) -> RNNSpec:
-    return RNNSpec(cell=a.cell, input_size=a.input_size, hidden_size=a.hidden_size, num_layers=a.layers,
-                   seq_len=a.seq_len, batch=a.batch, bidirectional=a.bidirectional, bias=not a.no_bias,
-                   batch_first=a.batch_first, dtype=a.dtype, variable_lengths=a.variable_lengths)
+def _spec(a: argparse.Namespace, arch: dict | None = None) -> RNNSpec:
+    """The spec of the flags; an architecture field no flag gives comes from `arch` (what a weights
+    file records), else from the paper's configuration."""
+    given = {"cell": a.cell, "input_size": a.input_size, "hidden_size": a.hidden_size, "num_layers": a.layers,
+             "bidirectional": a.bidirectional, "bias": None if a.no_bias is None else not a.no_bias,
+             "batch_first": a.batch_first}
+    base = {**PAPER_SPEC.model_dump(), **(arch or {})}
+    fields = {k: base[k] if v is None else v for k, v in given.items()}
+    return RNNSpec(**fields, seq_len=a.seq_len, batch=a.batch, dtype=a.dtype, variable_lengths=a.variable_lengths)
 
 
 def _options(a: argparse.Namespace) -> PlanOptions:
@@ -77,11 +84,11 @@ def _options(a: argparse.Namespace) -> PlanOptions:
                        lowering=a.lowering)  # the planner reads the local GPU, if any
 
 
-def _plan(a: argparse.Namespace):
+def _plan(a: argparse.Namespace, spec: RNNSpec | None = None):
     from rnnplan.api import build_plan
 
     with Progress("planning") as progress:
-        return build_plan(_spec(a), options=_options(a), progress=progress)
+        return build_plan(spec or _spec(a), options=_options(a), progress=progress)
 
 
 class Progress:
@@ -158,10 +165,10 @@ def cmd_run(a: argparse.Namespace) -> None:
     from rnnplan.weights import Weights
 
     _check_outputs(a, ("trace",))
-    spec = _spec(a)
     weights = Weights.load(a.weights) if a.weights else None  # a bad file is named before planning
+    spec = _spec(a, weights.arch if weights else None)
     t0 = time.perf_counter()
-    plan = _plan(a)
+    plan = _plan(a, spec)
     weights = weights or Weights.random(spec, seed=a.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -237,7 +244,8 @@ def parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("run", help="build a plan and execute it with random input")
     _spec_flags(pr)
     pr.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
-    pr.add_argument("--weights", metavar="FILE.npz", help="weights saved by Weights.save (default: random)")
+    pr.add_argument("--weights", metavar="FILE.npz", help="weights saved by Weights.save, whose recorded architecture "
+                    "the network flags default to (default: random weights)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--repeat", type=int, default=3, help="forwards to time (median reported)")
     pr.add_argument("--trace", metavar="PATH", help="also write a measured timeline (Chrome trace JSON) of one run")

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The cells a spec may name; each is defined in rnnplan/ir/cells.py (a test checks the two agree).
 Cell = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
+# torch.nn.RNNBase.mode -> the cell (torch's Elman modes carry the nonlinearity).
+TORCH_MODES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 
 # The passes, by name, in canonical order: the order `build_plan` runs any subset in. Each pass is a
 # record in its own module of rnnplan/passes/ (what it needs to follow, whether it is step-local);
@@ -50,6 +52,23 @@ class RNNSpec(BaseModel):
 
     def layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.hidden_size * self.directions
+
+    @classmethod
+    def from_torch(cls, module, seq_len: int, batch: int, **overrides) -> RNNSpec:
+        """The spec of a `torch.nn.LSTM` / `GRU` / `RNN` for calls of `seq_len` steps and `batch`
+        sequences (its dtype from its parameters; `overrides` for any other field)."""
+        mode = getattr(module, "mode", None)
+        if mode not in TORCH_MODES:
+            raise ValueError(f"RNNSpec.from_torch takes a torch.nn.LSTM, GRU or RNN, got {type(module).__name__}"
+                             + (f" of mode {mode!r}" if mode else ""))
+        if getattr(module, "proj_size", 0):
+            raise ValueError(f"proj_size={module.proj_size}: LSTMs with projections are not supported yet")
+        dtype = str(next(module.parameters()).dtype).replace("torch.", "")
+        fields = dict(cell=TORCH_MODES[mode], input_size=module.input_size, hidden_size=module.hidden_size,
+                      num_layers=module.num_layers, seq_len=seq_len, batch=batch,
+                      bidirectional=module.bidirectional, bias=module.bias, batch_first=module.batch_first,
+                      dtype=dtype)
+        return cls(**{**fields, **overrides})
 
     def short(self) -> str:
         """One line for summaries and logs."""

@@ -23,10 +23,10 @@ import numpy as np
 
 from rnnplan.ir.build import param_shapes
 from rnnplan.resources import available_host_bytes, check_fits, weight_count
+from rnnplan.spec import TORCH_MODES as _TORCH_MODES
 from rnnplan.spec import RNNSpec
 
 _ARCH_KEY = "__rnnplan_arch__"
-_TORCH_MODES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 ARCH_FIELDS = ("cell", "input_size", "hidden_size", "num_layers", "bidirectional", "bias", "batch_first")
 # A PyTorch RNN parameter's name, after whatever path a state dict puts before it.
 _PARAM = re.compile(r"^(?P<prefix>.*?)(?P<name>(weight|bias)_(ih|hh)_l\d+(_reverse)?)$")

@@ -25,7 +25,7 @@ PACKAGE_LINES = 6800
 MODULE_LINES = 400
 CUDA_IN_PYTHON_LINES = 80
 # Top-level modules that meet the machine: they may import the backends (and the CLI, CuPy).
-MAY_IMPORT_BACKENDS = {"rnnplan", "rnnplan.api", "rnnplan.executor", "rnnplan.cli"}
+MAY_IMPORT_BACKENDS = {"rnnplan", "rnnplan.api", "rnnplan.executor", "rnnplan.cli", "rnnplan.dropin"}
 
 
 def _imports(module: str, path: Path) -> set[str]:

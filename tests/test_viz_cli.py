@@ -180,3 +180,14 @@ def test_cli_missing_graphviz_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rnnplan.cli", "plan", *TINY_FLAGS, "--svg", str(tmp_path / "x.svg")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 2 and "install graphviz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_run_takes_the_architecture_the_weights_file_records(tmp_path):
+    import torch
+
+    path = rp.Weights.from_torch(torch.nn.GRU(7, 16, 2, bidirectional=True).eval()).save(tmp_path / "gru.npz")
+    r = cli("run", "--weights", str(path), "--seq-len", "3", "--batch", "2", "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    assert "spec        gru 2x16 in=7 B=2 T=3 bidir float32" in r.stdout and "shape (3, 2, 32)" in r.stdout
+    r = cli("run", "--weights", str(path), "--seq-len", "3", "--hidden-size", "8", "--backend", "numpy")
+    assert r.returncode == 2 and "hyper-parameter hidden_size: weights come from a module with hidden_size=16" in r.stderr

@@ -1,0 +1,250 @@
+"""`rnnplan.compile(module)`: a `torch.nn.LSTM` / `GRU` / `RNN` run by rnnplan, called exactly like the
+module: `(input, hx=None) -> (output, h_n)` or `(output, (h_n, c_n))`, with `input` a Tensor of any
+(T, B) or a `PackedSequence` (then the output is one, as torch returns it). CPU tensors run on the
+NumPy backend, CUDA tensors on the CuPy backend, in and out through DLPack on the caller's device and
+stream (no host round trip). Calling again with the state a call returned continues the sequence.
+
+It is a `torch.nn.Module` whose buffers are the module's parameters (`to()`, `state_dict` and
+`load_state_dict` work; changing them drops the cached executors). One executor per call shape is
+kept, least recently used dropped first, under a byte budget (`cache_info()`, `clear()`); with
+`bucket=N` lengths are padded to a multiple of N steps and masked, so that a server sees few shapes.
+With fp32 parameters on a GPU it follows torch's numerics: tf32 where `torch.backends.cudnn.allow_tf32`
+is set (torch's default), as `nn.LSTM` on cuDNN would. Needs PyTorch (`rnnplan[torch]`); the rest of
+rnnplan imports without it.
+
+The tensor path calls the custom op `torch.ops.rnnplan.forward` (registered with a fake
+implementation), so a model holding the compiled module runs under `torch.compile` without a graph
+break.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections import OrderedDict
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from rnnplan.api import build_plan
+from rnnplan.executor import Executor
+from rnnplan.spec import TORCH_MODES, PlanOptions, RNNSpec
+from rnnplan.weights import ARCH_FIELDS, Weights
+
+PARAMETER_DTYPES = {torch.float32: "float32", torch.float16: "float16"}
+_HANDLES = itertools.count()
+_LIVE: weakref.WeakValueDictionary[int, CompiledRNN] = weakref.WeakValueDictionary()
+
+
+class CompileError(ValueError):
+    """A module rnnplan cannot run, named by the attribute that says so."""
+
+
+class CacheInfo(NamedTuple):
+    executors: int
+    bytes: int
+    max_bytes: int
+    hits: int
+    misses: int
+
+
+def compile(module, *, lowering: str = "auto", bucket: int | None = None, cache_bytes: int = 2**31,
+            cast: bool = False, debug: bool = False) -> CompiledRNN:  # noqa: A001 (torch.compile's name, on purpose)
+    """`module` (a torch.nn.LSTM, GRU or RNN in eval mode) as a CompiledRNN. `lowering` as in
+    PlanOptions; `bucket` pads lengths up to a multiple of that many steps (masked); `cache_bytes`
+    bounds the cached executors' memory; `cast` lets inputs of another dtype be cast (else named);
+    `debug` poisons what each call writes first (Executor's debug)."""
+    return CompiledRNN(module, lowering=lowering, bucket=bucket, cache_bytes=cache_bytes, cast=cast, debug=debug)
+
+
+def _refuse(module) -> None:
+    mode = getattr(module, "mode", None)
+    if mode not in TORCH_MODES:
+        raise CompileError(f"rnnplan.compile takes a torch.nn.LSTM, GRU or RNN, got {type(module).__name__}")
+    if getattr(module, "proj_size", 0):
+        raise CompileError(f"proj_size={module.proj_size}: LSTMs with projections are not supported yet")
+    if module.training and module.dropout > 0 and module.num_layers > 1:
+        raise CompileError(f"training=True with dropout={module.dropout}: rnnplan runs inference without dropout; "
+                           "call module.eval() first")
+    dtypes = {p.dtype for p in module.parameters()}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in PARAMETER_DTYPES:
+        raise CompileError(f"parameters of dtype {', '.join(sorted(str(d) for d in dtypes))}: rnnplan runs "
+                           f"{' and '.join(str(d) for d in PARAMETER_DTYPES)} (bfloat16 is not supported yet)")
+
+
+class CompiledRNN(torch.nn.Module):
+    def __init__(self, module, *, lowering: str = "auto", bucket: int | None = None, cache_bytes: int = 2**31,
+                 cast: bool = False, debug: bool = False):
+        super().__init__()
+        _refuse(module)
+        if bucket is not None and (type(bucket) is not int or bucket < 1):
+            raise CompileError(f"bucket must be a number of steps >= 1, or None; got {bucket!r}")
+        self.template = RNNSpec.from_torch(module, seq_len=1, batch=1)
+        PlanOptions(lowering=lowering)  # named now, not at the first call
+        self.lowering, self.bucket, self.max_bytes, self.cast, self.debug = lowering, bucket, cache_bytes, cast, debug
+        for name, tensor in module.state_dict().items():
+            self.register_buffer(name, tensor.detach().clone())
+        self._executors: OrderedDict[tuple, Executor] = OrderedDict()
+        self.hits = self.misses = 0
+        self.handle = next(_HANDLES)
+        _LIVE[self.handle] = self
+        self.register_load_state_dict_post_hook(lambda module, keys: module.clear())
+
+    # ---- the executor cache ---------------------------------------------------------------------
+
+    def cache_info(self) -> CacheInfo:
+        return CacheInfo(len(self._executors), sum(self._bytes(e) for e in self._executors.values()),
+                         self.max_bytes, self.hits, self.misses)
+
+    def clear(self) -> None:
+        """Drop every cached executor (they hold copies of the buffers, on the device)."""
+        self._executors.clear()
+
+    def _apply(self, fn, *args, **kwargs):  # to(), cuda(), half() ...: the buffers change, executors go
+        self.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    @staticmethod
+    def _bytes(executor: Executor) -> int:
+        return executor.plan.stats.peak_bytes
+
+    def explain(self) -> str:
+        """What each cached shape runs, and why."""
+        lines = [f"rnnplan.compile of {self.template.cell} {self.template.num_layers}x{self.template.hidden_size}: "
+                 f"{len(self._executors)} shape(s) cached, {self.cache_info().bytes / 2**20:.1f} MiB"]
+        for (steps, batch, varlen, device, dtype, math), ex in self._executors.items():
+            why = "CPU tensors run the graph lowering" if ex.backend == "numpy" else ex.plan.lowering_reason
+            lines.append(f"  T={steps} B={batch}{' masked' if varlen else ''} on {device} ({dtype}, {math}): "
+                         f"{ex.plan.lowering} lowering, {ex.backend} backend; {why}")
+        return "\n".join(lines)
+
+    def executor(self, steps: int, batch: int, varlen: bool, device: torch.device) -> Executor:
+        """The executor for calls of `steps` x `batch` on `device`, from the cache or made now."""
+        dtype = PARAMETER_DTYPES[self.weight_hh_l0.dtype]
+        math = "tf32" if device.type == "cuda" and dtype == "float32" and torch.backends.cudnn.allow_tf32 else "fp32"
+        key = (steps, batch, varlen, str(device), dtype, math)
+        found = self._executors.get(key)
+        if found is not None:
+            self.hits += 1
+            self._executors.move_to_end(key)
+            return found
+        self.misses += 1
+        spec = self.template.model_copy(update={"seq_len": steps, "batch": batch, "variable_lengths": varlen,
+                                                "dtype": dtype, "batch_first": False})
+        options = PlanOptions(lowering=self.lowering, math=math)
+        if device.type == "cuda" and device.index:  # another GPU than the first: describe it
+            from rnnplan.backends import describe_device
+
+            options = options.model_copy(update={"device": describe_device(device.index)})
+        plan = build_plan(spec, options=options if device.type == "cuda" else
+                          options.model_copy(update={"lowering": "graph"}))
+        weights = Weights({k: v.detach().float().cpu().numpy() for k, v in self._buffers.items()},
+                          {f: getattr(spec, f) for f in ARCH_FIELDS})  # the module's hyper-parameters
+        backend = "cupy" if device.type == "cuda" else "numpy"
+        ex = Executor(plan, weights, backend=backend, device=device.index if backend == "cupy" else None,
+                      debug=self.debug)
+        self._executors[key] = ex
+        while len(self._executors) > 1 and self.cache_info().bytes > self.max_bytes:
+            self._executors.popitem(last=False)
+        return ex
+
+    # ---- calls ----------------------------------------------------------------------------------
+
+    def _check(self, name: str, t) -> torch.Tensor:
+        want = self.weight_hh_l0
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != want.device:
+            raise ValueError(f"{name} is on {t.device}, the compiled module's buffers on {want.device} (move one: "
+                             "rnnplan copies nothing between devices)")
+        if t.dtype != want.dtype:
+            if not self.cast:
+                raise ValueError(f"{name} has dtype {t.dtype}, the compiled module runs {want.dtype} "
+                                 "(cast it, or compile with cast=True)")
+            t = t.to(want.dtype)
+        return t
+
+    def forward(self, input, hx=None):
+        packed = isinstance(input, torch.nn.utils.rnn.PackedSequence)
+        if packed:
+            padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(input, batch_first=False)
+            x = self._check("input", padded)
+        else:
+            x = self._check("input", input)
+            if x.dim() != 3:
+                raise ValueError(f"input must be 3-D ({'B, T' if self.template.batch_first else 'T, B'}, "
+                                 f"{self.template.input_size}), got shape {tuple(x.shape)}")
+            if self.template.batch_first:
+                x = x.transpose(0, 1)
+            lengths = None
+        h0, c0 = self._state(hx)
+        out, h_n, c_n = forward_op(x.contiguous(), h0, c0, None if lengths is None else lengths.tolist(), self.handle)
+        state = (h_n, c_n) if c0 is not None or self.template.cell == "lstm" else h_n
+        if packed:
+            return self._repack(out, lengths, input), state
+        return (out.transpose(0, 1) if self.template.batch_first else out), state
+
+    def _state(self, hx):
+        lstm = self.template.cell == "lstm"
+        if hx is None:
+            return None, None
+        if lstm:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError(f"an LSTM's hx is a tuple (h_0, c_0), got {type(hx).__name__}")
+            return self._check("h_0", hx[0]).contiguous(), self._check("c_0", hx[1]).contiguous()
+        return self._check("hx", hx).contiguous(), None
+
+    def _repack(self, out: torch.Tensor, lengths: torch.Tensor, like) -> torch.nn.utils.rnn.PackedSequence:
+        """The padded output as the PackedSequence torch returns: the input's batch order and indices."""
+        order = like.sorted_indices
+        sorted_out = out if order is None else out.index_select(1, order.to(out.device))
+        sorted_lengths = lengths if order is None else lengths[order.cpu()]
+        data = torch.nn.utils.rnn.pack_padded_sequence(sorted_out, sorted_lengths, enforce_sorted=True).data
+        return torch.nn.utils.rnn.PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+    def run(self, x: torch.Tensor, h0, c0, lengths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One call on time-major `x` (T, B, I): the work behind the custom op."""
+        steps, batch = x.shape[0], x.shape[1]
+        bucket = self.bucket
+        varlen = lengths is not None or (bucket is not None and steps % bucket != 0)
+        if varlen and lengths is None:
+            lengths = [steps] * batch
+        padded_steps = steps if bucket is None else -(-steps // bucket) * bucket
+        if padded_steps != steps:
+            x = torch.cat([x, x.new_zeros((padded_steps - steps, *x.shape[1:]))])
+        ex = self.executor(padded_steps, batch, varlen, x.device)
+        state = None if h0 is None else ((h0, c0) if c0 is not None else h0)
+        if x.device.type == "cpu":
+            state = None if state is None else tuple(s.numpy() for s in state) if isinstance(state, tuple) \
+                else state.numpy()
+            out, st = ex.run(x.numpy(), state, lengths=lengths)
+            tensors = [torch.from_numpy(np.ascontiguousarray(out))] + \
+                [torch.from_numpy(s) for s in (st if isinstance(st, tuple) else (st,))]
+        else:
+            import cupy
+
+            with cupy.cuda.Device(x.device.index), cupy.cuda.ExternalStream(
+                    torch.cuda.current_stream(x.device).cuda_stream):
+                out, st = ex.run(x, state, lengths=lengths)
+            tensors = [torch.from_dlpack(a) for a in (out, *(st if isinstance(st, tuple) else (st,)))]
+        out, h_n = tensors[0][:steps], tensors[1]
+        c_n = tensors[2] if len(tensors) > 2 else h_n.new_empty(0)
+        return out, h_n, c_n
+
+
+@torch.library.custom_op("rnnplan::forward", mutates_args=())
+def forward_op(x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None, lengths: list[int] | None,
+               handle: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """rnnplan's forward of the CompiledRNN `handle` on time-major x: (out, h_n, c_n; c_n empty but
+    for LSTMs)."""
+    return _LIVE[handle].run(x, h0, c0, lengths)
+
+
+@forward_op.register_fake
+def _(x, h0, c0, lengths, handle):
+    t = _LIVE[handle].template
+    layers, hidden = t.num_layers * t.directions, t.hidden_size
+    out = x.new_empty((x.shape[0], x.shape[1], t.directions * hidden))
+    h_n = x.new_empty((layers, x.shape[1], hidden))
+    return out, h_n, x.new_empty((layers, x.shape[1], hidden) if t.cell == "lstm" else (0,))

@@ -1,0 +1,213 @@
+"""`rnnplan.compile(module)`: called exactly like the torch module, against torch, for every cell,
+direction, layout and length pattern, any (T, B) per call, packed sequences in and out, streaming,
+bucketing, the nn.Module behaviour (buffers, state_dict, to), refusals at compile, and torch.compile
+with no graph break. GPU parts (marked gpu) run the same on CUDA tensors."""
+
+import numpy as np
+import pytest
+import torch
+
+import rnnplan as rp
+from rnnplan.backends import cupy_unavailable_reason
+from tests.helpers import TORCH_CLASSES
+
+CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+GPU = cupy_unavailable_reason() is None and torch.cuda.is_available()
+
+
+def module(cell, layers=2, bidirectional=False, batch_first=False, bias=True, seed=0):
+    torch.manual_seed(seed)
+    kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    return TORCH_CLASSES[cell](3, 5, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                               bias=bias, **kw).eval()
+
+
+def close(a, b, tol=1e-5):
+    if isinstance(a, torch.nn.utils.rnn.PackedSequence):  # (a NamedTuple: before tuples)
+        same_order = (a.sorted_indices is None and b.sorted_indices is None) or torch.equal(a.sorted_indices,
+                                                                                          b.sorted_indices)
+        return close(a.data, b.data, tol) and torch.equal(a.batch_sizes, b.batch_sizes) and same_order
+    if isinstance(a, tuple):
+        return all(close(x, y, tol) for x, y in zip(a, b, strict=True))
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and \
+        float((a.float() - b.float()).norm() / max(float(b.float().norm()), 1e-30)) <= tol
+
+
+def torch_call(m, *args):
+    with torch.no_grad():
+        return m(*args)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers, bidirectional, batch_first, bias", [(1, False, False, True), (2, True, True, True),
+                                                                      (3, True, False, False)])
+def test_called_like_the_module_for_any_shape(cell, layers, bidirectional, batch_first, bias):
+    m = module(cell, layers, bidirectional, batch_first, bias)
+    fast = rp.compile(m)
+    for steps, batch in ((4, 2), (9, 1), (4, 2), (1, 3)):
+        x = torch.randn((batch, steps, 3) if batch_first else (steps, batch, 3))
+        assert close(fast(x), torch_call(m, x))
+        d = 2 if bidirectional else 1
+        h0 = torch.randn(layers * d, batch, 5)
+        hx = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
+        assert close(fast(x, hx), torch_call(m, x, hx))
+    assert fast.cache_info().executors == 3 and fast.cache_info().hits > 0  # one plan a shape, reused
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_packed_sequences_in_and_out(cell, bidirectional, enforce_sorted):
+    m = module(cell, 2, bidirectional)
+    fast = rp.compile(m)
+    lengths = [6, 4, 4, 1] if enforce_sorted else [4, 6, 1, 4]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(6, 4, 3), lengths, enforce_sorted=enforce_sorted)
+    got, want = fast(packed), torch_call(m, packed)
+    assert isinstance(got[0], torch.nn.utils.rnn.PackedSequence) and close(got, want)
+    h0 = torch.randn(2 * (2 if bidirectional else 1), 4, 5)
+    hx = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
+    assert close(fast(packed, hx), torch_call(m, packed, hx))
+
+
+@pytest.mark.parametrize("chunks", [[1] * 7, [3, 4], [2, 1, 4]])
+def test_streaming_chunks_continue_the_sequence(chunks):
+    m = module("lstm", 2, batch_first=True)
+    fast = rp.compile(m)
+    x = torch.randn(2, sum(chunks), 3)
+    whole, (h, c) = torch_call(m, x)
+    state, outs, t = None, [], 0
+    for n in chunks:
+        out, state = fast(x[:, t:t + n], state)
+        outs.append(out)
+        t += n
+    assert close(torch.cat(outs, dim=1), whole) and close(state, (h, c))
+
+
+def test_buckets_pad_and_mask_so_lengths_share_plans():
+    m = module("gru", 2, bidirectional=True)
+    fast = rp.compile(m, bucket=8)
+    for steps in (3, 5, 8, 7):
+        x = torch.randn(steps, 2, 3)
+        assert close(fast(x), torch_call(m, x))
+    info = fast.cache_info()
+    assert info.executors == 2 and info.hits == 2  # T 3, 5, 7 share the masked T-8 plan; T 8 runs unmasked
+    assert "T=8 B=2 masked" in fast.explain() and "T=8 B=2 on cpu" in fast.explain()
+
+
+def test_the_executor_cache_has_a_byte_budget():
+    m = module("lstm", 1)
+    small = rp.compile(m, cache_bytes=1)  # holds one executor at a time
+    for steps in (2, 3, 4):
+        small(torch.randn(steps, 1, 3))
+    assert small.cache_info().executors == 1 and small.cache_info().misses == 3
+    small.clear()
+    assert small.cache_info().executors == 0
+
+
+def test_it_is_a_module_whose_buffers_are_the_parameters():
+    m = module("lstm", 2, bidirectional=True)
+    fast = rp.compile(m)
+    assert set(dict(fast.named_buffers())) == set(m.state_dict()) and not list(fast.parameters())
+    x = torch.randn(4, 2, 3)
+    fast(x)
+    other = rp.compile(module("lstm", 2, bidirectional=True, seed=5))
+    other.load_state_dict(fast.state_dict())  # the round trip; cached executors of the old weights go
+    assert close(other(x), torch_call(m, x))
+    half = rp.compile(m).to(torch.float16)
+    got = half(x.half())
+    assert got[0].dtype == torch.float16 and close(got, torch_call(m.half(), x.half()), 5e-3)
+    m.float()
+
+
+def test_modules_it_cannot_run_are_refused_at_compile_naming_the_attribute():
+    with pytest.raises(rp.CompileError, match="training=True with dropout=0.3: .* call module.eval"):
+        rp.compile(torch.nn.LSTM(3, 5, 2, dropout=0.3))
+    with pytest.raises(rp.CompileError, match="proj_size=2: LSTMs with projections are not supported yet"):
+        rp.compile(torch.nn.LSTM(3, 5, proj_size=2).eval())
+    with pytest.raises(rp.CompileError, match="parameters of dtype torch.bfloat16: rnnplan runs"):
+        rp.compile(torch.nn.GRU(3, 5).eval().to(torch.bfloat16))
+    with pytest.raises(rp.CompileError, match="takes a torch.nn.LSTM, GRU or RNN, got Linear"):
+        rp.compile(torch.nn.Linear(3, 5))
+    with pytest.raises(rp.CompileError, match="bucket must be a number of steps >= 1"):
+        rp.compile(module("gru"), bucket=0)
+
+
+def test_inputs_of_another_dtype_or_device_are_named_not_copied():
+    fast = rp.compile(module("gru"))
+    with pytest.raises(ValueError, match="input has dtype torch.float64, the compiled module runs torch.float32"):
+        fast(torch.randn(3, 2, 3, dtype=torch.float64))
+    assert rp.compile(module("gru"), cast=True)(torch.randn(3, 2, 3, dtype=torch.float64))[0].dtype == torch.float32
+    with pytest.raises(ValueError, match=r"input must be 3-D \(T, B, 3\)"):
+        fast(torch.randn(3, 3))
+    with pytest.raises(TypeError, match="hx must be a torch.Tensor, got ndarray"):
+        fast(torch.randn(3, 2, 3), np.zeros((2, 2, 5), np.float32))
+    with pytest.raises(TypeError, match=r"an LSTM's hx is a tuple \(h_0, c_0\)"):
+        rp.compile(module("lstm"))(torch.randn(3, 2, 3), torch.zeros(2, 2, 5))
+
+
+def test_it_runs_under_torch_compile_without_a_graph_break():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 3)
+            self.rnn = rp.compile(module("lstm", 2, bidirectional=True))
+            self.head = torch.nn.Linear(10, 2)
+
+        def forward(self, x):
+            out, (h, c) = self.rnn(self.proj(x))
+            return self.head(out), h
+
+    model = Model().eval()
+    x = torch.randn(5, 2, 4)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0 and explained.graph_count == 1
+        assert close(torch.compile(model)(x), model(x))
+
+
+def test_a_spec_from_a_module():
+    spec = rp.RNNSpec.from_torch(module("rnn_relu", 3, bidirectional=True, batch_first=True), seq_len=12, batch=4)
+    assert (spec.cell, spec.num_layers, spec.hidden_size, spec.input_size, spec.bidirectional, spec.batch_first,
+            spec.seq_len, spec.batch, spec.dtype) == ("rnn_relu", 3, 5, 3, True, True, 12, 4, "float32")
+    with pytest.raises(ValueError, match="takes a torch.nn.LSTM, GRU or RNN, got Linear"):
+        rp.RNNSpec.from_torch(torch.nn.Linear(2, 2), 3, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gpu_tensors_stay_on_the_gpu(cell, dtype):
+    torch.backends.cudnn.allow_tf32 = False  # strict fp32 on both sides: compare like with like
+    m = module(cell, 2, bidirectional=True).cuda().to(dtype)
+    fast = rp.compile(m)
+    tol = 1e-5 if dtype == torch.float32 else 5e-3
+    for steps, batch in ((5, 3), (2, 8), (5, 3)):
+        x = torch.randn(steps, batch, 3, device="cuda", dtype=dtype)
+        got = fast(x)
+        assert got[0].device.type == "cuda" and close(got, torch_call(m, x), tol)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(6, 4, 3, device="cuda", dtype=dtype), [4, 6, 1, 4],
+                                                     enforce_sorted=False)
+    assert close(fast(packed), torch_call(m, packed), tol)
+    state, outs = None, []
+    x = torch.randn(7, 2, 3, device="cuda", dtype=dtype)
+    for t in range(7):  # streaming: the state stays a CUDA tensor
+        out, state = fast(x[t:t + 1], state)
+        outs.append(out)
+    assert close((torch.cat(outs), state), torch_call(m, x), tol)
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def test_the_core_imports_without_torch():
+    import subprocess
+    import sys
+
+    from tests.helpers import subprocess_env
+
+    code = ("import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
+            "import rnnplan as rp\n"
+            "plan = rp.build_plan(rp.RNNSpec(cell='gru', input_size=3, hidden_size=4, num_layers=1, seq_len=2, batch=1))\n"
+            "try:\n    rp.compile\nexcept ModuleNotFoundError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "rnnplan.compile needs PyTorch: pip install 'rnnplan[torch]'" in r.stdout
