@@ -11,6 +11,9 @@ import rnnplan
 
 def main() -> None:
     torch.manual_seed(0)
+    # Strict fp32 on both sides, to compare to fp32 rounding (by default a GPU runs fp32 modules with
+    # tf32 products, torch and rnnplan alike, and chunks then differ from the whole at tf32 rounding).
+    torch.backends.cudnn.allow_tf32 = False
     lstm = torch.nn.LSTM(40, 128, num_layers=2).eval()
     device = "cuda" if torch.cuda.is_available() and rnnplan.backends.cupy_unavailable_reason() is None else "cpu"
     lstm = lstm.to(device)

@@ -224,13 +224,20 @@ class CompiledRNN(torch.nn.Module):
         else:
             import cupy
 
-            with cupy.cuda.Device(x.device.index), cupy.cuda.ExternalStream(
-                    torch.cuda.current_stream(x.device).cuda_stream):
+            with cupy.cuda.Device(x.device.index), _cupy_stream(cupy, torch.cuda.current_stream(x.device)):
                 out, st = ex.run(x, state, lengths=lengths)
             tensors = [torch.from_dlpack(a) for a in (out, *(st if isinstance(st, tuple) else (st,)))]
         out, h_n = tensors[0][:steps], tensors[1]
         c_n = tensors[2] if len(tensors) > 2 else h_n.new_empty(0)
         return out, h_n, c_n
+
+
+def _cupy_stream(cupy, stream: torch.cuda.Stream):
+    """torch's stream as CuPy's current stream, so that a call is ordered after the caller's work and
+    its results are ready there (CuPy 14 takes any object of the CUDA stream protocol)."""
+    if hasattr(cupy.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream)
 
 
 @torch.library.custom_op("rnnplan::forward", mutates_args=())

@@ -1,0 +1,164 @@
+"""The drop-in on a GPU: what `rnnplan.compile` costs where a server feels it, against cuDNN in the
+same run. Correctness first (each row compares with the module in strict fp32), then:
+
+- first call at a new length (planning, executor, CUDA-graph capture) and the repeat call;
+- a packed batch against the padded batch of the same longest length;
+- host time per call (Python until the call returns, the GPU running behind) at one step, batch 1;
+- per-chunk latency for chunks of 1, 4 and 16 steps at batch 1, streaming the state, against cuDNN
+  eager and cuDNN captured in a CUDA graph.
+
+    python3 benchmarks/dropin_bench.py [--out FILE.json]
+
+Timing: CUDA events on torch's current stream, 3 warm-ups, median of 30 (host time: the median
+wall time of 200 calls without synchronizing). Needs CuPy, torch with CUDA and a GPU.
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import rnnplan as rp
+
+
+def median_ms(fn, repeats: int = 30, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def rel_err(got, want) -> float:
+    return float((got.float() - want.float()).norm() / want.float().norm())
+
+
+def lstm(layers: int, hidden: int, dtype=torch.float32):
+    torch.manual_seed(0)
+    return torch.nn.LSTM(hidden, hidden, num_layers=layers).cuda().eval().to(dtype)
+
+
+def first_calls(results: list) -> None:
+    """Paper configuration: the first call at T 100, the repeat, a new length T 101, a new batch."""
+    m = lstm(4, 512)
+    fast = rp.compile(m)
+    for label, shape in (("first call T100 B64", (100, 64)), ("repeat T100 B64", (100, 64)),
+                         ("new length T101 B64", (101, 64)), ("new batch T100 B32", (100, 32))):
+        x = torch.randn(*shape, 512, device="cuda")
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            fast(x)
+        torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) * 1e3
+        results.append(dict(kind="set-up", row=label, ms=ms))
+        print(f"  set-up   {label:<24} {ms:9.1f} ms", flush=True)
+
+
+def packed_against_padded(results: list) -> None:
+    for precision, dtype in (("tf32", torch.float32), ("fp16", torch.float16)):
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        m = lstm(4, 512, dtype)
+        fast = rp.compile(m)
+        x = torch.randn(100, 64, 512, device="cuda", dtype=dtype)
+        lengths = torch.randint(50, 101, (64,))
+        lengths[0] = 100
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        with torch.no_grad():
+            torch.backends.cudnn.allow_tf32 = False  # the reference: strict fp32 on the same weights
+            want = m.float()(packed.to(torch.float32))[0].data
+            m.to(dtype)
+            torch.backends.cudnn.allow_tf32 = precision == "tf32"
+            err = rel_err(fast(packed)[0].data, want)
+            padded_ms = median_ms(lambda: fast(x))
+            packed_ms = median_ms(lambda: fast(packed))
+            cudnn_packed = median_ms(lambda: m(packed))
+        row = dict(kind="packed", row=f"LSTM 4x512 B64 T100 {precision}", padded_ms=padded_ms, packed_ms=packed_ms,
+                   cudnn_packed_ms=cudnn_packed, rel_err=err, explain=fast.explain())
+        results.append(row)
+        print(f"  packed   {row['row']:<24} padded {padded_ms:7.3f}  packed {packed_ms:7.3f} "
+              f"({packed_ms / padded_ms - 1:+.0%})  cuDNN packed {cudnn_packed:7.3f}  err {err:.1e}", flush=True)
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def host_time(results: list) -> None:
+    m = lstm(2, 256)
+    fast = rp.compile(m)
+    x = torch.randn(1, 1, 256, device="cuda")
+    with torch.no_grad():
+        out, state = fast(x)
+        ex = fast.executor(1, 1, False, x.device)
+        for label, call in (("rnnplan.compile call", lambda: fast(x, state)),
+                            ("Executor.run", lambda: ex.run(x, state)),
+                            ("cuDNN eager", lambda: m(x, state))):
+            for _ in range(20):
+                call()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(200):
+                t0 = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - t0)
+            torch.cuda.synchronize()
+            us = statistics.median(times) * 1e6
+            results.append(dict(kind="host", row=f"LSTM 2x256 B1 T1 {label}", us=us, lowering=ex.plan.lowering))
+            print(f"  host     {label:<24} {us:7.1f} us a call (host), {ex.plan.lowering} lowering", flush=True)
+
+
+def chunk_latency(results: list) -> None:
+    for layers, hidden in ((2, 256), (4, 512)):
+        m = lstm(layers, hidden)
+        fast = rp.compile(m)
+        for chunk in (1, 4, 16):
+            x = torch.randn(chunk, 1, hidden, device="cuda")
+            h0 = torch.zeros(layers, 1, hidden, device="cuda")
+            state = (h0, torch.zeros_like(h0))
+            with torch.no_grad():
+                err = rel_err(fast(x, state)[0], m(x, state)[0])
+                ours = median_ms(lambda: fast(x, state))
+                eager = median_ms(lambda: m(x, state))
+                static_x = x.clone()
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        m(static_x, state)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    m(static_x, state)
+                captured = median_ms(graph.replay)
+            lowering = fast.executor(chunk, 1, False, x.device).plan.lowering
+            row = dict(kind="chunk", row=f"LSTM {layers}x{hidden} B1 chunk {chunk}", rnnplan_ms=ours, cudnn_eager_ms=eager,
+                       cudnn_graph_ms=captured, rel_err=err, lowering=lowering)
+            results.append(row)
+            print(f"  chunk    {row['row']:<24} rnnplan {ours:7.3f} ({lowering})  cuDNN eager {eager:7.3f}  "
+                  f"cuDNN graph {captured:7.3f}  err {err:.1e}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    results: list = []
+    print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
+    first_calls(results)
+    packed_against_padded(results)
+    host_time(results)
+    chunk_latency(results)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
