@@ -46,7 +46,8 @@ class Executor:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if device is not None and (type(device) is not int or device < 0):
             raise ValueError(f"device must be a GPU index (an int >= 0) or None, got {device!r}")
-        allow_edits, debug, profile = _flag("allow_edits", allow_edits), _flag("debug", debug), _flag("profile", profile)
+        allow_edits, debug = _flag("allow_edits", allow_edits), _flag("debug", debug)
+        profile = _flag("profile", profile)
         if not isinstance(weights, Weights):
             raise TypeError(f"weights must be rnnplan.Weights (Weights.from_torch, .random or .load), got "
                             f"{type(weights).__name__}")
@@ -130,8 +131,9 @@ def check_inputs(spec, x, state):
         return None, None
     if "c" in CELLS[spec.cell].states:
         if not (isinstance(state, (tuple, list)) and len(state) == 2):
+            count = f" of {len(state)}" if isinstance(state, (tuple, list)) else ""
             raise TypeError(f"an LSTM state is a tuple (h0, c0) of arrays of shape {st_shape}, got "
-                            f"{type(state).__name__}" + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
+                            f"{type(state).__name__}{count}")
         _check("h0", state[0], st_shape, spec.dtype)
         _check("c0", state[1], st_shape, spec.dtype)
         return state[0], state[1]

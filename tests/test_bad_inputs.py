@@ -50,7 +50,8 @@ def test_bad_lstm_state(lstm):
         lstm.run(X, (np.zeros((1, 2, 5), np.float32), S))
     with pytest.raises(ValueError, match="c0 has dtype float16, expected float32"):
         lstm.run(X, (S, S.astype(np.float16)))
-    with pytest.raises(TypeError, match=r"an LSTM state is a tuple \(h0, c0\) of arrays of shape \(2, 2, 5\), got ndarray"):
+    with pytest.raises(TypeError, match=r"an LSTM state is a tuple \(h0, c0\) of arrays of shape \(2, 2, 5\), got "
+                                        r"ndarray"):
         lstm.run(X, S)
 
 
@@ -167,7 +168,8 @@ def test_x_and_state_that_are_no_arrays(lstm):
     packed = torch.nn.utils.rnn.pack_padded_sequence(torch.zeros(3, 2, 4), [3, 2])
     with pytest.raises(TypeError, match="x is a torch PackedSequence: this Executor runs padded arrays"):
         lstm.run(packed)
-    with pytest.raises(TypeError, match=r"c0 is None: pass an array of shape \(2, 2, 5\), or leave the whole state out"):
+    with pytest.raises(TypeError, match=r"c0 is None: pass an array of shape \(2, 2, 5\), or leave the whole "
+                                        r"state out"):
         lstm.run(X, (S, None))
     with pytest.raises(TypeError, match=r"x is None"):
         lstm.run(None)
@@ -203,5 +205,6 @@ def test_cli_warns_before_a_long_graphviz_layout(tmp_path):
     r = cli("plan", "--svg", str(tmp_path / "p.svg"), PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     assert r.returncode == 0, r.stderr
     assert "note: --svg draws 831 boxes, which Graphviz may take minutes" in r.stderr and "--view cell" in r.stderr
-    small = cli("plan", "--svg", str(tmp_path / "q.svg"), "--seq-len", "3", PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    path = f"{tmp_path}{os.pathsep}{os.environ['PATH']}"
+    small = cli("plan", "--svg", str(tmp_path / "q.svg"), "--seq-len", "3", PATH=path)
     assert small.returncode == 0 and "note:" not in small.stderr

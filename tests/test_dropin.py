@@ -209,7 +209,8 @@ def test_the_core_imports_without_torch():
 
     code = ("import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
             "import rnnplan as rp\n"
-            "plan = rp.build_plan(rp.RNNSpec(cell='gru', input_size=3, hidden_size=4, num_layers=1, seq_len=2, batch=1))\n"
+            "spec = rp.RNNSpec(cell='gru', input_size=3, hidden_size=4, num_layers=1, seq_len=2, batch=1)\n"
+            "plan = rp.build_plan(spec)\n"
             "try:\n    rp.compile\nexcept ModuleNotFoundError as e:\n    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr

@@ -55,7 +55,8 @@ def test_matches_torch_packed_sequences(cell, layers, bidir, batch_first, patter
         ex = rp.Executor(build_plan(spec, passes=passes), rp.Weights.from_torch(module, spec), backend="numpy")
         out, st = ex.run(x, state, lengths=lengths)
         assert rel_err(out, want[0]) < 1e-5 and np.isfinite(out).all()
-        for got, w in zip(st if isinstance(st, tuple) else (st,), want[1] if isinstance(want[1], tuple) else (want[1],)):
+        states = st if isinstance(st, tuple) else (st,)
+        for got, w in zip(states, want[1] if isinstance(want[1], tuple) else (want[1],), strict=True):
             assert rel_err(got, w) < 1e-5
         t = np.arange(5)[:, None] if not batch_first else np.arange(5)[None, :]
         past = (t >= np.asarray(lengths)[None, :]) if not batch_first else (t >= np.asarray(lengths)[:, None])
@@ -127,7 +128,8 @@ def test_bad_lengths_are_named(lengths, error, message):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(rp.backends.cupy_unavailable_reason() is not None, reason=str(rp.backends.cupy_unavailable_reason()))
+@pytest.mark.skipif(rp.backends.cupy_unavailable_reason() is not None,
+                    reason=str(rp.backends.cupy_unavailable_reason()))
 @pytest.mark.parametrize("kw", [
     dict(cell="lstm", num_layers=2, bidirectional=True, batch_first=False),
     dict(cell="gru", num_layers=3, bidirectional=False, batch_first=True),

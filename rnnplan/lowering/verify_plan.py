@@ -129,7 +129,8 @@ def _bindings(plan: Plan) -> list[str]:
         for k, v in enumerate(views):
             role = buffers[v.buffer].role
             if role in HOST_WRITTEN or (name == "out" and role != "output"):
-                errs.append(f"output {name}[{k}] is bound to buffer {v.buffer} ({buffers[v.buffer].name}) of role {role}")
+                errs.append(f"output {name}[{k}] is bound to buffer {v.buffer} ({buffers[v.buffer].name}) of role "
+                            f"{role}")
     tensors = param_shapes(spec)
     for b in buffers:
         if b.role != "param":
@@ -163,7 +164,8 @@ def _run(start: int, end: int, ld: int) -> list[tuple[int, int, int, int]]:
     (r0, c0), (r1, c1) = divmod(start, ld), divmod(end, ld)
     if r0 == r1:
         return [(r0, r0 + 1, c0, c1)] if c1 > c0 else []
-    return [(r0, r0 + 1, c0, ld)] + ([(r0 + 1, r1, 0, ld)] if r1 > r0 + 1 else []) + ([(r1, r1 + 1, 0, c1)] if c1 else [])
+    middle = [(r0 + 1, r1, 0, ld)] if r1 > r0 + 1 else []
+    return [(r0, r0 + 1, c0, ld)] + middle + ([(r1, r1 + 1, 0, c1)] if c1 else [])
 
 
 def _rects(v: BufferView, ld: int) -> list[tuple[int, int, int, int]] | None:
