@@ -4,9 +4,9 @@ the hardware-free planner as data (`PlanOptions.device`)."""
 
 from __future__ import annotations
 
+import rnnplan.lowering.planner as planner
 from rnnplan.backends.device import local_device
 from rnnplan.ir.graph import Graph
-from rnnplan.lowering import planner
 from rnnplan.lowering.plan import Plan
 from rnnplan.spec import PlanOptions, RNNSpec
 

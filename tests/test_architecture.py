@@ -29,8 +29,8 @@ MAY_IMPORT_BACKENDS = {"rnnplan", "rnnplan.api", "rnnplan.executor", "rnnplan.cl
 
 
 def _imports(module: str, path: Path) -> set[str]:
-    """Every rnnplan module `module` imports, anywhere in its source (a name imported from a package
-    counts as that submodule when it is one, else as the package)."""
+    """Every rnnplan module `module` imports, anywhere in its source. `from X import Y` imports X (Python
+    runs X's __init__ first) and, when Y is a submodule, X.Y too."""
     found = set()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
@@ -41,7 +41,7 @@ def _imports(module: str, path: Path) -> set[str]:
             if node.level:  # relative: from the package, up level - 1 packages
                 parts = package.split(".")[:len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
-            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names}
+            found |= {base} | {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES}
     return {m for m in found if m == "rnnplan" or m.startswith("rnnplan.")} | (
         {"cupy"} if any(m == "cupy" or m.startswith("cupy.") for m in found) else set())
 

@@ -17,7 +17,7 @@ Node names read `L{layer}.{fwd|rev}.t{time}.{role}.{gate}` (`ir/names.py`); they
 
 from __future__ import annotations
 
-from rnnplan.ir import names
+import rnnplan.ir.names as names
 from rnnplan.ir.cells import CELLS, Cell, cell_of
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Gemm, Node, Region, Value

@@ -14,7 +14,7 @@ from itertools import chain
 
 import networkx as nx
 
-from rnnplan.ir import names
+import rnnplan.ir.names as names
 from rnnplan.ir.cells import CELLS
 from rnnplan.ir.node import KERNEL_KINDS, Node, Region, Value
 from rnnplan.spec import RNNSpec

@@ -16,7 +16,7 @@ import json
 
 from pydantic import ValidationError
 
-from rnnplan.lowering import planner
+import rnnplan.lowering.planner as planner
 from rnnplan.lowering.plan import SCHEMA_VERSION, Plan
 from rnnplan.lowering.registry import is_registered, register
 from rnnplan.lowering.verify_plan import PlanError, verify_plan

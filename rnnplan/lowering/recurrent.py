@@ -20,7 +20,7 @@ they are computed inside it, which keeps the wavefront across layers).
 
 from __future__ import annotations
 
-from rnnplan.ir import names
+import rnnplan.ir.names as names
 from rnnplan.ir.build import param_shapes, sequence_storages, source_nodes
 from rnnplan.ir.cells import CELLS
 from rnnplan.ir.graph import Graph

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from rnnplan.ir import names
+import rnnplan.ir.names as names
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Gemm, Node, Region, Value
 from rnnplan.passes.record import Pass

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import networkx as nx
 
-from rnnplan.ir import names
+import rnnplan.ir.names as names
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Instr, Node
 from rnnplan.passes.record import Pass

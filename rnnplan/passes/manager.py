@@ -11,19 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from rnnplan.ir import Graph, verify
-from rnnplan.passes import (
-    batch_input_gemms,
-    combine_gates,
-    fuse_pointwise,
-    pretranspose,
-    wavefront_streams,
-)
+from rnnplan.ir.graph import Graph
+from rnnplan.ir.verify import verify
+from rnnplan.passes.batch_input_gemms import PASS as BATCH_INPUT_GEMMS
+from rnnplan.passes.combine_gates import PASS as COMBINE_GATES
+from rnnplan.passes.fuse_pointwise import PASS as FUSE_POINTWISE
+from rnnplan.passes.pretranspose import PASS as PRETRANSPOSE
 from rnnplan.passes.record import Pass
+from rnnplan.passes.wavefront_streams import PASS as WAVEFRONT_STREAMS
 from rnnplan.spec import PASSES, PlanOptions
 
-_RECORDS = {p.name: p for p in (m.PASS for m in (batch_input_gemms, combine_gates, fuse_pointwise, pretranspose,
-                                                 wavefront_streams))}
+_RECORDS = {p.name: p for p in (BATCH_INPUT_GEMMS, COMBINE_GATES, FUSE_POINTWISE, PRETRANSPOSE, WAVEFRONT_STREAMS)}
 if set(_RECORDS) != set(PASSES):
     raise ImportError(f"pass records {sorted(_RECORDS)} do not match rnnplan.spec.PASSES {list(PASSES)}")
 REGISTRY: dict[str, Pass] = {name: _RECORDS[name] for name in PASSES}

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from rnnplan.ir import names
+import rnnplan.ir.names as names
 from rnnplan.ir.build import sequence_storages, source_nodes
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Node, Region, Value
