@@ -21,24 +21,10 @@ import time
 import torch
 
 import rnnplan as rp
+from rnnplan.bench import median_ms
 
 
-def median_ms(fn, repeats: int = 30, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def rel_err(got, want) -> float:
+def rel_err(got, want) -> float:  # of torch tensors (rnnplan.bench's takes arrays)
     return float((got.float() - want.float()).norm() / want.float().norm())
 
 
@@ -79,9 +65,9 @@ def packed_against_padded(results: list) -> None:
             m.to(dtype)
             torch.backends.cudnn.allow_tf32 = precision == "tf32"
             err = rel_err(fast(packed)[0].data, want)
-            padded_ms = median_ms(lambda: fast(x))
-            packed_ms = median_ms(lambda: fast(packed))
-            cudnn_packed = median_ms(lambda: m(packed))
+            padded_ms = median_ms(lambda i: fast(x), 30)
+            packed_ms = median_ms(lambda i: fast(packed), 30)
+            cudnn_packed = median_ms(lambda i: m(packed), 30)
         row = dict(kind="packed", row=f"LSTM 4x512 B64 T100 {precision}", padded_ms=padded_ms, packed_ms=packed_ms,
                    cudnn_packed_ms=cudnn_packed, rel_err=err, explain=fast.explain())
         results.append(row)
@@ -124,8 +110,8 @@ def chunk_latency(results: list) -> None:
             state = (h0, torch.zeros_like(h0))
             with torch.no_grad():
                 err = rel_err(fast(x, state)[0], m(x, state)[0])
-                ours = median_ms(lambda: fast(x, state))
-                eager = median_ms(lambda: m(x, state))
+                ours = median_ms(lambda i: fast(x, state), 30)
+                eager = median_ms(lambda i: m(x, state), 30)
                 static_x = x.clone()
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
@@ -136,7 +122,7 @@ def chunk_latency(results: list) -> None:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
                     m(static_x, state)
-                captured = median_ms(graph.replay)
+                captured = median_ms(lambda i: graph.replay(), 30)
             lowering = fast.executor(chunk, 1, False, x.device).plan.lowering
             row = dict(kind="chunk", row=f"LSTM {layers}x{hidden} B1 chunk {chunk}", rnnplan_ms=ours, cudnn_eager_ms=eager,
                        cudnn_graph_ms=captured, rel_err=err, lowering=lowering)

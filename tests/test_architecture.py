@@ -63,8 +63,8 @@ def test_only_the_backends_import_cupy_or_the_backends():
     """The IR, the passes, the lowering, the persistent kernel's home and the views run with no GPU:
     the device reaches the planner as data (PlanOptions.device)."""
     for module, imports in IMPORTS.items():
-        if module.startswith(("rnnplan.backends", "rnnplan.bench")):
-            continue  # the backends; the benchmark client of the public API, which times CuPy and torch
+        if module.startswith("rnnplan.backends"):
+            continue
         if module in MAY_IMPORT_BACKENDS:
             continue
         assert "cupy" not in imports, module

@@ -1,14 +1,17 @@
 """The benchmark harness every GPU benchmark shares (`rnnplan bench` and the scripts in benchmarks/):
 the benchmark rows and precisions, torch modules set up as cuDNN runs them, the strict-fp32
 reference, relative errors, and timing (CUDA events on the caller's stream around one full forward,
-after warm-up, median of `repeats`; cuDNN eager and captured in a CUDA graph). Needs CuPy and
-PyTorch with CUDA at call time; importing it needs neither.
+after warm-up, median of `repeats`; cuDNN eager and captured in a CUDA graph). Needs PyTorch with
+CUDA at call time (and CuPy, for rnnplan's GPU backend); importing it needs neither, and it imports
+no CuPy itself: inputs go to rnnplan as torch CUDA tensors.
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
+from importlib import metadata
 
 import numpy as np
 
@@ -45,19 +48,22 @@ def rel_err(got, want) -> float:
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    import cupy as cp
+    """Median ms of `fn(i)` over `repeats` calls, between CUDA events on torch's current stream, after
+    `warmup` calls. rnnplan's executors order their work after the caller's stream and make it wait
+    for their results, so the events bracket a whole call."""
+    import torch
 
     for i in range(warmup):
         fn(i)
-    cp.cuda.Device().synchronize()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for i in range(repeats):
         start.record()
         fn(i)
         end.record()
         end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end))
+        times.append(start.elapsed_time(end))
     return statistics.median(times)
 
 
@@ -112,12 +118,22 @@ def strict_reference(torch, module, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def environment(torch, cp) -> dict:
+def environment(torch) -> dict:
     """The device and library versions, and the date, for a results table."""
-    dev = cp.cuda.Device()
-    props = cp.cuda.runtime.getDeviceProperties(dev.id)
-    return dict(device=props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
-                sms=props["multiProcessorCount"], torch=torch.__version__, cudnn=torch.backends.cudnn.version(),
-                cupy=cp.__version__, cuda_runtime=cp.cuda.runtime.runtimeGetVersion(),
-                driver=cp.cuda.runtime.driverGetVersion(), rnnplan=rp.__version__,
-                date=time.strftime("%Y-%m-%d"))
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    cupy = next((v for v in map(_version, ("cupy-cuda13x", "cupy-cuda12x", "cupy")) if v), "not installed")
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30).stdout.split("\n")[0].strip() or "unknown"
+    except OSError:
+        driver = "unknown"
+    return dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__,
+                cudnn=torch.backends.cudnn.version(), cupy=cupy, cuda=torch.version.cuda, driver=driver,
+                rnnplan=rp.__version__, date=time.strftime("%Y-%m-%d"))
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

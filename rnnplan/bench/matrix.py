@@ -27,7 +27,7 @@ from rnnplan.bench.harness import (
 )
 
 
-def bench_row(torch, cp, label: str, kw: dict, precision: str, repeats: int) -> dict:
+def bench_row(torch, label: str, kw: dict, precision: str, repeats: int) -> dict:
     spec = rp.RNNSpec(**kw, dtype="float16" if precision == "fp16" else "float32")
     module = cudnn_module(torch, spec, precision)
     weights = rp.Weights.from_torch(module, spec)
@@ -47,19 +47,19 @@ def bench_row(torch, cp, label: str, kw: dict, precision: str, repeats: int) -> 
     with torch.no_grad():
         cudnn_out = module(torch.as_tensor(xs_np[0], device="cuda"))[0].float().cpu().numpy()
     cudnn_err = rel_err(cudnn_out, want)
-    xs_cp = [cp.asarray(x) for x in xs_np]
-    xs_t = [torch.as_tensor(x, device="cuda") for x in xs_np]
-    ours = median_ms(lambda i: ex.run(xs_cp[i % 4]), repeats)
+    xs_t = [torch.as_tensor(x, device="cuda") for x in xs_np]  # rnnplan reads them in place (zero copy)
+    ours = median_ms(lambda i: ex.run(xs_t[i % 4]), repeats)
     eager, cudnn_graph = cudnn_times(torch, module, xs_t, repeats)
     return dict(row=label, precision=precision, rnnplan_ms=ours, cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph,
-                vs_cudnn_graph=cudnn_graph / ours, vs_cudnn_eager=eager / ours, rel_err=err, cudnnrel_err=cudnn_err,
+                vs_cudnn_graph=cudnn_graph / ours, vs_cudnn_eager=eager / ours, rel_err=err, cudnn_rel_err=cudnn_err,
                 ok=err <= TOL[precision], plan_s=plan_s, kernels=plan.stats.kernels, streams=plan.stats.streams)
 
 
-def ablation(torch, cp, repeats: int, precision: str = "tf32") -> list[dict]:
+def ablation(torch, repeats: int, precision: str = "tf32") -> list[dict]:
     spec = rp.RNNSpec(**ROWS[0][1])
     weights = rp.Weights.random(spec, seed=0)
-    x = cp.asarray(np.random.default_rng(1).standard_normal((spec.seq_len, spec.batch, spec.input_size)), dtype=np.float32)
+    x = torch.as_tensor(np.random.default_rng(1).standard_normal((spec.seq_len, spec.batch, spec.input_size)),
+                        dtype=torch.float32, device="cuda")
     ref = None
     rows = []
     steps = [((), "streams")] + [(rp.PASSES[:k], "streams") for k in range(1, len(rp.PASSES) + 1)] + [(rp.PASSES, "graph")]
@@ -79,14 +79,14 @@ def ablation(torch, cp, repeats: int, precision: str = "tf32") -> list[dict]:
 
 def _markdown(env: dict, abl: list[dict], rows: list[dict]) -> str:
     lines = [f"Device: {env['device']} ({env['sms']} SMs); torch {env['torch']}, cuDNN {env['cudnn']}, "
-             f"CuPy {env['cupy']}, CUDA runtime {env['cuda_runtime']}, driver API {env['driver']}; {env['date']}.", "",
+             f"CuPy {env['cupy']}, CUDA {env['cuda']} (torch's), driver {env['driver']}; {env['date']}.", "",
              "| ablation step (paper config, tf32) | ms | kernels | speed-up vs naive |", "|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['ms']:.3f} | {r['kernels']:,} | {abl[0]['ms'] / r['ms']:.1f}x |" for r in abl]
     lines += ["", "| config | precision | rnnplan ms | cuDNN eager ms | cuDNN graph ms | vs cuDNN graph | vs cuDNN eager | rel. err (rnnplan / cuDNN) |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['row']} | {r['precision']} | {r['rnnplan_ms']:.3f} | {r['cudnn_eager_ms']:.3f} | "
               f"{r['cudnn_graph_ms']:.3f} | {r['vs_cudnn_graph']:.2f}x | {r['vs_cudnn_eager']:.2f}x | "
-              f"{r['rel_err']:.1e} / {r['cudnnrel_err']:.1e}{'' if r['ok'] else ' FAIL'} |" for r in rows]
+              f"{r['rel_err']:.1e} / {r['cudnn_rel_err']:.1e}{'' if r['ok'] else ' FAIL'} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -110,20 +110,19 @@ def _chart(abl: list[dict], path: Path) -> None:
 
 def main(quick: bool = False, out: str | None = None, repeats: int = 30) -> None:
     try:
-        import cupy as cp
         import torch
     except ImportError as e:
-        raise RuntimeError(f"rnnplan bench needs CuPy and PyTorch with CUDA: {e}") from None
+        raise RuntimeError(f"rnnplan bench needs PyTorch with CUDA (and CuPy): {e}") from None
     if not torch.cuda.is_available():
         raise RuntimeError("rnnplan bench needs a CUDA GPU visible to PyTorch")
     repeats = 10 if quick else repeats
-    env = environment(torch, cp)
+    env = environment(torch)
     print(json.dumps(env), flush=True)
-    abl = ablation(torch, cp, repeats)
+    abl = ablation(torch, repeats)
     rows = []
     todo = [(label, kw, precision) for label, kw in (ROWS[:2] if quick else ROWS) for precision in PRECISIONS]
     for done, (label, kw, precision) in enumerate(todo, 1):
-        r = bench_row(torch, cp, label, kw, precision, repeats)
+        r = bench_row(torch, label, kw, precision, repeats)
         rows.append(r)
         print(f"  [{done}/{len(todo)}] {label:<30} {precision}  rnnplan {r['rnnplan_ms']:8.3f}  "
               f"eager {r['cudnn_eager_ms']:8.3f}  graph {r['cudnn_graph_ms']:8.3f}  "
