@@ -25,8 +25,8 @@ def build_plan(spec: RNNSpec, passes: tuple[str, ...] | list[str] | None = None,
     for `options.passes`) selects passes; `()` is the naive plan. Plans are cached by (spec, options):
     a repeated call returns the same (immutable) Plan. `progress(stage, done, total)`, if given, is
     called as planning moves from stage to stage."""
-    options = with_local_device(planner.resolve_options(options, passes))
-    return planner.build_plan(spec, options=options, progress=progress)
+    options = with_local_device(planner.resolve_options(options, passes))  # validated once, here
+    return planner.planned(planner.revalidated(spec, RNNSpec, "spec"), options, progress)
 
 
 def build_graph(spec: RNNSpec, options: PlanOptions | None = None) -> Graph:

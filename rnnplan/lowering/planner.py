@@ -54,7 +54,11 @@ def build_plan(spec: RNNSpec, passes: tuple[str, ...] | list[str] | None = None,
     is the naive plan. Plans are cached by (spec, options) in `PLAN_CACHE`: a repeated call returns
     the same (immutable) Plan. `progress(stage, done, total)`, if given, is called as planning moves from
     stage to stage."""
-    spec, options = revalidated(spec, RNNSpec, "spec"), resolve_options(options, passes)
+    return planned(revalidated(spec, RNNSpec, "spec"), resolve_options(options, passes), progress)
+
+
+def planned(spec: RNNSpec, options: PlanOptions, progress=None) -> Plan:
+    """`build_plan` for a spec and options already validated (by `revalidated`, `resolve_options`)."""
     options.check_against(spec)
     key = (spec, options)
     found = PLAN_CACHE.get(key)
