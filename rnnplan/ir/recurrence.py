@@ -65,6 +65,16 @@ class Recurrence:
         return Precision.of(self.dtype, self.math)
 
 
+# The fields that say which network a Recurrence runs (the others say which kernel runs it).
+NETWORK_FIELDS = ("cell", "num_layers", "directions", "seq_len", "batch", "hidden", "input_size", "bias", "dtype")
+
+
+def network_of(spec) -> dict[str, object]:
+    """The network fields of a recurrence that runs `spec` (an RNNSpec, whose field for `hidden` is
+    `hidden_size`)."""
+    return {f: getattr(spec, "hidden_size" if f == "hidden" else f) for f in NETWORK_FIELDS}
+
+
 def operand_shapes(r: Recurrence) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(input shapes, output shapes) of a recurrent node or step, in operand order."""
     G, H, T, B, D, L = r.gates, r.hidden, r.seq_len, r.batch, r.directions, r.num_layers

@@ -25,7 +25,7 @@ from rnnplan.ir.build import param_shapes, sequence_storages, source_nodes
 from rnnplan.ir.cells import CELLS
 from rnnplan.ir.graph import Graph
 from rnnplan.ir.node import Gemm, Node, Region, Value
-from rnnplan.ir.recurrence import Recurrence
+from rnnplan.ir.recurrence import NETWORK_FIELDS, Recurrence
 from rnnplan.lowering.plan import Plan
 from rnnplan.lowering.registry import register
 from rnnplan.persistent.select import DEFAULT_DEVICE, choose_recurrence, planning_device
@@ -101,9 +101,6 @@ def persistent_recurrence(graph: Graph, options=None, spec: RNNSpec | None = Non
     for s, values in finals.items():
         nodes.append(Node(f"{s}_n", "output", tuple(values), role=f"{s}_n"))
     return Graph(spec, nodes, sequence_storages(spec), graph.passes + ("persistent_recurrence",))
-
-
-NETWORK_FIELDS = ("cell", "num_layers", "directions", "seq_len", "batch", "hidden", "input_size", "bias", "dtype")
 
 
 def with_recurrence(plan: Plan, r: Recurrence) -> Plan:

@@ -21,7 +21,7 @@ from collections import defaultdict
 from rnnplan.ir.build import param_shapes
 from rnnplan.ir.cells import CELLS
 from rnnplan.ir.ops import POINTWISE_OPS
-from rnnplan.ir.recurrence import operand_shapes
+from rnnplan.ir.recurrence import network_of, operand_shapes
 from rnnplan.ir.verify import expression_faults
 from rnnplan.lowering.clocks import Clocks
 from rnnplan.lowering.plan import HOST_WRITTEN, BufferView, Plan, Step
@@ -149,9 +149,7 @@ def _bindings(plan: Plan) -> list[str]:
         if tuple(b.shape) != want:
             errs.append(f"buffer {b.id} ({b.name}): shape {tuple(b.shape)} is not {b.source}'s {shape} with "
                         f"transform {b.transform!r} ({want})")
-    network = {"cell": spec.cell, "num_layers": spec.num_layers, "directions": spec.directions,
-               "seq_len": spec.seq_len, "batch": spec.batch, "hidden": spec.hidden_size,
-               "input_size": spec.input_size, "bias": spec.bias, "dtype": spec.dtype}
+    network = network_of(spec)
     for s in plan.steps:
         if s.recurrence is not None:
             errs += [f"{s.name}: recurrence.{k} is {getattr(s.recurrence, k)!r}, the spec's is {v!r}"
@@ -171,9 +169,9 @@ def _run(start: int, end: int, ld: int) -> list[tuple[int, int, int, int]]:
 def _rects(v: BufferView, ld: int) -> list[tuple[int, int, int, int]] | None:
     """The elements a view touches, as rectangles of a buffer seen with rows `ld` long (None: too many
     pieces to list, for a view with another row stride that is no contiguous run)."""
-    r0, c0 = divmod(v.offset, v.ld)
-    if v.ld == ld and c0 + v.cols <= ld:
-        return [(r0, r0 + v.rows, c0, c0 + v.cols)]
+    rect = _rect(v) if v.ld == ld else None
+    if rect is not None:
+        return [rect]
     if v.cols == v.ld or v.rows == 1:
         return _run(v.offset, v.offset + (v.rows - 1) * v.ld + v.cols, ld)
     if v.rows > 4096:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from math import prod
 
 from rnnplan.ir.build import param_shapes
-from rnnplan.ir.recurrence import Recurrence
+from rnnplan.ir.recurrence import Recurrence, network_of
 from rnnplan.persistent.kernel import kernel_of
 from rnnplan.precision import Precision
 from rnnplan.spec import H200, DeviceShape, PlanOptions, RNNSpec
@@ -76,8 +76,8 @@ def recurrence_of(spec: RNNSpec, units: int, batch_tile: int = 0, registers: boo
     precision = Precision.of(spec.dtype, math)
     if batch_tile:
         precision = precision.on_tensor_cores()
-    return Recurrence(spec.cell, spec.num_layers, spec.directions, spec.seq_len, spec.batch, spec.hidden_size,
-                      spec.input_size, spec.bias, spec.dtype, units, batch_tile, registers, precision.math)
+    return Recurrence(**network_of(spec), units_per_block=units, batch_tile=batch_tile, weights_in_registers=registers,
+                      math=precision.math)
 
 
 def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, registers: bool) -> Recurrence | None:
