@@ -7,6 +7,7 @@ import os
 from math import prod
 
 from rnnplan.ir.build import param_shapes
+from rnnplan.precision import Precision
 
 
 class NotEnoughMemory(MemoryError):
@@ -44,7 +45,7 @@ def weight_count(spec) -> int:
 def plan_breakdown(plan) -> dict[str, int]:
     """Bytes of a plan's buffers by what drives their size: sequences (x and every layer's output,
     seq_len x batch rows), temporaries (batch rows, or chunks of steps), weights (hidden_size)."""
-    itemsize = 2 if plan.spec.dtype == "float16" else 4
+    itemsize = Precision.of(plan.spec.dtype).element_bytes
     parts = {"sequences": 0, "temporaries": 0, "weights": 0, "states": 0}
     kind = {"input": "sequences", "seq": "sequences", "output": "sequences", "temp": "temporaries",
             "param": "weights", "state": "states"}

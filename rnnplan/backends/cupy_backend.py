@@ -28,7 +28,7 @@ from rnnplan.backends.cublas import WORKSPACE_BYTES, Cublas
 from rnnplan.backends.device import describe_device
 from rnnplan.backends.kernels import THREADS, kernel_key, kernel_source, launch_grid
 from rnnplan.backends.outputs import pack_outputs
-from rnnplan.lowering.plan import BufferView, Plan, Step
+from rnnplan.lowering.plan import DEVICE_WRITTEN, BufferView, Plan, Step
 from rnnplan.persistent import PROFILE_SLOTS, kernel_name, kernel_of
 from rnnplan.persistent import THREADS as PERSISTENT_THREADS
 from rnnplan.persistent import kernel_source as persistent_source
@@ -72,6 +72,7 @@ class CupyExecutor:
         with self.device:
             self._check_memory()
             self.buffers = [cp.empty(b.size, dtype=self.dtype) for b in plan.buffers]
+            self.written = [self.buffers[b.id] for b in plan.buffers if b.role in DEVICE_WRITTEN]  # NaN in debug
             for b in plan.buffers:
                 if b.role == "param":
                     self.buffers[b.id][:] = cp.asarray(weights.layout(b.source, b.transform).astype(self.dtype)).ravel()
@@ -231,9 +232,8 @@ class CupyExecutor:
     def poison(self) -> None:
         """Fill every buffer that steps write with NaN (tests: an element nobody writes shows up)."""
         with self.device:
-            for b in self.plan.buffers:
-                if b.role in ("temp", "seq", "output"):
-                    self.buffers[b.id].fill(np.nan)
+            for buffer in self.written:
+                buffer.fill(np.nan)
             self.device.synchronize()
 
     def _load(self, x, h0, c0, mask=None) -> None:
@@ -343,9 +343,8 @@ class CupyExecutor:
             first = self.streams[0]
             if self.debug:  # what this call does not write shows as NaN, never as an earlier call's value
                 with first:
-                    for b in plan.buffers:
-                        if b.role in ("temp", "seq", "output"):
-                            self.buffers[b.id].fill(np.nan)
+                    for buffer in self.written:
+                        buffer.fill(np.nan)
             if self.graph is not None:
                 self.graph.launch(stream=first)
             else:

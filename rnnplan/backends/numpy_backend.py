@@ -16,7 +16,7 @@ import numpy as np
 
 from rnnplan.backends.outputs import pack_outputs
 from rnnplan.ir import semantics
-from rnnplan.lowering.plan import BufferView, Plan
+from rnnplan.lowering.plan import DEVICE_WRITTEN, BufferView, Plan
 from rnnplan.resources import available_host_bytes, check_fits, plan_breakdown
 from rnnplan.weights import Weights
 
@@ -29,7 +29,7 @@ class NumpyExecutor:
         check_fits("the plan", sum(parts.values()), available_host_bytes(), "host", plan.spec, parts)
         # NaN-filled so that a read of memory nothing wrote poisons the result instead of passing.
         self.buffers = [np.full(b.size, np.nan, dtype=self.dtype) for b in plan.buffers]
-        self.written = [b.id for b in plan.buffers if b.role in ("temp", "seq", "output")]
+        self.written = [b.id for b in plan.buffers if b.role in DEVICE_WRITTEN]
         for b in plan.buffers:
             if b.role == "param":
                 self.view(BufferView(b.id, 0, b.shape[0], b.shape[1], b.shape[1]))[...] = \

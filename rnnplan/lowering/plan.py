@@ -24,6 +24,7 @@ SCHEMA_VERSION = 1
 
 BufferRole = Literal["input", "state", "param", "seq", "output", "temp"]
 HOST_WRITTEN: frozenset[str] = frozenset({"input", "state", "param"})  # filled before steps run
+DEVICE_WRITTEN: frozenset[str] = frozenset({"seq", "output", "temp"})  # written by the steps
 
 
 class _Frozen(BaseModel):
