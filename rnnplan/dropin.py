@@ -29,7 +29,7 @@ import torch
 
 from rnnplan.api import build_plan
 from rnnplan.executor import Executor
-from rnnplan.spec import TORCH_MODES, PlanOptions, RNNSpec
+from rnnplan.spec import PlanOptions, RNNSpec, torch_cell
 from rnnplan.weights import ARCH_FIELDS, Weights
 
 PARAMETER_DTYPES = {torch.float32: "float32", torch.float16: "float16"}
@@ -59,11 +59,7 @@ def compile(module, *, lowering: str = "auto", bucket: int | None = None, cache_
 
 
 def _refuse(module) -> None:
-    mode = getattr(module, "mode", None)
-    if mode not in TORCH_MODES:
-        raise CompileError(f"rnnplan.compile takes a torch.nn.LSTM, GRU or RNN, got {type(module).__name__}")
-    if getattr(module, "proj_size", 0):
-        raise CompileError(f"proj_size={module.proj_size}: LSTMs with projections are not supported yet")
+    torch_cell(module, "rnnplan.compile", CompileError)
     if module.training and module.dropout > 0 and module.num_layers > 1:
         raise CompileError(f"training=True with dropout={module.dropout}: rnnplan runs inference without dropout; "
                            "call module.eval() first")

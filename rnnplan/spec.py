@@ -16,11 +16,32 @@ Cell = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
 # torch.nn.RNNBase.mode -> the cell (torch's Elman modes carry the nonlinearity).
 TORCH_MODES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 
+
+def torch_cell(module, caller: str, error: type[ValueError] = ValueError) -> str:
+    """The cell of a `torch.nn.LSTM` / `GRU` / `RNN`; `error`, naming `caller`, for any other module
+    and for an LSTM with projections (not supported yet)."""
+    mode = getattr(module, "mode", None)
+    if mode not in TORCH_MODES:
+        raise error(f"{caller} takes a torch.nn.LSTM, GRU or RNN, got {type(module).__name__}"
+                    + (f" of mode {mode!r}" if mode else ""))
+    if getattr(module, "proj_size", 0):
+        raise error(f"proj_size={module.proj_size}: LSTMs with projections are not supported yet")
+    return TORCH_MODES[mode]
+
 # The passes, by name, in canonical order: the order `build_plan` runs any subset in. Each pass is a
 # record in its own module of rnnplan/passes/ (what it needs to follow, whether it is step-local);
 # the pass manager checks that this order keeps every pass after the ones it must follow.
 PASSES: tuple[str, ...] = ("combine_gates", "pretranspose", "batch_input_gemms", "fuse_pointwise",
                            "wavefront_streams")
+
+
+def check_pass_names(names: tuple[str, ...]) -> None:
+    """ValueError unless every one of `names` is a pass of `PASSES` and none repeats."""
+    unknown = [n for n in names if n not in PASSES]
+    if unknown:
+        raise ValueError(f"unknown pass name(s) {unknown}; known passes, in canonical order: {list(PASSES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"pass names repeat in {list(names)}")
 
 # Sizes and switches validate strictly: a bool is no size (True is not batch 1), a string no number.
 Size = Annotated[int, Field(strict=True, gt=0)]
@@ -57,14 +78,9 @@ class RNNSpec(BaseModel):
     def from_torch(cls, module, seq_len: int, batch: int, **overrides) -> RNNSpec:
         """The spec of a `torch.nn.LSTM` / `GRU` / `RNN` for calls of `seq_len` steps and `batch`
         sequences (its dtype from its parameters; `overrides` for any other field)."""
-        mode = getattr(module, "mode", None)
-        if mode not in TORCH_MODES:
-            raise ValueError(f"RNNSpec.from_torch takes a torch.nn.LSTM, GRU or RNN, got {type(module).__name__}"
-                             + (f" of mode {mode!r}" if mode else ""))
-        if getattr(module, "proj_size", 0):
-            raise ValueError(f"proj_size={module.proj_size}: LSTMs with projections are not supported yet")
+        cell = torch_cell(module, "RNNSpec.from_torch")
         dtype = str(next(module.parameters()).dtype).replace("torch.", "")
-        fields = dict(cell=TORCH_MODES[mode], input_size=module.input_size, hidden_size=module.hidden_size,
+        fields = dict(cell=cell, input_size=module.input_size, hidden_size=module.hidden_size,
                       num_layers=module.num_layers, seq_len=seq_len, batch=batch,
                       bidirectional=module.bidirectional, bias=module.bias, batch_first=module.batch_first,
                       dtype=dtype)
@@ -143,12 +159,7 @@ class PlanOptions(BaseModel):
     def _known_passes(cls, passes: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if passes is None:
             return None
-        unknown = [p for p in passes if p not in PASSES]
-        if unknown:
-            raise ValueError(f"unknown pass name(s) {unknown}; known passes, in canonical order: "
-                             f"{list(PASSES)}")
-        if len(set(passes)) != len(passes):
-            raise ValueError(f"pass names repeat in {list(passes)}")
+        check_pass_names(passes)
         return tuple(p for p in PASSES if p in passes)  # canonical order, whatever order was given
 
     @field_validator("input_chunk")

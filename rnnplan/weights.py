@@ -23,8 +23,7 @@ import numpy as np
 
 from rnnplan.ir.build import param_shapes
 from rnnplan.resources import available_host_bytes, check_fits, weight_count
-from rnnplan.spec import TORCH_MODES as _TORCH_MODES
-from rnnplan.spec import RNNSpec
+from rnnplan.spec import RNNSpec, torch_cell
 
 _ARCH_KEY = "__rnnplan_arch__"
 ARCH_FIELDS = ("cell", "input_size", "hidden_size", "num_layers", "bidirectional", "bias", "batch_first")
@@ -128,14 +127,11 @@ class Weights:
         if isinstance(obj, Mapping):
             weights = cls(_strip_prefix(obj, prefix))
         elif (module := _rnn_module(obj)) is not None:
-            if module.mode not in _TORCH_MODES:
-                raise WeightsError(f"unsupported torch RNN mode {module.mode!r}; supported: {list(_TORCH_MODES)}")
-            if getattr(module, "proj_size", 0):
-                raise WeightsError(f"proj_size={module.proj_size}: LSTMs with projections are not supported yet")
+            cell = torch_cell(module, "Weights.from_torch", WeightsError)
             if module.training and module.dropout > 0 and module.num_layers > 1:
                 warnings.warn(f"the module is in training mode with dropout={module.dropout}: rnnplan runs inference, "
                               "which applies no dropout (call module.eval() to say so)", WeightsWarning, stacklevel=2)
-            arch = {"cell": _TORCH_MODES[module.mode], **{f: getattr(module, f) for f in ARCH_FIELDS[1:]}}
+            arch = {"cell": cell, **{f: getattr(module, f) for f in ARCH_FIELDS[1:]}}
             weights = cls({k: v for k, v in module.state_dict().items()}, arch)
         else:
             raise WeightsError(f"from_torch takes a torch.nn.LSTM/GRU/RNN, a model holding one, or a state dict, "

@@ -19,7 +19,7 @@ from rnnplan.passes.fuse_pointwise import PASS as FUSE_POINTWISE
 from rnnplan.passes.pretranspose import PASS as PRETRANSPOSE
 from rnnplan.passes.record import Pass
 from rnnplan.passes.wavefront_streams import PASS as WAVEFRONT_STREAMS
-from rnnplan.spec import PASSES, PlanOptions
+from rnnplan.spec import PASSES, PlanOptions, check_pass_names
 
 _RECORDS = {p.name: p for p in (BATCH_INPUT_GEMMS, COMBINE_GATES, FUSE_POINTWISE, PRETRANSPOSE, WAVEFRONT_STREAMS)}
 if set(_RECORDS) != set(PASSES):
@@ -32,11 +32,7 @@ def check_order(names: Iterable[str]) -> tuple[str, ...]:
     """`names` as a tuple, if every one is a known pass, none repeats, and each comes after the
     passes it must follow (those of them that are present); else ValueError naming the first fault."""
     names = tuple(names)
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown:
-        raise ValueError(f"unknown pass name(s) {unknown}; known passes, in canonical order: {list(PASSES)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"pass names repeat in {list(names)}")
+    check_pass_names(names)  # REGISTRY has exactly the names of PASSES (checked above)
     for i, name in enumerate(names):
         late = [a for a in REGISTRY[name].after if a in names[i + 1:]]
         if late:
