@@ -28,6 +28,7 @@ def torch_cell(module, caller: str, error: type[ValueError] = ValueError) -> str
         raise error(f"proj_size={module.proj_size}: LSTMs with projections are not supported yet")
     return TORCH_MODES[mode]
 
+
 # The passes, by name, in canonical order: the order `build_plan` runs any subset in. Each pass is a
 # record in its own module of rnnplan/passes/ (what it needs to follow, whether it is step-local);
 # the pass manager checks that this order keeps every pass after the ones it must follow.
@@ -42,6 +43,7 @@ def check_pass_names(names: tuple[str, ...]) -> None:
         raise ValueError(f"unknown pass name(s) {unknown}; known passes, in canonical order: {list(PASSES)}")
     if len(set(names)) != len(names):
         raise ValueError(f"pass names repeat in {list(names)}")
+
 
 # Sizes and switches validate strictly: a bool is no size (True is not batch 1), a string no number.
 Size = Annotated[int, Field(strict=True, gt=0)]

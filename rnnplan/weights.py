@@ -47,15 +47,19 @@ def _to_numpy(t) -> np.ndarray:
     return np.array(t, dtype=np.float32, copy=True)
 
 
+def _is_rnn(module) -> bool:
+    return hasattr(module, "mode") and hasattr(module, "all_weights")  # what torch.nn.RNNBase has
+
+
 def _rnn_module(obj):
     """The one torch RNN module in `obj` (itself, a torch.compile or DataParallel wrapper of one, or a
     model holding exactly one), or None where `obj` is no module."""
     obj = getattr(obj, "_orig_mod", obj)  # torch.compile's wrapper forwards attributes: unwrap it first
-    if hasattr(obj, "mode") and hasattr(obj, "all_weights"):
+    if _is_rnn(obj):
         return obj
     if not hasattr(obj, "named_modules"):
         return None
-    found = [(name, m) for name, m in obj.named_modules() if hasattr(m, "mode") and hasattr(m, "all_weights")]
+    found = [(name, m) for name, m in obj.named_modules() if _is_rnn(m)]
     if len(found) == 1:
         return found[0][1]
     if not found:
@@ -132,7 +136,7 @@ class Weights:
                 warnings.warn(f"the module is in training mode with dropout={module.dropout}: rnnplan runs inference, "
                               "which applies no dropout (call module.eval() to say so)", WeightsWarning, stacklevel=2)
             arch = {"cell": cell, **{f: getattr(module, f) for f in ARCH_FIELDS[1:]}}
-            weights = cls({k: v for k, v in module.state_dict().items()}, arch)
+            weights = cls(module.state_dict(), arch)
         else:
             raise WeightsError(f"from_torch takes a torch.nn.LSTM/GRU/RNN, a model holding one, or a state dict, "
                                f"got {type(obj).__name__}")

@@ -156,6 +156,7 @@ def test_wavefront_levels_and_streams():
             assert n.level == levels[n.name]
             if n.cell_step is not None:
                 assert n.stream == n.layer * 2 + n.direction
+
     def cell_levels(graph, layer):
         return [n.level for n in graph.nodes.values() if n.kind == "fused" and n.layer == layer]
 

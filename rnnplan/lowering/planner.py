@@ -122,6 +122,8 @@ class PlanCache:
 
 
 PLAN_CACHE = PlanCache()
+
+
 @contextmanager
 def _no_cyclic_gc():
     """Planning allocates millions of small acyclic objects; the cyclic collector would rescan them
