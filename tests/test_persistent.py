@@ -16,6 +16,7 @@ from rnnplan.persistent import (
     REGISTER_BUDGET,
     choose_lowering,
     choose_recurrence,
+    kernel_name,
     kernel_of,
     kernel_source,
     tensor_core_recurrence,
@@ -367,8 +368,13 @@ def _variant(kind, **kw):
     ("shared", dict(cell="gru", num_layers=2, hidden_size=72, batch=70, bidirectional=True)),  # tf32
     ("registers", dict(cell="rnn_tanh", num_layers=3, hidden_size=100, batch=13, bidirectional=True)),  # tf32
     ("registers", dict(cell="lstm", num_layers=2, hidden_size=256, batch=16)),  # tf32, projection prefetched
+    # variable lengths: the masked cell (reads h_prev), the last layer's y, h_n apart
+    ("ffma_registers", dict(cell="lstm", num_layers=2, hidden_size=128, batch=2, variable_lengths=True)),
+    ("registers", dict(cell="lstm", num_layers=2, hidden_size=256, batch=16, variable_lengths=True,
+                       bidirectional=True)),
+    ("shared", dict(cell="gru", num_layers=2, hidden_size=256, batch=64, dtype="float16", variable_lengths=True)),
 ], ids=lambda v: v if isinstance(v, str) else f"{v['cell']}-{v['num_layers']}x{v['hidden_size']}-B{v['batch']}"
-                                                f"-{v.get('dtype', 'float32')}")
+                                                f"-{v.get('dtype', 'float32')}{'-varlen' * v.get('variable_lengths', 0)}")
 def test_every_kernel_variant_compiles_cleanly(kind, kw, tmp_path):
     """Both kernels' generated sources, over the switches their #defines turn (vector or scalar loads,
     split or summed gate parts, the projection prefetched or not, fp16 or tf32 operands, weights in
@@ -415,3 +421,16 @@ def test_summary_says_which_kernel_and_where_its_weights_are(kw, kernel):
     plan = build_plan(rp.RNNSpec(**kw, input_size=kw["hidden_size"], seq_len=10), options=PERSISTENT)
     line = next(line for line in rp.summarize(plan).splitlines() if line.startswith("persistent"))
     assert kernel in line
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_a_new_length_compiles_nothing(batch):
+    """The sequence length is the kernels' argument: plans of two lengths run the same kernel (source and
+    name), so a call at a new length finds it compiled (issue 17, item 2)."""
+    def kernel(steps):
+        spec = rp.RNNSpec(cell="lstm", input_size=64, hidden_size=128, num_layers=2, seq_len=steps, batch=batch)
+        return choose(spec, DEFAULT_DEVICE, "tf32")[0]
+    short, long = kernel(3), kernel(250)
+    assert short.seq_len != long.seq_len and bool(short.batch_tile) == (batch > FFMA_MAX_BATCH)
+    assert kernel_source(short) == kernel_source(long) and kernel_name(short) == kernel_name(long)
+    assert "#define T " not in kernel_source(short)

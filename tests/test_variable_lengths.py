@@ -15,6 +15,8 @@ from rnnplan.lowering import build_graph, build_plan
 from rnnplan.passes import apply_passes
 from tests.helpers import rel_err, torch_module
 
+H200 = rp.DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448)
+PERSISTENT = rp.PlanOptions(lowering="persistent", device=H200)
 PATTERNS = {"mixed": [5, 2, 4, 1], "all full": [5, 5, 5, 5], "all one": [1, 1, 1, 1], "descending": [5, 4, 2, 1]}
 
 
@@ -51,8 +53,10 @@ def test_matches_torch_packed_sequences(cell, layers, bidir, batch_first, patter
     lengths = PATTERNS[pattern]
     x, state = inputs(spec, 8)
     want = packed_torch(module, x, lengths, state, batch_first)
-    for passes in (None, ()):
-        ex = rp.Executor(build_plan(spec, passes=passes), rp.Weights.from_torch(module, spec), backend="numpy")
+    plans = [build_plan(spec, passes=passes) for passes in (None, ())] + [build_plan(spec, options=PERSISTENT)]
+    assert plans[-1].lowering == "persistent"
+    for plan in plans:  # the graph lowering (masked cells), the naive plan, the persistent kernel
+        ex = rp.Executor(plan, rp.Weights.from_torch(module, spec), backend="numpy")
         out, st = ex.run(x, state, lengths=lengths)
         assert rel_err(out, want[0]) < 1e-5 and np.isfinite(out).all()
         states = st if isinstance(st, tuple) else (st,)
@@ -97,13 +101,19 @@ def test_the_masked_graph_keeps_state_and_output_apart():
     assert {i.op for i in fused.expr} >= {"select", "masked"} and len(fused.outputs) == 2
 
 
-def test_the_persistent_lowering_does_not_take_them_yet():
-    spec = rp.RNNSpec(cell="lstm", input_size=3, hidden_size=4, num_layers=1, seq_len=3, batch=1, variable_lengths=True)
-    h200 = rp.PlanOptions(device=rp.DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448))
-    plan = build_plan(spec, options=h200)
-    assert plan.lowering == "graph" and "variable lengths" in plan.lowering_reason
-    with pytest.raises(ValueError, match="lowering='persistent' does not take variable lengths yet"):
-        build_plan(spec, options=h200.model_copy(update={"lowering": "persistent"}))
+def test_the_persistent_lowering_reads_the_mask_and_writes_h_n_apart():
+    spec = rp.RNNSpec(cell="lstm", input_size=3, hidden_size=4, num_layers=2, seq_len=3, batch=1, variable_lengths=True)
+    plan = build_plan(spec, options=rp.PlanOptions(device=H200))
+    assert plan.lowering == "persistent"  # auto takes it as for fixed lengths
+    step = next(s for s in plan.steps if s.kind == "recurrent")
+    assert step.recurrence.variable_lengths and plan.inputs["mask"] in step.inputs
+    # outputs: the last layer's y (the one below is read only inside the kernel), c_n, then h_n, which
+    # the plan's h_n outputs read (not the masked y)
+    assert len(step.outputs) == 3 and plan.outputs["out"][0].buffer == step.outputs[0].buffer
+    assert all(v.buffer == step.outputs[2].buffer for v in plan.outputs["h_n"])
+    assert "MASKED 1" in rp.persistent.source.config_header(step.recurrence)
+    fixed = build_plan(spec.model_copy(update={"variable_lengths": False}), options=rp.PlanOptions(device=H200))
+    assert "MASKED 0" in rp.persistent.source.config_header(next(s for s in fixed.steps if s.recurrence).recurrence)
 
 
 @pytest.mark.parametrize("lengths, error, message", [
@@ -136,11 +146,13 @@ def test_bad_lengths_are_named(lengths, error, message):
     dict(cell="rnn_relu", num_layers=1, bidirectional=True, batch_first=False),
 ], ids=lambda kw: kw["cell"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("mode", ["graph", "streams"])
-def test_gpu_graph_lowering_matches_torch_packed_sequences(kw, dtype, mode):
-    """The masked plan on the CuPy backend (its fused kernels read the mask as a column), every call
-    poisoned first (debug), twice in a row."""
-    spec = rp.RNNSpec(**kw, input_size=12, hidden_size=32, seq_len=5, batch=4, variable_lengths=True, dtype=dtype)
+@pytest.mark.parametrize("lowering, mode, batch", [("graph", "graph", 4), ("graph", "streams", 4),
+                                                   ("persistent", "graph", 4), ("persistent", "graph", 2)])
+def test_gpu_masked_plans_match_torch_packed_sequences(kw, dtype, lowering, mode, batch):
+    """The masked plan on the CuPy backend, every call poisoned first (debug), twice in a row: the graph
+    lowering (its fused kernels read the mask as a column) and the persistent kernels (in fp16 at batch 4
+    the tensor-core one, else FFMA), which keep the state past each end and write h_n apart."""
+    spec = rp.RNNSpec(**kw, input_size=12, hidden_size=32, seq_len=5, batch=batch, variable_lengths=True, dtype=dtype)
     module = torch_module(spec, 9)
     weights = rp.Weights.from_torch(module, spec)
     if dtype == "float16":  # the reference sees the weights the kernels see
@@ -152,9 +164,11 @@ def test_gpu_graph_lowering_matches_torch_packed_sequences(kw, dtype, mode):
     x = x.astype(dtype).astype(np.float32)
     state = tuple(s.astype(dtype).astype(np.float32) for s in state) if isinstance(state, tuple) else \
         state.astype(dtype).astype(np.float32)
-    lengths = [5, 1, 3, 4]
+    lengths = {4: [5, 1, 3, 4], 2: [2, 5]}[batch]
     want = packed_torch(module, x, lengths, state, spec.batch_first)
-    ex = rp.Executor(rp.build_plan(spec), weights, backend="cupy", mode=mode, debug=True)
+    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering=lowering))
+    assert plan.lowering == lowering
+    ex = rp.Executor(plan, weights, backend="cupy", mode=mode, debug=True)
     cast = (lambda a: a.astype(dtype)) if dtype == "float16" else (lambda a: a)
     st = tuple(cast(s) for s in state) if isinstance(state, tuple) else cast(state)
     tol = 1e-5 if dtype == "float32" else 5e-3

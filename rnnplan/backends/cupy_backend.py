@@ -166,10 +166,11 @@ class CupyExecutor:
         if self.profile:
             self._profiled.append((k, exchange))
         memset = cp.cuda.runtime.memsetAsync
+        steps = np.int32(k.seq_len)  # an argument: kernels are shared across lengths
 
         def launch():
             memset(exchange.data.ptr, 0, zeroed, stream.ptr)
-            kernel((blocks,), (PERSISTENT_THREADS,), (ptrs, exchange), shared_mem=smem, stream=stream)
+            kernel((blocks,), (PERSISTENT_THREADS,), (ptrs, exchange, steps), shared_mem=smem, stream=stream)
         return launch
 
     def persistent_profile(self) -> list[np.ndarray]:
@@ -275,9 +276,12 @@ class CupyExecutor:
                     state = self.view(view)
                     state[...] = given[name].reshape(state.shape)
 
-    def _copy_rect(self, dst: int, dst_ld: int, src: int, src_ld: int, rows: int, cols: int) -> None:
-        """rows x cols elements between device pointers with row strides dst_ld / src_ld, on stream 0."""
-        item, runtime, stream = self.dtype.itemsize, self.cp.cuda.runtime, self.streams[0].ptr
+    def _copy_rect(self, dst: int, dst_ld: int, src: int, src_ld: int, rows: int, cols: int,
+                   stream: int | None = None) -> None:
+        """rows x cols elements between device pointers with row strides dst_ld / src_ld, on `stream`
+        (a stream pointer; stream 0 by default)."""
+        item, runtime = self.dtype.itemsize, self.cp.cuda.runtime
+        stream = self.streams[0].ptr if stream is None else stream
         if dst_ld == src_ld == cols or rows == 1:  # one contiguous run
             runtime.memcpyAsync(dst, src, rows * cols * item, _DEVICE_TO_DEVICE, stream)
         else:
@@ -290,19 +294,24 @@ class CupyExecutor:
         self._copy_rect(self._ptr(view), view.ld, arr.data.ptr, view.cols, view.rows, view.cols)
         return True
 
-    def _copy_out(self, views: list[BufferView]):
-        """A fresh (len(views), rows, cols) array holding the views, in as few copies as their layout allows:
-        one for views that follow each other in one contiguous buffer (a stacked state, a whole sequence)."""
+    def copies_out(self, views: list[BufferView]) -> list[tuple[int, int, int, int, int, int]]:
+        """The views stacked into one (len(views), rows, cols) C-contiguous destination, as few copies
+        as their layout allows (one for views that follow each other in one contiguous buffer: a stacked
+        state, a whole sequence): (destination byte offset, dst_ld, source pointer, src_ld, rows, cols)."""
         v0 = views[0]
-        with self.streams[0]:
-            out = self.cp.empty((len(views), v0.rows, v0.cols), dtype=self.dtype)
         size = v0.rows * v0.cols
         if all(v.buffer == v0.buffer and v.ld == v.cols == v0.cols and v.offset == v0.offset + i * size
                for i, v in enumerate(views)):
-            self._copy_rect(out.data.ptr, size * len(views), self._ptr(v0), size * len(views), 1, size * len(views))
-            return out
-        for i, v in enumerate(views):
-            self._copy_rect(out.data.ptr + i * size * self.dtype.itemsize, v.cols, self._ptr(v), v.ld, v.rows, v.cols)
+            return [(0, size * len(views), self._ptr(v0), size * len(views), 1, size * len(views))]
+        return [(i * size * self.dtype.itemsize, v.cols, self._ptr(v), v.ld, v.rows, v.cols) for i, v in enumerate(views)]
+
+    def _copy_out(self, views: list[BufferView]):
+        """A fresh (len(views), rows, cols) array holding the views (`copies_out`)."""
+        v0 = views[0]
+        with self.streams[0]:
+            out = self.cp.empty((len(views), v0.rows, v0.cols), dtype=self.dtype)
+        for offset, dst_ld, src, src_ld, rows, cols in self.copies_out(views):
+            self._copy_rect(out.data.ptr + offset, dst_ld, src, src_ld, rows, cols)
         return out
 
     def timeline(self, x, h0=None, c0=None, mask=None) -> list[tuple[float, float]]:

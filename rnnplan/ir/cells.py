@@ -95,10 +95,10 @@ class Cell:
 
     def c_statements(self, gx: str = "GX", gh: str = "GH") -> list[str]:
         """The update as C statements, by the ops' C forms: gate g's projections are `GX(i)` and
-        `GH(i)` (i its index), the previous state `hprev` and `c`; the statements declare `h` and
-        assign the new `c`."""
+        `GH(i)` (i its index), the previous state `hprev` and `c` (and a masked cell's `mval`); the
+        statements declare `h` (and a masked cell's output `yout`) and assign the new `c`."""
         index = {g: i for i, g in enumerate(self.gates)}
-        names = {"h_prev": "hprev", "c_prev": "c"}
+        names = {"h_prev": "hprev", "c_prev": "c", "mask": "mval"}
         names |= {f"xp.{g}": f"{gx}({i})" for g, i in index.items()}
         names |= {f"hp.{g}": f"{gh}({i})" for g, i in index.items()}
         lines = []
@@ -107,7 +107,10 @@ class Cell:
             lines.append(f"const float {names[eq.result]} = "
                          f"{POINTWISE_OPS[eq.op].c_expr(*(names[a] for a in eq.args))};")
         lines += [f"c = {names[r]};" for s, r in self.outputs if s == "c"]
-        return lines + [f"const float h = {names[self.output('h')]};"]
+        lines.append(f"const float h = {names[self.output('h')]};")
+        if self.emits:  # a masked cell: what the layer outputs differs from the state kept
+            lines.append(f"const float yout = {names[self.emits]};")
+        return lines
 
 
 def _lstm() -> Cell:

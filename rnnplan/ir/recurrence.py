@@ -5,8 +5,11 @@ Operands, in order (`operand_shapes`): per chain (layer l, direction d, in layer
 - l = 0: `xproj`, layer 0's input projection x @ W_ih^T for every step, (T*B, G*H), no bias;
   l > 0: `w_ih`, (G*H, D*H) in PyTorch's layout (the projection is computed inside the kernel);
 - `w_hh` (G*H, H) in PyTorch's layout; with bias, `b_ih` and `b_hh` (1, G*H);
-then `h0` (and `c0` for LSTM), (L*D*B, H). Outputs: every layer's output sequence `y{l}`
-(T*B, D*H), then `c_n` (L*D*B, H) for LSTM. `run_recurrence` is the reference semantics: plain
+then `h0` (and `c0` for LSTM), (L*D*B, H), and with variable lengths the `mask` (T*B, 1). Outputs:
+every layer's output sequence `y{l}` (T*B, D*H), then `c_n` (L*D*B, H) for LSTM. With variable
+lengths y is 0 past a sequence's end, so h_n cannot be read from it: the outputs are then the last
+layer's sequence only (the layers above read h from the kernel's own hand-off), `c_n`, and `h_n`
+(L*D*B, H). `run_recurrence` is the reference semantics: plain
 loops over layers, directions and steps with the cell's equations (`ir/cells.py`); h is rounded to
 the storage dtype each step (it is re-read from memory), c stays in fp32 (it stays on-chip).
 
@@ -46,10 +49,13 @@ class Recurrence:
     weights_in_registers: bool = False
     # PlanOptions.math the kernel runs with (tf32 whenever tensor cores run on fp32 storage).
     math: str = "fp32"
+    # Sequences of their own lengths (RNNSpec.variable_lengths): the cell is the masked one.
+    variable_lengths: bool = False
 
     @property
     def cell_def(self) -> Cell:
-        return CELLS[self.cell]
+        """The cell the kernel runs: with variable lengths its masked form (`Cell.masked`)."""
+        return CELLS[self.cell].masked() if self.variable_lengths else CELLS[self.cell]
 
     @property
     def gates(self) -> int:
@@ -66,7 +72,8 @@ class Recurrence:
 
 
 # The fields that say which network a Recurrence runs (the others say which kernel runs it).
-NETWORK_FIELDS = ("cell", "num_layers", "directions", "seq_len", "batch", "hidden", "input_size", "bias", "dtype")
+NETWORK_FIELDS = ("cell", "num_layers", "directions", "seq_len", "batch", "hidden", "input_size", "bias", "dtype",
+                  "variable_lengths")
 
 
 def network_of(spec) -> dict[str, object]:
@@ -86,8 +93,9 @@ def operand_shapes(r: Recurrence) -> tuple[list[tuple[int, int]], list[tuple[int
             ins.append((G * H, H))
             if r.bias:
                 ins += [(1, G * H), (1, G * H)]
-    ins += [(L * D * B, H)] * (2 if has_c else 1)
-    outs = [(T * B, D * H)] * L + ([(L * D * B, H)] if has_c else [])
+    ins += [(L * D * B, H)] * (2 if has_c else 1) + ([(T * B, 1)] if r.variable_lengths else [])
+    outs = [(T * B, D * H)] * (1 if r.variable_lengths else L) + ([(L * D * B, H)] if has_c else []) + \
+        ([(L * D * B, H)] if r.variable_lengths else [])
     return ins, outs
 
 
@@ -96,18 +104,20 @@ def _by_gate(a: np.ndarray, cell: Cell) -> dict[str, np.ndarray]:
 
 
 def run_recurrence(r: Recurrence, args) -> list[np.ndarray]:
-    """Reference semantics of the recurrent node (float32 math, `r.dtype` storage for h)."""
+    """Reference semantics of the recurrent node (float32 math, `r.dtype` storage for h). With
+    variable lengths the masked cell: past a sequence's end the state is kept and y is 0."""
     f32 = np.float32
     dtype = np.dtype(r.dtype)
-    cell = CELLS[r.cell]
+    cell = r.cell_def
     has_c = "c" in cell.states
     T, B, H, D, L = r.seq_len, r.batch, r.hidden, r.directions, r.num_layers
     args = list(args)
     per_chain = 4 if r.bias else 2
     ys = [np.empty((T * B, D * H), dtype) for _ in range(L)]
-    c_n = np.empty((L * D * B, H), dtype)
+    c_n, h_n = np.empty((L * D * B, H), dtype), np.empty((L * D * B, H), dtype)
     h0 = args[L * D * per_chain]
     c0 = args[L * D * per_chain + 1] if has_c else None
+    mask = args[L * D * per_chain + 1 + has_c].astype(f32) if r.variable_lengths else None
     for ci, (layer, d) in enumerate(r.chains):
         ops = [a.astype(f32) for a in args[ci * per_chain:(ci + 1) * per_chain]]
         rows = slice(ci * B, (ci + 1) * B)
@@ -120,10 +130,14 @@ def run_recurrence(r: Recurrence, args) -> list[np.ndarray]:
             gh = h @ ops[1].T
             if r.bias:
                 gx, gh = gx + ops[2], gh + ops[3]
-            new = cell.step(_by_gate(gx, cell), _by_gate(gh, cell), h, c)
+            m = None if mask is None else mask[here]
+            new = cell.step(_by_gate(gx, cell), _by_gate(gh, cell), h, c, m)
             c = new.get("c")
-            ys[layer][here, d * H:(d + 1) * H] = new["h"]
-            h = ys[layer][here, d * H:(d + 1) * H].astype(f32)  # as the kernel re-reads it
+            h = new["h"].astype(dtype).astype(f32)  # as the kernel re-reads it
+            ys[layer][here, d * H:(d + 1) * H] = h if m is None else np.where(m != 0, h, f32(0))
+        h_n[rows] = h
         if c is not None:
             c_n[rows] = c
+    if r.variable_lengths:
+        return [ys[-1]] + ([c_n] if has_c else []) + [h_n]
     return ys + ([c_n] if has_c else [])

@@ -9,7 +9,8 @@ spec; from the incoming graph it keeps only the params, so `build_plan` hands it
 Guarantees: layer 0's input projection stays a cuBLAS GEMM over all steps per direction (reading
 the pre-transposed weight if `pretranspose` made one); everything recurrent, including the input
 projections of layers above the first, is the `recurrent` node; outputs read its results through
-views, so the plan's interface is unchanged.
+views, so the plan's interface is unchanged. With variable lengths the kernel reads the mask and runs the
+masked cell (`Cell.masked`), and writes h_n apart (y is 0 past a sequence's end).
 Which kernel, and whether `lowering="auto"` takes it, is `rnnplan.persistent.select`'s decision
 (`choose_lowering`), made for the device the options describe; this module only builds the node.
 Does not (yet): hold weights partly in registers and partly in shared memory (so the paper configuration
@@ -76,9 +77,11 @@ def persistent_recurrence(graph: Graph, options=None, spec: RNNSpec | None = Non
             inputs.append(param("weight_hh" + sfx))
             if spec.bias:
                 inputs += [param("bias_ih" + sfx), param("bias_hh" + sfx)]
-    inputs += [f"{s}0" for s in cell.states]
-    seqs = [Value(f"y{layer}.seq", (T * B, D * H), Region(f"y{layer}", (0, T * B), (0, D * H))) for layer in range(L)]
-    outs = seqs + ([Value("c_n.all", (L * D * B, H))] if "c" in cell.states else [])
+    inputs += [f"{s}0" for s in cell.states] + (["mask"] if spec.variable_lengths else [])
+    layers = range(L - 1, L) if spec.variable_lengths else range(L)  # which y the kernel writes (operand_shapes)
+    seqs = [Value(f"y{layer}.seq", (T * B, D * H), Region(f"y{layer}", (0, T * B), (0, D * H))) for layer in layers]
+    outs = seqs + ([Value("c_n.all", (L * D * B, H))] if "c" in cell.states else []) + \
+        ([Value("h_n.all", (L * D * B, H))] if spec.variable_lengths else [])
     nodes.append(Node("recurrence", "recurrent", tuple(inputs), tuple(outs), recurrence=rec, role="recurrence",
                       extra=(("reason", reason),)))
     last = f"y{L - 1}"
@@ -89,8 +92,12 @@ def persistent_recurrence(graph: Graph, options=None, spec: RNNSpec | None = Non
     for ci, (layer, d) in enumerate(rec.chains):
         t = T - 1 if d == 0 else 0
         h = f"{names.chain(layer, d)}.h_n"
-        nodes.append(Node(h, "view", (f"y{layer}.seq",), (Value(h, (B, H), Region(
-            f"y{layer}", (t * B, (t + 1) * B), (d * H, (d + 1) * H))),), role="view", layer=layer, direction=d))
+        if spec.variable_lengths:  # y is 0 past a sequence's end: the kernel writes h_n apart
+            region = Region("h_n.all", (ci * B, (ci + 1) * B), (0, H))
+        else:
+            region = Region(f"y{layer}", (t * B, (t + 1) * B), (d * H, (d + 1) * H))
+        nodes.append(Node(h, "view", (region.storage if spec.variable_lengths else f"y{layer}.seq",),
+                          (Value(h, (B, H), region),), role="view", layer=layer, direction=d))
         finals["h"].append(h)
         if "c" in cell.states:
             c = f"{names.chain(layer, d)}.c_n"
@@ -100,7 +107,8 @@ def persistent_recurrence(graph: Graph, options=None, spec: RNNSpec | None = Non
             finals["c"].append(c)
     for s, values in finals.items():
         nodes.append(Node(f"{s}_n", "output", tuple(values), role=f"{s}_n"))
-    return Graph(spec, nodes, sequence_storages(spec), graph.passes + ("persistent_recurrence",))
+    storages = {k: v for k, v in sequence_storages(spec).items() if k in {v.region.storage for v in seqs}}
+    return Graph(spec, nodes, storages, graph.passes + ("persistent_recurrence",))
 
 
 def with_recurrence(plan: Plan, r: Recurrence) -> Plan:

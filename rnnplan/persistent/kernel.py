@@ -237,7 +237,8 @@ class PersistentKernel(Recurrence):
 
     @property
     def exchange_counter_bytes(self) -> int:
-        """Tensor-core kernel: one counter per chain and step, of blocks that published h."""
+        """Tensor-core kernel: one counter per chain and step, of blocks that published h (mma.cu computes
+        the same from its length argument, to find h after them)."""
         return _round_up(len(self.chains) * self.seq_len * 4, 16)
 
     @property

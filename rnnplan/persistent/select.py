@@ -49,10 +49,6 @@ def choose_lowering(spec: RNNSpec, options: PlanOptions) -> tuple[str, str]:
         return "graph", "requested"
     if options.lowering == "auto" and options.passes is not None:
         return "graph", "auto: a subset of passes was chosen, so the plan keeps one kernel per GEMM and cell-step"
-    if spec.variable_lengths:  # the kernels hold no masks yet
-        if options.lowering == "persistent":
-            raise ValueError("lowering='persistent' does not take variable lengths yet (the graph lowering does)")
-        return "graph", "auto: variable lengths, which the persistent kernel does not take yet"
     device = planning_device(options)
     if device is None:
         return "graph", "auto: no CUDA device here (plan for one with PlanOptions(device=...))"

@@ -35,10 +35,17 @@ def _package_file(name: str) -> str:
     return (files("rnnplan.persistent") / "cuda" / name).read_text()
 
 
+# Fields a kernel's code does not depend on: only layer 0's cuBLAS projection reads input_size, and
+# the sequence length is the kernel's argument, so that a new length compiles nothing.
+NOT_IN_THE_CODE = ("input_size", "seq_len")
+
+
 def kernel_name(r: Recurrence, profile: bool = False) -> str:
-    """Named by every field of the Recurrence but input_size (only layer 0's cuBLAS projection reads
-    it), so that a field added later cannot let two different kernels share a name in a kernel cache."""
-    key = repr(tuple(getattr(r, f.name) for f in dataclasses.fields(Recurrence) if f.name != "input_size"))
+    """Named by every field of the Recurrence but those NOT_IN_THE_CODE (a profiled kernel: but
+    input_size), so that a field added later cannot let two different kernels share a name in a
+    kernel cache."""
+    skip = NOT_IN_THE_CODE if not profile else ("input_size",)  # (the profile's sums go past the exchange)
+    key = repr(tuple(getattr(r, f.name) for f in dataclasses.fields(Recurrence) if f.name not in skip))
     return "rnnplan_recurrent_" + hashlib.sha1(key.encode()).hexdigest()[:12] + ("_prof" if profile else "")
 
 
@@ -47,12 +54,15 @@ def _common(k: PersistentKernel, profile: bool) -> dict[str, object]:
     defines: dict[str, object] = {
         "KERNEL_NAME": kernel_name(k, profile), "NTHREADS": THREADS,
         "G": k.gates, "H": k.hidden, "B": k.batch, "U": k.units_per_block, "D": k.directions,
-        "L": k.num_layers, "T": k.seq_len, "NBC": k.blocks_per_chain, "KMAX": k.input_width,
+        "L": k.num_layers, "NBC": k.blocks_per_chain, "KMAX": k.input_width,
         "BIAS": int(k.bias), "HAS_C": int("c" in cell.states), "PER_CHAIN": 4 if k.bias else 2,
         "NSTATE": len(cell.states), "IN_FLIGHT": IN_FLIGHT, "ST_HALF": int(k.dtype == "float16"),
         "FAST_EXP": int(k.fast_cell), "CELL_UPDATE": " ".join(cell.c_statements()),
-        "PROFILE": int(profile), "PROFILE_SLOTS": PROFILE_SLOTS, "PROFILE_OFFSET": k.profile_offset,
+        "MASKED": int(k.variable_lengths),
+        "PROFILE": int(profile), "PROFILE_SLOTS": PROFILE_SLOTS,
     }
+    if profile:  # past the exchange, whose size follows the length: profiled kernels are per length
+        defines["PROFILE_OFFSET"] = k.profile_offset
     defines |= {f"OFF_{name.upper()}": at for name, at in k.smem_layout().items() if name != "end"}
     return defines
 
@@ -74,7 +84,7 @@ def _mma(k: PersistentKernel) -> dict[str, object]:
     return {
         "BT": k.batch_tile, "RP": k.mma_rows, "GS": k.sum_stride, "KHP": khp, "KXP": kxp, "KSTEP": k.mma_kstep,
         "TF32": int(k.precision.on_tensor_cores().operands == "tf32"), "VEC": 16 // k.element_bytes,
-        "KS": k.stage_stride, "XSTRIDE": k.exchange_stride, "CNT_BYTES": k.exchange_counter_bytes,
+        "KS": k.stage_stride, "XSTRIDE": k.exchange_stride,
         "NG": k.mma_split[0], "KSPLIT": k.mma_split[1], "READS_HPREV": int(k.cell_def.reads_h_prev),
         "FILL": -(-k.batch_tile * k.mma_rows // THREADS),  # gate sums each thread fills
         "CHUNK": 16 // k.element_bytes if k.hidden * k.element_bytes % 16 == 0 else 1,  # elements a staging copy

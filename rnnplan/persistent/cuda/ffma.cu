@@ -171,7 +171,7 @@ __device__ __forceinline__ void dot_rows(float (&acc)[RW][BT], const st* w, cons
     } while (0)
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
-    const unsigned long long* __restrict__ ptrs, unsigned long long* xch)
+    const unsigned long long* __restrict__ ptrs, unsigned long long* xch, const int T)
 {
 #include "prologue.cuh"
     PROF_START

@@ -115,23 +115,23 @@ __device__ __forceinline__ void stage_h0(st* stage, const st* h0, int rows, int 
 
 // Stage batch rows b0 ... b0 + BT (those below B) of h of step s-1 (stage_h), of the layer below's h at
 // time t (stage_x), or of both (stage_tile).
-__device__ __forceinline__ void stage_h(st* stage, const st* hx, const st* h0, int b0, int s, int tprev,
+__device__ __forceinline__ void stage_h(st* stage, const st* hx, const st* h0, int b0, int s, int tprev, int T,
                                         int chain) {
     const int rows = min(BT, B - b0);
     if (s == 0) stage_h0(stage, h0, rows, b0, chain);
     else stage_part(stage, hx + ((size_t)chain * T + tprev) * B * XSTRIDE, rows, b0, 0);
 }
 
-__device__ __forceinline__ void stage_x(st* stage, const st* hx, int b0, int t, int layer) {
+__device__ __forceinline__ void stage_x(st* stage, const st* hx, int b0, int t, int layer, int T) {
     for (int d2 = 0; layer > 0 && d2 < D; ++d2)
         stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * XSTRIDE, min(BT, B - b0), b0,
                    KHP + d2 * H);
 }
 
-__device__ __forceinline__ void stage_tile(st* stage, const st* hx, const st* h0, int b0, int s, int t, int tprev,
+__device__ __forceinline__ void stage_tile(st* stage, const st* hx, const st* h0, int b0, int s, int t, int tprev, int T,
                                            int chain, int layer) {
-    stage_h(stage, hx, h0, b0, s, tprev, chain);
-    stage_x(stage, hx, b0, t, layer);
+    stage_h(stage, hx, h0, b0, s, tprev, T, chain);
+    stage_x(stage, hx, b0, t, layer, T);
 }
 
 // A gate's sum (which: 0 x-part, 1 h-part) over the first k-slice's slot and the others' partials.
@@ -223,12 +223,13 @@ __device__ __forceinline__ void put_sums(float* dst, bool add, const float (&acc
 #define HANDOFF(hv) (hx[((size_t)(chain * T + t) * B + b) * XSTRIDE + u0 + u] = (hv))
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
-    const unsigned long long* __restrict__ ptrs, unsigned long long* xch)
+    const unsigned long long* __restrict__ ptrs, unsigned long long* xch, const int T)
 {
 #include "prologue.cuh"
     PROF_START
     unsigned int* counters = (unsigned int*)xch;  // [chain][t]: blocks that have published h
-    st* hx = (st*)((unsigned char*)xch + CNT_BYTES);  // [chain][t][b][XSTRIDE]: h in the storage type
+    // [chain][t][b][XSTRIDE]: h in the storage type, after a counter per chain and step (16-byte aligned)
+    st* hx = (st*)((unsigned char*)xch + ((L * D * T * 4 + 15) / 16) * 16);
     const uint4* wf = (const uint4*)(smem + OFF_WEIGHTS);
     st* stage = (st*)(smem + OFF_STAGE);
     float* gx_s = (float*)(smem + OFF_GX);
@@ -322,12 +323,12 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
                 // every thread has filled from `xs` (barrier above): bring the next step's projection
                 if (XPRE && layer == 0 && s + 1 < T) prefetch_xproj(xs, first, dir == 0 ? t + 1 : t - 1, u0);
             PROF(2);
-                stage_x(stage, hx, b0, t, layer);
+                stage_x(stage, hx, b0, t, layer, T);
                 if (tid == 0 && s > 0) await_count(&counters[chain * T + tprev]);
                 __syncthreads();
             PROF(3);
-                stage_h(stage, hx, h0, b0, s, tprev, chain);
-            } else if (READS_HPREV) stage_tile(stage, hx, h0, b0, s, t, tprev, chain, layer);
+                stage_h(stage, hx, h0, b0, s, tprev, T, chain);
+            } else if (READS_HPREV) stage_tile(stage, hx, h0, b0, s, t, tprev, T, chain, layer);
             staged();
             __syncthreads();
             PROF(4);
@@ -375,7 +376,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
                 put_sums(slice == 0 ? gx_s : px, slice == 0, ax, mt, ng * NPG, lane);
             }
             __syncthreads();
-            if (!READS_HPREV && b0 + BT < B) stage_tile(stage, hx, h0, b0 + BT, s, t, tprev, chain, layer);
+            if (!READS_HPREV && b0 + BT < B) stage_tile(stage, hx, h0, b0 + BT, s, t, tprev, T, chain, layer);
             PROF(5);
             for (int i = tid; i < BT * nu; i += blockDim.x) {
                 const int bl = i / nu, u = i % nu, b = b0 + bl;

@@ -13,8 +13,15 @@
     const st* bhh = BIAS ? (const st*)cp[3] : nullptr;
     const st* h0 = (const st*)ptrs[L * D * PER_CHAIN];
     const st* c0 = HAS_C ? (const st*)ptrs[L * D * PER_CHAIN + 1] : nullptr;
-    st* y = (st*)ptrs[L * D * PER_CHAIN + NSTATE + layer];
-    st* cn = HAS_C ? (st*)ptrs[L * D * PER_CHAIN + NSTATE + L] : nullptr;
+    // The outputs' pointers follow the inputs': every layer's y, or MASKED the last layer's only (y is
+    // 0 past a sequence's end, so h_n is written apart and no one reads the lower layers' y).
+    const int outs = L * D * PER_CHAIN + NSTATE + MASKED, nseq = MASKED ? 1 : L;
+    st* y = (st*)ptrs[outs + (MASKED ? 0 : layer)];
+    st* cn = HAS_C ? (st*)ptrs[outs + nseq] : nullptr;
+#if MASKED
+    const st* mask = (const st*)ptrs[L * D * PER_CHAIN + NSTATE];  // (T*B): 1 inside a sequence
+    st* hn = (st*)ptrs[outs + nseq + HAS_C];
+#endif
     float* c_s = (float*)(smem + OFF_C);
     if (HAS_C) for (int i = tid; i < B * nu; i += blockDim.x) {
         const int b = i / nu, u = i % nu;
