@@ -34,27 +34,34 @@ def lstm(layers: int, hidden: int, dtype=torch.float32):
 
 
 def first_calls(results: list) -> None:
-    """Paper configuration: the first call at T 100, the repeat, a new length T 101, a new batch."""
-    m = lstm(4, 512)
-    fast = rp.compile(m)
-    for label, shape in (("first call T100 B64", (100, 64)), ("repeat T100 B64", (100, 64)),
-                         ("new length T101 B64", (101, 64)), ("new batch T100 B32", (100, 32))):
-        x = torch.randn(*shape, 512, device="cuda")
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            fast(x)
-        torch.cuda.synchronize()
-        ms = (time.perf_counter() - t0) * 1e3
-        results.append(dict(kind="set-up", row=label, ms=ms))
-        print(f"  set-up   {label:<24} {ms:9.1f} ms", flush=True)
+    """Paper configuration: the first call at T 100, the repeat, a new length T 101, a new batch; in
+    tf32 (graph lowering: fp32 weights do not fit on-chip) and fp16 (persistent), without autotuning
+    (rnnplan's own set-up) and with it (every candidate planned, built and timed)."""
+    for precision, dtype, autotune in (("tf32", torch.float32, False), ("fp16", torch.float16, False),
+                                       ("fp16", torch.float16, True)):
+        m = lstm(4, 512, dtype)
+        fast = rp.compile(m, autotune=autotune)
+        for label, shape in (("first call T100 B64", (100, 64)), ("repeat T100 B64", (100, 64)),
+                             ("new length T101 B64", (101, 64)), ("new length T57 B64", (57, 64)),
+                             ("new batch T100 B32", (100, 32))):
+            x = torch.randn(*shape, 512, device="cuda", dtype=dtype)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fast(x)
+            torch.cuda.synchronize()
+            ms = (time.perf_counter() - t0) * 1e3
+            what = list(fast._executors.values())[-1].describe()
+            row = f"{label} {precision}{' autotuned' if autotune else ''}"
+            results.append(dict(kind="set-up", row=row, ms=ms, runs=what))
+            print(f"  set-up   {row:<40} {ms:9.1f} ms  {what[:90]}", flush=True)
 
 
 def packed_against_padded(results: list) -> None:
     for precision, dtype in (("tf32", torch.float32), ("fp16", torch.float16)):
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
         m = lstm(4, 512, dtype)
-        fast = rp.compile(m)
+        fast = rp.compile(m, autotune=False)  # rnnplan's own lowerings, padded against packed
         x = torch.randn(100, 64, 512, device="cuda", dtype=dtype)
         lengths = torch.randint(50, 101, (64,))
         lengths[0] = 100
@@ -78,12 +85,15 @@ def packed_against_padded(results: list) -> None:
 
 def host_time(results: list) -> None:
     m = lstm(2, 256)
-    fast = rp.compile(m)
+    fast, tuned = rp.compile(m, autotune=False), rp.compile(m)
     x = torch.randn(1, 1, 256, device="cuda")
     with torch.no_grad():
         out, state = fast(x)
+        tuned(x, state)
         ex = fast.executor(1, 1, False, x.device)
+        choice = list(tuned._executors.values())[-1].chosen.name
         for label, call in (("rnnplan.compile call", lambda: fast(x, state)),
+                            (f"compiled, autotuned ({choice})", lambda: tuned(x, state)),
                             ("Executor.run", lambda: ex.run(x, state)),
                             ("cuDNN eager", lambda: m(x, state))):
             for _ in range(20):
@@ -97,13 +107,13 @@ def host_time(results: list) -> None:
             torch.cuda.synchronize()
             us = statistics.median(times) * 1e6
             results.append(dict(kind="host", row=f"LSTM 2x256 B1 T1 {label}", us=us, lowering=ex.plan.lowering))
-            print(f"  host     {label:<24} {us:7.1f} us a call (host), {ex.plan.lowering} lowering", flush=True)
+            print(f"  host     {label:<32} {us:7.1f} us a call (host), {ex.plan.lowering} lowering", flush=True)
 
 
 def chunk_latency(results: list) -> None:
     for layers, hidden in ((2, 256), (4, 512)):
         m = lstm(layers, hidden)
-        fast = rp.compile(m)
+        fast, tuned = rp.compile(m, autotune=False), rp.compile(m)
         for chunk in (1, 4, 16):
             x = torch.randn(chunk, 1, hidden, device="cuda")
             h0 = torch.zeros(layers, 1, hidden, device="cuda")
@@ -111,6 +121,9 @@ def chunk_latency(results: list) -> None:
             with torch.no_grad():
                 err = rel_err(fast(x, state)[0], m(x, state)[0])
                 ours = median_ms(lambda i: fast(x, state), 30)
+                tuned_err = rel_err(tuned(x, state)[0], m(x, state)[0])
+                tuned_ms = median_ms(lambda i: tuned(x, state), 30)
+                choice = list(tuned._executors.values())[-1].chosen.name
                 eager = median_ms(lambda i: m(x, state), 30)
                 static_x = x.clone()
                 side = torch.cuda.Stream()
@@ -125,10 +138,11 @@ def chunk_latency(results: list) -> None:
                 captured = median_ms(lambda i: graph.replay(), 30)
             lowering = fast.executor(chunk, 1, False, x.device).plan.lowering
             row = dict(kind="chunk", row=f"LSTM {layers}x{hidden} B1 chunk {chunk}", rnnplan_ms=ours, cudnn_eager_ms=eager,
-                       cudnn_graph_ms=captured, rel_err=err, lowering=lowering)
+                       cudnn_graph_ms=captured, rel_err=err, lowering=lowering, autotuned_ms=tuned_ms,
+                       autotuned_choice=choice, autotuned_rel_err=tuned_err)
             results.append(row)
-            print(f"  chunk    {row['row']:<24} rnnplan {ours:7.3f} ({lowering})  cuDNN eager {eager:7.3f}  "
-                  f"cuDNN graph {captured:7.3f}  err {err:.1e}", flush=True)
+            print(f"  chunk    {row['row']:<24} rnnplan {ours:7.3f} ({lowering})  autotuned {tuned_ms:7.3f} ({choice})  "
+                  f"cuDNN eager {eager:7.3f}  cuDNN graph {captured:7.3f}  err {err:.1e}", flush=True)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from rnnplan.api import build_plan
+from rnnplan.autotune import Candidate, Choice, CudnnGraph, choose
 from rnnplan.executor import Executor
 from rnnplan.spec import PlanOptions, RNNSpec, torch_cell
 from rnnplan.weights import ARCH_FIELDS, Weights
@@ -50,12 +51,15 @@ class CacheInfo(NamedTuple):
 
 
 def compile(module, *, lowering: str = "auto", bucket: int | None = None, cache_bytes: int = 2**31,
-            cast: bool = False, debug: bool = False) -> CompiledRNN:  # noqa: A001 (torch.compile's name, on purpose)
+            cast: bool = False, debug: bool = False, autotune: bool = True) -> CompiledRNN:  # noqa: A001 (torch's name)
     """`module` (a torch.nn.LSTM, GRU or RNN in eval mode) as a CompiledRNN. `lowering` as in
     PlanOptions; `bucket` pads lengths up to a multiple of that many steps (masked); `cache_bytes`
     bounds the cached executors' memory; `cast` lets inputs of another dtype be cast (else named);
-    `debug` poisons what each call writes first (Executor's debug)."""
-    return CompiledRNN(module, lowering=lowering, bucket=bucket, cache_bytes=cache_bytes, cast=cast, debug=debug)
+    `debug` poisons what each call writes first (Executor's debug). `autotune` (GPU): the first call
+    at a shape times the candidates (the lowerings `lowering` allows, and for fixed lengths torch's
+    own cuDNN call captured in a CUDA graph) and keeps the fastest; False keeps the planner's choice."""
+    return CompiledRNN(module, lowering=lowering, bucket=bucket, cache_bytes=cache_bytes, cast=cast, debug=debug,
+                       autotune=autotune)
 
 
 def _refuse(module) -> None:
@@ -71,17 +75,22 @@ def _refuse(module) -> None:
 
 class CompiledRNN(torch.nn.Module):
     def __init__(self, module, *, lowering: str = "auto", bucket: int | None = None, cache_bytes: int = 2**31,
-                 cast: bool = False, debug: bool = False):
+                 cast: bool = False, debug: bool = False, autotune: bool = True):
         super().__init__()
         _refuse(module)
         if bucket is not None and (type(bucket) is not int or bucket < 1):
             raise CompileError(f"bucket must be a number of steps >= 1, or None; got {bucket!r}")
+        if not isinstance(autotune, bool):
+            raise CompileError(f"autotune must be True or False, got {autotune!r}")
         self.template = RNNSpec.from_torch(module, seq_len=1, batch=1)
         PlanOptions(lowering=lowering)  # named now, not at the first call
         self.lowering, self.bucket, self.max_bytes, self.cast, self.debug = lowering, bucket, cache_bytes, cast, debug
+        self.autotune = autotune
+        self._twin = {k: getattr(module, k) for k in ("mode", "input_size", "hidden_size", "num_layers", "bias",
+                                                      "bidirectional", "nonlinearity") if hasattr(module, k)}
         for name, tensor in module.state_dict().items():
             self.register_buffer(name, tensor.detach().clone())
-        self._executors: OrderedDict[tuple, Executor] = OrderedDict()
+        self._executors: OrderedDict[tuple, Choice] = OrderedDict()
         self.hits = self.misses = 0
         self.handle = next(_HANDLES)
         _LIVE[self.handle] = self
@@ -90,7 +99,7 @@ class CompiledRNN(torch.nn.Module):
     # ---- the executor cache ---------------------------------------------------------------------
 
     def cache_info(self) -> CacheInfo:
-        return CacheInfo(len(self._executors), sum(self._bytes(e) for e in self._executors.values()),
+        return CacheInfo(len(self._executors), sum(c.nbytes for c in self._executors.values()),
                          self.max_bytes, self.hits, self.misses)
 
     def clear(self) -> None:
@@ -101,22 +110,23 @@ class CompiledRNN(torch.nn.Module):
         self.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    @staticmethod
-    def _bytes(executor: Executor) -> int:
-        return executor.plan.stats.peak_bytes
-
     def explain(self) -> str:
-        """What each cached shape runs, and why."""
+        """What each cached shape runs, and why (with autotune: what was timed)."""
         lines = [f"rnnplan.compile of {self.template.cell} {self.template.num_layers}x{self.template.hidden_size}: "
                  f"{len(self._executors)} shape(s) cached, {self.cache_info().bytes / 2**20:.1f} MiB"]
-        for (steps, batch, varlen, device, dtype, math), ex in self._executors.items():
-            why = "CPU tensors run the graph lowering" if ex.backend == "numpy" else ex.plan.lowering_reason
+        for (steps, batch, varlen, device, dtype, math), choice in self._executors.items():
             lines.append(f"  T={steps} B={batch}{' masked' if varlen else ''} on {device} ({dtype}, {math}): "
-                         f"{ex.plan.lowering} lowering, {ex.backend} backend; {why}")
+                         f"{choice.describe()}")
         return "\n".join(lines)
 
-    def executor(self, steps: int, batch: int, varlen: bool, device: torch.device) -> Executor:
-        """The executor for calls of `steps` x `batch` on `device`, from the cache or made now."""
+    def executor(self, steps: int, batch: int, varlen: bool, device: torch.device) -> Executor | None:
+        """rnnplan's executor for calls of `steps` x `batch` on `device` (None where the shape runs
+        torch's cuDNN call), from the cache or made now (then without timing candidates)."""
+        return self._choice(steps, batch, varlen, device, None).chosen.executor
+
+    def _choice(self, steps: int, batch: int, varlen: bool, device: torch.device, args) -> Choice:
+        """What runs calls of `steps` x `batch` on `device`: from the cache, or chosen now (timed on
+        `args` with autotune on a GPU)."""
         dtype = PARAMETER_DTYPES[self.weight_hh_l0.dtype]
         math = "tf32" if device.type == "cuda" and dtype == "float32" and torch.backends.cudnn.allow_tf32 else "fp32"
         key = (steps, batch, varlen, str(device), dtype, math)
@@ -128,22 +138,51 @@ class CompiledRNN(torch.nn.Module):
         self.misses += 1
         spec = self.template.model_copy(update={"seq_len": steps, "batch": batch, "variable_lengths": varlen,
                                                 "dtype": dtype, "batch_first": False})
-        options = PlanOptions(lowering=self.lowering, math=math)
+        if device.type == "cpu":  # the NumPy backend runs the graph lowering
+            choice = Choice(self._candidate(spec, "graph", math, device), "CPU tensors run the NumPy backend")
+        else:
+            tune = self.autotune and args is not None
+            lowerings = (("persistent", "graph") if tune else ("auto",)) if self.lowering == "auto" else (self.lowering,)
+            factories = {name: (lambda name=name: self._candidate(spec, name, math, device)) for name in lowerings}
+            if tune and not varlen:  # a packed call cannot be captured: its lengths change between calls
+                factories["cudnn"] = lambda: self._cudnn(spec, device, args[0])
+            choice = choose(factories, args, tune)
+        self._executors[key] = choice
+        while len(self._executors) > 1 and self.cache_info().bytes > self.max_bytes:
+            self._executors.popitem(last=False)
+        return choice
+
+    def _candidate(self, spec: RNNSpec, lowering: str, math: str, device: torch.device) -> Candidate:
+        """rnnplan's executor of `spec` in `lowering` on `device` (ValueError where it does not fit)."""
+        options = PlanOptions(lowering=lowering, math=math)
         if device.type == "cuda" and device.index:  # another GPU than the first: describe it
             from rnnplan.backends import describe_device
 
             options = options.model_copy(update={"device": describe_device(device.index)})
-        plan = build_plan(spec, options=options if device.type == "cuda" else
-                          options.model_copy(update={"lowering": "graph"}))
+        plan = build_plan(spec, options=options)
         weights = Weights({k: v.detach().float().cpu().numpy() for k, v in self._buffers.items()},
                           {f: getattr(spec, f) for f in ARCH_FIELDS})  # the module's hyper-parameters
         backend = "cupy" if device.type == "cuda" else "numpy"
         ex = Executor(plan, weights, backend=backend, device=device.index if backend == "cupy" else None,
                       debug=self.debug)
-        self._executors[key] = ex
-        while len(self._executors) > 1 and self.cache_info().bytes > self.max_bytes:
-            self._executors.popitem(last=False)
-        return ex
+        why = "" if backend == "numpy" else plan.lowering_reason
+        run = (lambda x, h0, c0, lengths: _run_executor(ex, x, h0, c0, lengths))
+        if backend == "cupy":
+            from rnnplan.backends.pointer_call import PointerCall, why_not
+
+            if why_not(ex) is None:
+                run = _by_pointers(PointerCall(ex), spec)
+        return Candidate(plan.lowering, run, plan.stats.peak_bytes, why, ex)
+
+    def _cudnn(self, spec: RNNSpec, device: torch.device, x: torch.Tensor) -> Candidate:
+        twin = {k: v for k, v in self._twin.items() if k != "mode"}
+        module = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}.get(self._twin["mode"], torch.nn.RNN)
+        if module is not torch.nn.RNN:
+            twin.pop("nonlinearity", None)
+        twin = module(**twin, device=device, dtype=self.weight_hh_l0.dtype)
+        twin.load_state_dict(self.state_dict())
+        graph = CudnnGraph(twin, x, spec.cell == "lstm", spec.num_layers * spec.directions, spec.hidden_size)
+        return Candidate("cudnn", graph, graph.nbytes, "torch's own forward, as the module would run it")
 
     # ---- calls ----------------------------------------------------------------------------------
 
@@ -175,7 +214,10 @@ class CompiledRNN(torch.nn.Module):
                 x = x.transpose(0, 1)
             lengths = None
         h0, c0 = self._state(hx)
-        out, h_n, c_n = forward_op(x.contiguous(), h0, c0, None if lengths is None else lengths.tolist(), self.handle)
+        # The custom op lets torch.compile trace through without a graph break; eager calls skip its
+        # dispatch (tens of microseconds of Python a call).
+        op = forward_op if torch.compiler.is_compiling() else _eager_op
+        out, h_n, c_n = op(x.contiguous(), h0, c0, None if lengths is None else lengths.tolist(), self.handle)
         state = (h_n, c_n) if c0 is not None or self.template.cell == "lstm" else h_n
         if packed:
             return self._repack(out, lengths, input), state
@@ -209,23 +251,45 @@ class CompiledRNN(torch.nn.Module):
         padded_steps = steps if bucket is None else -(-steps // bucket) * bucket
         if padded_steps != steps:
             x = torch.cat([x, x.new_zeros((padded_steps - steps, *x.shape[1:]))])
-        ex = self.executor(padded_steps, batch, varlen, x.device)
-        state = None if h0 is None else ((h0, c0) if c0 is not None else h0)
-        if x.device.type == "cpu":
-            state = None if state is None else tuple(s.numpy() for s in state) if isinstance(state, tuple) \
-                else state.numpy()
-            out, st = ex.run(x.numpy(), state, lengths=lengths)
-            tensors = [torch.from_numpy(np.ascontiguousarray(out))] + \
-                [torch.from_numpy(s) for s in (st if isinstance(st, tuple) else (st,))]
-        else:
-            import cupy
+        args = (x, h0, c0, lengths)
+        out, h_n, c_n = self._choice(padded_steps, batch, varlen, x.device, args).chosen.run(*args)
+        return out[:steps], h_n, c_n
 
-            with cupy.cuda.Device(x.device.index), _cupy_stream(cupy, torch.cuda.current_stream(x.device)):
-                out, st = ex.run(x, state, lengths=lengths)
-            tensors = [torch.from_dlpack(a) for a in (out, *(st if isinstance(st, tuple) else (st,)))]
-        out, h_n = tensors[0][:steps], tensors[1]
-        c_n = tensors[2] if len(tensors) > 2 else h_n.new_empty(0)
+
+def _by_pointers(call, spec: RNNSpec):
+    """A call of fixed lengths on CUDA tensors by device pointers (backends.pointer_call): the outputs
+    are allocated by torch on the caller's stream, filled there, and returned as they are."""
+    lstm = spec.cell == "lstm"
+    out_shape = (spec.seq_len, spec.batch, spec.directions * spec.hidden_size)
+    state_shape = (spec.num_layers * spec.directions, spec.batch, spec.hidden_size)
+
+    def run(x, h0, c0, lengths):
+        out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
+        c_n = x.new_empty(state_shape if lstm else (0,))
+        states = (None if h0 is None else h0.data_ptr(), None if c0 is None else c0.data_ptr())
+        call(torch.cuda.current_stream(x.device).cuda_stream, x.data_ptr(), states,
+             (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()), torch.cuda.is_current_stream_capturing())
         return out, h_n, c_n
+    return run
+
+
+def _run_executor(ex: Executor, x: torch.Tensor, h0, c0, lengths):
+    """One call of rnnplan's executor on torch tensors: NumPy on the CPU, CuPy through DLPack on
+    torch's current stream."""
+    state = None if h0 is None else ((h0, c0) if c0 is not None else h0)
+    if x.device.type == "cpu":
+        state = None if state is None else tuple(s.numpy() for s in state) if isinstance(state, tuple) \
+            else state.numpy()
+        out, st = ex.run(x.numpy(), state, lengths=lengths)
+        tensors = [torch.from_numpy(np.ascontiguousarray(out))] + \
+            [torch.from_numpy(s) for s in (st if isinstance(st, tuple) else (st,))]
+    else:
+        import cupy
+
+        with cupy.cuda.Device(x.device.index), _cupy_stream(cupy, torch.cuda.current_stream(x.device)):
+            out, st = ex.run(x, state, lengths=lengths)
+        tensors = [torch.from_dlpack(a) for a in (out, *(st if isinstance(st, tuple) else (st,)))]
+    return tensors[0], tensors[1], tensors[2] if len(tensors) > 2 else tensors[1].new_empty(0)
 
 
 def _cupy_stream(cupy, stream: torch.cuda.Stream):
@@ -234,6 +298,10 @@ def _cupy_stream(cupy, stream: torch.cuda.Stream):
     if hasattr(cupy.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
         return cupy.cuda.Stream.from_external(stream)
     return cupy.cuda.ExternalStream(stream.cuda_stream)
+
+
+def _eager_op(x, h0, c0, lengths, handle):
+    return _LIVE[handle].run(x, h0, c0, lengths)
 
 
 @torch.library.custom_op("rnnplan::forward", mutates_args=())

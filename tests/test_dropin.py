@@ -92,6 +92,7 @@ def test_buckets_pad_and_mask_so_lengths_share_plans():
     info = fast.cache_info()
     assert info.executors == 2 and info.hits == 2  # T 3, 5, 7 share the masked T-8 plan; T 8 runs unmasked
     assert "T=8 B=2 masked" in fast.explain() and "T=8 B=2 on cpu" in fast.explain()
+    assert "graph lowering (CPU tensors run the NumPy backend)" in fast.explain()  # nothing timed on a CPU
 
 
 def test_the_executor_cache_has_a_byte_budget():
@@ -130,6 +131,8 @@ def test_modules_it_cannot_run_are_refused_at_compile_naming_the_attribute():
         rp.compile(torch.nn.Linear(3, 5))
     with pytest.raises(rp.CompileError, match="bucket must be a number of steps >= 1"):
         rp.compile(module("gru"), bucket=0)
+    with pytest.raises(rp.CompileError, match="autotune must be True or False, got 'no'"):
+        rp.compile(module("gru"), autotune="no")
 
 
 def test_inputs_of_another_dtype_or_device_are_named_not_copied():
@@ -180,7 +183,7 @@ def test_a_spec_from_a_module():
 def test_gpu_tensors_stay_on_the_gpu(cell, dtype):
     torch.backends.cudnn.allow_tf32 = False  # strict fp32 on both sides: compare like with like
     m = module(cell, 2, bidirectional=True).cuda().to(dtype)
-    fast = rp.compile(m)
+    fast = rp.compile(m, autotune=False)  # rnnplan's own kernels, never torch's (autotune: below)
     tol = 1e-5 if dtype == torch.float32 else 5e-3
     for steps, batch in ((5, 3), (2, 8), (5, 3)):
         x = torch.randn(steps, batch, 3, device="cuda", dtype=dtype)
@@ -190,7 +193,7 @@ def test_gpu_tensors_stay_on_the_gpu(cell, dtype):
                                                      enforce_sorted=False)
     assert close(fast(packed), torch_call(m, packed), tol)
     uni = module(cell, 2).cuda().to(dtype)  # streaming needs one direction: the reverse one reads the future
-    stream = rp.compile(uni)
+    stream = rp.compile(uni, autotune=False)
     state, outs = None, []
     x = torch.randn(7, 2, 3, device="cuda", dtype=dtype)
     for t in range(7):  # the state stays a CUDA tensor
@@ -198,6 +201,63 @@ def test_gpu_tensors_stay_on_the_gpu(cell, dtype):
         outs.append(out)
     assert (state[0] if isinstance(state, tuple) else state).device.type == "cuda"
     assert close((torch.cat(outs), state), torch_call(uni, x), tol)
+    torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gpu_autotune_keeps_the_fastest_candidate_and_says_so(dtype):
+    torch.backends.cudnn.allow_tf32 = False
+    m = module("lstm", 2).cuda().to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 5e-3
+    fast = rp.compile(m)
+    x = torch.randn(6, 4, 3, device="cuda", dtype=dtype)
+    assert close(fast(x), torch_call(m, x), tol)
+    (choice,) = fast._executors.values()
+    assert set(choice.timings) == {"persistent", "graph", "cudnn"} and choice.how.startswith("autotuned")
+    assert choice.timings[choice.chosen.name] == min(choice.timings.values())
+    text = fast.explain()
+    assert "autotuned, fastest of 3" in text and all(f"{k} " in text for k in choice.timings)
+    for _ in range(2):  # the kept candidate, whichever it is, again and with a state
+        h = torch.randn(2, 4, 5, device="cuda", dtype=dtype)
+        assert close(fast(x, (h, h)), torch_call(m, x, (h, h)), tol)
+    assert fast.cache_info().hits == 2 and fast.cache_info().misses == 1
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [6, 2, 5, 1], enforce_sorted=False)
+    assert close(fast(packed), torch_call(m, packed), tol)  # lengths change per call: rnnplan's lowerings only
+    assert "cudnn" not in list(fast._executors.values())[-1].timings
+    off = rp.compile(m, autotune=False)
+    off(x)
+    assert "autotune off" in off.explain() and "cudnn" not in off.explain()
+    torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("autotune", [False, True])
+@pytest.mark.parametrize("lowering", ["persistent", "graph"])
+def test_gpu_a_compiled_module_is_captured_in_a_cuda_graph(autotune, lowering):
+    """torch.cuda.graph around a call (after a warm-up call at that shape, as torch asks): replays
+    compute the new inputs' results, whatever candidate runs (issue 17, item 5)."""
+    torch.backends.cudnn.allow_tf32 = False
+    m = module("lstm", 2).cuda()
+    fast = rp.compile(m, autotune=autotune, lowering=lowering)
+    x, h = torch.randn(5, 4, 3, device="cuda"), torch.randn(2, 4, 5, device="cuda")
+    fast(x, (h, h))  # the shape's set-up, outside the capture
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fast(x, (h, h))
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, (h_n, c_n) = fast(x, (h, h))
+    for seed in range(2):
+        torch.manual_seed(seed)
+        x.copy_(torch.randn_like(x))
+        h.copy_(torch.randn_like(h))
+        graph.replay()
+        assert close((out, (h_n, c_n)), torch_call(m, x, (h, h)))
     torch.backends.cudnn.allow_tf32 = True
 
 

@@ -8,7 +8,6 @@ no CuPy itself: inputs go to rnnplan as torch CUDA tensors.
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import time
 from importlib import metadata
@@ -16,6 +15,7 @@ from importlib import metadata
 import numpy as np
 
 import rnnplan as rp
+from rnnplan.timing import median_ms  # the one timing method; bench re-exports it
 
 CELL_LABELS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN-tanh", "rnn_relu": "RNN-ReLU"}
 
@@ -45,26 +45,6 @@ def rel_err(got, want) -> float:
     """Relative error by norm, in float32."""
     got, want = np.asarray(got, dtype=np.float32), np.asarray(want, dtype=np.float32)
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
-
-
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    """Median ms of `fn(i)` over `repeats` calls, between CUDA events on torch's current stream, after
-    `warmup` calls. rnnplan's executors order their work after the caller's stream and make it wait
-    for their results, so the events bracket a whole call."""
-    import torch
-
-    for i in range(warmup):
-        fn(i)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for i in range(repeats):
-        start.record()
-        fn(i)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def cudnn_times(torch, module, xs_t: list, repeats: int) -> tuple[float, float]:

@@ -49,10 +49,36 @@ def bench_row(torch, label: str, kw: dict, precision: str, repeats: int) -> dict
     cudnn_err = rel_err(cudnn_out, want)
     xs_t = [torch.as_tensor(x, device="cuda") for x in xs_np]  # rnnplan reads them in place (zero copy)
     ours = median_ms(lambda i: ex.run(xs_t[i % 4]), repeats)
+    ex.impl.close()
+    persistent, persistent_err, why = _persistent(spec, weights, math, xs_t, want, repeats)
     eager, cudnn_graph = cudnn_times(torch, module, xs_t, repeats)
+    compiled = rp.compile(module)  # autotuned on its first call: persistent, graph, cuDNN in a CUDA graph
+    with torch.no_grad():
+        compiled_err = rel_err(compiled(xs_t[0])[0].float().cpu().numpy(), want)
+        compiled_ms = median_ms(lambda i: compiled(xs_t[i % 4]), repeats)
+    choice = next(iter(compiled._executors.values()))
+    compiled.clear()
     return dict(row=label, precision=precision, rnnplan_ms=ours, cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph,
                 vs_cudnn_graph=cudnn_graph / ours, vs_cudnn_eager=eager / ours, rel_err=err, cudnn_rel_err=cudnn_err,
-                ok=err <= TOL[precision], plan_s=plan_s, kernels=plan.stats.kernels, streams=plan.stats.streams)
+                ok=err <= TOL[precision] and (persistent_err or 0) <= TOL[precision] and compiled_err <= TOL[precision],
+                plan_s=plan_s, kernels=plan.stats.kernels, streams=plan.stats.streams,
+                persistent_ms=persistent, persistent_rel_err=persistent_err, persistent_why=why,
+                compiled_ms=compiled_ms, compiled_rel_err=compiled_err, compiled_choice=choice.chosen.name,
+                compiled_timings=choice.timings, compiled_vs_cudnn_graph=cudnn_graph / compiled_ms)
+
+
+def _persistent(spec, weights, math: str, xs_t: list, want, repeats: int):
+    """(ms, rel. error, why) of the persistent lowering on the row, or (None, None, why it does not fit)."""
+    try:
+        plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, lowering="persistent"))
+    except ValueError as e:
+        return None, None, str(e)
+    ex = rp.Executor(plan, weights, backend="cupy", mode="graph")
+    ex.impl.poison()
+    err = rel_err(ex.run(xs_t[0])[0].get().astype(np.float32), want)
+    ms = median_ms(lambda i: ex.run(xs_t[i % 4]), repeats)
+    ex.impl.close()
+    return ms, err, plan.lowering_reason
 
 
 def ablation(torch, repeats: int, precision: str = "tf32") -> list[dict]:
@@ -82,11 +108,20 @@ def _markdown(env: dict, abl: list[dict], rows: list[dict]) -> str:
              f"CuPy {env['cupy']}, CUDA {env['cuda']} (torch's), driver {env['driver']}; {env['date']}.", "",
              "| ablation step (paper config, tf32) | ms | kernels | speed-up vs naive |", "|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['ms']:.3f} | {r['kernels']:,} | {abl[0]['ms'] / r['ms']:.1f}x |" for r in abl]
-    lines += ["", "| config | precision | rnnplan ms | cuDNN eager ms | cuDNN graph ms | vs cuDNN graph | vs cuDNN eager | rel. err (rnnplan / cuDNN) |",
-              "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['row']} | {r['precision']} | {r['rnnplan_ms']:.3f} | {r['cudnn_eager_ms']:.3f} | "
-              f"{r['cudnn_graph_ms']:.3f} | {r['vs_cudnn_graph']:.2f}x | {r['vs_cudnn_eager']:.2f}x | "
-              f"{r['rel_err']:.1e} / {r['cudnn_rel_err']:.1e}{'' if r['ok'] else ' FAIL'} |" for r in rows]
+    lines += ["", "rnnplan's own lowerings in their own columns (graph, persistent: '-' where it does not fit), "
+              "then `rnnplan.compile` autotuned (its choice among them and cuDNN in a CUDA graph); ratios are "
+              "cuDNN graph's time over ours.", "",
+              "| config | precision | graph ms | persistent ms | compiled ms (choice) | cuDNN eager ms | cuDNN graph ms "
+              "| graph vs cuDNN graph | persistent vs cuDNN graph | compiled vs cuDNN graph | rel. err (graph / "
+              "persistent / compiled / cuDNN) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p, g = r["persistent_ms"], r["cudnn_graph_ms"]
+        pe = "-" if r["persistent_rel_err"] is None else f"{r['persistent_rel_err']:.1e}"
+        lines.append(f"| {r['row']} | {r['precision']} | {r['rnnplan_ms']:.3f} | {'-' if p is None else f'{p:.3f}'} | "
+                     f"{r['compiled_ms']:.3f} ({r['compiled_choice']}) | {r['cudnn_eager_ms']:.3f} | {g:.3f} | "
+                     f"{r['vs_cudnn_graph']:.2f}x | {'-' if p is None else f'{g / p:.2f}x'} | "
+                     f"{r['compiled_vs_cudnn_graph']:.2f}x | {r['rel_err']:.1e} / {pe} / {r['compiled_rel_err']:.1e} / "
+                     f"{r['cudnn_rel_err']:.1e}{'' if r['ok'] else ' FAIL'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,9 +159,11 @@ def main(quick: bool = False, out: str | None = None, repeats: int = 30) -> None
     for done, (label, kw, precision) in enumerate(todo, 1):
         r = bench_row(torch, label, kw, precision, repeats)
         rows.append(r)
-        print(f"  [{done}/{len(todo)}] {label:<30} {precision}  rnnplan {r['rnnplan_ms']:8.3f}  "
-              f"eager {r['cudnn_eager_ms']:8.3f}  graph {r['cudnn_graph_ms']:8.3f}  "
-              f"x{r['vs_cudnn_graph']:.2f} vs graph  err {r['rel_err']:.1e}", flush=True)
+        persistent = "-" if r["persistent_ms"] is None else f"{r['persistent_ms']:8.3f}"
+        print(f"  [{done}/{len(todo)}] {label:<30} {precision}  graph {r['rnnplan_ms']:8.3f}  persistent {persistent}  "
+              f"compiled {r['compiled_ms']:8.3f} ({r['compiled_choice']})  cuDNN eager {r['cudnn_eager_ms']:8.3f}  "
+              f"graph {r['cudnn_graph_ms']:8.3f}  compiled x{r['compiled_vs_cudnn_graph']:.2f} vs cuDNN graph  "
+              f"err {r['rel_err']:.1e}", flush=True)
     text = _markdown(env, abl, rows)
     print(text)
     if out:

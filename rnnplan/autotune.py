@@ -1,0 +1,112 @@
+"""What runs a call shape of `rnnplan.compile`, chosen by timing the candidates on the first call at
+that shape, as `torch.backends.cudnn.benchmark` does: rnnplan's lowerings (persistent, graph) and
+torch's own call of the module (cuDNN) captured in a CUDA graph, so that the compiled module is
+never slower than what the user had. `Choice.describe()` says what was timed and what was kept;
+`explain()` of the compiled module prints it.
+
+Each candidate runs time-major torch tensors: `run(x, h0, c0, lengths) -> (out, h_n, c_n)` (c_n empty
+but for LSTMs), on torch's current stream.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from rnnplan.timing import median_ms
+
+# Calls timed per candidate (after two warm-ups): few, since the first call at a shape pays for them.
+REPEATS = 5
+
+
+class Candidate(NamedTuple):
+    name: str  # "persistent", "graph" (rnnplan's lowerings) or "cudnn"
+    run: Callable
+    nbytes: int  # device memory it holds
+    why: str  # why it is built as it is (the planner's reason, ...)
+    executor: object = None  # rnnplan's Executor, for the lowerings
+
+
+@dataclass
+class Choice:
+    chosen: Candidate
+    how: str  # "autotuned", "autotune off", ...
+    timings: dict[str, float | str] = field(default_factory=dict)  # ms, or why a candidate was not run
+
+    @property
+    def nbytes(self) -> int:
+        return self.chosen.nbytes
+
+    def describe(self) -> str:
+        label = {"cudnn": "torch's cuDNN call in a CUDA graph"}.get(self.chosen.name, f"{self.chosen.name} lowering")
+        timed = "; ".join(f"{k} {v:.3f} ms" if isinstance(v, float) else f"{k}: {v}" for k, v in self.timings.items())
+        return f"{label} ({self.how}{': ' + timed if timed else ''})" + (f"; {self.chosen.why}" if self.chosen.why else "")
+
+
+def choose(factories: dict[str, Callable[[], Candidate]], args: tuple, tune: bool) -> Choice:
+    """Build the candidates (a factory may raise ValueError or RuntimeError: that one is not run and
+    its reason is kept); with `tune`, time each on `args` and keep the fastest (the others are
+    dropped, with their memory), else keep the first that builds."""
+    built, timings = [], {}
+    for name, make in factories.items():
+        try:
+            built.append(make())
+        except (ValueError, RuntimeError) as e:
+            timings[name] = f"not run ({e})"
+            continue
+        if not tune:
+            return Choice(built[0], "autotune off", {})
+    if not built:
+        raise RuntimeError("no candidate can run this shape: " + "; ".join(f"{k}: {v}" for k, v in timings.items()))
+    if len(built) == 1:
+        return Choice(built[0], "the only candidate", timings)
+    with torch.no_grad():
+        for c in built:
+            timings[c.name] = median_ms(lambda i, run=c.run: run(*args), REPEATS, warmup=2)
+    best = min(built, key=lambda c: timings[c.name])
+    return Choice(best, f"autotuned, fastest of {len(built)}", dict(sorted(timings.items(), key=lambda kv: str(kv[1]))))
+
+
+class CudnnGraph:
+    """torch's own forward of the module (cuDNN on a GPU) for one (T, B), captured once in a CUDA
+    graph on static inputs: a call copies its input and state in, replays, and returns copies of the
+    outputs (the graph's own are overwritten by the next call)."""
+
+    def __init__(self, module: torch.nn.Module, x: torch.Tensor, lstm: bool, layers: int, hidden: int):
+        self.module = copy.deepcopy(module).eval()  # owns its weights (flattened for cuDNN)
+        self.module.flatten_parameters()
+        self.lstm = lstm
+        self.x = torch.zeros_like(x)
+        self.h0 = x.new_zeros((layers, x.shape[1], hidden))
+        self.c0 = torch.zeros_like(self.h0) if lstm else None
+        state = (self.h0, self.c0) if lstm else self.h0
+        with torch.no_grad():
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # cuDNN picks and allocates its workspace outside the capture
+                    self.module(self.x, state)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out, st = self.module(self.x, state)
+        self.h_n, self.c_n = st if lstm else (st, None)
+        weights = sum(p.numel() * p.element_size() for p in self.module.parameters())
+        self.nbytes = weights + 2 * sum(t.numel() * t.element_size() for t in (self.x, self.out, self.h0, self.h0))
+
+    def __call__(self, x, h0, c0, lengths):
+        if torch.cuda.is_current_stream_capturing():  # the caller's own graph holds torch's call itself
+            state = None if h0 is None else ((h0, c0) if self.lstm else h0)
+            out, st = self.module(x, state)
+            h_n, c_n = st if self.lstm else (st, st.new_empty(0))
+            return out, h_n, c_n
+        self.x.copy_(x)
+        for static, given in ((self.h0, h0), (self.c0, c0)):
+            if static is not None:
+                static.zero_() if given is None else static.copy_(given)
+        self.graph.replay()
+        return self.out.clone(), self.h_n.clone(), self.c_n.clone() if self.lstm else self.h_n.new_empty(0)
