@@ -91,7 +91,7 @@ class CompiledRNN(torch.nn.Module):
         for name, tensor in module.state_dict().items():
             self.register_buffer(name, tensor.detach().clone())
         self._executors: OrderedDict[tuple, Choice] = OrderedDict()
-        self.hits = self.misses = 0
+        self._counts = [0, 0]  # hits, misses (a list: nn.Module.__setattr__ costs microseconds a call)
         self.handle = next(_HANDLES)
         _LIVE[self.handle] = self
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear())
@@ -100,7 +100,7 @@ class CompiledRNN(torch.nn.Module):
 
     def cache_info(self) -> CacheInfo:
         return CacheInfo(len(self._executors), sum(c.nbytes for c in self._executors.values()),
-                         self.max_bytes, self.hits, self.misses)
+                         self.max_bytes, *self._counts)
 
     def clear(self) -> None:
         """Drop every cached executor (they hold copies of the buffers, on the device)."""
@@ -115,7 +115,7 @@ class CompiledRNN(torch.nn.Module):
         lines = [f"rnnplan.compile of {self.template.cell} {self.template.num_layers}x{self.template.hidden_size}: "
                  f"{len(self._executors)} shape(s) cached, {self.cache_info().bytes / 2**20:.1f} MiB"]
         for (steps, batch, varlen, device, dtype, math), choice in self._executors.items():
-            lines.append(f"  T={steps} B={batch}{' masked' if varlen else ''} on {device} ({dtype}, {math}): "
+            lines.append(f"  T={steps} B={batch}{' masked' if varlen else ''} on {str(device)} ({dtype}, {math}): "
                          f"{choice.describe()}")
         return "\n".join(lines)
 
@@ -127,15 +127,15 @@ class CompiledRNN(torch.nn.Module):
     def _choice(self, steps: int, batch: int, varlen: bool, device: torch.device, args) -> Choice:
         """What runs calls of `steps` x `batch` on `device`: from the cache, or chosen now (timed on
         `args` with autotune on a GPU)."""
-        dtype = PARAMETER_DTYPES[self.weight_hh_l0.dtype]
+        dtype = PARAMETER_DTYPES[self._buffers["weight_hh_l0"].dtype]
         math = "tf32" if device.type == "cuda" and dtype == "float32" and torch.backends.cudnn.allow_tf32 else "fp32"
-        key = (steps, batch, varlen, str(device), dtype, math)
+        key = (steps, batch, varlen, device, dtype, math)
         found = self._executors.get(key)
         if found is not None:
-            self.hits += 1
+            self._counts[0] += 1
             self._executors.move_to_end(key)
             return found
-        self.misses += 1
+        self._counts[1] += 1
         spec = self.template.model_copy(update={"seq_len": steps, "batch": batch, "variable_lengths": varlen,
                                                 "dtype": dtype, "batch_first": False})
         if device.type == "cpu":  # the NumPy backend runs the graph lowering
@@ -256,6 +256,13 @@ class CompiledRNN(torch.nn.Module):
         return out[:steps], h_n, c_n
 
 
+def _raw_stream(device: torch.device) -> int:
+    """torch's current stream on `device`, as a pointer (torch's own C call, as Triton uses it, where
+    it exists: a tenth of the microseconds of building a torch.cuda.Stream)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(device.index) if raw is not None else torch.cuda.current_stream(device).cuda_stream
+
+
 def _by_pointers(call, spec: RNNSpec):
     """A call of fixed lengths on CUDA tensors by device pointers (backends.pointer_call): the outputs
     are allocated by torch on the caller's stream, filled there, and returned as they are."""
@@ -267,7 +274,7 @@ def _by_pointers(call, spec: RNNSpec):
         out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
         c_n = x.new_empty(state_shape if lstm else (0,))
         states = (None if h0 is None else h0.data_ptr(), None if c0 is None else c0.data_ptr())
-        call(torch.cuda.current_stream(x.device).cuda_stream, x.data_ptr(), states,
+        call(_raw_stream(x.device), x.data_ptr(), states,
              (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()), torch.cuda.is_current_stream_capturing())
         return out, h_n, c_n
     return run

@@ -261,6 +261,30 @@ def test_gpu_a_compiled_module_is_captured_in_a_cuda_graph(autotune, lowering):
     torch.backends.cudnn.allow_tf32 = True
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("lowering", ["persistent", "graph"])
+def test_gpu_calls_by_pointers_give_and_omit_states(dtype, lowering):
+    """The copy kernel's two paths (odd sizes: 2-byte words; 16-byte ones for aligned runs), strided
+    h_n, a state given then omitted (zeros, not the last one), and Executor.run on the same executor
+    in between (its own note of zeroed states)."""
+    torch.backends.cudnn.allow_tf32 = False
+    tol = 1e-5 if dtype == torch.float32 else 5e-3
+    for hidden in (5, 64):
+        torch.manual_seed(hidden)
+        m = torch.nn.LSTM(3 if hidden == 5 else 64, hidden, num_layers=2, bidirectional=True).cuda().eval().to(dtype)
+        fast = rp.compile(m, autotune=False, lowering=lowering)
+        x = torch.randn(4, 3, m.input_size, device="cuda", dtype=dtype)
+        h = torch.randn(4, 3, hidden, device="cuda", dtype=dtype)
+        for state in ((h, h), None, (h, h), None):
+            assert close(fast(x, state), torch_call(m, x, *(() if state is None else (state,))), tol)
+            ex = fast.executor(4, 3, False, x.device)
+            out, _ = ex.run(x)  # the slow path, no state: zeros
+            assert close(torch.from_dlpack(out), torch_call(m, x)[0], tol)
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def test_the_core_imports_without_torch():
     import subprocess
     import sys

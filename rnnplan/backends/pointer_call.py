@@ -11,7 +11,9 @@ contiguous (`why_not` says which of these fails).
 
 from __future__ import annotations
 
-_DEVICE_TO_DEVICE = 3  # cudaMemcpyDeviceToDevice
+from importlib.resources import files
+
+import numpy as np
 
 
 def why_not(executor) -> str | None:
@@ -30,38 +32,38 @@ def why_not(executor) -> str | None:
 class PointerCall:
     """`call(stream, x, states, outs)`: pointers (ints) of the time-major input (T, B, I), of the
     initial states in the plan's order (h0, c0; None: zeros) and of the outputs, C-contiguous in the
-    plan's dtype: out (T, B, D*H), then h_n (and c_n), (L*D, B, H)."""
+    plan's dtype: out (T, B, D*H), then h_n (and c_n), (L*D, B, H). The copies in and the copies out
+    are one launch each of `cuda/copies.cu`, whose job tables (the plan's side of every copy) are made
+    here: a CUDA API call costs several microseconds of Python, a call would otherwise make 5-8."""
 
     def __init__(self, executor):
         reason = why_not(executor)
         if reason is not None:
             raise ValueError(f"PointerCall: {reason}")
         impl = self.impl = executor.impl
-        plan, item = impl.plan, impl.dtype.itemsize
-        self.runtime = impl.cp.cuda.runtime
-        self.x = (impl._ptr(plan.inputs["x"]), plan.inputs["x"].rows * plan.inputs["x"].cols * item)
-        self.states = [(name, impl._ptr(plan.inputs[name]), plan.inputs[name].rows * plan.inputs[name].cols * item)
-                       for name in ("h0", "c0") if name in plan.inputs]
-        self.outs = [impl.copies_out(plan.outputs[name]) for name in ("out", "h_n", "c_n") if name in plan.outputs]
+        cp, plan, item = impl.cp, impl.plan, impl.dtype.itemsize
+        jobs_in = [(impl._ptr(plan.inputs[name]), 0, 0, 0, 1, plan.inputs[name].rows * plan.inputs[name].cols * item, i)
+                   for i, name in enumerate(("x", "h0", "c0")) if name in plan.inputs]
+        jobs_out = [(src, src_ld * item, offset, dst_ld * item, rows, cols * item, i + 4)
+                    for i, name in enumerate(("out", "h_n", "c_n")) if name in plan.outputs
+                    for offset, dst_ld, src, src_ld, rows, cols in impl.copies_out(plan.outputs[name])]
+        with impl.device:
+            self.kernel = _copy_kernel(cp, impl.device.id)
+            self.tables = [(cp.asarray(jobs, dtype=np.uint64), _grid(jobs)) for jobs in (jobs_in, jobs_out)]
         self._streams: dict[int, object] = {}  # caller's stream pointer -> CuPy's handle on it
 
     def __call__(self, stream: int, x: int, states, outs, capturing: bool = False) -> None:
         """With `capturing` (the caller's stream is capturing a CUDA graph of its own), the plan is
         issued step by step on the executor's streams, forked from and joined back to the caller's,
         so that the caller's graph holds it (a graph is not launched inside another's capture)."""
-        impl, runtime = self.impl, self.runtime
+        impl, kernel, (jobs_in, grid_in), (jobs_out, grid_out) = self.impl, self.kernel, *self.tables
+        handle = self._streams.get(stream)
+        if handle is None:
+            handle = self._streams[stream] = impl.cp.cuda.ExternalStream(stream)
         with impl.device:
-            runtime.memcpyAsync(self.x[0], x, self.x[1], _DEVICE_TO_DEVICE, stream)
-            for (name, dst, nbytes), src in zip(self.states, states):
-                if src is not None:
-                    runtime.memcpyAsync(dst, src, nbytes, _DEVICE_TO_DEVICE, stream)
-                    impl._zeroed_states.discard(name)
-                elif name not in impl._zeroed_states:  # nothing but a given state writes it: zero it once
-                    runtime.memsetAsync(dst, 0, nbytes, stream)
-                    impl._zeroed_states.add(name)
-            handle = self._streams.get(stream)
-            if handle is None:
-                handle = self._streams[stream] = impl.cp.cuda.ExternalStream(stream)
+            h0, c0 = states
+            impl._zeroed_states.clear()  # the state buffers now hold what this call gives (Executor.run's note)
+            kernel(grid_in, (THREADS,), (jobs_in, np.uint64(x), np.uint64(h0 or 0), np.uint64(c0 or 0)), stream=handle)
             if capturing:
                 impl.caller_ready.record(handle)
                 impl.streams[0].wait_event(impl.caller_ready)
@@ -70,6 +72,21 @@ class PointerCall:
                 handle.wait_event(impl.results_ready)
             else:
                 impl.graph.launch(stream=handle)
-            for copies, dst in zip(self.outs, outs):
-                for offset, dst_ld, src, src_ld, rows, cols in copies:
-                    impl._copy_rect(dst + offset, dst_ld, src, src_ld, rows, cols, stream)
+            kernel(grid_out, (THREADS,), (jobs_out, *(np.uint64(p) for p in outs)), stream=handle)
+
+
+THREADS = 256
+_KERNELS: dict[int, object] = {}  # device -> the compiled copy kernel
+
+
+def _copy_kernel(cp, device: int):
+    if device not in _KERNELS:
+        source = (files("rnnplan.backends") / "cuda" / "copies.cu").read_text()
+        _KERNELS[device] = cp.RawKernel(source, "rnnplan_copy_jobs")
+    return _KERNELS[device]
+
+
+def _grid(jobs) -> tuple[int, int]:
+    """Blocks (x: enough for the largest job in 16-byte words, at most 1024; y: one row per job)."""
+    words = max(rows * row_bytes for *_, rows, row_bytes, _which in jobs) // 16
+    return (min(1024, max(1, -(-words // THREADS))), len(jobs))
