@@ -203,8 +203,10 @@ class CompiledRNN(torch.nn.Module):
     def forward(self, input, hx=None):
         packed = isinstance(input, torch.nn.utils.rnn.PackedSequence)
         if packed:
-            padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(input, batch_first=False)
-            x = self._check("input", padded)
+            lengths, pad_rows, pack_rows = _packing(input)
+            data = self._check("input", input.data)
+            steps, batch = len(input.batch_sizes), len(lengths)
+            x = data.index_select(0, pad_rows.to(data.device, non_blocking=True)).view(steps, batch, -1)
         else:
             x = self._check("input", input)
             if x.dim() != 3:
@@ -217,10 +219,12 @@ class CompiledRNN(torch.nn.Module):
         # The custom op lets torch.compile trace through without a graph break; eager calls skip its
         # dispatch (tens of microseconds of Python a call).
         op = forward_op if torch.compiler.is_compiling() else _eager_op
-        out, h_n, c_n = op(x.contiguous(), h0, c0, None if lengths is None else lengths.tolist(), self.handle)
+        out, h_n, c_n = op(x.contiguous(), h0, c0, lengths, self.handle)
         state = (h_n, c_n) if c0 is not None or self.template.cell == "lstm" else h_n
-        if packed:
-            return self._repack(out, lengths, input), state
+        if packed:  # the rows torch's PackedSequence holds, in its order
+            rows = out.reshape(-1, out.shape[-1]).index_select(0, pack_rows.to(out.device, non_blocking=True))
+            return torch.nn.utils.rnn.PackedSequence(rows, input.batch_sizes, input.sorted_indices,
+                                                     input.unsorted_indices), state
         return (out.transpose(0, 1) if self.template.batch_first else out), state
 
     def _state(self, hx):
@@ -232,14 +236,6 @@ class CompiledRNN(torch.nn.Module):
                 raise TypeError(f"an LSTM's hx is a tuple (h_0, c_0), got {type(hx).__name__}")
             return self._check("h_0", hx[0]).contiguous(), self._check("c_0", hx[1]).contiguous()
         return self._check("hx", hx).contiguous(), None
-
-    def _repack(self, out: torch.Tensor, lengths: torch.Tensor, like) -> torch.nn.utils.rnn.PackedSequence:
-        """The padded output as the PackedSequence torch returns: the input's batch order and indices."""
-        order = like.sorted_indices
-        sorted_out = out if order is None else out.index_select(1, order.to(out.device))
-        sorted_lengths = lengths if order is None else lengths[order.cpu()]
-        data = torch.nn.utils.rnn.pack_padded_sequence(sorted_out, sorted_lengths, enforce_sorted=True).data
-        return torch.nn.utils.rnn.PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
     def run(self, x: torch.Tensor, h0, c0, lengths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One call on time-major `x` (T, B, I): the work behind the custom op."""
@@ -256,6 +252,26 @@ class CompiledRNN(torch.nn.Module):
         return out[:steps], h_n, c_n
 
 
+def _packing(packed) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """For a PackedSequence (T steps, B sequences, N rows of data): each sequence's length, the row of
+    `data` each (t, b) of the padded time-major batch reads (row 0 past a sequence's end: masked, so
+    any finite row will do), and the padded (t*B + b) row each packed row comes from. Computed on the
+    host from batch_sizes, in NumPy (torch's small CPU ops cost several times as much: 0.32 ms a call
+    on the H200's host), where torch's pad_packed_sequence and pack_padded_sequence each copy one
+    step a launch (0.4-0.8 ms each at T 100 there)."""
+    sizes = packed.batch_sizes.numpy()
+    steps, batch = len(sizes), int(sizes[0])
+    every = np.arange(batch)
+    rank = every if packed.unsorted_indices is None else packed.unsorted_indices.cpu().numpy()  # b's position
+    order = every if packed.sorted_indices is None else packed.sorted_indices.cpu().numpy()  # who is at j
+    offsets = np.cumsum(sizes) - sizes
+    inside = rank[None, :] < sizes[:, None]
+    pad_rows = np.where(inside, offsets[:, None] + rank[None, :], 0).reshape(-1)
+    step_of_row = np.repeat(np.arange(steps), sizes)
+    pack_rows = step_of_row * batch + order[np.arange(len(step_of_row)) - offsets[step_of_row]]
+    return inside.sum(0).tolist(), torch.from_numpy(pad_rows), torch.from_numpy(pack_rows)
+
+
 def _raw_stream(device: torch.device) -> int:
     """torch's current stream on `device`, as a pointer (torch's own C call, as Triton uses it, where
     it exists: a tenth of the microseconds of building a torch.cuda.Stream)."""
@@ -264,18 +280,23 @@ def _raw_stream(device: torch.device) -> int:
 
 
 def _by_pointers(call, spec: RNNSpec):
-    """A call of fixed lengths on CUDA tensors by device pointers (backends.pointer_call): the outputs
-    are allocated by torch on the caller's stream, filled there, and returned as they are."""
+    """A call on CUDA tensors by device pointers (backends.pointer_call): the outputs are allocated by
+    torch on the caller's stream, filled there, and returned as they are."""
     lstm = spec.cell == "lstm"
     out_shape = (spec.seq_len, spec.batch, spec.directions * spec.hidden_size)
     state_shape = (spec.num_layers * spec.directions, spec.batch, spec.hidden_size)
+
+    steps = torch.arange(spec.seq_len)[:, None]
 
     def run(x, h0, c0, lengths):
         out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
         c_n = x.new_empty(state_shape if lstm else (0,))
         states = (None if h0 is None else h0.data_ptr(), None if c0 is None else c0.data_ptr())
-        call(_raw_stream(x.device), x.data_ptr(), states,
-             (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()), torch.cuda.is_current_stream_capturing())
+        mask = None
+        if spec.variable_lengths:  # (T, B), made on the host from the lengths there, one copy to the device
+            mask = (steps < torch.as_tensor(lengths)[None, :]).to(x.dtype).to(x.device, non_blocking=True)
+        call(_raw_stream(x.device), x.data_ptr(), states, (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()),
+             torch.cuda.is_current_stream_capturing(), None if mask is None else mask.data_ptr())
         return out, h_n, c_n
     return run
 

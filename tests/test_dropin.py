@@ -282,6 +282,8 @@ def test_gpu_calls_by_pointers_give_and_omit_states(dtype, lowering):
             ex = fast.executor(4, 3, False, x.device)
             out, _ = ex.run(x)  # the slow path, no state: zeros
             assert close(torch.from_dlpack(out), torch_call(m, x)[0], tol)
+        bucketed = rp.compile(m, autotune=False, lowering=lowering, bucket=8)  # T 4 runs the masked T-8 plan
+        assert close(bucketed(x, (h, h)), torch_call(m, x, (h, h)), tol) and "T=8 B=3 masked" in bucketed.explain()
     torch.backends.cudnn.allow_tf32 = True
 
 

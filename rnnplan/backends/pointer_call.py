@@ -5,7 +5,7 @@ that a call costs a few CUDA API calls of Python time instead of an `Executor.ru
 events and allocations. Everything is on the one stream, so the caller's stream order is the
 call's: no events are needed.
 
-Holds for a graph-mode executor of fixed lengths without `debug` whose input and state buffers are
+Holds for a graph-mode executor without `debug` of time-major input whose input buffers are
 contiguous (`why_not` says which of these fails).
 """
 
@@ -22,17 +22,18 @@ def why_not(executor) -> str | None:
     plan = impl.plan if hasattr(impl, "plan") else None
     if executor.backend != "cupy" or getattr(impl, "graph", None) is None:
         return "needs the cupy backend in graph mode"
-    if impl.debug or plan.spec.variable_lengths or plan.spec.batch_first:
-        return "debug, variable lengths and batch-first inputs take Executor.run"
+    if impl.debug or plan.spec.batch_first:
+        return "debug and batch-first inputs take Executor.run"
     if any(v.ld != v.cols for v in plan.inputs.values()):
         return "an input buffer is strided"
     return None
 
 
 class PointerCall:
-    """`call(stream, x, states, outs)`: pointers (ints) of the time-major input (T, B, I), of the
-    initial states in the plan's order (h0, c0; None: zeros) and of the outputs, C-contiguous in the
-    plan's dtype: out (T, B, D*H), then h_n (and c_n), (L*D, B, H). The copies in and the copies out
+    """`call(stream, x, states, outs, mask=None)`: pointers (ints) of the time-major input (T, B, I),
+    of the initial states in the plan's order (h0, c0; None: zeros), of the outputs, C-contiguous in
+    the plan's dtype: out (T, B, D*H), then h_n (and c_n), (L*D, B, H), and with variable lengths of
+    the (T, B) mask (1 inside a sequence) in the plan's dtype, on the device. The copies in and the copies out
     are one launch each of `cuda/copies.cu`, whose job tables (the plan's side of every copy) are made
     here: a CUDA API call costs several microseconds of Python, a call would otherwise make 5-8."""
 
@@ -43,7 +44,7 @@ class PointerCall:
         impl = self.impl = executor.impl
         cp, plan, item = impl.cp, impl.plan, impl.dtype.itemsize
         jobs_in = [(impl._ptr(plan.inputs[name]), 0, 0, 0, 1, plan.inputs[name].rows * plan.inputs[name].cols * item, i)
-                   for i, name in enumerate(("x", "h0", "c0")) if name in plan.inputs]
+                   for i, name in enumerate(("x", "h0", "c0", "mask")) if name in plan.inputs]
         jobs_out = [(src, src_ld * item, offset, dst_ld * item, rows, cols * item, i + 4)
                     for i, name in enumerate(("out", "h_n", "c_n")) if name in plan.outputs
                     for offset, dst_ld, src, src_ld, rows, cols in impl.copies_out(plan.outputs[name])]
@@ -52,7 +53,7 @@ class PointerCall:
             self.tables = [(cp.asarray(jobs, dtype=np.uint64), _grid(jobs)) for jobs in (jobs_in, jobs_out)]
         self._streams: dict[int, object] = {}  # caller's stream pointer -> CuPy's handle on it
 
-    def __call__(self, stream: int, x: int, states, outs, capturing: bool = False) -> None:
+    def __call__(self, stream: int, x: int, states, outs, capturing: bool = False, mask: int | None = None) -> None:
         """With `capturing` (the caller's stream is capturing a CUDA graph of its own), the plan is
         issued step by step on the executor's streams, forked from and joined back to the caller's,
         so that the caller's graph holds it (a graph is not launched inside another's capture)."""
@@ -63,7 +64,8 @@ class PointerCall:
         with impl.device:
             h0, c0 = states
             impl._zeroed_states.clear()  # the state buffers now hold what this call gives (Executor.run's note)
-            kernel(grid_in, (THREADS,), (jobs_in, np.uint64(x), np.uint64(h0 or 0), np.uint64(c0 or 0)), stream=handle)
+            kernel(grid_in, (THREADS,), (jobs_in, np.uint64(x), np.uint64(h0 or 0), np.uint64(c0 or 0),
+                                         np.uint64(mask or 0)), stream=handle)
             if capturing:
                 impl.caller_ready.record(handle)
                 impl.streams[0].wait_event(impl.caller_ready)
@@ -72,7 +74,7 @@ class PointerCall:
                 handle.wait_event(impl.results_ready)
             else:
                 impl.graph.launch(stream=handle)
-            kernel(grid_out, (THREADS,), (jobs_out, *(np.uint64(p) for p in outs)), stream=handle)
+            kernel(grid_out, (THREADS,), (jobs_out, *(np.uint64(p) for p in outs), np.uint64(0)), stream=handle)
 
 
 THREADS = 256

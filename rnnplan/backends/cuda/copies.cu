@@ -7,13 +7,14 @@
 struct CopyJob {  // 7 words, as backends/pointer_call.py writes them
     unsigned long long fixed;  // the plan buffer's address
     unsigned long long fixed_ld, user_offset, user_ld, rows, row_bytes;  // bytes
-    unsigned long long which;  // the caller's pointer (0, 1 or 2) + 4 if the copy goes to the caller
+    unsigned long long which;  // the caller's pointer (0 to 3) + 4 if the copy goes to the caller
 };
 
 extern "C" __global__ void rnnplan_copy_jobs(const CopyJob* jobs, unsigned long long p0, unsigned long long p1,
-                                             unsigned long long p2) {
+                                             unsigned long long p2, unsigned long long p3) {
     const CopyJob j = jobs[blockIdx.y];
-    const unsigned long long base = (j.which & 3) == 0 ? p0 : ((j.which & 3) == 1 ? p1 : p2);
+    const unsigned long long which = j.which & 3;
+    const unsigned long long base = which == 0 ? p0 : (which == 1 ? p1 : (which == 2 ? p2 : p3));
     const unsigned long long user = base ? base + j.user_offset : 0;
     const bool to_user = j.which & 4;
     unsigned char* dst = (unsigned char*)(to_user ? user : j.fixed);
