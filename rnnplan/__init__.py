@@ -28,8 +28,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """`rnnplan.compile` and `rnnplan.CompiledRNN` (the PyTorch drop-in) import torch, so they load
-    when first asked for: `import rnnplan` works without torch."""
+    """`rnnplan.compile` and `rnnplan.CompiledRNN` (the PyTorch drop-in) import torch, and
+    `rnnplan.from_onnx` onnx, so they load when first asked for: `import rnnplan` works without them."""
     if name in ("compile", "CompiledRNN", "CompileError"):
         try:
             from rnnplan import dropin
@@ -38,6 +38,10 @@ def __getattr__(name: str):
                 raise
             raise ModuleNotFoundError(f"rnnplan.{name} needs PyTorch: pip install 'rnnplan[torch]'", name="torch") from None
         return getattr(dropin, name)
+    if name in ("from_onnx", "OnnxImportError"):
+        from rnnplan.importers import onnx_rnn
+
+        return getattr(onnx_rnn, name)
     raise AttributeError(f"module 'rnnplan' has no attribute {name!r}")
 
 

@@ -21,7 +21,7 @@ MODULES = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removes
            for p in sorted(PACKAGE.rglob("*.py"))}
 # The size budget: lines of Python in the package, lines of one module, and lines of CUDA written
 # inside Python strings (the rest lives in .cu/.cuh files). Raise a budget only on purpose.
-PACKAGE_LINES = 7200  # 6800 until issue 17: autotuning (rnnplan.autotune), calls by pointers
+PACKAGE_LINES = 7400  # 6800 until issue 17 (autotuning, calls by pointers) and 18 (importers/onnx_rnn)
 MODULE_LINES = 400
 CUDA_IN_PYTHON_LINES = 80
 # Top-level modules that meet the machine: they may import the backends (and the CLI, CuPy).
@@ -78,6 +78,7 @@ def test_only_the_backends_import_cupy_or_the_backends():
     ("rnnplan.lowering", ("rnnplan.ir", "rnnplan.passes", "rnnplan.persistent", "rnnplan.lowering", "rnnplan.spec",
                           "rnnplan.precision")),
     ("rnnplan.viz", ("rnnplan.ir", "rnnplan.persistent", "rnnplan.lowering", "rnnplan.viz")),
+    ("rnnplan.importers", ("rnnplan.dropin",)),  # a model read becomes a torch module, then the drop-in
 ])
 def test_each_stage_imports_only_the_stages_before_it(layer, below):
     for module, imports in IMPORTS.items():
