@@ -35,7 +35,7 @@ ROWS = [  # (label, spec keywords, math); input size = hidden size, T 100
 
 
 def median_ms(fn, repeats: int) -> float:
-    # As rnnplan.bench.median_ms, written out: a version under test may have no rnnplan.bench.
+    # As rnnplan.timing.median_ms, written out: a version under test may have neither.
     for i in range(3):
         fn(i)
     cp.cuda.Device().synchronize()
