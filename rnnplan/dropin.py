@@ -12,9 +12,14 @@ With fp32 parameters on a GPU it follows torch's numerics: tf32 where `torch.bac
 is set (torch's default), as `nn.LSTM` on cuDNN would. Needs PyTorch (`rnnplan[torch]`); the rest of
 rnnplan imports without it.
 
-The tensor path calls the custom op `torch.ops.rnnplan.forward` (registered with a fake
-implementation), so a model holding the compiled module runs under `torch.compile` without a graph
-break.
+On a GPU the first call at a shape may time the candidates (`rnnplan.autotune`: rnnplan's lowerings
+and torch's own cuDNN call in a CUDA graph) and keep the fastest; `explain()` says what was timed.
+Calls of rnnplan's executors go by device pointers on the caller's stream (`backends.pointer_call`),
+and may be captured in the caller's own CUDA graph after a warm-up call at that shape.
+
+Under `torch.compile` the tensor path is the custom op `torch.ops.rnnplan.forward` (registered with
+a fake implementation), so a model holding the compiled module compiles without a graph break;
+eager calls go to the same function directly (the op's dispatch costs tens of microseconds).
 """
 
 from __future__ import annotations
