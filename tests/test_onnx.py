@@ -156,3 +156,24 @@ def test_gru_without_linear_before_reset_and_ops_around_the_nodes_are_refused(tm
     assert close(got[0], want[0]) and close(got[1], want[1])
     with pytest.raises(TypeError, match="from_onnx takes a path or an onnx.ModelProto, got int"):
         rp.from_onnx(3)
+
+
+@pytest.mark.parametrize("op, gates", [("LSTM", 4), ("GRU", 3)])
+def test_sequence_lens_are_a_packed_sequence_at_call_time(op, gates):
+    """A node with `sequence_lens` as a graph input, against onnxruntime given those lengths: outputs
+    zero past each length, Y_h at each sequence's last step, the reverse direction from its own end."""
+    rng = np.random.default_rng(2)
+    hidden, lengths = 4, [6, 2, 5]
+    W = rng.standard_normal((2, gates * hidden, 3)).astype(np.float32) * 0.5
+    R = rng.standard_normal((2, gates * hidden, hidden)).astype(np.float32) * 0.5
+    attrs = {"linear_before_reset": 1} if op == "GRU" else {}
+    model = _node_model(op, W, R, direction="bidirectional", extra_inputs=["", "seq_lens"], **attrs)
+    model.graph.input.append(helper.make_tensor_value_info("seq_lens", TensorProto.INT32, ["B"]))
+    x = rng.standard_normal((6, 3, 3)).astype(np.float32)
+    Y, Y_h = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "seq_lens": np.array(lengths, dtype=np.int32)})[:2]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), lengths, enforce_sorted=False)
+    out, state = rp.from_onnx(model)(packed)
+    padded = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=6)[0]
+    assert close(padded, Y.transpose(0, 2, 1, 3).reshape(6, 3, 2 * hidden), 1e-4)
+    assert close(state[0] if op == "LSTM" else state, Y_h, 1e-4)
