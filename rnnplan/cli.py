@@ -53,7 +53,7 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-first", action="store_true", default=None)
     g.add_argument("--variable-lengths", action="store_true",
                    help="each sequence has its own length (run: random lengths in 1..seq-len)")
-    g.add_argument("--dtype", default=d.dtype, choices=["float32", "float16"])
+    g.add_argument("--dtype", default=d.dtype, choices=["float32", "float16", "bfloat16"])
     o = p.add_argument_group("planning")
     o.add_argument("--passes", default="all", help="all | none | comma-separated pass names")
     o.add_argument("--streams", type=int, default=None, help="number of streams (default: one per layer-direction)")

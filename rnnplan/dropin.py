@@ -38,7 +38,7 @@ from rnnplan.executor import Executor
 from rnnplan.spec import PlanOptions, RNNSpec, torch_cell
 from rnnplan.weights import ARCH_FIELDS, Weights
 
-PARAMETER_DTYPES = {torch.float32: "float32", torch.float16: "float16"}
+PARAMETER_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _HANDLES = itertools.count()
 _LIVE: weakref.WeakValueDictionary[int, CompiledRNN] = weakref.WeakValueDictionary()
 
@@ -75,7 +75,7 @@ def _refuse(module) -> None:
     dtypes = {p.dtype for p in module.parameters()}
     if len(dtypes) != 1 or next(iter(dtypes)) not in PARAMETER_DTYPES:
         raise CompileError(f"parameters of dtype {', '.join(sorted(str(d) for d in dtypes))}: rnnplan runs "
-                           f"{' and '.join(str(d) for d in PARAMETER_DTYPES)} (bfloat16 is not supported yet)")
+                           f"{', '.join(str(d) for d in PARAMETER_DTYPES)} (bfloat16 on the CPU only, so far)")
 
 
 class CompiledRNN(torch.nn.Module):
@@ -306,16 +306,26 @@ def _by_pointers(call, spec: RNNSpec):
     return run
 
 
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a NumPy array sharing its memory (bfloat16 as ml_dtypes' dtype, bit for bit)."""
+    return t.view(torch.int16).numpy().view("bfloat16") if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """`_numpy` the other way."""
+    return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype.name == "bfloat16" else \
+        torch.from_numpy(a)
+
+
 def _run_executor(ex: Executor, x: torch.Tensor, h0, c0, lengths):
     """One call of rnnplan's executor on torch tensors: NumPy on the CPU, CuPy through DLPack on
     torch's current stream."""
     state = None if h0 is None else ((h0, c0) if c0 is not None else h0)
     if x.device.type == "cpu":
-        state = None if state is None else tuple(s.numpy() for s in state) if isinstance(state, tuple) \
-            else state.numpy()
-        out, st = ex.run(x.numpy(), state, lengths=lengths)
-        tensors = [torch.from_numpy(np.ascontiguousarray(out))] + \
-            [torch.from_numpy(s) for s in (st if isinstance(st, tuple) else (st,))]
+        state = None if state is None else tuple(_numpy(s) for s in state) if isinstance(state, tuple) \
+            else _numpy(state)
+        out, st = ex.run(_numpy(x), state, lengths=lengths)
+        tensors = [_tensor(np.ascontiguousarray(out))] + [_tensor(s) for s in (st if isinstance(st, tuple) else (st,))]
     else:
         import cupy
 

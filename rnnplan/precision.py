@@ -2,8 +2,8 @@
 and whether exponentials may use the hardware's fast approximation. Read by cuBLAS calls, the cost
 model and the persistent kernels; nothing else decides it.
 
-Two inputs decide it: the spec's storage dtype and `PlanOptions.math`. fp16 storage multiplies fp16
-operands (cuBLAS and tensor cores) and accumulates in fp32 whatever `math` says; fp32 storage
+Two inputs decide it: the spec's storage dtype and `PlanOptions.math`. fp16 (bf16) storage multiplies
+fp16 (bf16) operands (cuBLAS and tensor cores) and accumulates in fp32 whatever `math` says; fp32 storage
 multiplies in fp32 with `math="fp32"`, or lets tensor cores round operands to tf32 with "tf32".
 Elementwise math (activations, the state update) is fp32 everywhere.
 """
@@ -13,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Storage = Literal["float32", "float16"]
+Storage = Literal["float32", "float16", "bfloat16"]
 Math = Literal["fp32", "tf32"]
-Operands = Literal["fp32", "tf32", "fp16"]
+Operands = Literal["fp32", "tf32", "fp16", "bf16"]
+HALF_STORAGE = {"float16": "fp16", "bfloat16": "bf16"}  # 2-byte storages and the operands they multiply
 
-# Dense GEMM ceilings measured on the H200 (ANCHORS.md), TFLOP/s, by operand type.
-GEMM_TFLOPS: dict[str, float] = {"fp32": 51.0, "tf32": 398.0, "fp16": 751.0}
+# Dense GEMM ceilings measured on the H200 (ANCHORS.md), TFLOP/s, by operand type (bf16: fp16's rate,
+# as Hopper's tensor cores run both at one rate; not measured here).
+GEMM_TFLOPS: dict[str, float] = {"fp32": 51.0, "tf32": 398.0, "fp16": 751.0, "bf16": 751.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +35,19 @@ class Precision:
     @property
     def element_bytes(self) -> int:
         """Bytes per stored value (weights, activations, published h)."""
-        return 2 if self.storage == "float16" else 4
+        return 2 if self.storage in HALF_STORAGE else 4
 
     @property
     def tensor_cores(self) -> bool:
-        """May products run on tensor cores: fp16 storage always, fp32 storage with tf32 math."""
-        return self.storage == "float16" or self.math == "tf32"
+        """May products run on tensor cores: 2-byte storage always, fp32 storage with tf32 math."""
+        return self.storage in HALF_STORAGE or self.math == "tf32"
 
     @property
     def operands(self) -> Operands:
-        """What GEMMs and mma multiply: fp16 with fp16 storage, tf32 or fp32 with fp32 storage."""
-        return "fp16" if self.storage == "float16" else ("tf32" if self.math == "tf32" else "fp32")
+        """What GEMMs and mma multiply: fp16 (bf16) with fp16 (bf16) storage, tf32 or fp32 with fp32."""
+        if self.storage in HALF_STORAGE:
+            return HALF_STORAGE[self.storage]  # type: ignore[return-value]
+        return "tf32" if self.math == "tf32" else "fp32"
 
     @property
     def accumulate(self) -> Literal["fp32"]:
@@ -53,9 +57,9 @@ class Precision:
     @property
     def fast_exponentials(self) -> bool:
         """The persistent kernel's cell may take exponentials from the hardware ex2 (error about 1e-7)
-        where precision is already reduced to about 2^-11: fp16 storage, or tf32 products. (The graph
+        where precision is already reduced to 2^-11 or less: 2-byte storage, or tf32 products. (The graph
         lowering's fused kernels keep the accurate library functions in every precision.)"""
-        return self.storage == "float16" or self.math == "tf32"
+        return self.storage in HALF_STORAGE or self.math == "tf32"
 
     @property
     def cublas_compute(self) -> Literal["32F", "32F_FAST_TF32"]:

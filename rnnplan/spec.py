@@ -64,10 +64,22 @@ class RNNSpec(BaseModel):
     bidirectional: Switch = False
     bias: Switch = True
     batch_first: Switch = False
-    dtype: Literal["float32", "float16"] = "float32"
+    # bfloat16: the NumPy reference only, through ml_dtypes' NumPy dtype (no GPU kernels for it yet)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # Each sequence of the batch has its own length (1..seq_len), given with every call: its outputs
     # past it are zero and its final state is the one at its last step, as for a torch PackedSequence.
     variable_lengths: Switch = False
+
+    @field_validator("dtype")
+    @classmethod
+    def _numpy_has_it(cls, dtype: str) -> str:
+        if dtype == "bfloat16":  # NumPy's bfloat16 is ml_dtypes' (importing it registers the name)
+            try:
+                import ml_dtypes  # noqa: F401
+            except ModuleNotFoundError:
+                raise ValueError("dtype='bfloat16' needs ml_dtypes (NumPy's bfloat16): pip install "
+                                 "'rnnplan[bf16]'") from None
+        return dtype
 
     @property
     def directions(self) -> int:

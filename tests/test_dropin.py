@@ -125,8 +125,9 @@ def test_modules_it_cannot_run_are_refused_at_compile_naming_the_attribute():
         rp.compile(torch.nn.LSTM(3, 5, 2, dropout=0.3))
     with pytest.raises(rp.CompileError, match="proj_size=2: LSTMs with projections are not supported yet"):
         rp.compile(torch.nn.LSTM(3, 5, proj_size=2).eval())
-    with pytest.raises(rp.CompileError, match="parameters of dtype torch.bfloat16: rnnplan runs"):
-        rp.compile(torch.nn.GRU(3, 5).eval().to(torch.bfloat16))
+    with pytest.raises(rp.CompileError, match="parameters of dtype torch.float64: rnnplan runs torch.float32, "
+                                              "torch.float16, torch.bfloat16"):
+        rp.compile(torch.nn.GRU(3, 5).eval().double())
     with pytest.raises(rp.CompileError, match="takes a torch.nn.LSTM, GRU or RNN, got Linear"):
         rp.compile(torch.nn.Linear(3, 5))
     with pytest.raises(rp.CompileError, match="bucket must be a number of steps >= 1"):

@@ -14,7 +14,7 @@ def test_defaults_and_json_round_trip():
 
 @pytest.mark.parametrize("field, value", [
     ("cell", "transformer"), ("input_size", 0), ("hidden_size", -1), ("num_layers", 0),
-    ("seq_len", 0), ("batch", 0), ("dtype", "bfloat16"), ("hidden_size", 2.5)])
+    ("seq_len", 0), ("batch", 0), ("dtype", "float64"), ("hidden_size", 2.5)])
 def test_invalid_field_is_named(field, value):
     kw = dict(cell="lstm", input_size=4, hidden_size=4, num_layers=1, seq_len=2, batch=1)
     with pytest.raises(ValidationError) as e:

@@ -49,6 +49,10 @@ def choose_lowering(spec: RNNSpec, options: PlanOptions) -> tuple[str, str]:
         return "graph", "requested"
     if options.lowering == "auto" and options.passes is not None:
         return "graph", "auto: a subset of passes was chosen, so the plan keeps one kernel per GEMM and cell-step"
+    if spec.dtype == "bfloat16":
+        if options.lowering == "persistent":
+            raise ValueError("lowering='persistent' does not take dtype='bfloat16' yet (no bf16 persistent kernel)")
+        return "graph", "auto: bfloat16, for which there is no persistent kernel yet"
     device = planning_device(options)
     if device is None:
         return "graph", "auto: no CUDA device here (plan for one with PlanOptions(device=...))"
