@@ -74,6 +74,17 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
+def output_without(module: str, code: str) -> str:
+    """What `code` prints in a fresh Python where `module` cannot be imported (as if not installed)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", f"import sys; sys.modules[{module!r}] = None\n{code}"],
+                       capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def nvcc() -> str:
     """The CUDA compiler for the compile checks: skipped where it is missing, except on CI, where a
     missing nvcc fails by name (the checks must run there)."""
