@@ -15,7 +15,8 @@ rnnplan imports without it.
 On a GPU the first call at a shape may time the candidates (`rnnplan.autotune`: rnnplan's lowerings
 and torch's own cuDNN call in a CUDA graph) and keep the fastest; `explain()` says what was timed.
 Calls of rnnplan's executors go by device pointers on the caller's stream (`backends.pointer_call`),
-and may be captured in the caller's own CUDA graph after a warm-up call at that shape.
+and calls of fixed lengths may be captured in the caller's own CUDA graph after a warm-up call at
+that shape (a packed call reads its lengths on the host).
 
 Under `torch.compile` the tensor path is the custom op `torch.ops.rnnplan.forward` (registered with
 a fake implementation), so a model holding the compiled module compiles without a graph break;
