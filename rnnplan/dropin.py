@@ -92,8 +92,6 @@ class CompiledRNN(torch.nn.Module):
         PlanOptions(lowering=lowering)  # named now, not at the first call
         self.lowering, self.bucket, self.max_bytes, self.cast, self.debug = lowering, bucket, cache_bytes, cast, debug
         self.autotune = autotune
-        self._twin = {k: getattr(module, k) for k in ("mode", "input_size", "hidden_size", "num_layers", "bias",
-                                                      "bidirectional", "nonlinearity") if hasattr(module, k)}
         for name, tensor in module.state_dict().items():
             self.register_buffer(name, tensor.detach().clone())
         self._executors: OrderedDict[tuple, Choice] = OrderedDict()
@@ -180,14 +178,15 @@ class CompiledRNN(torch.nn.Module):
                 run = _by_pointers(PointerCall(ex), spec)
         return Candidate(plan.lowering, run, plan.stats.peak_bytes, why, ex)
 
+    def torch_module(self, spec: RNNSpec, device: torch.device) -> torch.nn.Module:
+        """A torch module of `spec`'s network on `device` holding these buffers as its weights."""
+        module = spec.to_torch(device=device)
+        module.load_state_dict(self.state_dict())
+        return module
+
     def _cudnn(self, spec: RNNSpec, device: torch.device, x: torch.Tensor) -> Candidate:
-        twin = {k: v for k, v in self._twin.items() if k != "mode"}
-        module = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}.get(self._twin["mode"], torch.nn.RNN)
-        if module is not torch.nn.RNN:
-            twin.pop("nonlinearity", None)
-        twin = module(**twin, device=device, dtype=self.weight_hh_l0.dtype)
-        twin.load_state_dict(self.state_dict())
-        graph = CudnnGraph(twin, x, spec.cell == "lstm", spec.num_layers * spec.directions, spec.hidden_size)
+        graph = CudnnGraph(self.torch_module(spec, device), x, spec.cell == "lstm", spec.num_layers * spec.directions,
+                           spec.hidden_size)
         return Candidate("cudnn", graph, graph.nbytes, "torch's own forward, as the module would run it")
 
     # ---- calls ----------------------------------------------------------------------------------
@@ -224,8 +223,10 @@ class CompiledRNN(torch.nn.Module):
         h0, c0 = self._state(hx)
         # The custom op lets torch.compile trace through without a graph break; eager calls skip its
         # dispatch (tens of microseconds of Python a call).
-        op = forward_op if torch.compiler.is_compiling() else _eager_op
-        out, h_n, c_n = op(x.contiguous(), h0, c0, lengths, self.handle)
+        if torch.compiler.is_compiling():
+            out, h_n, c_n = forward_op(x.contiguous(), h0, c0, lengths, self.handle)
+        else:
+            out, h_n, c_n = self.run(x.contiguous(), h0, c0, lengths)
         state = (h_n, c_n) if c0 is not None or self.template.cell == "lstm" else h_n
         if packed:  # the rows torch's PackedSequence holds, in its order
             rows = out.reshape(-1, out.shape[-1]).index_select(0, pack_rows.to(out.device, non_blocking=True))
@@ -291,7 +292,6 @@ def _by_pointers(call, spec: RNNSpec):
     lstm = spec.cell == "lstm"
     out_shape = (spec.seq_len, spec.batch, spec.directions * spec.hidden_size)
     state_shape = (spec.num_layers * spec.directions, spec.batch, spec.hidden_size)
-
     steps = torch.arange(spec.seq_len)[:, None]
 
     def run(x, h0, c0, lengths):
@@ -342,10 +342,6 @@ def _cupy_stream(cupy, stream: torch.cuda.Stream):
     if hasattr(cupy.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
         return cupy.cuda.Stream.from_external(stream)
     return cupy.cuda.ExternalStream(stream.cuda_stream)
-
-
-def _eager_op(x, h0, c0, lengths, handle):
-    return _LIVE[handle].run(x, h0, c0, lengths)
 
 
 @torch.library.custom_op("rnnplan::forward", mutates_args=())

@@ -100,6 +100,18 @@ class RNNSpec(BaseModel):
                       dtype=dtype)
         return cls(**{**fields, **overrides})
 
+    def to_torch(self, device=None, dtype=None):
+        """The `torch.nn.LSTM` / `GRU` / `RNN` of this spec's network, in eval mode (`from_torch`'s
+        inverse): fresh weights, drawn in float32 (so that one seed gives one set of weights in every
+        dtype), then moved to `device` and `dtype` (default: the spec's)."""
+        import torch
+
+        kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}.get(self.cell, torch.nn.RNN)
+        extra = {"nonlinearity": self.cell[4:]} if self.cell.startswith("rnn") else {}
+        module = kind(self.input_size, self.hidden_size, num_layers=self.num_layers, bias=self.bias,
+                      batch_first=self.batch_first, bidirectional=self.bidirectional, **extra)
+        return module.to(device=device, dtype=dtype or getattr(torch, self.dtype)).eval()
+
     def short(self) -> str:
         """One line for summaries and logs."""
         return (f"{self.cell} {self.num_layers}x{self.hidden_size} in={self.input_size} "

@@ -17,10 +17,7 @@ TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.n
 
 def torch_module(spec: rp.RNNSpec, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    kw = {"nonlinearity": spec.cell[4:]} if spec.cell.startswith("rnn") else {}
-    return TORCH_CLASSES[spec.cell](spec.input_size, spec.hidden_size, num_layers=spec.num_layers,
-                                    bias=spec.bias, batch_first=spec.batch_first,
-                                    bidirectional=spec.bidirectional, **kw).eval()
+    return spec.to_torch(dtype=torch.float32)
 
 
 def random_inputs(spec: rp.RNNSpec, seed: int = 0, with_state: bool = True):

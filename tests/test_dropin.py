@@ -177,6 +177,20 @@ def test_a_spec_from_a_module():
         rp.RNNSpec.from_torch(torch.nn.Linear(2, 2), 3, 1)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_module_from_a_spec_and_the_twin_autotuning_times(cell):
+    """RNNSpec.to_torch is from_torch's inverse; CompiledRNN.torch_module (what the cuDNN candidate
+    runs) computes what the compiled module's own torch module does."""
+    m = module(cell, 2, bidirectional=True, batch_first=True)
+    spec = rp.RNNSpec.from_torch(m, seq_len=4, batch=2)
+    twin = spec.to_torch(dtype=torch.float16)
+    assert type(twin) is type(m) and rp.RNNSpec.from_torch(twin, seq_len=4, batch=2) == \
+        spec.model_copy(update={"dtype": "float16"}) and not twin.training
+    fast = rp.compile(m)
+    x = torch.randn(2, 4, 3)
+    assert close(torch_call(fast.torch_module(spec, torch.device("cpu")), x), torch_call(m, x), 0.0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
 @pytest.mark.parametrize("cell", CELLS)

@@ -75,12 +75,7 @@ def cudnn_module(torch, spec: rp.RNNSpec, precision: str, seed: int = 0):
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.manual_seed(seed)
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN, "rnn_relu": torch.nn.RNN}[spec.cell]
-    kw = {"nonlinearity": spec.cell[4:]} if spec.cell.startswith("rnn") else {}
-    m = cls(spec.input_size, spec.hidden_size, num_layers=spec.num_layers, bidirectional=spec.bidirectional,
-            **kw).cuda().eval()
-    if precision == "fp16":
-        m = m.half()
+    m = spec.to_torch(device="cuda", dtype=torch.float16 if precision == "fp16" else torch.float32)
     m.flatten_parameters()
     return m
 
