@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnplan.spec import RNNSpec
+
 RNN_OPS = ("LSTM", "GRU", "RNN")
 # ONNX's gate blocks, in the order torch stores them (LSTM: torch i,f,g,o from ONNX i,o,f,c; GRU:
 # torch r,z,n from ONNX z,r,h).
@@ -67,8 +69,8 @@ def torch_module(model):
     op = rnns[0].op_type
     layers = [_layer(n, op, consts) for n in rnns]
     first = layers[0]
+    want_input = first["hidden"] * first["directions"]
     for k, layer in enumerate(layers[1:], 1):
-        want_input = first["hidden"] * first["directions"]
         for field in ("hidden", "directions", "layout", "nonlinearity", "bias"):
             if layer[field] != first[field]:
                 raise OnnxImportError(f"node {rnns[k].name!r}: {field} {layer[field]!r} differs from the first RNN "
@@ -76,12 +78,17 @@ def torch_module(model):
         if layer["input_size"] != want_input:
             raise OnnxImportError(f"node {rnns[k].name!r}: input size {layer['input_size']}, but the layer below "
                                   f"outputs {want_input}: the nodes do not form a chain")
-    _check_chain(graph, rnns, first["layout"], consts)
-    kind = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}[op]
-    extra = {"nonlinearity": first["nonlinearity"]} if op == "RNN" else {}
-    batch_first = first["layout"] == 1 or _input_transposed(graph, rnns[0])
-    module = kind(first["input_size"], first["hidden"], num_layers=len(layers), bias=first["bias"],
-                  bidirectional=first["directions"] == 2, batch_first=batch_first, **extra)
+    producers = {out: n for n in graph.node for out in n.output}
+    transposed = _input_transposed(producers, rnns[0])
+    _check_chain(producers, graph, rnns, first["layout"], consts, transposed)
+    dtype = {np.dtype("float32"): "float32", np.dtype("float16"): "float16"}.get(first["W"].dtype)
+    if dtype is None:
+        raise OnnxImportError(f"node {rnns[0].name!r}: weights of dtype {first['W'].dtype}: rnnplan runs float32 "
+                              "and float16")
+    cell = {"LSTM": "lstm", "GRU": "gru"}.get(op, f"rnn_{first['nonlinearity']}")
+    spec = RNNSpec(cell=cell, input_size=first["input_size"], hidden_size=first["hidden"], num_layers=len(layers),
+                   bias=first["bias"], bidirectional=first["directions"] == 2,
+                   batch_first=first["layout"] == 1 or transposed, seq_len=1, batch=1, dtype=dtype)
     state = {}
     for k, layer in enumerate(layers):
         for d in range(layer["directions"]):
@@ -90,13 +97,9 @@ def torch_module(model):
             state["weight_hh" + sfx] = layer["R"][d]
             if first["bias"]:
                 state["bias_ih" + sfx], state["bias_hh" + sfx] = layer["Wb"][d], layer["Rb"][d]
-    dtype = {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16}.get(first["W"].dtype)
-    if dtype is None:
-        raise OnnxImportError(f"node {rnns[0].name!r}: weights of dtype {first['W'].dtype}: rnnplan runs float32 "
-                              "and float16")
-    module = module.to(dtype)
+    module = spec.to_torch()
     module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
-    return module.eval()
+    return module
 
 
 def _attrs(node) -> dict:
@@ -152,10 +155,6 @@ def _layer(node, op: str, consts: dict) -> dict:
     return layer
 
 
-def _producers(graph) -> dict:
-    return {out: n for n in graph.node for out in n.output}
-
-
 def _glue(producers, consts, start: str, stop: str, reader: str, layout: int) -> list:
     """The perms of the Transposes among the Squeeze / Transpose / Reshape nodes from value `stop` (a
     node's Y) to value `start`, which `reader` reads; OnnxImportError if anything else lies between,
@@ -180,11 +179,11 @@ def _glue(producers, consts, start: str, stop: str, reader: str, layout: int) ->
     return [list(_attrs(n).get("perm")) for n in seen if n.op_type == "Transpose"]
 
 
-def _check_chain(graph, rnns, layout: int, consts: dict) -> None:
+def _check_chain(producers, graph, rnns, layout: int, consts: dict, transposed: bool) -> None:
     """Each RNN node above the first reads the previous one's Y through the export's glue (Squeeze
     of the direction axis, or Transpose + Reshape that put the directions beside each other), and the
-    model's first output is the last one's Y so (and, batch-first, transposed back); nothing else."""
-    producers = _producers(graph)
+    model's first output is the last one's Y so (and, batch-first, transposed back); nothing else.
+    `producers`: the node writing each value; `transposed`: the input arrives batch-first."""
     for below, above in zip(rnns, rnns[1:]):
         perms = _glue(producers, consts, above.input[0], below.output[0], f"node {above.name!r}", layout)
         if perms not in ([], [[0, 2, 1, 3]]) or (layout == 1 and perms):
@@ -192,16 +191,15 @@ def _check_chain(graph, rnns, layout: int, consts: dict) -> None:
                                   f"perm {perms[0]} rearranges more than the directions")
     perms = _glue(producers, consts, graph.output[0].name, rnns[-1].output[0], f"the model's output "
                   f"{graph.output[0].name!r}", layout)
-    batch_first = _input_transposed(graph, rnns[0])
-    allowed = ([[0, 2, 1, 3]] if layout == 0 else []) + ([[1, 0, 2]] if batch_first else [])
+    allowed = ([[0, 2, 1, 3]] if layout == 0 else []) + ([[1, 0, 2]] if transposed else [])
     if any(p not in allowed for p in perms):
         raise OnnxImportError(f"the model's output {graph.output[0].name!r}: a Transpose of perm "
                               f"{next(p for p in perms if p not in allowed)} after the last RNN node")
 
 
-def _input_transposed(graph, first) -> bool:
+def _input_transposed(producers, first) -> bool:
     """Is the first RNN node's X the graph input transposed (1, 0, 2), as torch exports batch_first?"""
-    node = _producers(graph).get(first.input[0])
+    node = producers.get(first.input[0])
     if node is None:
         return False
     if node.op_type == "Transpose" and list(_attrs(node).get("perm", [])) == [1, 0, 2]:
