@@ -10,7 +10,6 @@ but for LSTMs), on torch's current stream.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -67,17 +66,20 @@ def choose(factories: dict[str, Callable[[], Candidate]], args: tuple, tune: boo
     with torch.no_grad():
         for c in built:
             timings[c.name] = median_ms(lambda i, run=c.run: run(*args), REPEATS, warmup=2)
-    best = min(built, key=lambda c: timings[c.name])
-    return Choice(best, f"autotuned, fastest of {len(built)}", dict(sorted(timings.items(), key=lambda kv: str(kv[1]))))
+    timed = sorted((c.name for c in built), key=timings.get)  # fastest first, then those not run
+    best = next(c for c in built if c.name == timed[0])
+    order = timed + [k for k in timings if k not in timed]
+    return Choice(best, f"autotuned, fastest of {len(built)}", {k: timings[k] for k in order})
 
 
 class CudnnGraph:
     """torch's own forward of the module (cuDNN on a GPU) for one (T, B), captured once in a CUDA
     graph on static inputs: a call copies its input and state in, replays, and returns copies of the
-    outputs (the graph's own are overwritten by the next call)."""
+    outputs (the graph's own are overwritten by the next call). It takes `module` over (its weights
+    are flattened for cuDNN in place)."""
 
     def __init__(self, module: torch.nn.Module, x: torch.Tensor, lstm: bool, layers: int, hidden: int):
-        self.module = copy.deepcopy(module).eval()  # owns its weights (flattened for cuDNN)
+        self.module = module.eval()
         self.module.flatten_parameters()
         self.lstm = lstm
         self.x = torch.zeros_like(x)
@@ -95,8 +97,8 @@ class CudnnGraph:
             with torch.cuda.graph(self.graph):
                 self.out, st = self.module(self.x, state)
         self.h_n, self.c_n = st if lstm else (st, None)
-        weights = sum(p.numel() * p.element_size() for p in self.module.parameters())
-        self.nbytes = weights + 2 * sum(t.numel() * t.element_size() for t in (self.x, self.out, self.h0, self.h0))
+        held = [*self.module.parameters(), self.x, self.h0, self.c0, self.out, self.h_n, self.c_n]
+        self.nbytes = sum(t.numel() * t.element_size() for t in held if t is not None)
 
     def __call__(self, x, h0, c0, lengths):
         if torch.cuda.is_current_stream_capturing():  # the caller's own graph holds torch's call itself
