@@ -19,9 +19,9 @@ import numpy as np
 def why_not(executor) -> str | None:
     """Why `executor` cannot be called by pointers (None: it can)."""
     impl = executor.impl
-    plan = impl.plan if hasattr(impl, "plan") else None
     if executor.backend != "cupy" or getattr(impl, "graph", None) is None:
         return "needs the cupy backend in graph mode"
+    plan = impl.plan
     if impl.debug or plan.spec.batch_first:
         return "debug and batch-first inputs take Executor.run"
     if any(v.ld != v.cols for v in plan.inputs.values()):

@@ -93,11 +93,10 @@ def persistent_recurrence(graph: Graph, options=None, spec: RNNSpec | None = Non
         t = T - 1 if d == 0 else 0
         h = f"{names.chain(layer, d)}.h_n"
         if spec.variable_lengths:  # y is 0 past a sequence's end: the kernel writes h_n apart
-            region = Region("h_n.all", (ci * B, (ci + 1) * B), (0, H))
+            source, region = "h_n.all", Region("h_n.all", (ci * B, (ci + 1) * B), (0, H))
         else:
-            region = Region(f"y{layer}", (t * B, (t + 1) * B), (d * H, (d + 1) * H))
-        nodes.append(Node(h, "view", (region.storage if spec.variable_lengths else f"y{layer}.seq",),
-                          (Value(h, (B, H), region),), role="view", layer=layer, direction=d))
+            source, region = f"y{layer}.seq", Region(f"y{layer}", (t * B, (t + 1) * B), (d * H, (d + 1) * H))
+        nodes.append(Node(h, "view", (source,), (Value(h, (B, H), region),), role="view", layer=layer, direction=d))
         finals["h"].append(h)
         if "c" in cell.states:
             c = f"{names.chain(layer, d)}.c_n"
@@ -107,7 +106,8 @@ def persistent_recurrence(graph: Graph, options=None, spec: RNNSpec | None = Non
             finals["c"].append(c)
     for s, values in finals.items():
         nodes.append(Node(f"{s}_n", "output", tuple(values), role=f"{s}_n"))
-    storages = {k: v for k, v in sequence_storages(spec).items() if k in {v.region.storage for v in seqs}}
+    written = {f"y{layer}" for layer in layers}
+    storages = {name: shape for name, shape in sequence_storages(spec).items() if name in written}
     return Graph(spec, nodes, storages, graph.passes + ("persistent_recurrence",))
 
 
