@@ -23,7 +23,7 @@ REPEATS = 5
 
 
 class Candidate(NamedTuple):
-    name: str  # "persistent", "graph" (rnnplan's lowerings) or "cudnn"
+    name: str  # "persistent", "graph" (rnnplan's lowerings), "recurrence" (the NumPy backend's) or "cudnn"
     run: Callable
     nbytes: int  # device memory it holds
     why: str  # why it is built as it is (the planner's reason, ...)
@@ -41,7 +41,8 @@ class Choice:
         return self.chosen.nbytes
 
     def describe(self) -> str:
-        label = {"cudnn": "torch's cuDNN call in a CUDA graph"}.get(self.chosen.name, f"{self.chosen.name} lowering")
+        label = {"cudnn": "torch's cuDNN call in a CUDA graph", "recurrence": "the recurrence plan (one recurrent step)"
+                 }.get(self.chosen.name, f"{self.chosen.name} lowering")
         timed = "; ".join(f"{k} {v:.3f} ms" if isinstance(v, float) else f"{k}: {v}" for k, v in self.timings.items())
         return f"{label} ({self.how}{': ' + timed if timed else ''})" + (f"; {self.chosen.why}" if self.chosen.why else "")
 

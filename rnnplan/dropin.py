@@ -35,8 +35,10 @@ import torch
 
 from rnnplan.api import build_plan
 from rnnplan.autotune import Candidate, Choice, CudnnGraph, choose
+from rnnplan.backends.shared import SharedResources
 from rnnplan.executor import Executor
-from rnnplan.spec import PlanOptions, RNNSpec, torch_cell
+from rnnplan.persistent.select import HOST
+from rnnplan.spec import DeviceShape, PlanOptions, RNNSpec, torch_cell
 from rnnplan.weights import ARCH_FIELDS, Weights
 
 PARAMETER_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -95,6 +97,10 @@ class CompiledRNN(torch.nn.Module):
         for name, tensor in module.state_dict().items():
             self.register_buffer(name, tensor.detach().clone())
         self._executors: OrderedDict[tuple, Choice] = OrderedDict()
+        # Weights read from the buffers once, and laid out and uploaded once per device and dtype,
+        # for every executor (a new shape costs its plan, not a copy of the weights): until they change.
+        self._weights: Weights | None = None
+        self._shared = SharedResources()
         self._counts = [0, 0]  # hits, misses (a list: nn.Module.__setattr__ costs microseconds a call)
         self.handle = next(_HANDLES)
         _LIVE[self.handle] = self
@@ -103,12 +109,15 @@ class CompiledRNN(torch.nn.Module):
     # ---- the executor cache ---------------------------------------------------------------------
 
     def cache_info(self) -> CacheInfo:
-        return CacheInfo(len(self._executors), sum(c.nbytes for c in self._executors.values()),
+        """`bytes`: what the executors hold apart (their activations; cuDNN candidates all they hold),
+        plus the weights and workspace they share."""
+        return CacheInfo(len(self._executors), sum(c.nbytes for c in self._executors.values()) + self._shared.nbytes,
                          self.max_bytes, *self._counts)
 
     def clear(self) -> None:
-        """Drop every cached executor (they hold copies of the buffers, on the device)."""
+        """Drop every cached executor and the copies of the buffers they share (on the device)."""
         self._executors.clear()
+        self._weights, self._shared = None, SharedResources()
 
     def _apply(self, fn, *args, **kwargs):  # to(), cuda(), half() ...: the buffers change, executors go
         self.clear()
@@ -142,8 +151,8 @@ class CompiledRNN(torch.nn.Module):
         self._counts[1] += 1
         spec = self.template.model_copy(update={"seq_len": steps, "batch": batch, "variable_lengths": varlen,
                                                 "dtype": dtype, "batch_first": False})
-        if device.type == "cpu":  # the NumPy backend runs the graph lowering
-            choice = Choice(self._candidate(spec, "graph", math, device), "CPU tensors run the NumPy backend")
+        if device.type == "cpu":
+            choice = Choice(self._host_candidate(spec), "CPU tensors run the NumPy backend")
         else:
             tune = self.autotune and args is not None
             lowerings = (("persistent", "graph") if tune else ("auto",)) if self.lowering == "auto" else (self.lowering,)
@@ -156,19 +165,32 @@ class CompiledRNN(torch.nn.Module):
             self._executors.popitem(last=False)
         return choice
 
-    def _candidate(self, spec: RNNSpec, lowering: str, math: str, device: torch.device) -> Candidate:
-        """rnnplan's executor of `spec` in `lowering` on `device` (ValueError where it does not fit)."""
-        options = PlanOptions(lowering=lowering, math=math)
+    def _host_candidate(self, spec: RNNSpec) -> Candidate:
+        """The NumPy backend's executor: of the recurrence plan (one recurrent step, planned from one
+        step of the network in milliseconds for any length: a new length costs little more than its
+        first call), or of the graph lowering where no recurrent step runs the spec (bfloat16)."""
+        try:
+            found = self._candidate(spec, "persistent", "fp32", torch.device("cpu"), HOST)
+        except ValueError:
+            return self._candidate(spec, "graph", "fp32", torch.device("cpu"))
+        return found._replace(name="recurrence", why="")
+
+    def _candidate(self, spec: RNNSpec, lowering: str, math: str, device: torch.device,
+                   planned_for: DeviceShape | None = None) -> Candidate:
+        """rnnplan's executor of `spec` in `lowering` on `device`, planned for the GPU `device` is or
+        `planned_for` (ValueError where it does not fit)."""
+        options = PlanOptions(lowering=lowering, math=math, device=planned_for)
         if device.type == "cuda" and device.index:  # another GPU than the first: describe it
             from rnnplan.backends import describe_device
 
             options = options.model_copy(update={"device": describe_device(device.index)})
         plan = build_plan(spec, options=options)
-        weights = Weights({k: v.detach().float().cpu().numpy() for k, v in self._buffers.items()},
-                          {f: getattr(spec, f) for f in ARCH_FIELDS})  # the module's hyper-parameters
+        if self._weights is None:
+            self._weights = Weights({k: v.detach().float().cpu().numpy() for k, v in self._buffers.items()},
+                                    {f: getattr(spec, f) for f in ARCH_FIELDS})  # the module's hyper-parameters
         backend = "cupy" if device.type == "cuda" else "numpy"
-        ex = Executor(plan, weights, backend=backend, device=device.index if backend == "cupy" else None,
-                      debug=self.debug)
+        ex = Executor(plan, self._weights, backend=backend, device=device.index if backend == "cupy" else None,
+                      debug=self.debug, shared=self._shared)
         why = "" if backend == "numpy" else plan.lowering_reason
         run = (lambda x, h0, c0, lengths: _run_executor(ex, x, h0, c0, lengths))
         if backend == "cupy":
@@ -176,7 +198,8 @@ class CompiledRNN(torch.nn.Module):
 
             if why_not(ex) is None:
                 run = _by_pointers(PointerCall(ex), spec)
-        return Candidate(plan.lowering, run, plan.stats.peak_bytes, why, ex)
+        apart = sum(b.size for b in plan.buffers if b.role != "param") * ex.impl.dtype.itemsize
+        return Candidate(plan.lowering, run, 0 if backend == "numpy" else apart, why, ex)  # numpy: the workspace
 
     def torch_module(self, spec: RNNSpec, device: torch.device) -> torch.nn.Module:
         """A torch module of `spec`'s network on `device` holding these buffers as its weights."""
@@ -208,8 +231,8 @@ class CompiledRNN(torch.nn.Module):
     def forward(self, input, hx=None):
         packed = isinstance(input, torch.nn.utils.rnn.PackedSequence)
         if packed:
-            lengths, pad_rows, pack_rows = _packing(input)
             data = self._check("input", input.data)
+            lengths, pad_rows, pack_rows = _packing(input, data.dtype)
             steps, batch = len(input.batch_sizes), len(lengths)
             x = data.index_select(0, pad_rows.to(data.device, non_blocking=True)).view(steps, batch, -1)
         else:
@@ -223,7 +246,8 @@ class CompiledRNN(torch.nn.Module):
         h0, c0 = self._state(hx)
         # The custom op lets torch.compile trace through without a graph break; eager calls skip its
         # dispatch (tens of microseconds of Python a call).
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():  # the op's schema takes the lengths on the host
+            lengths = _host_lengths(lengths)
             out, h_n, c_n = forward_op(x.contiguous(), h0, c0, lengths, self.handle)
         else:
             out, h_n, c_n = self.run(x.contiguous(), h0, c0, lengths)
@@ -245,7 +269,8 @@ class CompiledRNN(torch.nn.Module):
         return self._check("hx", hx).contiguous(), None
 
     def run(self, x: torch.Tensor, h0, c0, lengths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One call on time-major `x` (T, B, I): the work behind the custom op."""
+        """One call on time-major `x` (T, B, I): the work behind the custom op. `lengths`: B ints on
+        the host, or their (T, B) mask on x's device (`_packing`), or None (every sequence T long)."""
         steps, batch = x.shape[0], x.shape[1]
         bucket = self.bucket
         varlen = lengths is not None or (bucket is not None and steps % bucket != 0)
@@ -254,29 +279,50 @@ class CompiledRNN(torch.nn.Module):
         padded_steps = steps if bucket is None else -(-steps // bucket) * bucket
         if padded_steps != steps:
             x = torch.cat([x, x.new_zeros((padded_steps - steps, *x.shape[1:]))])
+            if isinstance(lengths, torch.Tensor):  # the padding lies past every sequence's end
+                lengths = torch.cat([lengths, lengths.new_zeros((padded_steps - steps, batch))])
         args = (x, h0, c0, lengths)
         out, h_n, c_n = self._choice(padded_steps, batch, varlen, x.device, args).chosen.run(*args)
         return out[:steps], h_n, c_n
 
 
-def _packing(packed) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    """For a PackedSequence (T steps, B sequences, N rows of data): each sequence's length, the row of
-    `data` each (t, b) of the padded time-major batch reads (row 0 past a sequence's end: masked, so
-    any finite row will do), and the padded (t*B + b) row each packed row comes from. Computed on the
-    host from batch_sizes, in NumPy (torch's small CPU ops cost several times as much: 0.32 ms a call
-    on the H200's host), where torch's pad_packed_sequence and pack_padded_sequence each copy one
-    step a launch (0.4-0.8 ms each at T 100 there)."""
+def _packing(packed, dtype: torch.dtype):
+    """For a PackedSequence (T steps, B sequences, N rows of data): the lengths (B ints on the host;
+    where torch keeps the sorting on the GPU, the (T, B) mask of them there instead, 1 inside a
+    sequence, in `dtype`), the row of `data` each (t, b) of the padded time-major batch reads (row 0
+    past a sequence's end: masked, so any finite row will do), and the padded (t*B + b) row each
+    packed row comes from. What depends on batch_sizes alone is computed on the host in NumPy
+    (torch's small CPU ops cost several times as much); the permutation by sorted_indices is applied
+    where torch keeps them, so that a packed batch on the GPU costs no host synchronization (reading
+    them on the host waited for all the GPU's queued work every call). torch's pad_packed_sequence
+    and pack_padded_sequence copy one step a launch (0.4-0.8 ms each at T 100 on the H200)."""
     sizes = packed.batch_sizes.numpy()
     steps, batch = len(sizes), int(sizes[0])
-    every = np.arange(batch)
-    rank = every if packed.unsorted_indices is None else packed.unsorted_indices.cpu().numpy()  # b's position
-    order = every if packed.sorted_indices is None else packed.sorted_indices.cpu().numpy()  # who is at j
     offsets = np.cumsum(sizes) - sizes
-    inside = rank[None, :] < sizes[:, None]
-    pad_rows = np.where(inside, offsets[:, None] + rank[None, :], 0).reshape(-1)
+    inside = np.arange(batch)[None, :] < sizes[:, None]  # (t, j): the j-th longest sequence has step t
     step_of_row = np.repeat(np.arange(steps), sizes)
-    pack_rows = step_of_row * batch + order[np.arange(len(step_of_row)) - offsets[step_of_row]]
-    return inside.sum(0).tolist(), torch.from_numpy(pad_rows), torch.from_numpy(pack_rows)
+    host = np.concatenate([np.where(inside, offsets[:, None] + np.arange(batch)[None, :], 0).ravel(),
+                           step_of_row * batch, np.arange(len(step_of_row)) - offsets[step_of_row], inside.ravel()])
+    n, rows = steps * batch, len(step_of_row)
+    if packed.sorted_indices is None:  # sorted already: sequence b is the b-th longest
+        on = torch.from_numpy(host)
+        return inside.sum(0).tolist(), on[:n], on[n:n + rows] + on[n + rows:n + 2 * rows]
+    order, rank = packed.sorted_indices, packed.unsorted_indices  # who is j-th; b's position
+    device = order.device
+    on = torch.from_numpy(host).to(device, non_blocking=True)
+    pad_sorted, base, j_of_row, inside_sorted = on[:n].view(steps, batch), on[n:n + rows], on[n + rows:n + 2 * rows], \
+        on[n + 2 * rows:].view(steps, batch)
+    pad_rows = pad_sorted.index_select(1, rank).reshape(-1)
+    pack_rows = base + order.index_select(0, j_of_row)
+    if device.type == "cpu":
+        return inside.sum(0)[rank.numpy()].tolist(), pad_rows, pack_rows
+    return inside_sorted.index_select(1, rank).to(dtype), pad_rows, pack_rows
+
+
+def _host_lengths(lengths):
+    """Lengths on the host: a (T, B) mask on the device summed and read back (a synchronization:
+    only for the paths that need them there, torch.compile's op and Executor.run)."""
+    return lengths.sum(0).round().int().tolist() if isinstance(lengths, torch.Tensor) else lengths
 
 
 def _raw_stream(device: torch.device) -> int:
@@ -298,8 +344,8 @@ def _by_pointers(call, spec: RNNSpec):
         out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
         c_n = x.new_empty(state_shape if lstm else (0,))
         states = (None if h0 is None else h0.data_ptr(), None if c0 is None else c0.data_ptr())
-        mask = None
-        if spec.variable_lengths:  # (T, B), made on the host from the lengths there, one copy to the device
+        mask = lengths if isinstance(lengths, torch.Tensor) else None  # (T, B) on the device already
+        if spec.variable_lengths and mask is None:  # made on the host from the lengths, one copy to the device
             mask = (steps < torch.as_tensor(lengths)[None, :]).to(x.dtype).to(x.device, non_blocking=True)
         call(_raw_stream(x.device), x.data_ptr(), states, (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()),
              torch.cuda.is_current_stream_capturing(), None if mask is None else mask.data_ptr())
@@ -321,6 +367,7 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 def _run_executor(ex: Executor, x: torch.Tensor, h0, c0, lengths):
     """One call of rnnplan's executor on torch tensors: NumPy on the CPU, CuPy through DLPack on
     torch's current stream."""
+    lengths = _host_lengths(lengths)
     state = None if h0 is None else ((h0, c0) if c0 is not None else h0)
     if x.device.type == "cpu":
         state = None if state is None else tuple(_numpy(s) for s in state) if isinstance(state, tuple) \

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from rnnplan.backends import BACKENDS, cupy_unavailable_reason
+from rnnplan.backends.shared import SharedResources
 from rnnplan.ir.cells import CELLS
 from rnnplan.lowering.integrity import check_plan
 from rnnplan.lowering.plan import Plan
@@ -36,12 +37,15 @@ class Executor:
     (default) replays one CUDA graph per call, "streams" launches every step from Python; `device`
     (cupy) picks the GPU, `profile` (cupy) compiles the persistent kernel with its clock marks.
     `debug=True` fills every buffer steps write with NaN before each call, so that an element a call
-    does not write can never carry an earlier call's value unnoticed.
+    does not write can never carry an earlier call's value unnoticed. `shared`
+    (`rnnplan.backends.shared.SharedResources`) lets executors of one network share their uploaded
+    weights (and on numpy one workspace), so that an executor for a new shape costs little more than
+    its plan; the caller keeps it for one set of weights only.
     """
 
     def __init__(self, plan: Plan, weights: Weights, backend: str = "auto", mode: str = "graph", *,
                  allow_edits: bool = False, debug: bool = False, device: int | None = None,
-                 profile: bool = False):
+                 profile: bool = False, shared: SharedResources | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if mode not in MODES:
@@ -68,7 +72,7 @@ class Executor:
                 NumpyExecutor,  # lazily: the backend a call needs
             )
 
-            self.impl = NumpyExecutor(plan, weights, debug=debug)
+            self.impl = NumpyExecutor(plan, weights, debug=debug, shared=shared)
         else:
             if plan.spec.dtype == "bfloat16":
                 raise ValueError(f"backend='cupy' does not run this plan: {BF16_ON_GPU}")
@@ -77,7 +81,8 @@ class Executor:
                 raise RuntimeError(f"backend='cupy' is not usable: {reason}")
             from rnnplan.backends.cupy_backend import CupyExecutor
 
-            self.impl = CupyExecutor(plan, weights, mode=mode, device=device, profile=profile, debug=debug)
+            self.impl = CupyExecutor(plan, weights, mode=mode, device=device, profile=profile, debug=debug,
+                                     shared=shared)
         self.backend = backend
 
     def run(self, x, state=None, lengths=None, *, interleave_seed: int | None = None):

@@ -21,7 +21,7 @@ MODULES = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removes
            for p in sorted(PACKAGE.rglob("*.py"))}
 # The size budget: lines of Python in the package, lines of one module, and lines of CUDA written
 # inside Python strings (the rest lives in .cu/.cuh files). Raise a budget only on purpose.
-PACKAGE_LINES = 7400  # 6800 until issue 17 (autotuning, calls by pointers) and 18 (importers/onnx_rnn)
+PACKAGE_LINES = 7700  # 6800 until issue 17 (autotuning, calls by pointers, shared resources) and 18 (onnx, proj)
 MODULE_LINES = 400
 CUDA_IN_PYTHON_LINES = 80
 # Top-level modules that meet the machine: they may import the backends (and the CLI, CuPy).

@@ -92,7 +92,7 @@ def test_buckets_pad_and_mask_so_lengths_share_plans():
     info = fast.cache_info()
     assert info.executors == 2 and info.hits == 2  # T 3, 5, 7 share the masked T-8 plan; T 8 runs unmasked
     assert "T=8 B=2 masked" in fast.explain() and "T=8 B=2 on cpu" in fast.explain()
-    assert "graph lowering (CPU tensors run the NumPy backend)" in fast.explain()  # nothing timed on a CPU
+    assert "the recurrence plan (one recurrent step) (CPU tensors run the NumPy backend)" in fast.explain()  # nothing timed on a CPU
 
 
 def test_the_executor_cache_has_a_byte_budget():
@@ -103,6 +103,48 @@ def test_the_executor_cache_has_a_byte_budget():
     assert small.cache_info().executors == 1 and small.cache_info().misses == 3
     small.clear()
     assert small.cache_info().executors == 0
+
+
+def test_executors_of_new_shapes_share_the_weights_and_the_host_workspace():
+    """A new shape's executor reuses the weights laid out for the first and, on the CPU, one workspace
+    for its activations: results stay exact for every shape, in any order, from several threads, and
+    new weights (load_state_dict) replace the shared ones."""
+    import threading
+
+    m = module("lstm", 2, bidirectional=True)
+    fast = rp.compile(m)
+    shapes = [(6, 2), (9, 3), (2, 1), (9, 3), (4, 2)]
+    inputs = [torch.randn(steps, batch, 3) for steps, batch in shapes]
+    for x in inputs:
+        assert close(fast(x), torch_call(m, x))
+    executors = [c.chosen.executor.impl for c in fast._executors.values()]
+    assert len(executors) == 4
+    params = [{b.id: ex.buffers[b.id] for b in ex.plan.buffers if b.role == "param"} for ex in executors]
+    first = {b.source: params[0][b.id] for b in executors[0].plan.buffers if b.role == "param"}
+    for ex, held in zip(executors, params):  # the same arrays, not copies
+        assert all(held[b.id] is first[b.source] for b in ex.plan.buffers if b.role == "param")
+    workspaces = {id(ex.buffers[b.id].base) for ex in executors for b in ex.plan.buffers if b.role != "param"}
+    assert len(workspaces) <= 2  # one, replaced at most once as shapes grew (at twice the size asked for)
+    assert fast.cache_info().bytes == fast._shared.nbytes  # CPU executors hold nothing apart
+
+    errors = []
+
+    def calls(x, want):
+        for _ in range(5):
+            if not close(fast(x), want):
+                errors.append(tuple(x.shape))
+    wants = [torch_call(m, x) for x in inputs]
+    threads = [threading.Thread(target=calls, args=(x, want)) for x, want in zip(inputs, wants)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+    other = module("lstm", 2, bidirectional=True, seed=7)
+    fast.load_state_dict(other.state_dict())
+    assert fast._shared.params == {}
+    assert all(close(fast(x), torch_call(other, x)) for x in inputs[:2])
 
 
 def test_it_is_a_module_whose_buffers_are_the_parameters():
@@ -204,6 +246,11 @@ def test_gpu_tensors_stay_on_the_gpu(cell, dtype):
         x = torch.randn(steps, batch, 3, device="cuda", dtype=dtype)
         got = fast(x)
         assert got[0].device.type == "cuda" and close(got, torch_call(m, x), tol)
+    # the second shape's executor binds the device weights the first uploaded
+    first, second = (c.chosen.executor.impl for c in fast._executors.values())
+    shared = {(b.source, b.transform): first.buffers[b.id] for b in first.plan.buffers if b.role == "param"}
+    both = [b for b in second.plan.buffers if b.role == "param" and (b.source, b.transform) in shared]
+    assert both and all(second.buffers[b.id] is shared[b.source, b.transform] for b in both)
     packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(6, 4, 3, device="cuda", dtype=dtype), [4, 6, 1, 4],
                                                      enforce_sorted=False)
     assert close(fast(packed), torch_call(m, packed), tol)
@@ -299,6 +346,11 @@ def test_gpu_calls_by_pointers_give_and_omit_states(dtype, lowering):
             assert close(torch.from_dlpack(out), torch_call(m, x)[0], tol)
         bucketed = rp.compile(m, autotune=False, lowering=lowering, bucket=8)  # T 4 runs the masked T-8 plan
         assert close(bucketed(x, (h, h)), torch_call(m, x, (h, h)), tol) and "T=8 B=3 masked" in bucketed.explain()
+        # a packed batch: its mask made on the GPU (torch keeps the sorting there), padded to the bucket
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, [2, 4, 1], enforce_sorted=False)
+        assert packed.sorted_indices.is_cuda
+        for compiled in (fast, bucketed):
+            assert close(compiled(packed, (h, h)), torch_call(m, packed, (h, h)), tol)
     torch.backends.cudnn.allow_tf32 = True
 
 

@@ -28,6 +28,7 @@ from rnnplan.backends.cublas import WORKSPACE_BYTES, Cublas
 from rnnplan.backends.device import describe_device
 from rnnplan.backends.kernels import THREADS, kernel_key, kernel_source, launch_grid
 from rnnplan.backends.outputs import pack_outputs
+from rnnplan.backends.shared import SharedResources
 from rnnplan.lowering.plan import DEVICE_WRITTEN, BufferView, Plan, Step
 from rnnplan.persistent import PROFILE_SLOTS, kernel_name, kernel_of
 from rnnplan.persistent import THREADS as PERSISTENT_THREADS
@@ -59,7 +60,7 @@ def _compiled(cp, device_id: int, step: Step, dtype: str):
 
 class CupyExecutor:
     def __init__(self, plan: Plan, weights: Weights, mode: str = "graph", device: int | None = None,
-                 profile: bool = False, debug: bool = False):
+                 profile: bool = False, debug: bool = False, shared: SharedResources | None = None):
         import cupy as cp
 
         if mode not in MODES:
@@ -71,11 +72,10 @@ class CupyExecutor:
         self.device = cp.cuda.Device(device) if device is not None else cp.cuda.Device()
         with self.device:
             self._check_memory()
-            self.buffers = [cp.empty(b.size, dtype=self.dtype) for b in plan.buffers]
+            # Params are uploaded once per network and device when `shared` holds them (SharedResources).
+            self.buffers = [self._param(b, weights, shared) if b.role == "param" else cp.empty(b.size, dtype=self.dtype)
+                            for b in plan.buffers]
             self.written = [self.buffers[b.id] for b in plan.buffers if b.role in DEVICE_WRITTEN]  # NaN in debug
-            for b in plan.buffers:
-                if b.role == "param":
-                    self.buffers[b.id][:] = cp.asarray(weights.layout(b.source, b.transform).astype(self.dtype)).ravel()
             self.streams = [cp.cuda.Stream(non_blocking=True) for _ in range(plan.num_streams)]
             self.events = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(plan.num_events)]
             self.fork = cp.cuda.Event(disable_timing=True)
@@ -104,6 +104,14 @@ class CupyExecutor:
             spec.directions * self.dtype.itemsize
         check_fits("the plan", sum(parts.values()), free, f"GPU {self.device.id}'s free", spec, parts,
                    DeviceMemoryError)
+
+    def _param(self, b, weights: Weights, shared: SharedResources | None):
+        """The flat device array of param buffer `b`: from `shared`, or uploaded now."""
+        def upload():
+            return self.cp.asarray(weights.layout(b.source, b.transform).astype(self.dtype)).ravel()
+        if shared is None:
+            return upload()
+        return shared.param(("cupy", self.device.id, self.dtype.name, b.source, b.transform), upload)
 
     def view(self, v: BufferView):
         """A CuPy view (rows x cols, row stride ld) of a plan buffer."""

@@ -21,6 +21,10 @@ from rnnplan.spec import H200, DeviceShape, PlanOptions, RNNSpec
 
 # What `lowering="persistent"` sizes its blocks for when no device is described.
 DEFAULT_DEVICE = H200
+# What the NumPy backend plans the recurrence for (rnnplan.compile on CPU tensors): it runs a recurrent
+# step as a loop over the sequence on the host, where blocks and shared memory do not apply, so every
+# network fits; its plan is made from one step, in milliseconds for any length.
+HOST = DeviceShape(name="the host (NumPy backend)", sms=4096, smem_per_block=2**40)
 # Measured on an H200 (BENCHMARKS.md, persistent lowering, third round): the FFMA kernel (fp32) beats
 # the graph lowering at every batch measured, up to 8 (LSTM 1x1024 B8 0.97 against 1.64 ms, the
 # closest); the tensor-core kernel (fp16) too, up to 64 (paper configuration 1.18 against 1.74 ms,
