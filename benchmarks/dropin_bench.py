@@ -7,7 +7,10 @@ same run. Correctness first (each row compares with the module in strict fp32), 
 - per-chunk latency for chunks of 1, 4 and 16 steps at batch 1, streaming the state, against cuDNN
   eager and cuDNN captured in a CUDA graph.
 
-    python3 benchmarks/dropin_bench.py [--out FILE.json]
+    python3 benchmarks/dropin_bench.py [--out FILE.json] [--cpu]
+
+`--cpu`: only the set-up at new shapes on CPU tensors (the NumPy backend), wall time of the first call
+less the median of three repeats.
 
 Timing: CUDA events on torch's current stream, 3 warm-ups, median of 30 (host time: the median
 wall time of 200 calls without synchronizing). Needs CuPy, torch with CUDA and a GPU.
@@ -55,6 +58,34 @@ def first_calls(results: list) -> None:
             row = f"{label} {precision}{' autotuned' if autotune else ''}"
             results.append(dict(kind="set-up", row=row, ms=ms, runs=what))
             print(f"  set-up   {row:<40} {ms:9.1f} ms  {what[:90]}", flush=True)
+
+
+def cpu_set_up(results: list) -> None:
+    """The paper configuration on CPU tensors (NumPy backend): the set-up at each new shape, timed
+    alone (planning and the executor) and as the first call's wall time less the median of three
+    repeats at that shape (which adds the first touch of new memory, and the host's noise)."""
+    torch.manual_seed(0)
+    m = torch.nn.LSTM(512, 512, num_layers=4).eval()
+    fast = rp.compile(m)
+    for label, shape in (("first call T100 B64", (100, 64)), ("new length T101 B64", (101, 64)),
+                         ("new length T57 B64", (57, 64)), ("new batch T100 B32", (100, 32)),
+                         ("new length, new bucket T120 B64", (120, 64))):
+        x = torch.randn(*shape, 512)
+        walls = []
+        t0 = time.perf_counter()
+        fast.executor(*shape, False, x.device)  # planning and the executor alone (the call below finds it)
+        built = (time.perf_counter() - t0) * 1e3
+        with torch.no_grad():
+            for _ in range(4):
+                t0 = time.perf_counter()
+                fast(x)
+                walls.append((time.perf_counter() - t0) * 1e3)
+        repeat = statistics.median(walls[1:])
+        what = list(fast._executors.values())[-1].describe()
+        results.append(dict(kind="cpu set-up", row=label, first_ms=walls[0], repeat_ms=repeat, ms=walls[0] - repeat,
+                            plan_and_executor_ms=built, runs=what))
+        print(f"  cpu      {label:<34} plan+executor {built:6.1f} ms; first call {walls[0]:7.1f} ms, repeat "
+              f"{repeat:7.1f} ms: set-up {walls[0] - repeat:6.1f} ms  {what[:40]}", flush=True)
 
 
 def packed_against_padded(results: list) -> None:
@@ -162,8 +193,15 @@ def chunk_latency(results: list) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
+    ap.add_argument("--cpu", action="store_true", help="only the set-up on CPU tensors (no GPU needed)")
     args = ap.parse_args()
     results: list = []
+    if args.cpu:
+        cpu_set_up(results)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+        return
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
     first_calls(results)
     packed_against_padded(results)

@@ -233,7 +233,7 @@ class CompiledRNN(torch.nn.Module):
         if packed:
             data = self._check("input", input.data)
             lengths, pad_rows, pack_rows = _packing(input, data.dtype)
-            steps, batch = len(input.batch_sizes), len(lengths)
+            steps, batch = len(input.batch_sizes), int(input.batch_sizes[0])
             x = data.index_select(0, pad_rows.to(data.device, non_blocking=True)).view(steps, batch, -1)
         else:
             x = self._check("input", input)
