@@ -37,6 +37,7 @@ from rnnplan.api import build_plan
 from rnnplan.autotune import Candidate, Choice, CudnnGraph, choose
 from rnnplan.backends.shared import SharedResources
 from rnnplan.executor import Executor
+from rnnplan.packing import host_lengths, packed_layout
 from rnnplan.persistent.select import HOST
 from rnnplan.spec import DeviceShape, PlanOptions, RNNSpec, torch_cell
 from rnnplan.weights import ARCH_FIELDS, Weights
@@ -78,7 +79,7 @@ def _refuse(module) -> None:
     dtypes = {p.dtype for p in module.parameters()}
     if len(dtypes) != 1 or next(iter(dtypes)) not in PARAMETER_DTYPES:
         raise CompileError(f"parameters of dtype {', '.join(sorted(str(d) for d in dtypes))}: rnnplan runs "
-                           f"{', '.join(str(d) for d in PARAMETER_DTYPES)} (bfloat16 on the CPU only, so far)")
+                           f"{', '.join(str(d) for d in PARAMETER_DTYPES)}")
 
 
 class CompiledRNN(torch.nn.Module):
@@ -168,7 +169,7 @@ class CompiledRNN(torch.nn.Module):
     def _host_candidate(self, spec: RNNSpec) -> Candidate:
         """The NumPy backend's executor: of the recurrence plan (one recurrent step, planned from one
         step of the network in milliseconds for any length: a new length costs little more than its
-        first call), or of the graph lowering where no recurrent step runs the spec (bfloat16)."""
+        first call), or of the graph lowering where no recurrent step runs the spec."""
         try:
             found = self._candidate(spec, "persistent", "fp32", torch.device("cpu"), HOST)
         except ValueError:
@@ -232,7 +233,7 @@ class CompiledRNN(torch.nn.Module):
         packed = isinstance(input, torch.nn.utils.rnn.PackedSequence)
         if packed:
             data = self._check("input", input.data)
-            lengths, pad_rows, pack_rows = _packing(input, data.dtype)
+            lengths, pad_rows, pack_rows = packed_layout(input, data.dtype)
             steps, batch = len(input.batch_sizes), int(input.batch_sizes[0])
             x = data.index_select(0, pad_rows.to(data.device, non_blocking=True)).view(steps, batch, -1)
         else:
@@ -247,7 +248,7 @@ class CompiledRNN(torch.nn.Module):
         # The custom op lets torch.compile trace through without a graph break; eager calls skip its
         # dispatch (tens of microseconds of Python a call).
         if torch.compiler.is_compiling():  # the op's schema takes the lengths on the host
-            lengths = _host_lengths(lengths)
+            lengths = host_lengths(lengths)
             out, h_n, c_n = forward_op(x.contiguous(), h0, c0, lengths, self.handle)
         else:
             out, h_n, c_n = self.run(x.contiguous(), h0, c0, lengths)
@@ -270,7 +271,7 @@ class CompiledRNN(torch.nn.Module):
 
     def run(self, x: torch.Tensor, h0, c0, lengths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One call on time-major `x` (T, B, I): the work behind the custom op. `lengths`: B ints on
-        the host, or their (T, B) mask on x's device (`_packing`), or None (every sequence T long)."""
+        the host, or their (T, B) mask on x's device (`rnnplan.packing`), or None (every sequence T long)."""
         steps, batch = x.shape[0], x.shape[1]
         bucket = self.bucket
         varlen = lengths is not None or (bucket is not None and steps % bucket != 0)
@@ -284,45 +285,6 @@ class CompiledRNN(torch.nn.Module):
         args = (x, h0, c0, lengths)
         out, h_n, c_n = self._choice(padded_steps, batch, varlen, x.device, args).chosen.run(*args)
         return out[:steps], h_n, c_n
-
-
-def _packing(packed, dtype: torch.dtype):
-    """For a PackedSequence (T steps, B sequences, N rows of data): the lengths (B ints on the host;
-    where torch keeps the sorting on the GPU, the (T, B) mask of them there instead, 1 inside a
-    sequence, in `dtype`), the row of `data` each (t, b) of the padded time-major batch reads (row 0
-    past a sequence's end: masked, so any finite row will do), and the padded (t*B + b) row each
-    packed row comes from. What depends on batch_sizes alone is computed on the host in NumPy
-    (torch's small CPU ops cost several times as much); the permutation by sorted_indices is applied
-    where torch keeps them, so that a packed batch on the GPU costs no host synchronization (reading
-    them on the host waited for all the GPU's queued work every call). torch's pad_packed_sequence
-    and pack_padded_sequence copy one step a launch (0.4-0.8 ms each at T 100 on the H200)."""
-    sizes = packed.batch_sizes.numpy()
-    steps, batch = len(sizes), int(sizes[0])
-    offsets = np.cumsum(sizes) - sizes
-    inside = np.arange(batch)[None, :] < sizes[:, None]  # (t, j): the j-th longest sequence has step t
-    step_of_row = np.repeat(np.arange(steps), sizes)
-    host = np.concatenate([np.where(inside, offsets[:, None] + np.arange(batch)[None, :], 0).ravel(),
-                           step_of_row * batch, np.arange(len(step_of_row)) - offsets[step_of_row], inside.ravel()])
-    n, rows = steps * batch, len(step_of_row)
-    if packed.sorted_indices is None:  # sorted already: sequence b is the b-th longest
-        on = torch.from_numpy(host)
-        return inside.sum(0).tolist(), on[:n], on[n:n + rows] + on[n + rows:n + 2 * rows]
-    order, rank = packed.sorted_indices, packed.unsorted_indices  # who is j-th; b's position
-    device = order.device
-    on = torch.from_numpy(host).to(device, non_blocking=True)
-    pad_sorted, base, j_of_row, inside_sorted = on[:n].view(steps, batch), on[n:n + rows], on[n + rows:n + 2 * rows], \
-        on[n + 2 * rows:].view(steps, batch)
-    pad_rows = pad_sorted.index_select(1, rank).reshape(-1)
-    pack_rows = base + order.index_select(0, j_of_row)
-    if device.type == "cpu":
-        return inside.sum(0)[rank.numpy()].tolist(), pad_rows, pack_rows
-    return inside_sorted.index_select(1, rank).to(dtype), pad_rows, pack_rows
-
-
-def _host_lengths(lengths):
-    """Lengths on the host: a (T, B) mask on the device summed and read back (a synchronization:
-    only for the paths that need them there, torch.compile's op and Executor.run)."""
-    return lengths.sum(0).round().int().tolist() if isinstance(lengths, torch.Tensor) else lengths
 
 
 def _raw_stream(device: torch.device) -> int:
@@ -367,7 +329,7 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 def _run_executor(ex: Executor, x: torch.Tensor, h0, c0, lengths):
     """One call of rnnplan's executor on torch tensors: NumPy on the CPU, CuPy through DLPack on
     torch's current stream."""
-    lengths = _host_lengths(lengths)
+    lengths = host_lengths(lengths)
     state = None if h0 is None else ((h0, c0) if c0 is not None else h0)
     if x.device.type == "cpu":
         state = None if state is None else tuple(_numpy(s) for s in state) if isinstance(state, tuple) \
@@ -380,6 +342,8 @@ def _run_executor(ex: Executor, x: torch.Tensor, h0, c0, lengths):
         with cupy.cuda.Device(x.device.index), _cupy_stream(cupy, torch.cuda.current_stream(x.device)):
             out, st = ex.run(x, state, lengths=lengths)
         tensors = [torch.from_dlpack(a) for a in (out, *(st if isinstance(st, tuple) else (st,)))]
+        if x.dtype == torch.bfloat16:  # CuPy holds bf16 as its bits (int16)
+            tensors = [t.view(torch.bfloat16) for t in tensors]
     return tensors[0], tensors[1], tensors[2] if len(tensors) > 2 else tensors[1].new_empty(0)
 
 
