@@ -18,8 +18,6 @@ from rnnplan.lowering.plan import Plan
 from rnnplan.weights import Weights
 
 MODES = ("graph", "streams")
-BF16_ON_GPU = ("dtype='bfloat16' runs on the NumPy backend only so far (CuPy has no bfloat16 dtype and "
-               "rnnplan's bf16 GPU kernels are not built yet)")
 
 
 def _flag(name: str, value) -> bool:
@@ -61,7 +59,7 @@ class Executor:
         weights.check(plan.spec)
         self.plan, self.spec, self.debug = plan, plan.spec, debug
         if backend == "auto":
-            reason = BF16_ON_GPU if plan.spec.dtype == "bfloat16" else cupy_unavailable_reason()
+            reason = cupy_unavailable_reason()
             if reason is not None:
                 warnings.warn(f"backend='auto' falls back to numpy: {reason}", stacklevel=2)
             backend = "numpy" if reason else "cupy"
@@ -74,8 +72,6 @@ class Executor:
 
             self.impl = NumpyExecutor(plan, weights, debug=debug, shared=shared)
         else:
-            if plan.spec.dtype == "bfloat16":
-                raise ValueError(f"backend='cupy' does not run this plan: {BF16_ON_GPU}")
             reason = cupy_unavailable_reason()
             if reason is not None:
                 raise RuntimeError(f"backend='cupy' is not usable: {reason}")

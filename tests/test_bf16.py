@@ -1,13 +1,15 @@
-"""bfloat16 storage (issue 18, item 1), so far the NumPy reference: stored bf16 (ml_dtypes' NumPy
-dtype), fp32 math. Accuracy per cell against a float64 torch reference on the same bf16-rounded
-weights, inputs and states: relative error at most 1e-2; the drop-in on bf16 CPU tensors; the GPU
-paths refuse it by name."""
+"""bfloat16 storage (issue 18, item 1): stored bf16 (ml_dtypes' NumPy dtype on the host, its bits as
+int16 in CuPy), fp32 math. Accuracy per cell against a float64 torch reference on the same
+bf16-rounded weights, inputs and states: relative error at most 1e-2, on the NumPy reference (both
+plan forms), and on the GPU (marked gpu) in both lowerings through `rnnplan.compile`; the drop-in on
+bf16 CPU tensors; bf16 plans persistent where its kernel fits."""
 
 import numpy as np
 import pytest
 import torch
 
 import rnnplan as rp
+from tests.helpers import TORCH_CLASSES as TORCH
 from tests.helpers import rel_err, torch_module
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
@@ -32,10 +34,6 @@ def test_bf16_against_float64_torch_on_the_same_rounded_values(cell, layers, bid
     h0 = rounded(rng.standard_normal((layers * spec.directions, 3, 32)))
     state = (h0, rounded(rng.standard_normal(h0.shape))) if cell == "lstm" else h0
     lengths = [20, 7, 13] if variable else None
-    plan = rp.build_plan(spec)
-    assert plan.lowering == "graph"
-    out, st = rp.Executor(plan, weights, backend="numpy", debug=True).run(x, state, lengths=lengths)
-    assert out.dtype == np.dtype("bfloat16")
     m64 = module.double()
     with torch.no_grad():
         xt = torch.from_numpy(x.astype(np.float64))
@@ -47,11 +45,15 @@ def test_bf16_against_float64_torch_on_the_same_rounded_values(cell, layers, bid
             want_out = torch.nn.utils.rnn.pad_packed_sequence(want_out, total_length=20)[0]
         else:
             want_out, want_st = m64(xt, args)
-    got = [out] + (list(st) if cell == "lstm" else [st])
     want = [want_out] + (list(want_st) if cell == "lstm" else [want_st])
-    for g, w in zip(got, want, strict=True):
-        err = rel_err(g.astype(np.float32), w.numpy())
-        assert err <= 1e-2, err
+    for lowering in ("graph", "persistent"):  # the NumPy reference runs both plan forms
+        plan = rp.build_plan(spec, options=rp.PlanOptions(lowering=lowering))
+        out, st = rp.Executor(plan, weights, backend="numpy", debug=True).run(x, state, lengths=lengths)
+        assert out.dtype == np.dtype("bfloat16")
+        got = [out] + (list(st) if cell == "lstm" else [st])
+        for g, w in zip(got, want, strict=True):
+            err = rel_err(g.astype(np.float32), w.numpy())
+            assert err <= 1e-2, (lowering, err)
 
 
 def test_the_drop_in_takes_bf16_cpu_tensors():
@@ -68,16 +70,43 @@ def test_the_drop_in_takes_bf16_cpu_tensors():
     assert "(bfloat16, fp32)" in fast.explain()
 
 
-def test_the_gpu_paths_refuse_bf16_by_name():
+def test_bf16_plans_persistent_where_its_kernel_fits():
     spec = rp.RNNSpec(cell="gru", input_size=3, hidden_size=4, num_layers=1, seq_len=2, batch=1, dtype="bfloat16")
     h200 = rp.PlanOptions(device=rp.DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448))
-    assert "bfloat16" in rp.build_plan(spec, options=h200).lowering_reason
-    with pytest.raises(ValueError, match="lowering='persistent' does not take dtype='bfloat16' yet"):
-        rp.build_plan(spec, options=h200.model_copy(update={"lowering": "persistent"}))
-    with pytest.raises(ValueError, match="backend='cupy' does not run this plan: dtype='bfloat16' runs on the "
-                                         "NumPy backend only"):
-        rp.Executor(rp.build_plan(spec), rp.Weights.random(spec), backend="cupy")
+    plan = rp.build_plan(spec, options=h200)
+    assert plan.lowering == "persistent" and plan.steps[-1].recurrence.dtype == "bfloat16"
     assert rp.Precision.of("bfloat16").operands == "bf16" and rp.Precision.of("bfloat16").element_bytes == 2
+
+
+GPU = torch.cuda.is_available() and rp.backends.cupy_unavailable_reason() is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("lowering", ["persistent", "graph"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_gpu_bf16_against_float64_torch(cell, lowering, batch):
+    """bf16 CUDA tensors in and out of rnnplan.compile: cuBLAS bf16 GEMMs and the fused kernels (graph),
+    the persistent kernels with bf16 mma operands (batch 8) or FFMA (batch 1); packed and streamed."""
+    torch.manual_seed(3)
+    kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    m = TORCH[cell](48, 64, num_layers=2, bidirectional=True, **kw).cuda().eval().to(torch.bfloat16)
+    fast = rp.compile(m, lowering=lowering, autotune=False, debug=batch == 1)
+    x = torch.randn(30, batch, 48, device="cuda").to(torch.bfloat16)
+    lengths = [30] + [max(1, 30 - 7 * i) for i in range(1, batch)]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    m64 = m.double()
+    for args in ((x,), (packed,)):
+        got = fast(*args)
+        assert fast.executor(30, batch, args[0] is packed, x.device).plan.lowering == lowering
+        with torch.no_grad():
+            want = m64(*(a.double() if isinstance(a, torch.Tensor) else a.to(torch.float64) for a in args))
+        flat = lambda r: [r[0].data if args[0] is packed else r[0]] + list(r[1] if cell == "lstm" else (r[1],))
+        for g, w in zip(flat(got), flat(want), strict=True):
+            assert g.dtype == torch.bfloat16 and g.is_cuda
+            assert rel_err(g.float().cpu().numpy(), w.float().cpu().numpy()) <= 1e-2
+    m.to(torch.bfloat16)
 
 
 def test_without_ml_dtypes_bf16_is_named_with_its_extra():

@@ -50,13 +50,17 @@ def test_cli_kernels_compile_with_nvcc(tmp_path):
              ["--lowering", "persistent", "--cell", "gru", "--batch", "3", "--hidden-size", "40", "--dtype", "float16",
               "--layers", "1", "--seq-len", "4"],
              ["--variable-lengths", "--cell", "gru", "--seq-len", "4", "--dtype", "float16"],  # masks: column reads
-             ["--variable-lengths", "--passes", "none", "--seq-len", "2", "--hidden-size", "7"]]
+             ["--variable-lengths", "--passes", "none", "--seq-len", "2", "--hidden-size", "7"],
+             ["--dtype", "bfloat16", "--lowering", "graph", "--variable-lengths"],  # bf16: loads, stores, masks
+             ["--lowering", "persistent", "--dtype", "bfloat16", "--batch", "8", "--hidden-size", "64"],  # bf16 mma
+             ["--lowering", "persistent", "--dtype", "bfloat16", "--batch", "1", "--hidden-size", "64",
+              "--cell", "gru"]]  # bf16 FFMA
     for i, flags in enumerate(specs):
         r = subprocess.run([sys.executable, "-m", "rnnplan.cli", "kernels", "--out", str(tmp_path / str(i)), *flags],
                            capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stderr
     sources = sorted(tmp_path.glob("*/*.cu"))
-    assert len(sources) >= 8 and sum("recurrent" in src.name for src in sources) == 2
+    assert len(sources) >= 11 and sum("recurrent" in src.name for src in sources) == 4
     for src in sources:
         r = subprocess.run([nvcc(), "-arch=sm_90", "-std=c++17", "-c", str(src), "-o", str(src.with_suffix(".o"))],
                            capture_output=True, text=True, timeout=600)

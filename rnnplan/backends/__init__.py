@@ -4,7 +4,9 @@
 - `cupy_backend.py`: the GPU executor (streams and events, one CUDA graph per call, the persistent
   kernel), with `cublas.py` (GEMMs that stream capture can record) and `kernels.py` (the fused
   pointwise kernels, generated from the ops' C forms);
-- `device.py`: whether a GPU is usable, and its description for planning.
+- `device.py`: whether a GPU is usable, and its description for planning;
+- `shared.py`: what the executors of one network share (uploaded weights, a host workspace);
+- `pointer_call.py`: a CuPy executor called by device pointers on the caller's stream.
 Only this package imports CuPy, and only when a GPU backend is asked for. `rnnplan.Executor` picks a
 backend and checks inputs.
 """

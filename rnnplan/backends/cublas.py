@@ -17,7 +17,8 @@ from pathlib import Path
 from rnnplan.precision import Precision
 
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
-CUDA_R_32F, CUDA_R_16F = 0, 2
+CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
+DATA_TYPES = {"float32": CUDA_R_32F, "float16": CUDA_R_16F, "bfloat16": CUDA_R_16BF}
 COMPUTE_TYPES = {"32F": 68, "32F_FAST_TF32": 77}  # cublasComputeType_t, by Precision.cublas_compute
 CUBLAS_GEMM_DEFAULT = -1
 WORKSPACE_BYTES = 32 << 20
@@ -53,7 +54,7 @@ class Cublas:
             self._check(lib.cublasSetWorkspace_v2(h, ctypes.c_void_p(ws.data.ptr), ctypes.c_size_t(ws.nbytes)),
                         "cublasSetWorkspace")
             self.handles.append(h)
-        self.data_type = CUDA_R_16F if precision.storage == "float16" else CUDA_R_32F
+        self.data_type = DATA_TYPES[precision.storage]
         # fp32 accumulation always; tf32 operands only where the precision allows them.
         self.compute = COMPUTE_TYPES[precision.cublas_compute]
         self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(0.0)

@@ -15,6 +15,10 @@ into a CUDA graph and replays it per call; `mode="streams"` issues it from Pytho
 in and out are cudaMemcpy(2D)Async calls where the layouts allow (a CuPy kernel costs several times
 their Python time, which at small sizes is a large part of a call).
 
+bfloat16 plans store bf16 as its bits in int16 CuPy arrays (CuPy has no bf16 dtype): they take torch
+bf16 tensors (viewed as int16, no copy) or ml_dtypes arrays, and return int16 arrays of bf16 bits
+(`torch.from_dlpack(a).view(torch.bfloat16)`; `rnnplan.compile` does that).
+
 Ownership: `run` returns fresh CuPy arrays (copies), so a later call never overwrites them. The
 call is ordered after work already queued on the caller's current CuPy stream, and that stream
 waits for the results, so no host synchronization is needed in between.
@@ -38,12 +42,22 @@ from rnnplan.resources import NotEnoughMemory, check_fits, plan_breakdown
 from rnnplan.weights import Weights
 
 MODES = ("graph", "streams")
+BF16_NAN = 0x7FC0  # a quiet NaN's bits in bfloat16
 _DEVICE_TO_DEVICE = 3  # cudaMemcpyDeviceToDevice
 _KERNELS: dict[tuple[int, str], object] = {}  # (device, kernel name) -> compiled cupy.RawKernel
 
 
 def _device_id(arr) -> int:
     return arr.device.id
+
+
+def _bf16_bits(a):
+    """A bfloat16 torch tensor or NumPy (ml_dtypes) array as int16 of the same bits, sharing memory."""
+    if str(getattr(a, "dtype", "")) == "torch.bfloat16":
+        import torch
+
+        return a.view(torch.int16)
+    return a.view(np.int16) if isinstance(a, np.ndarray) and a.dtype.name == "bfloat16" else a
 
 
 class DeviceMemoryError(NotEnoughMemory):
@@ -69,11 +83,14 @@ class CupyExecutor:
         self.unusable: str | None = None  # why this executor cannot run any more, after a CUDA error
         self._profiled: list = []  # (kernel, exchange buffer) of each profiled persistent kernel
         self.dtype = np.dtype(plan.spec.dtype)
+        # What CuPy arrays hold: bf16 as its raw bits (CuPy has no bfloat16 dtype), the rest as is.
+        self.storage = np.dtype(np.int16) if self.dtype.name == "bfloat16" else self.dtype
+        self.nan = self.storage.type(BF16_NAN) if self.storage != self.dtype else np.nan  # debug's fill
         self.device = cp.cuda.Device(device) if device is not None else cp.cuda.Device()
         with self.device:
             self._check_memory()
             # Params are uploaded once per network and device when `shared` holds them (SharedResources).
-            self.buffers = [self._param(b, weights, shared) if b.role == "param" else cp.empty(b.size, dtype=self.dtype)
+            self.buffers = [self._param(b, weights, shared) if b.role == "param" else cp.empty(b.size, dtype=self.storage)
                             for b in plan.buffers]
             self.written = [self.buffers[b.id] for b in plan.buffers if b.role in DEVICE_WRITTEN]  # NaN in debug
             self.streams = [cp.cuda.Stream(non_blocking=True) for _ in range(plan.num_streams)]
@@ -108,7 +125,7 @@ class CupyExecutor:
     def _param(self, b, weights: Weights, shared: SharedResources | None):
         """The flat device array of param buffer `b`: from `shared`, or uploaded now."""
         def upload():
-            return self.cp.asarray(weights.layout(b.source, b.transform).astype(self.dtype)).ravel()
+            return self.cp.asarray(weights.layout(b.source, b.transform).astype(self.dtype).view(self.storage)).ravel()
         if shared is None:
             return upload()
         return shared.param(("cupy", self.device.id, self.dtype.name, b.source, b.transform), upload)
@@ -226,6 +243,8 @@ class CupyExecutor:
 
     def _on_device(self, a, name: str):
         cp = self.cp
+        if self.storage != self.dtype:  # bf16: torch tensors and NumPy arrays by their bits
+            a = _bf16_bits(a)
         if isinstance(a, cp.ndarray):
             arr = a
         elif hasattr(a, "__cuda_array_interface__"):
@@ -242,7 +261,7 @@ class CupyExecutor:
         """Fill every buffer that steps write with NaN (tests: an element nobody writes shows up)."""
         with self.device:
             for buffer in self.written:
-                buffer.fill(np.nan)
+                buffer.fill(self.nan)
             self.device.synchronize()
 
     def _load(self, x, h0, c0, mask=None) -> None:
@@ -262,7 +281,8 @@ class CupyExecutor:
         first.wait_event(self.caller_ready)
         if mask is not None:  # (T*B, 1) on the host, for variable lengths: into its contiguous buffer
             view = plan.inputs["mask"]
-            self.buffers[view.buffer][view.offset:view.offset + view.rows].set(mask.ravel(), stream=first)
+            self.buffers[view.buffer][view.offset:view.offset + view.rows].set(mask.ravel().view(self.storage),
+                                                                              stream=first)
         dst = plan.inputs["x"]
         if spec.batch_first or not self._copy_in(dst, x):
             with first:
@@ -297,7 +317,7 @@ class CupyExecutor:
 
     def _copy_in(self, view: BufferView, arr) -> bool:
         """Copy `arr` into a plan buffer directly if it is C-contiguous in the plan's dtype (else False)."""
-        if arr.dtype != self.dtype or not arr.flags.c_contiguous or arr.size != view.rows * view.cols:
+        if arr.dtype != self.storage or not arr.flags.c_contiguous or arr.size != view.rows * view.cols:
             return False
         self._copy_rect(self._ptr(view), view.ld, arr.data.ptr, view.cols, view.rows, view.cols)
         return True
@@ -317,7 +337,7 @@ class CupyExecutor:
         """A fresh (len(views), rows, cols) array holding the views (`copies_out`)."""
         v0 = views[0]
         with self.streams[0]:
-            out = self.cp.empty((len(views), v0.rows, v0.cols), dtype=self.dtype)
+            out = self.cp.empty((len(views), v0.rows, v0.cols), dtype=self.storage)
         for offset, dst_ld, src, src_ld, rows, cols in self.copies_out(views):
             self._copy_rect(out.data.ptr + offset, dst_ld, src, src_ld, rows, cols)
         return out
@@ -361,7 +381,7 @@ class CupyExecutor:
             if self.debug:  # what this call does not write shows as NaN, never as an earlier call's value
                 with first:
                     for buffer in self.written:
-                        buffer.fill(np.nan)
+                        buffer.fill(self.nan)
             if self.graph is not None:
                 self.graph.launch(stream=first)
             else:

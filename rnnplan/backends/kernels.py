@@ -6,7 +6,7 @@ width). Every
 operand is a row-major view with its own row stride (`ld`), so a kernel reads gate columns straight
 out of a combined GEMM result and writes h straight into the layer's output sequence. Math is fp32
 whatever the storage dtype; with vector width 4 each thread moves 4 neighbouring elements per
-operand in one 16-byte (fp32) or 8-byte (fp16) access.
+operand in one 16-byte (fp32) or 8-byte (fp16, bf16) access.
 
 Pure Python: no CuPy needed, so `rnnplan kernels --out DIR` and the nvcc compile test run anywhere.
 """
@@ -22,7 +22,7 @@ from rnnplan.lowering.plan import Plan, Step
 from rnnplan.persistent.source import kernel_name
 from rnnplan.persistent.source import kernel_source as persistent_source
 
-CTYPE = {"float32": "float", "float16": "__half"}
+CTYPE = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
 THREADS = 256
 PRELUDE = (files("rnnplan.backends") / "cuda" / "pointwise.cuh").read_text()
 

@@ -30,7 +30,8 @@ HOST = DeviceShape(name="the host (NumPy backend)", sms=4096, smem_per_block=2**
 # closest); the tensor-core kernel (fp16) too, up to 64 (paper configuration 1.18 against 1.74 ms,
 # GRU 4x512 1.10 against 1.33), and with tf32 operands up to 8, the largest measured (LSTM 1x1024 B8
 # 0.52 against 1.28 ms). Larger batches are not measured.
-AUTO_MAX_BATCH = {"float32": 8, "float16": 64}
+# bf16 runs the fp16 kernels with bf16 mma operands (Hopper runs both at one rate): fp16's limit.
+AUTO_MAX_BATCH = {"float32": 8, "float16": 64, "bfloat16": 64}
 # At batch 1-2 the FFMA kernel's tagged hand-off (one L2 round trip, no counter) beats the tensor-core
 # kernel, or ties it: at batch 1 in every row measured with tf32 operands (LSTM 2x256: 0.227 against
 # 0.266 ms) and with fp16 (0.196 against 0.243; LSTM 1x1024 0.266 against 0.285, RNN 2x512 0.235
@@ -53,10 +54,6 @@ def choose_lowering(spec: RNNSpec, options: PlanOptions) -> tuple[str, str]:
         return "graph", "requested"
     if options.lowering == "auto" and options.passes is not None:
         return "graph", "auto: a subset of passes was chosen, so the plan keeps one kernel per GEMM and cell-step"
-    if spec.dtype == "bfloat16":
-        if options.lowering == "persistent":
-            raise ValueError("lowering='persistent' does not take dtype='bfloat16' yet (no bf16 persistent kernel)")
-        return "graph", "auto: bfloat16, for which there is no persistent kernel yet"
     device = planning_device(options)
     if device is None:
         return "graph", "auto: no CUDA device here (plan for one with PlanOptions(device=...))"

@@ -57,6 +57,7 @@ def _common(k: PersistentKernel, profile: bool) -> dict[str, object]:
         "L": k.num_layers, "NBC": k.blocks_per_chain, "KMAX": k.input_width,
         "BIAS": int(k.bias), "HAS_C": int("c" in cell.states), "PER_CHAIN": 4 if k.bias else 2,
         "NSTATE": len(cell.states), "IN_FLIGHT": IN_FLIGHT, "ST_HALF": int(k.dtype == "float16"),
+        "ST_BF16": int(k.dtype == "bfloat16"),
         "FAST_EXP": int(k.fast_cell), "CELL_UPDATE": " ".join(cell.c_statements()),
         "MASKED": int(k.variable_lengths),
         "PROFILE": int(profile), "PROFILE_SLOTS": PROFILE_SLOTS,

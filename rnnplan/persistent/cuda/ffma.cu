@@ -19,6 +19,7 @@
 // (SPLIT_SUMS 0); c never leaves the block. The outputs `y` are written alongside and read only after
 // the kernel.
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 #include "config.h"
 #include "persistent.cuh"
 
@@ -86,6 +87,11 @@ __device__ __forceinline__ float4 load4(const float* p) { return *(const float4*
 __device__ __forceinline__ float4 load4(const __half* p) {
     const uint2 u = *(const uint2*)p;
     const float2 lo = __half22float2(*(const __half2*)&u.x), hi = __half22float2(*(const __half2*)&u.y);
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+    const uint2 u = *(const uint2*)p;
+    const float2 lo = __bfloat1622float2(*(const __nv_bfloat162*)&u.x), hi = __bfloat1622float2(*(const __nv_bfloat162*)&u.y);
     return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 // WREG: the k of register i of a lane's share of a weight row: 4 consecutive values a lane, 128 apart

@@ -31,6 +31,7 @@
 //   k-slices of a split write partial sums of their own, which the cell update adds. The cell update
 //   of the tile follows.
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 #include "config.h"
 #include "persistent.cuh"
 
@@ -40,7 +41,7 @@
 #define NPG (NT / NG)
 #define MGROUPS (MT / MG)
 #define RJOBS (MGROUPS * NPARTS * KSPLIT)  // warps with a job (REG_A)
-#if ST_HALF
+#if ST_HALF || ST_BF16
 typedef unsigned short st_bits;  // raw bits of one stored value
 #else
 typedef unsigned int st_bits;
@@ -52,6 +53,8 @@ typedef unsigned int st_bits;
 __device__ __forceinline__ void mma_tc(float (&c)[4], const uint4& a, unsigned int b0, unsigned int b1) {
 #if TF32
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+#elif ST_BF16
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
 #else
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
 #endif
@@ -167,8 +170,8 @@ __device__ __forceinline__ unsigned int a_word(const st* whh, const st* first, i
     return w;
 #else
     if (n == 2 && ((size_t)src & 3) == 0) return *(const unsigned int*)src;
-    const unsigned int lo = n > 0 ? __half_as_ushort(__float2half_rn(to_f(src[0]))) : 0u;
-    const unsigned int hi = n > 1 ? __half_as_ushort(__float2half_rn(to_f(src[1]))) : 0u;
+    const unsigned int lo = n > 0 ? half_bits(to_f(src[0])) : 0u;
+    const unsigned int hi = n > 1 ? half_bits(to_f(src[1])) : 0u;
     return lo | (hi << 16);
 #endif
 }

@@ -4,14 +4,26 @@
 
 #if ST_HALF
 typedef __half st;  // the storage type of weights, published h and the sequences
+#elif ST_BF16
+typedef __nv_bfloat16 st;
 #else
 typedef float st;
 #endif
 
 __device__ __forceinline__ float to_f(float v) { return v; }
 __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ void put(float* p, float v) { *p = v; }
 __device__ __forceinline__ void put(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void put(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+// The raw bits of v rounded to a 2-byte storage type (the tensor-core kernel's operand halves).
+__device__ __forceinline__ unsigned int half_bits(float v) {
+#if ST_BF16
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+#else
+    return __half_as_ushort(__float2half_rn(v));
+#endif
+}
 
 // Profiling (PROFILE 1): thread 0 of each block sums clock64() between the PROF(k) marks of its
 // phases and, at the end, writes the PROFILE_SLOTS sums past the exchange buffer (PROFILE_OFFSET).
