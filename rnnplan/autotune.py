@@ -79,13 +79,14 @@ class CudnnGraph:
     outputs (the graph's own are overwritten by the next call). It takes `module` over (its weights
     are flattened for cuDNN in place)."""
 
-    def __init__(self, module: torch.nn.Module, x: torch.Tensor, lstm: bool, layers: int, hidden: int):
+    def __init__(self, module: torch.nn.Module, x: torch.Tensor, lstm: bool, layers: int, hidden: int,
+                 proj: int = 0):
         self.module = module.eval()
         self.module.flatten_parameters()
         self.lstm = lstm
         self.x = torch.zeros_like(x)
-        self.h0 = x.new_zeros((layers, x.shape[1], hidden))
-        self.c0 = torch.zeros_like(self.h0) if lstm else None
+        self.h0 = x.new_zeros((layers, x.shape[1], proj or hidden))  # (with a projection, h is narrower than c)
+        self.c0 = x.new_zeros((layers, x.shape[1], hidden)) if lstm else None
         state = (self.h0, self.c0) if lstm else self.h0
         with torch.no_grad():
             side = torch.cuda.Stream(x.device)

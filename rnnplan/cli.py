@@ -51,6 +51,7 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bidirectional", action="store_true", default=None)
     g.add_argument("--no-bias", action="store_true", default=None)
     g.add_argument("--batch-first", action="store_true", default=None)
+    g.add_argument("--proj-size", type=int, default=None, help="LSTM projections (torch's proj_size; 0: none)")
     g.add_argument("--variable-lengths", action="store_true",
                    help="each sequence has its own length (run: random lengths in 1..seq-len)")
     g.add_argument("--dtype", default=d.dtype, choices=["float32", "float16", "bfloat16"])
@@ -70,7 +71,7 @@ def _spec(a: argparse.Namespace, arch: dict | None = None) -> RNNSpec:
     file records), else from the paper's configuration."""
     given = {"cell": a.cell, "input_size": a.input_size, "hidden_size": a.hidden_size, "num_layers": a.layers,
              "bidirectional": a.bidirectional, "bias": None if a.no_bias is None else not a.no_bias,
-             "batch_first": a.batch_first}
+             "batch_first": a.batch_first, "proj_size": a.proj_size}
     base = {**PAPER_SPEC.model_dump(), **(arch or {})}
     fields = {k: base[k] if v is None else v for k, v in given.items()}
     return RNNSpec(**fields, seq_len=a.seq_len, batch=a.batch, dtype=a.dtype, variable_lengths=a.variable_lengths)

@@ -126,7 +126,8 @@ class CompiledRNN(torch.nn.Module):
 
     def explain(self) -> str:
         """What each cached shape runs, and why (with autotune: what was timed)."""
-        lines = [f"rnnplan.compile of {self.template.cell} {self.template.num_layers}x{self.template.hidden_size}: "
+        proj = f" proj {self.template.proj_size}" if self.template.proj_size else ""
+        lines = [f"rnnplan.compile of {self.template.cell} {self.template.num_layers}x{self.template.hidden_size}{proj}: "
                  f"{len(self._executors)} shape(s) cached, {self.cache_info().bytes / 2**20:.1f} MiB"]
         for (steps, batch, varlen, device, dtype, math), choice in self._executors.items():
             lines.append(f"  T={steps} B={batch}{' masked' if varlen else ''} on {str(device)} ({dtype}, {math}): "
@@ -210,7 +211,7 @@ class CompiledRNN(torch.nn.Module):
 
     def _cudnn(self, spec: RNNSpec, device: torch.device, x: torch.Tensor) -> Candidate:
         graph = CudnnGraph(self.torch_module(spec, device), x, spec.cell == "lstm", spec.num_layers * spec.directions,
-                           spec.hidden_size)
+                           spec.hidden_size, spec.proj_size)
         return Candidate("cudnn", graph, graph.nbytes, "torch's own forward, as the module would run it")
 
     # ---- calls ----------------------------------------------------------------------------------
@@ -233,18 +234,21 @@ class CompiledRNN(torch.nn.Module):
         packed = isinstance(input, torch.nn.utils.rnn.PackedSequence)
         if packed:
             data = self._check("input", input.data)
+            if data.dim() != 2 or data.shape[-1] != self.template.input_size:
+                raise ValueError(f"a PackedSequence's data must be (rows, {self.template.input_size}), got shape "
+                                 f"{tuple(data.shape)}")
             lengths, pad_rows, pack_rows = packed_layout(input, data.dtype)
             steps, batch = len(input.batch_sizes), int(input.batch_sizes[0])
             x = data.index_select(0, pad_rows.to(data.device, non_blocking=True)).view(steps, batch, -1)
         else:
             x = self._check("input", input)
-            if x.dim() != 3:
+            if x.dim() != 3 or x.shape[-1] != self.template.input_size:
                 raise ValueError(f"input must be 3-D ({'B, T' if self.template.batch_first else 'T, B'}, "
                                  f"{self.template.input_size}), got shape {tuple(x.shape)}")
             if self.template.batch_first:
                 x = x.transpose(0, 1)
             lengths = None
-        h0, c0 = self._state(hx)
+        h0, c0 = self._state(hx, x.shape[1])
         # The custom op lets torch.compile trace through without a graph break; eager calls skip its
         # dispatch (tens of microseconds of Python a call).
         if torch.compiler.is_compiling():  # the op's schema takes the lengths on the host
@@ -259,15 +263,25 @@ class CompiledRNN(torch.nn.Module):
                                                      input.unsorted_indices), state
         return (out.transpose(0, 1) if self.template.batch_first else out), state
 
-    def _state(self, hx):
-        lstm = self.template.cell == "lstm"
+    def _state(self, hx, batch: int):
+        """(h_0, c_0) checked against the call's batch (their shapes, as torch checks them: a call by
+        pointers reads exactly that many elements); None where left out (zeros)."""
+        t = self.template
+        lstm, layers = t.cell == "lstm", t.num_layers * t.directions
         if hx is None:
             return None, None
         if lstm:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise TypeError(f"an LSTM's hx is a tuple (h_0, c_0), got {type(hx).__name__}")
-            return self._check("h_0", hx[0]).contiguous(), self._check("c_0", hx[1]).contiguous()
-        return self._check("hx", hx).contiguous(), None
+            return (self._shaped("h_0", hx[0], (layers, batch, t.output_size)),
+                    self._shaped("c_0", hx[1], (layers, batch, t.hidden_size)))
+        return self._shaped("hx", hx, (layers, batch, t.hidden_size)), None
+
+    def _shaped(self, name: str, t, shape: tuple[int, ...]) -> torch.Tensor:
+        t = self._check(name, t)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} (layers x directions, batch, size), got {tuple(t.shape)}")
+        return t.contiguous()
 
     def run(self, x: torch.Tensor, h0, c0, lengths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One call on time-major `x` (T, B, I): the work behind the custom op. `lengths`: B ints on
@@ -298,13 +312,14 @@ def _by_pointers(call, spec: RNNSpec):
     """A call on CUDA tensors by device pointers (backends.pointer_call): the outputs are allocated by
     torch on the caller's stream, filled there, and returned as they are."""
     lstm = spec.cell == "lstm"
-    out_shape = (spec.seq_len, spec.batch, spec.directions * spec.hidden_size)
-    state_shape = (spec.num_layers * spec.directions, spec.batch, spec.hidden_size)
+    out_shape = (spec.seq_len, spec.batch, spec.directions * spec.output_size)
+    state_shape = (spec.num_layers * spec.directions, spec.batch, spec.output_size)
+    c_shape = (*state_shape[:2], spec.hidden_size)
     steps = torch.arange(spec.seq_len)[:, None]
 
     def run(x, h0, c0, lengths):
         out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
-        c_n = x.new_empty(state_shape if lstm else (0,))
+        c_n = x.new_empty(c_shape if lstm else (0,))
         states = (None if h0 is None else h0.data_ptr(), None if c0 is None else c0.data_ptr())
         mask = lengths if isinstance(lengths, torch.Tensor) else None  # (T, B) on the device already
         if spec.variable_lengths and mask is None:  # made on the host from the lengths, one copy to the device
@@ -366,7 +381,7 @@ def forward_op(x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None
 @forward_op.register_fake
 def _(x, h0, c0, lengths, handle):
     t = _LIVE[handle].template
-    layers, hidden = t.num_layers * t.directions, t.hidden_size
-    out = x.new_empty((x.shape[0], x.shape[1], t.directions * hidden))
-    h_n = x.new_empty((layers, x.shape[1], hidden))
-    return out, h_n, x.new_empty((layers, x.shape[1], hidden) if t.cell == "lstm" else (0,))
+    layers, width = t.num_layers * t.directions, t.output_size
+    out = x.new_empty((x.shape[0], x.shape[1], t.directions * width))
+    h_n = x.new_empty((layers, x.shape[1], width))
+    return out, h_n, x.new_empty((layers, x.shape[1], t.hidden_size) if t.cell == "lstm" else (0,))

@@ -131,16 +131,18 @@ def check_inputs(spec, x, state):
     """Validate x and the initial state against the spec; return (h0, c0), None where omitted."""
     T, B, I = spec.seq_len, spec.batch, spec.input_size
     _check("x", x, (B, T, I) if spec.batch_first else (T, B, I), spec.dtype)
-    st_shape = (spec.num_layers * spec.directions, B, spec.hidden_size)
+    st_shape = (spec.num_layers * spec.directions, B, spec.output_size)
     if state is None:
         return None, None
     if "c" in CELLS[spec.cell].states:
+        c_shape = (*st_shape[:2], spec.hidden_size)  # (with a projection, h is narrower than c)
         if not (isinstance(state, (tuple, list)) and len(state) == 2):
             count = f" of {len(state)}" if isinstance(state, (tuple, list)) else ""
-            raise TypeError(f"an LSTM state is a tuple (h0, c0) of arrays of shape {st_shape}, got "
+            shapes = f"shape {st_shape}" if c_shape == st_shape else f"shapes {st_shape} and {c_shape}"
+            raise TypeError(f"an LSTM state is a tuple (h0, c0) of arrays of {shapes}, got "
                             f"{type(state).__name__}{count}")
         _check("h0", state[0], st_shape, spec.dtype)
-        _check("c0", state[1], st_shape, spec.dtype)
+        _check("c0", state[1], c_shape, spec.dtype)
         return state[0], state[1]
     if isinstance(state, (tuple, list)):
         raise TypeError(f"a {spec.cell} state is one array h0 of shape {st_shape}, got a {type(state).__name__}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The cells a spec may name; each is defined in rnnplan/ir/cells.py (a test checks the two agree).
 Cell = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
@@ -18,14 +18,11 @@ TORCH_MODES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU":
 
 
 def torch_cell(module, caller: str, error: type[ValueError] = ValueError) -> str:
-    """The cell of a `torch.nn.LSTM` / `GRU` / `RNN`; `error`, naming `caller`, for any other module
-    and for an LSTM with projections (not supported yet)."""
+    """The cell of a `torch.nn.LSTM` / `GRU` / `RNN`; `error`, naming `caller`, for any other module."""
     mode = getattr(module, "mode", None)
     if mode not in TORCH_MODES:
         raise error(f"{caller} takes a torch.nn.LSTM, GRU or RNN, got {type(module).__name__}"
                     + (f" of mode {mode!r}" if mode else ""))
-    if getattr(module, "proj_size", 0):
-        raise error(f"proj_size={module.proj_size}: LSTMs with projections are not supported yet")
     return TORCH_MODES[mode]
 
 
@@ -64,11 +61,23 @@ class RNNSpec(BaseModel):
     bidirectional: Switch = False
     bias: Switch = True
     batch_first: Switch = False
-    # bfloat16: the NumPy reference only, through ml_dtypes' NumPy dtype (no GPU kernels for it yet)
+    # bfloat16: ml_dtypes' NumPy dtype on the host (CuPy holds its bits as int16)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # Each sequence of the batch has its own length (1..seq_len), given with every call: its outputs
     # past it are zero and its final state is the one at its last step, as for a torch PackedSequence.
     variable_lengths: Switch = False
+    # LSTM projections (torch's LSTMP): h = W_hr (o * tanh(c)) of proj_size, c of hidden_size; the
+    # layers above read the projected h. 0: none.
+    proj_size: Annotated[int, Field(strict=True, ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _projection_fits(self) -> RNNSpec:
+        if self.proj_size and self.cell != "lstm":
+            raise ValueError(f"proj_size={self.proj_size}: projections exist for cell='lstm' only, not {self.cell!r}")
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size={self.proj_size} must be smaller than hidden_size={self.hidden_size} "
+                             "(as torch requires)")
+        return self
 
     @field_validator("dtype")
     @classmethod
@@ -85,8 +94,17 @@ class RNNSpec(BaseModel):
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def output_size(self) -> int:
+        """The width of h, of the layer's output and of what the layer above reads."""
+        return self.proj_size or self.hidden_size
+
+    def state_size(self, state: str) -> int:
+        """The width of a state: h is `output_size`, c is `hidden_size`."""
+        return self.output_size if state == "h" else self.hidden_size
+
     def layer_input_size(self, layer: int) -> int:
-        return self.input_size if layer == 0 else self.hidden_size * self.directions
+        return self.input_size if layer == 0 else self.output_size * self.directions
 
     @classmethod
     def from_torch(cls, module, seq_len: int, batch: int, **overrides) -> RNNSpec:
@@ -97,7 +115,7 @@ class RNNSpec(BaseModel):
         fields = dict(cell=cell, input_size=module.input_size, hidden_size=module.hidden_size,
                       num_layers=module.num_layers, seq_len=seq_len, batch=batch,
                       bidirectional=module.bidirectional, bias=module.bias, batch_first=module.batch_first,
-                      dtype=dtype)
+                      dtype=dtype, proj_size=getattr(module, "proj_size", 0))
         return cls(**{**fields, **overrides})
 
     def to_torch(self, device=None, dtype=None):
@@ -108,13 +126,15 @@ class RNNSpec(BaseModel):
 
         kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}.get(self.cell, torch.nn.RNN)
         extra = {"nonlinearity": self.cell[4:]} if self.cell.startswith("rnn") else {}
+        extra |= {"proj_size": self.proj_size} if self.proj_size else {}
         module = kind(self.input_size, self.hidden_size, num_layers=self.num_layers, bias=self.bias,
                       batch_first=self.batch_first, bidirectional=self.bidirectional, **extra)
         return module.to(device=device, dtype=dtype or getattr(torch, self.dtype)).eval()
 
     def short(self) -> str:
         """One line for summaries and logs."""
-        return (f"{self.cell} {self.num_layers}x{self.hidden_size} in={self.input_size} "
+        return (f"{self.cell} {self.num_layers}x{self.hidden_size}{f' proj={self.proj_size}' if self.proj_size else ''} "
+                f"in={self.input_size} "
                 f"B={self.batch} T={self.seq_len}{' bidir' if self.bidirectional else ''}"
                 f"{'' if self.bias else ' nobias'}{' varlen' if self.variable_lengths else ''} {self.dtype}")
 

@@ -26,7 +26,8 @@ from rnnplan.resources import available_host_bytes, check_fits, weight_count
 from rnnplan.spec import RNNSpec, torch_cell
 
 _ARCH_KEY = "__rnnplan_arch__"
-ARCH_FIELDS = ("cell", "input_size", "hidden_size", "num_layers", "bidirectional", "bias", "batch_first")
+ARCH_FIELDS = ("cell", "input_size", "hidden_size", "num_layers", "bidirectional", "bias", "batch_first",
+               "proj_size")
 # A PyTorch RNN parameter's name, after whatever path a state dict puts before it.
 _PARAM = re.compile(r"^(?P<prefix>.*?)(?P<name>(weight|bias)_(ih|hh)_l\d+(_reverse)?)$")
 _CHUNK = 1 << 22  # values drawn at a time by `random` (float64 draws, stored as float32)

@@ -27,10 +27,10 @@ def random_inputs(spec: rp.RNNSpec, seed: int = 0, with_state: bool = True):
     x = rng.standard_normal(shape).astype(spec.dtype)
     if not with_state:
         return x, None
-    st = (spec.num_layers * spec.directions, spec.batch, spec.hidden_size)
+    st = (spec.num_layers * spec.directions, spec.batch, spec.output_size)
     h0 = rng.standard_normal(st).astype(spec.dtype)
     if spec.cell == "lstm":
-        return x, (h0, rng.standard_normal(st).astype(spec.dtype))
+        return x, (h0, rng.standard_normal((*st[:2], spec.hidden_size)).astype(spec.dtype))
     return x, h0
 
 

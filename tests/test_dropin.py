@@ -165,8 +165,6 @@ def test_it_is_a_module_whose_buffers_are_the_parameters():
 def test_modules_it_cannot_run_are_refused_at_compile_naming_the_attribute():
     with pytest.raises(rp.CompileError, match="training=True with dropout=0.3: .* call module.eval"):
         rp.compile(torch.nn.LSTM(3, 5, 2, dropout=0.3))
-    with pytest.raises(rp.CompileError, match="proj_size=2: LSTMs with projections are not supported yet"):
-        rp.compile(torch.nn.LSTM(3, 5, proj_size=2).eval())
     with pytest.raises(rp.CompileError, match="parameters of dtype torch.float64: rnnplan runs torch.float32, "
                                               "torch.float16, torch.bfloat16"):
         rp.compile(torch.nn.GRU(3, 5).eval().double())
@@ -176,6 +174,24 @@ def test_modules_it_cannot_run_are_refused_at_compile_naming_the_attribute():
         rp.compile(module("gru"), bucket=0)
     with pytest.raises(rp.CompileError, match="autotune must be True or False, got 'no'"):
         rp.compile(module("gru"), autotune="no")
+
+
+def test_inputs_and_states_of_the_wrong_shape_are_named():
+    """A call by pointers reads exactly the elements the shapes promise: they are checked first."""
+    fast = rp.compile(module("lstm", 2))
+    x = torch.randn(4, 2, 3)
+    with pytest.raises(ValueError, match=r"input must be 3-D \(T, B, 3\), got shape \(4, 2, 4\)"):
+        fast(torch.randn(4, 2, 4))
+    h = torch.zeros(2, 2, 5)
+    with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 2, 5\) .*, got \(2, 3, 5\)"):
+        fast(x, (torch.zeros(2, 3, 5), h))
+    with pytest.raises(ValueError, match=r"c_0 must have shape \(2, 2, 5\) .*, got \(1, 2, 5\)"):
+        fast(x, (h, torch.zeros(1, 2, 5)))
+    with pytest.raises(ValueError, match=r"hx must have shape \(2, 2, 5\)"):
+        rp.compile(module("gru", 2))(x, torch.zeros(2, 2, 4))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 2), [4, 2])
+    with pytest.raises(ValueError, match=r"a PackedSequence's data must be \(rows, 3\), got shape \(6, 2\)"):
+        fast(packed)
 
 
 def test_inputs_of_another_dtype_or_device_are_named_not_copied():

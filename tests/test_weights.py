@@ -159,9 +159,9 @@ def test_dropout_in_train_mode_warns():
         rp.Weights.from_torch(module.eval(), SPEC)
 
 
-def test_projection_and_foreign_objects_rejected():
-    with pytest.raises(WeightsError, match="proj_size=5: LSTMs with projections are not supported yet"):
-        rp.Weights.from_torch(torch.nn.LSTM(7, 13, proj_size=5))
+def test_projections_kept_and_foreign_objects_rejected():
+    weights = rp.Weights.from_torch(torch.nn.LSTM(7, 13, proj_size=5))
+    assert weights.arch["proj_size"] == 5 and weights.tensors["weight_hr_l0"].shape == (5, 13)
     with pytest.raises(WeightsError, match="Linear holds no torch.nn.LSTM/GRU/RNN"):
         rp.Weights.from_torch(torch.nn.Linear(3, 4))
     with pytest.raises(WeightsError, match="takes a torch.nn.LSTM/GRU/RNN, a model holding one, or a state dict, got "

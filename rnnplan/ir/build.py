@@ -11,6 +11,9 @@ With variable lengths the cell is masked (`Cell.masked`): each cell-step reads i
 input, keeps its states past a sequence's end, and writes its masked output (not its h state) into
 `y{l}`, so that the recurrence carries the state in a value of its own.
 
+With a projection (`proj_size`, LSTM), each cell-step ends in a GEMM by `weight_hr` (`projected`):
+h and what the layer outputs are the projected h, c stays of hidden size.
+
 Node names read `L{layer}.{fwd|rev}.t{time}.{role}.{gate}` (`ir/names.py`); they are deterministic.
 `build(spec, time_slots=True)` writes times as format slots instead (`passes/repeat_steps.py`).
 """
@@ -32,6 +35,8 @@ def param_names(spec: RNNSpec, layer: int, direction: int) -> dict[str, str]:
     tensors = {"w_ih": "weight_ih" + s, "w_hh": "weight_hh" + s}
     if spec.bias:
         tensors |= {"b_ih": "bias_ih" + s, "b_hh": "bias_hh" + s}
+    if spec.proj_size:
+        tensors["w_hr"] = "weight_hr" + s
     return tensors
 
 
@@ -43,10 +48,12 @@ def param_shapes(spec: RNNSpec) -> dict[str, tuple[int, ...]]:
         for d in range(spec.directions):
             n = param_names(spec, layer, d)
             shapes[n["w_ih"]] = (gh, spec.layer_input_size(layer))
-            shapes[n["w_hh"]] = (gh, spec.hidden_size)
+            shapes[n["w_hh"]] = (gh, spec.output_size)
             if spec.bias:
                 shapes[n["b_ih"]] = (gh,)
                 shapes[n["b_hh"]] = (gh,)
+            if spec.proj_size:
+                shapes[n["w_hr"]] = (spec.proj_size, spec.hidden_size)
     return shapes
 
 
@@ -65,10 +72,10 @@ class _CellStep:
         return names.cell_step(self.layer, self.d, self.label, role, gate)
 
     def pw(self, role: str, op: str, *args: str, gate: str | None = None,
-           region: Region | None = None) -> str:
+           region: Region | None = None, width: int | None = None) -> str:
         name = self.name(role, gate)
-        self.b.add(Node(name, "pointwise", args, (Value(name, (self.b.spec.batch, self.b.spec.hidden_size),
-                                                        region),), op=op, role=role, **self.tags(gate)))
+        shape = (self.b.spec.batch, width or self.b.spec.hidden_size)
+        self.b.add(Node(name, "pointwise", args, (Value(name, shape, region),), op=op, role=role, **self.tags(gate)))
         return name
 
     def gemm(self, operand: str, a: str, w: str, gate: str, k: int) -> str:
@@ -91,7 +98,7 @@ class _CellStep:
                         role="view", **self.tags()))
         return name
 
-    def cell(self, cell: Cell, xp: dict, hp: dict, state: dict, out: Region) -> tuple[dict, str]:
+    def cell(self, cell: Cell, xp: dict, hp: dict, state: dict, out: Region | None) -> tuple[dict, str]:
         """The cell's equations as pointwise nodes, in order; what the layer outputs is written into
         `out`. Returns the new state values by name ("h", and "c" for LSTM) and the output's value."""
         env = {"h_prev": state["h"], "c_prev": state.get("c")}
@@ -103,6 +110,27 @@ class _CellStep:
             env[eq.result] = self.pw(eq.role, eq.op, *args, gate=eq.gate,
                                      region=out if eq.result == cell.emitted else None)
         return {s: env[r] for s, r in cell.outputs}, env[cell.emitted]
+
+    def projected(self, xp: dict, hp: dict, state: dict, out: Region, masked: bool) -> tuple[dict, str]:
+        """An LSTM cell-step with a projection (torch's proj_size): the cell's equations give c and
+        the full h, then one GEMM h @ W_hr^T gives the projected h, the new state and the layer's
+        output (written into `out`). Masked, c is kept past a sequence's end before the GEMM, and h
+        after it: `h_keep = select(mask, h_proj, h_prev)`, `y = masked(mask, h_keep)` (0 past the end)."""
+        spec, base = self.b.spec, CELLS[self.b.spec.cell]
+        new, _ = self.cell(base, xp, hp, state, None)
+        c = new["c"]
+        if masked:
+            c = self.pw("c_keep", "select", self.mask(), new["c"], state["c"])
+        name = self.name("gemm_hr")
+        g = Gemm(spec.batch, spec.proj_size, spec.hidden_size)
+        w = self.b.weight_views[(self.layer, self.d)]["w_hr"][None]
+        self.b.add(Node(name, "gemm", (new["h"], w), (Value(name, (g.m, g.n), None if masked else out),), gemm=g,
+                        role="gemm_hr", **self.tags()))
+        if not masked:
+            return {"h": name, "c": c}, name
+        mask = self.name("mask")
+        h = self.pw("h_keep", "select", mask, name, state["h"], width=spec.proj_size)
+        return {"h": h, "c": c}, self.pw("y", "masked", mask, h, region=out, width=spec.proj_size)
 
 
 class _Builder:
@@ -132,6 +160,9 @@ class _Builder:
             self.add(Node(tensor, "param", (), (Value(tensor, shape),), source=tensor, role=role,
                           layer=layer, direction=d))
             views[role] = {}
+            if role == "w_hr":  # one matrix, no gates: the projection GEMM reads the param itself
+                views[role][None] = tensor
+                continue
             for gi, g in enumerate(CELLS[spec.cell].gates):
                 gate_rows = (gi * h, (gi + 1) * h)
                 region = (Region(tensor, gate_rows, (0, shape[1])) if role.startswith("w")
@@ -144,25 +175,27 @@ class _Builder:
         spec = self.spec
         row = (layer * spec.directions + d) * spec.batch
         return {s: self.view(f"{names.chain(layer, d)}.{s}_init", (f"{s}0",),
-                             Region(f"{s}0", (row, row + spec.batch), (0, spec.hidden_size)),
+                             Region(f"{s}0", (row, row + spec.batch), (0, spec.state_size(s))),
                              layer=layer, direction=d)
                 for s in CELLS[spec.cell].states}
 
 
 def source_nodes(spec: RNNSpec) -> list[Node]:
     """The graph's input `x` (T*B, input), with variable lengths the `mask` (T*B, 1: 1 where step t of
-    sequence b lies inside it), and the initial states `h0` (and `c0`), (L*D*B, H)."""
-    T, B, H, LD = spec.seq_len, spec.batch, spec.hidden_size, spec.num_layers * spec.directions
+    sequence b lies inside it), and the initial states `h0` (and `c0`), (L*D*B, H; h: proj with a
+    projection)."""
+    T, B, LD = spec.seq_len, spec.batch, spec.num_layers * spec.directions
     mask = [Node("mask", "input", (), (Value("mask", (T * B, 1)),), source="mask", role="input")]
     return [Node("x", "input", (), (Value("x", (T * B, spec.input_size)),), source="x", role="input")] + \
         (mask if spec.variable_lengths else []) + [
-        Node(f"{s}0", "state", (), (Value(f"{s}0", (LD * B, H)),), source=f"{s}0", role="state")
+        Node(f"{s}0", "state", (), (Value(f"{s}0", (LD * B, spec.state_size(s))),), source=f"{s}0", role="state")
         for s in CELLS[spec.cell].states]
 
 
 def sequence_storages(spec: RNNSpec) -> dict[str, tuple[int, int]]:
-    """Each layer's output sequence `y{l}`, (T*B, D*H), written piecewise by the cell-steps."""
-    rows, cols = spec.seq_len * spec.batch, spec.directions * spec.hidden_size
+    """Each layer's output sequence `y{l}`, (T*B, D*H; D*proj with a projection), written piecewise
+    by the cell-steps."""
+    rows, cols = spec.seq_len * spec.batch, spec.directions * spec.output_size
     return {f"y{layer}": (rows, cols) for layer in range(spec.num_layers)}
 
 
@@ -171,7 +204,8 @@ def build(spec: RNNSpec, time_slots: bool = False) -> Graph:
     format slots (`Graph.time_slots`)."""
     b = _Builder(spec, time_slots)
     cell = cell_of(spec)
-    T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers
+    T, B, D, L = spec.seq_len, spec.batch, spec.directions, spec.num_layers
+    H = spec.output_size  # the width of h, of what W_hh multiplies and of each direction's output
     for n in source_nodes(spec):
         b.add(n)
     storages = sequence_storages(spec)
@@ -199,7 +233,10 @@ def build(spec: RNNSpec, time_slots: bool = False) -> Graph:
                 xp = {g: cs.gemm("ih", inputs[t], w["w_ih"][g], g, k_in) for g in cell.gates}
                 hp = {g: cs.gemm("hh", state["h"], w["w_hh"][g], g, H) for g in cell.gates}
                 out = Region(f"y{layer}", (t * B, (t + 1) * B), (d * H, (d + 1) * H))
-                state, h_at[(layer, d, t)] = cs.cell(cell, xp, hp, state, out)
+                if spec.proj_size:
+                    state, h_at[(layer, d, t)] = cs.projected(xp, hp, state, out, spec.variable_lengths)
+                else:
+                    state, h_at[(layer, d, t)] = cs.cell(cell, xp, hp, state, out)
             for s in cell.states:
                 final[s].append(state[s])
     last = L - 1

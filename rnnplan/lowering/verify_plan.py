@@ -100,11 +100,12 @@ _SHAPE_RULES = {"gemm": _gemm, "pointwise": _pointwise, "fused": _fused, "recurr
 def _interface(plan: Plan) -> list[str]:
     """The plan's inputs and outputs have the shapes the spec implies."""
     sp = plan.spec
-    T, B, H, LD = sp.seq_len, sp.batch, sp.hidden_size, sp.num_layers * sp.directions
+    T, B, LD = sp.seq_len, sp.batch, sp.num_layers * sp.directions
     states = CELLS[sp.cell].states
     want_in = {"x": (T * B, sp.input_size)} | ({"mask": (T * B, 1)} if sp.variable_lengths else {}) | \
-        {f"{s}0": (LD * B, H) for s in states}
-    want_out = {"out": [(T * B, sp.directions * H)]} | {f"{s}_n": [(B, H)] * LD for s in states}
+        {f"{s}0": (LD * B, sp.state_size(s)) for s in states}
+    want_out = {"out": [(T * B, sp.directions * sp.output_size)]} | \
+        {f"{s}_n": [(B, sp.state_size(s))] * LD for s in states}
     errs = []
     got_in = {k: (v.rows, v.cols) for k, v in plan.inputs.items()}
     if got_in != want_in:

@@ -54,6 +54,11 @@ def choose_lowering(spec: RNNSpec, options: PlanOptions) -> tuple[str, str]:
         return "graph", "requested"
     if options.lowering == "auto" and options.passes is not None:
         return "graph", "auto: a subset of passes was chosen, so the plan keeps one kernel per GEMM and cell-step"
+    if spec.proj_size:  # the persistent kernels have no projection step yet
+        if options.lowering == "persistent":
+            raise ValueError(f"lowering='persistent' does not take proj_size={spec.proj_size} yet (the persistent "
+                             "kernels have no projection); plan lowering='graph'")
+        return "graph", "auto: proj_size, for which there is no persistent kernel yet"
     device = planning_device(options)
     if device is None:
         return "graph", "auto: no CUDA device here (plan for one with PlanOptions(device=...))"

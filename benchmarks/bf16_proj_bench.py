@@ -1,11 +1,13 @@
-"""bf16 on the GPU (issue 18, item 4): rnnplan's lowerings and the autotuned `rnnplan.compile` against
-torch's cuDNN in bf16 (eager, and captured in a CUDA graph), in the same run, with fp16 beside it
-for reference (cuDNN has a persistent kernel for fp16, none for bf16). Correctness first: each
+"""bf16 and LSTM projections on the GPU (issue 18, item 4): rnnplan's lowerings and the autotuned
+`rnnplan.compile` against torch's cuDNN (eager, and captured in a CUDA graph), in the same run: bf16
+rows with fp16 beside them for reference (cuDNN has a persistent kernel for fp16, none for bf16),
+and `proj_size` rows (LSTM 3x1024 proj 256, batch 1-16) in fp16, bf16 and tf32 (torch runs
+projections on cuDNN's standard algorithm only). Correctness first: each
 rnnplan result against float64 torch on the same bf16 weights and input (relative error, goal <=
 1e-2). Timing: CUDA events on torch's stream, warm-ups, median of `--repeats` calls, inputs rotated
 among 4 sets.
 
-    python3 benchmarks/bf16_bench.py [--repeats 30] [--out FILE.json]
+    python3 benchmarks/bf16_proj_bench.py [--repeats 30] [--out FILE.json] [--only bf16|proj]
 
 Needs CuPy, torch with CUDA and a GPU.
 """
@@ -27,16 +29,20 @@ ROWS = {  # the single-layer rows of issue 18 and the benchmark matrix's shapes
     "LSTM 4x1024 B1 T100": dict(cell="lstm", layers=4, hidden=1024, batch=1),
     "GRU 4x512 B64 T100": dict(cell="gru", layers=4, hidden=512, batch=64),
 }
+PROJ_ROWS = {f"LSTM 3x1024 proj 256 B{b} T100": dict(cell="lstm", layers=3, hidden=1024, batch=b, proj=256)
+             for b in (1, 4, 16)}
 
 
-def row(label: str, cell: str, layers: int, hidden: int, batch: int, dtype, repeats: int) -> dict:
+def row(label: str, cell: str, layers: int, hidden: int, batch: int, dtype, repeats: int, proj: int = 0) -> dict:
     torch.manual_seed(0)
-    m = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(hidden, hidden, num_layers=layers).cuda().eval().to(dtype)
+    extra = {"proj_size": proj} if proj else {}
+    m = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(hidden, hidden, num_layers=layers, **extra)
+    m = m.cuda().eval().to(dtype)
     xs = [torch.randn(100, batch, hidden, device="cuda").to(dtype) for _ in range(4)]
     with torch.no_grad():
         want = m.double()(xs[0].double())[0]
         m.to(dtype)
-    result = dict(row=label, dtype=str(dtype).replace("torch.", ""))
+    result = dict(row=label, dtype=str(dtype).replace("torch.", "") + (" (tf32)" if dtype == torch.float32 else ""))
     for name, options in (("graph", dict(lowering="graph", autotune=False)),
                           ("persistent", dict(lowering="persistent", autotune=False)), ("compiled", {})):
         fast = rp.compile(m, **options)
@@ -61,20 +67,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--out")
+    ap.add_argument("--only", choices=["bf16", "proj"])
     args = ap.parse_args()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # fp32 rows: tf32, both sides
     env = environment(torch)
     print(json.dumps(env))
     results = []
-    for label, kw in ROWS.items():
-        for dtype in (torch.bfloat16, torch.float16):
-            r = row(label, **kw, dtype=dtype, repeats=args.repeats)
-            results.append(r)
-            cells = "  ".join(f"{k} {r[k]:.3f} ({r[k + '_rel_err']:.1e})" if isinstance(r[k], float) else f"{k} {r[k]}"
-                              for k in ("graph", "persistent", "compiled"))
-            best = min((r[k] for k in ("graph", "persistent") if isinstance(r[k], float)), default=float("nan"))
-            print(f"{label:<28} {r['dtype']:<8} {cells}  choice {r.get('choice')}  cuDNN eager {r['cudnn_eager']:.3f}"
-                  f"  graph {r['cudnn_graph']:.3f}  best rnnplan vs cuDNN graph {r['cudnn_graph'] / best:.2f}x",
-                  flush=True)
+    work = [] if args.only == "proj" else [(label, kw, dtype) for label, kw in ROWS.items()
+                                            for dtype in (torch.bfloat16, torch.float16)]
+    work += [] if args.only == "bf16" else [(label, kw, dtype) for label, kw in PROJ_ROWS.items()
+                                            for dtype in (torch.float16, torch.bfloat16, torch.float32)]
+    for label, kw, dtype in work:
+        r = row(label, **kw, dtype=dtype, repeats=args.repeats)
+        results.append(r)
+        cells = "  ".join(f"{k} {r[k]:.3f} ({r[k + '_rel_err']:.1e})" if isinstance(r[k], float) else f"{k} {r[k][:60]}"
+                          for k in ("graph", "persistent", "compiled"))
+        best = min((r[k] for k in ("graph", "persistent") if isinstance(r[k], float)), default=float("nan"))
+        print(f"{label:<30} {r['dtype']:<13} {cells}  choice {r.get('choice')}  cuDNN eager {r['cudnn_eager']:.3f}"
+              f"  graph {r['cudnn_graph']:.3f}  best rnnplan vs cuDNN graph {r['cudnn_graph'] / best:.2f}x", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(environment=env, rows=results), f, indent=1)

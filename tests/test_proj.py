@@ -1,0 +1,155 @@
+"""LSTM projections (`proj_size`, torch's LSTMP; issue 18, item 2): h = W_hr (o * tanh(c)) of size
+proj, c of size hidden, the layers above reading the projected h. Against torch on the NumPy
+reference for naive and optimized plans, directions, layouts, states and variable lengths; the
+spec, the weights and the JSON plan; the persistent lowering refusing it by name; the drop-in on CPU
+tensors; and on the GPU (marked gpu) in fp32, fp16 and bf16, autotuned against cuDNN."""
+
+import pytest
+import torch
+
+import rnnplan as rp
+from rnnplan.backends import cupy_unavailable_reason
+from tests.helpers import (
+    assert_same_result,
+    random_inputs,
+    rel_err,
+    run_torch,
+    torch_module,
+)
+
+GPU = cupy_unavailable_reason() is None and torch.cuda.is_available()
+
+
+def spec_of(**kw) -> rp.RNNSpec:
+    base = dict(cell="lstm", input_size=6, hidden_size=9, proj_size=4, num_layers=2, seq_len=7, batch=3)
+    return rp.RNNSpec(**(base | kw))
+
+
+@pytest.mark.parametrize("passes", ["none", "all"])
+@pytest.mark.parametrize("layers, bidirectional, batch_first, bias", [(1, False, False, True), (2, True, False, True),
+                                                                      (3, False, True, False), (2, True, True, True)])
+def test_projected_lstm_matches_torch(passes, layers, bidirectional, batch_first, bias):
+    spec = spec_of(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
+    module = torch_module(spec, 2)
+    assert module.proj_size == 4
+    weights = rp.Weights.from_torch(module, spec)
+    plan = rp.build_plan(spec, passes=passes)
+    gemms = [s for s in plan.steps if s.kind == "gemm" and ".gemm_hr" in s.name]
+    assert len(gemms) == layers * spec.directions * spec.seq_len  # one projection a cell-step
+    ex = rp.Executor(plan, weights, backend="numpy", debug=True)
+    for seed, with_state in ((0, True), (1, False)):
+        x, state = random_inputs(spec, seed, with_state)
+        got = ex.run(x, state)
+        assert got[1][0].shape == (layers * spec.directions, 3, 4) and got[1][1].shape[-1] == 9
+        assert got[0].shape[-1] == spec.directions * 4
+        assert_same_result(got, run_torch(module, x, state), 1e-5)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_projected_lstm_with_variable_lengths_matches_torch_packed(bidirectional):
+    """Masked: c is kept past a sequence's end before the projection, h after it."""
+    spec = spec_of(bidirectional=bidirectional, variable_lengths=True)
+    module = torch_module(spec, 3)
+    x, state = random_inputs(spec, 4)
+    lengths = [7, 2, 5]
+    for passes in ("none", "all"):
+        out, (h, c) = rp.Executor(rp.build_plan(spec, passes=passes), rp.Weights.from_torch(module, spec),
+                                  backend="numpy", debug=True).run(x, state, lengths=lengths)
+        with torch.no_grad():
+            packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), lengths, enforce_sorted=False)
+            want, (wh, wc) = module(packed, tuple(torch.from_numpy(s) for s in state))
+            want = torch.nn.utils.rnn.pad_packed_sequence(want, total_length=7)[0]
+        for g, w in ((out, want), (h, wh), (c, wc)):
+            assert rel_err(g, w.numpy()) <= 1e-5
+
+
+def test_the_spec_names_what_a_projection_needs():
+    with pytest.raises(ValueError, match="proj_size=3: projections exist for cell='lstm' only, not 'gru'"):
+        spec_of(cell="gru", proj_size=3)
+    with pytest.raises(ValueError, match="proj_size=9 must be smaller than hidden_size=9"):
+        spec_of(proj_size=9)
+    spec = spec_of()
+    assert spec.output_size == 4 and spec.state_size("c") == 9 and spec.layer_input_size(1) == 4
+    module = spec.to_torch()
+    assert module.proj_size == 4 and rp.RNNSpec.from_torch(module, 7, 3) == spec
+    weights = rp.Weights.from_torch(module, spec)
+    assert weights.tensors["weight_hr_l1"].shape == (4, 9) and weights.tensors["weight_hh_l0"].shape == (36, 4)
+    with pytest.raises(rp.WeightsError, match="hyper-parameter proj_size: weights come from a module with "
+                                              "proj_size=4, the spec has proj_size=0"):
+        weights.check(spec.model_copy(update={"proj_size": 0}))
+    assert "proj=4" in spec.short()
+
+
+def test_the_persistent_lowering_refuses_a_projection_by_name_and_auto_plans_graph():
+    spec = spec_of(batch=1)
+    h200 = rp.PlanOptions(device=rp.DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448))
+    plan = rp.build_plan(spec, options=h200)
+    assert plan.lowering == "graph" and "proj_size" in plan.lowering_reason
+    with pytest.raises(ValueError, match="lowering='persistent' does not take proj_size=4 yet"):
+        rp.build_plan(spec, options=h200.model_copy(update={"lowering": "persistent"}))
+
+
+def test_a_projected_plan_round_trips_through_json():
+    plan = rp.build_plan(spec_of(bidirectional=True))
+    again = rp.load_plan(plan.to_json())
+    assert again == plan and again.spec.proj_size == 4
+
+
+def test_the_drop_in_runs_projected_lstms_for_any_shape_packed_and_streamed():
+    torch.manual_seed(5)
+    m = torch.nn.LSTM(6, 9, num_layers=2, proj_size=4, bidirectional=True).eval()
+    fast = rp.compile(m)
+    for steps, batch in ((5, 2), (9, 3)):
+        x = torch.randn(steps, batch, 6)
+        state = (torch.randn(4, batch, 4), torch.randn(4, batch, 9))
+        with torch.no_grad():
+            want = m(x, state)
+        got = fast(x, state)
+        assert got[1][0].shape == (4, batch, 4) and got[1][1].shape == (4, batch, 9)
+        for g, w in zip((got[0], *got[1]), (want[0], *want[1])):
+            assert rel_err(g.numpy(), w.numpy()) <= 1e-5
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(6, 3, 6), [6, 2, 4], enforce_sorted=False)
+    with torch.no_grad():
+        want = m(packed)
+    got = fast(packed)
+    assert rel_err(got[0].data.numpy(), want[0].data.numpy()) <= 1e-5
+    uni = torch.nn.LSTM(6, 9, num_layers=2, proj_size=4).eval()
+    stream, state, outs = rp.compile(uni), None, []
+    x = torch.randn(7, 2, 6)
+    for chunk in (x[:1], x[1:4], x[4:]):
+        out, state = stream(chunk, state)
+        outs.append(out)
+    with torch.no_grad():
+        want = uni(x)
+    assert rel_err(torch.cat(outs).numpy(), want[0].numpy()) <= 1e-5
+    assert rel_err(state[0].numpy(), want[1][0].numpy()) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 5e-3), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("autotune", [False, True])
+def test_gpu_projected_lstm_against_torch(dtype, tol, autotune):
+    """The graph lowering on CUDA tensors (fp32 strict, fp16, bf16 against float64 torch), fixed and
+    packed, with and without autotuning against torch's own (cuDNN) call."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(1)
+    m = torch.nn.LSTM(40, 96, num_layers=2, proj_size=32, bidirectional=True).cuda().eval().to(dtype)
+    fast = rp.compile(m, autotune=autotune)
+    x = torch.randn(20, 8, 40, device="cuda").to(dtype)
+    h = (torch.randn(4, 8, 32, device="cuda").to(dtype), torch.randn(4, 8, 96, device="cuda").to(dtype))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [20, 3, 17, 9, 20, 1, 5, 12], enforce_sorted=False)
+    m64 = m.double()
+    for args in ((x, h), (packed,), (x,)):
+        got = fast(*args)
+        with torch.no_grad():
+            want = m64(*(a.to(torch.float64) if not isinstance(a, tuple) else tuple(s.double() for s in a)
+                         for a in args))
+        flat = [got[0].data if args[0] is packed else got[0], *got[1]]
+        wflat = [want[0].data if args[0] is packed else want[0], *want[1]]
+        for g, w in zip(flat, wflat, strict=True):
+            assert g.dtype == dtype and g.is_cuda and g.shape == w.shape
+            assert rel_err(g.double().cpu().numpy(), w.cpu().numpy()) <= tol
+    assert "proj 32" in fast.explain()
+    m.to(dtype)
+    torch.backends.cudnn.allow_tf32 = True
