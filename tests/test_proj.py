@@ -143,8 +143,7 @@ def test_gpu_projected_lstm_against_torch(dtype, tol, autotune):
     for args in ((x, h), (packed,), (x,)):
         got = fast(*args)
         with torch.no_grad():
-            want = m64(*(a.to(torch.float64) if not isinstance(a, tuple) else tuple(s.double() for s in a)
-                         for a in args))
+            want = m64(*(tuple(s.double() for s in a) if type(a) is tuple else a.to(torch.float64) for a in args))
         flat = [got[0].data if args[0] is packed else got[0], *got[1]]
         wflat = [want[0].data if args[0] is packed else want[0], *want[1]]
         for g, w in zip(flat, wflat, strict=True):
