@@ -121,7 +121,6 @@ def test_onnx_gate_orders_and_layouts_against_onnxruntime(op, gates, layout, dir
     (dict(clip=1.0), "node 'rnn0': clip=1.0: rnnplan does not clip"),
     (dict(input_forget=1), "node 'rnn0': input_forget=1"),
     (dict(activations=["Sigmoid", "Relu", "Tanh"]), r"node 'rnn0': activations=\['Sigmoid', 'Relu', 'Tanh'\]"),
-    (dict(direction="reverse"), "node 'rnn0': direction='reverse'"),
     (dict(extra_inputs=["", "", "", "", "P"]), r"node 'rnn0': peepholes \(input P\)"),
 ])
 def test_what_rnnplan_cannot_run_is_refused_by_node_and_attribute(change, message):
@@ -177,3 +176,74 @@ def test_sequence_lens_are_a_packed_sequence_at_call_time(op, gates):
     padded = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=6)[0]
     assert close(padded, Y.transpose(0, 2, 1, 3).reshape(6, 3, 2 * hidden), 1e-4)
     assert close(state[0] if op == "LSTM" else state, Y_h, 1e-4)
+
+
+@pytest.mark.parametrize("op, gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_reverse_only_layers_against_onnxruntime(op, gates, with_lengths):
+    """direction="reverse": each sequence read from its own last step back, the output in time order,
+    Y_h at each sequence's first step; fixed lengths and `sequence_lens` (a PackedSequence)."""
+    rng = np.random.default_rng(3)
+    hidden, lengths = 4, [6, 2, 5]
+    W = rng.standard_normal((1, gates * hidden, 3)).astype(np.float32) * 0.5
+    R = rng.standard_normal((1, gates * hidden, hidden)).astype(np.float32) * 0.5
+    B = rng.standard_normal((1, 2 * gates * hidden)).astype(np.float32) * 0.5
+    attrs = {"linear_before_reset": 1} if op == "GRU" else {}
+    extra = ["seq_lens"] if with_lengths else []  # input 4 (after B)
+    model = _node_model(op, W, R, B, direction="reverse", extra_inputs=extra, **attrs)
+    feeds = {"x": rng.standard_normal((6, 3, 3)).astype(np.float32)}
+    if with_lengths:
+        model.graph.input.append(helper.make_tensor_value_info("seq_lens", TensorProto.INT32, ["B"]))
+        feeds["seq_lens"] = np.array(lengths, dtype=np.int32)
+    Y, Y_h = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds)[:2]
+    fast = rp.from_onnx(model)
+    x = torch.from_numpy(feeds["x"])
+    if with_lengths:
+        out, state = fast(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+        out = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=6)[0]
+    else:
+        out, state = fast(x)
+    assert close(out, Y[:, 0], 1e-4) and close(state[0] if op == "LSTM" else state, Y_h, 1e-4)
+    assert "reverse-only layers" in fast.explain() and fast.cache_info().executors == 1
+
+
+def test_a_chain_of_reverse_layers_runs_and_mixed_directions_are_refused():
+    from rnnplan.importers.time_reversed import reversed_packed
+
+    rng = np.random.default_rng(4)
+    hidden = 4
+
+    def layer(k, direction, inputs):
+        W = rng.standard_normal((1, 3 * hidden, inputs)).astype(np.float32) * 0.5
+        R = rng.standard_normal((1, 3 * hidden, hidden)).astype(np.float32) * 0.5
+        inits = [numpy_helper.from_array(W, f"W{k}"), numpy_helper.from_array(R, f"R{k}")]
+        x = "x" if k == 0 else f"s{k - 1}"
+        node = helper.make_node("GRU", [x, f"W{k}", f"R{k}"], [f"Y{k}"], name=f"rnn{k}", hidden_size=hidden,
+                                direction=direction, linear_before_reset=1)
+        squeeze = helper.make_node("Squeeze", [f"Y{k}", "axes"], [f"s{k}"], name=f"sq{k}")
+        return [node, squeeze], inits
+
+    def chain(directions):
+        nodes, inits = [], [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")]
+        for k, direction in enumerate(directions):
+            more, w = layer(k, direction, 3 if k == 0 else hidden)
+            nodes += more
+            inits += w
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", 3])],
+                                  [helper.make_tensor_value_info(f"s{len(directions) - 1}", TensorProto.FLOAT, None)],
+                                  inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model = chain(["reverse", "reverse"])
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    want = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    assert close(rp.from_onnx(model)(torch.from_numpy(x))[0], want, 1e-4)
+    with pytest.raises(rp.OnnxImportError, match="node 'rnn1': direction 'reverse' differs from the first RNN "
+                                                 "node's 'forward'"):
+        rp.from_onnx(chain(["forward", "reverse"]))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.arange(12.0).view(4, 3, 1), [4, 1, 3], enforce_sorted=False)
+    twice = reversed_packed(reversed_packed(packed))
+    assert torch.equal(twice.data, packed.data)  # its own inverse
+    padded = torch.nn.utils.rnn.pad_packed_sequence(reversed_packed(packed))[0][:, :, 0]
+    assert padded[:, 0].tolist() == [9.0, 6.0, 3.0, 0.0] and padded[:3, 2].tolist() == [8.0, 5.0, 2.0]

@@ -8,8 +8,10 @@ z,r,h, mapped to torch's i,f,g,o and r,z,n; W, R and B split into weight_ih, wei
 bias_hh), which `rnnplan.compile` compiles. What rnnplan cannot run is refused with one line naming
 the node and the attribute: peepholes, `clip`, non-default activations, `input_forget`, GRU
 `linear_before_reset=0` (torch's GRU, and rnnplan's, apply the reset gate after the recurrent
-product), a reverse-only direction, layers that differ, and ops around the RNN nodes other than the
-export's glue. Needs `onnx` (`rnnplan[onnx]`) and torch.
+product), layers that differ (in direction too), and ops around the RNN nodes other than the
+export's glue. A chain of reverse-only layers (`direction="reverse"`) runs as the forward network
+on each sequence reversed within its own length (`importers/time_reversed.py`). Needs `onnx` (`rnnplan[onnx]`) and
+torch.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ def from_onnx(model, **options):
     `sequence_lens`). `options` go to `rnnplan.compile`."""
     from rnnplan.dropin import compile as compile_module
 
-    return compile_module(torch_module(model), **options)
+    module = torch_module(model)
+    compiled = compile_module(module, **options)
+    if getattr(module, "onnx_reverse", False):
+        from rnnplan.importers.time_reversed import TimeReversed
+
+        return TimeReversed(compiled)
+    return compiled
 
 
 def torch_module(model):
@@ -71,7 +79,7 @@ def torch_module(model):
     first = layers[0]
     want_input = first["hidden"] * first["directions"]
     for k, layer in enumerate(layers[1:], 1):
-        for field in ("hidden", "directions", "layout", "nonlinearity", "bias"):
+        for field in ("hidden", "directions", "direction", "layout", "nonlinearity", "bias"):
             if layer[field] != first[field]:
                 raise OnnxImportError(f"node {rnns[k].name!r}: {field} {layer[field]!r} differs from the first RNN "
                                       f"node's {first[field]!r} (rnnplan runs layers of one kind)")
@@ -99,6 +107,7 @@ def torch_module(model):
                 state["bias_ih" + sfx], state["bias_hh" + sfx] = layer["Wb"][d], layer["Rb"][d]
     module = spec.to_torch()
     module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    module.onnx_reverse = first["direction"] == "reverse"  # the forward module, run on reversed sequences
     return module
 
 
@@ -116,9 +125,6 @@ def _layer(node, op: str, consts: dict) -> dict:
     a = _attrs(node)
     direction = a.get("direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
-    if direction == "reverse":
-        raise OnnxImportError(f"node {name!r}: direction='reverse' (a reverse-only layer) is not supported yet: "
-                              "rnnplan runs forward and bidirectional layers")
     if "clip" in a:
         raise OnnxImportError(f"node {name!r}: clip={a['clip']}: rnnplan does not clip the cell's inputs")
     if a.get("input_forget", 0):
@@ -147,7 +153,8 @@ def _layer(node, op: str, consts: dict) -> dict:
     def torch_rows(w):  # (D, G*H, ...) in ONNX's gate order -> torch's
         return np.concatenate([w[:, g * hidden:(g + 1) * hidden] for g in order], axis=1)
     W, R = consts[inputs[1]], consts[inputs[2]]
-    layer = dict(hidden=hidden, directions=W.shape[0], layout=int(a.get("layout", 0)), nonlinearity=nonlinearity,
+    layer = dict(hidden=hidden, directions=W.shape[0], direction=direction, layout=int(a.get("layout", 0)),
+                 nonlinearity=nonlinearity,
                  input_size=W.shape[2], W=torch_rows(W), R=torch_rows(R), bias=bool(inputs[3]))
     if inputs[3]:
         B = consts[inputs[3]]
@@ -206,3 +213,4 @@ def _input_transposed(producers, first) -> bool:
         return True
     raise OnnxImportError(f"node {first.name!r}: its input X comes from {node.op_type} node {node.name!r}: rnnplan "
                           "reads the model's input directly (or transposed batch-first)")
+
