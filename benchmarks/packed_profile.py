@@ -9,7 +9,7 @@ gathers; LSTM 4x512 B64 T100, lengths 50-100.
 import torch
 
 import rnnplan as rp
-from rnnplan.dropin import _packing
+from rnnplan.packing import packed_layout
 from rnnplan.timing import median_ms
 
 
@@ -22,7 +22,7 @@ def main() -> None:
         lengths = torch.randint(50, 101, (64,))
         lengths[0] = 100
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-        rows = _packing(packed)[1].cuda()
+        rows = packed_layout(packed, dtype)[1].cuda()
         with torch.no_grad():
             fast(x), fast(packed)
             times = {
@@ -30,7 +30,8 @@ def main() -> None:
                 "packed call": median_ms(lambda i: fast(packed), 30),
                 "masked call, padded input (CompiledRNN.run)": median_ms(
                     lambda i: fast.run(x, None, None, lengths.tolist()), 30),
-                "_packing (host)": median_ms(lambda i: _packing(packed), 30),
+                "packed_layout (host, and the permutation on the GPU)": median_ms(
+                    lambda i: packed_layout(packed, dtype), 30),
                 "gather of x (index_select)": median_ms(lambda i: packed.data.index_select(0, rows), 30),
             }
         for name, ms in times.items():

@@ -21,12 +21,14 @@ CELL_LABELS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN-tanh", "rnn_relu":
 
 
 def config(cell: str, layers: int, hidden: int, batch: int, seq_len: int = 100, bidirectional: bool = False,
-           note: str = "") -> tuple[str, dict]:
-    """(label, RNNSpec keywords) of a benchmark row (input size = hidden size); the label is made from
-    the keywords, so the two cannot disagree."""
-    label = f"{CELL_LABELS[cell]} {layers}x{hidden} B{batch} T{seq_len}" + (" bidir" if bidirectional else "")
+           note: str = "", proj: int = 0) -> tuple[str, dict]:
+    """(label, RNNSpec keywords) of a benchmark row (input size = hidden size; `proj`: an LSTM's
+    proj_size); the label is made from the keywords, so the two cannot disagree."""
+    label = (f"{CELL_LABELS[cell]} {layers}x{hidden}{f' proj {proj}' if proj else ''} B{batch} T{seq_len}"
+             + (" bidir" if bidirectional else ""))
     kw = dict(cell=cell, input_size=hidden, hidden_size=hidden, num_layers=layers, seq_len=seq_len, batch=batch)
-    return label + (f" ({note})" if note else ""), kw | ({"bidirectional": True} if bidirectional else {})
+    kw |= ({"bidirectional": True} if bidirectional else {}) | ({"proj_size": proj} if proj else {})
+    return label + (f" ({note})" if note else ""), kw
 
 
 ROWS = [  # ANCHORS.md's configurations
@@ -36,9 +38,14 @@ ROWS = [  # ANCHORS.md's configurations
     config("lstm", 4, 1024, 256),
     config("lstm", 1, 2048, 32, seq_len=200),
     config("gru", 4, 512, 64),
+    config("lstm", 1, 512, 8, note="cuDNN persistent in fp16"),  # ANCHORS.md's single-layer bf16 rows
+    config("lstm", 1, 1024, 8, note="cuDNN persistent in fp16"),
+    config("lstm", 3, 1024, 1, proj=256),  # issue 18's projection rows
+    config("lstm", 3, 1024, 16, proj=256),
 ]
-PRECISIONS = ("fp32", "tf32", "fp16")
-TOL = {"fp32": 1e-5, "tf32": 1e-3, "fp16": 5e-3}
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+TOL = {"fp32": 1e-5, "tf32": 1e-3, "fp16": 5e-3, "bf16": 1e-2}
+DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # storage of each
 
 
 def rel_err(got, want) -> float:
@@ -75,7 +82,7 @@ def cudnn_module(torch, spec: rp.RNNSpec, precision: str, seed: int = 0):
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.manual_seed(seed)
-    m = spec.to_torch(device="cuda", dtype=torch.float16 if precision == "fp16" else torch.float32)
+    m = spec.to_torch(device="cuda", dtype=getattr(torch, DTYPES[precision]))
     m.flatten_parameters()
     return m
 
@@ -89,8 +96,24 @@ def strict_reference(torch, module, x: np.ndarray) -> np.ndarray:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     with torch.no_grad():
-        out = ref(torch.as_tensor(x.astype(np.float32), device="cuda"))[0].cpu().numpy()
+        out = ref(torch.as_tensor(np.asarray(x, dtype=np.float32), device="cuda"))[0].cpu().numpy()
     return out
+
+
+def device_tensor(torch, x: np.ndarray):
+    """A host array as a torch CUDA tensor of its dtype (bfloat16, ml_dtypes' on the host, by its bits)."""
+    if x.dtype.name == "bfloat16":
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16).cuda()
+    return torch.as_tensor(x, device="cuda")
+
+
+def host_float32(torch, a) -> np.ndarray:
+    """A result (a CuPy array, int16 bits for bfloat16; or a torch tensor) as float32 on the host."""
+    if hasattr(a, "get"):  # CuPy
+        a = torch.from_dlpack(a)
+        if a.dtype == torch.int16:
+            a = a.view(torch.bfloat16)
+    return a.float().cpu().numpy()
 
 
 def environment(torch) -> dict:

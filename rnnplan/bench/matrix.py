@@ -1,7 +1,7 @@
 """`rnnplan bench`: the GPU benchmark matrix, all in one run (so ratios compare like with like): (a) the
 paper's ablation on its configuration, naive then each pass added in canonical order then graph
 replay; (b) rnnplan against torch.nn.LSTM / GRU (cuDNN), eager and CUDA-graphed, on ANCHORS.md's rows
-in fp32 strict, tf32 and fp16. Correctness against torch (strict fp32 reference) is checked before
+in fp32 strict, tf32, fp16 and bf16, LSTM projections among them. Correctness against torch (strict fp32 reference) is checked before
 anything is timed. Inputs rotated among 4 sets. Needs CuPy, PyTorch with CUDA, and a GPU.
 """
 
@@ -15,12 +15,15 @@ import numpy as np
 
 import rnnplan as rp
 from rnnplan.bench.harness import (
+    DTYPES,
     PRECISIONS,
     ROWS,
     TOL,
     cudnn_module,
     cudnn_times,
+    device_tensor,
     environment,
+    host_float32,
     median_ms,
     rel_err,
     strict_reference,
@@ -28,7 +31,7 @@ from rnnplan.bench.harness import (
 
 
 def bench_row(torch, label: str, kw: dict, precision: str, repeats: int) -> dict:
-    spec = rp.RNNSpec(**kw, dtype="float16" if precision == "fp16" else "float32")
+    spec = rp.RNNSpec(**kw, dtype=DTYPES[precision])
     module = cudnn_module(torch, spec, precision)
     weights = rp.Weights.from_torch(module, spec)
     t0 = time.perf_counter()
@@ -42,15 +45,15 @@ def bench_row(torch, label: str, kw: dict, precision: str, repeats: int) -> dict
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     ex.impl.poison()
-    got = ex.run(xs_np[0])[0].get().astype(np.float32)
+    got = host_float32(torch, ex.run(xs_np[0])[0])
     err = rel_err(got, want)
+    xs_t = [device_tensor(torch, x) for x in xs_np]  # rnnplan reads them in place (zero copy)
     with torch.no_grad():
-        cudnn_out = module(torch.as_tensor(xs_np[0], device="cuda"))[0].float().cpu().numpy()
+        cudnn_out = module(xs_t[0])[0].float().cpu().numpy()
     cudnn_err = rel_err(cudnn_out, want)
-    xs_t = [torch.as_tensor(x, device="cuda") for x in xs_np]  # rnnplan reads them in place (zero copy)
     ours = median_ms(lambda i: ex.run(xs_t[i % 4]), repeats)
     ex.impl.close()
-    persistent, persistent_err, why = _persistent(spec, weights, math, xs_t, want, repeats)
+    persistent, persistent_err, why = _persistent(torch, spec, weights, math, xs_t, want, repeats)
     eager, cudnn_graph = cudnn_times(torch, module, xs_t, repeats)
     compiled = rp.compile(module)  # autotuned on its first call: persistent, graph, cuDNN in a CUDA graph
     with torch.no_grad():
@@ -67,7 +70,7 @@ def bench_row(torch, label: str, kw: dict, precision: str, repeats: int) -> dict
                 compiled_timings=choice.timings, compiled_vs_cudnn_graph=cudnn_graph / compiled_ms)
 
 
-def _persistent(spec, weights, math: str, xs_t: list, want, repeats: int):
+def _persistent(torch, spec, weights, math: str, xs_t: list, want, repeats: int):
     """(ms, rel. error, why) of the persistent lowering on the row, or (None, None, why it does not fit)."""
     try:
         plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, lowering="persistent"))
@@ -75,7 +78,7 @@ def _persistent(spec, weights, math: str, xs_t: list, want, repeats: int):
         return None, None, str(e)
     ex = rp.Executor(plan, weights, backend="cupy", mode="graph")
     ex.impl.poison()
-    err = rel_err(ex.run(xs_t[0])[0].get().astype(np.float32), want)
+    err = rel_err(host_float32(torch, ex.run(xs_t[0])[0]), want)
     ms = median_ms(lambda i: ex.run(xs_t[i % 4]), repeats)
     ex.impl.close()
     return ms, err, plan.lowering_reason
