@@ -78,7 +78,8 @@ def test_only_the_backends_import_cupy_or_the_backends():
     ("rnnplan.lowering", ("rnnplan.ir", "rnnplan.passes", "rnnplan.persistent", "rnnplan.lowering", "rnnplan.spec",
                           "rnnplan.precision")),
     ("rnnplan.viz", ("rnnplan.ir", "rnnplan.persistent", "rnnplan.lowering", "rnnplan.viz")),
-    ("rnnplan.importers", ("rnnplan.importers", "rnnplan.dropin", "rnnplan.spec")),  # a model read: a torch module, then the drop-in
+    # a model read becomes a torch module, then the drop-in
+    ("rnnplan.importers", ("rnnplan.importers", "rnnplan.dropin", "rnnplan.spec")),
 ])
 def test_each_stage_imports_only_the_stages_before_it(layer, below):
     for module, imports in IMPORTS.items():
