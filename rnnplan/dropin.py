@@ -14,9 +14,11 @@ rnnplan imports without it.
 
 On a GPU the first call at a shape may time the candidates (`rnnplan.autotune`: rnnplan's lowerings
 and torch's own cuDNN call in a CUDA graph) and keep the fastest; `explain()` says what was timed.
-Calls of rnnplan's executors go by device pointers on the caller's stream (`backends.pointer_call`),
-and calls of fixed lengths may be captured in the caller's own CUDA graph after a warm-up call at
-that shape (a packed call reads its lengths on the host).
+Calls of rnnplan's executors go by device pointers on the caller's stream (`rnnplan.torch_calls`,
+`backends.pointer_call`); a packed call at a shape already cached moves its rows, mask and padding
+in two kernel launches (`backends/cuda/packed.cu`); calls of fixed lengths may be captured in the
+caller's own CUDA graph after a warm-up call at that shape (a packed call copies its layout from
+the host and cannot be).
 
 Under `torch.compile` the tensor path is the custom op `torch.ops.rnnplan.forward` (registered with
 a fake implementation), so a model holding the compiled module compiles without a graph break;
@@ -30,7 +32,6 @@ import weakref
 from collections import OrderedDict
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from rnnplan.api import build_plan
@@ -40,6 +41,7 @@ from rnnplan.executor import Executor
 from rnnplan.packing import host_lengths, packed_layout
 from rnnplan.persistent.select import HOST
 from rnnplan.spec import DeviceShape, PlanOptions, RNNSpec, torch_cell
+from rnnplan.torch_calls import by_pointers, run_executor
 from rnnplan.weights import ARCH_FIELDS, Weights
 
 PARAMETER_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -142,9 +144,8 @@ class CompiledRNN(torch.nn.Module):
     def _choice(self, steps: int, batch: int, varlen: bool, device: torch.device, args) -> Choice:
         """What runs calls of `steps` x `batch` on `device`: from the cache, or chosen now (timed on
         `args` with autotune on a GPU)."""
-        dtype = PARAMETER_DTYPES[self._buffers["weight_hh_l0"].dtype]
-        math = "tf32" if device.type == "cuda" and dtype == "float32" and torch.backends.cudnn.allow_tf32 else "fp32"
-        key = (steps, batch, varlen, device, dtype, math)
+        key = self._key(steps, batch, varlen, device)
+        _, _, _, _, dtype, math = key
         found = self._executors.get(key)
         if found is not None:
             self._counts[0] += 1
@@ -194,12 +195,12 @@ class CompiledRNN(torch.nn.Module):
         ex = Executor(plan, self._weights, backend=backend, device=device.index if backend == "cupy" else None,
                       debug=self.debug, shared=self._shared)
         why = "" if backend == "numpy" else plan.lowering_reason
-        run = (lambda x, h0, c0, lengths: _run_executor(ex, x, h0, c0, lengths))
+        run = (lambda x, h0, c0, lengths: run_executor(ex, x, h0, c0, lengths))
         if backend == "cupy":
             from rnnplan.backends.pointer_call import PointerCall, why_not
 
             if why_not(ex) is None:
-                run = _by_pointers(PointerCall(ex), spec)
+                run = by_pointers(PointerCall(ex), spec)
         apart = sum(b.size for b in plan.buffers if b.role != "param") * ex.impl.dtype.itemsize
         return Candidate(plan.lowering, run, 0 if backend == "numpy" else apart, why, ex)  # numpy: the workspace
 
@@ -237,6 +238,9 @@ class CompiledRNN(torch.nn.Module):
             if data.dim() != 2 or data.shape[-1] != self.template.input_size:
                 raise ValueError(f"a PackedSequence's data must be (rows, {self.template.input_size}), got shape "
                                  f"{tuple(data.shape)}")
+            fast = self._packed_repeat(input, data, hx)
+            if fast is not None:
+                return fast
             lengths, pad_rows, pack_rows = packed_layout(input, data.dtype)
             steps, batch = len(input.batch_sizes), int(input.batch_sizes[0])
             x = data.index_select(0, pad_rows.to(data.device, non_blocking=True)).view(steps, batch, -1)
@@ -262,6 +266,27 @@ class CompiledRNN(torch.nn.Module):
             return torch.nn.utils.rnn.PackedSequence(rows, input.batch_sizes, input.sorted_indices,
                                                      input.unsorted_indices), state
         return (out.transpose(0, 1) if self.template.batch_first else out), state
+
+    def _packed_repeat(self, packed, data: torch.Tensor, hx):
+        """A packed call on the GPU at a shape already cached, by `packed_by_pointers` (its layout,
+        gathers and mask in two kernel launches); None where that does not apply (the first call at
+        a shape, which may time candidates; the CPU; torch.compile; a stream capture)."""
+        if not data.is_cuda or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+            return None
+        steps, batch = len(packed.batch_sizes), int(packed.batch_sizes[0])
+        padded = steps if self.bucket is None else -(-steps // self.bucket) * self.bucket
+        found = self._executors.get(self._key(padded, batch, True, data.device))
+        call = getattr(found.chosen.run, "packed", None) if found is not None else None
+        if call is None:
+            return None
+        self._counts[0] += 1
+        h0, c0 = self._state(hx, batch)
+        return call(packed, data, h0, c0)
+
+    def _key(self, steps: int, batch: int, varlen: bool, device: torch.device) -> tuple:
+        dtype = PARAMETER_DTYPES[self._buffers["weight_hh_l0"].dtype]
+        math = "tf32" if device.type == "cuda" and dtype == "float32" and torch.backends.cudnn.allow_tf32 else "fp32"
+        return (steps, batch, varlen, device, dtype, math)
 
     def _state(self, hx, batch: int):
         """(h_0, c_0) checked against the call's batch (their shapes, as torch checks them: a call by
@@ -299,75 +324,6 @@ class CompiledRNN(torch.nn.Module):
         args = (x, h0, c0, lengths)
         out, h_n, c_n = self._choice(padded_steps, batch, varlen, x.device, args).chosen.run(*args)
         return out[:steps], h_n, c_n
-
-
-def _raw_stream(device: torch.device) -> int:
-    """torch's current stream on `device`, as a pointer (torch's own C call, as Triton uses it, where
-    it exists: a tenth of the microseconds of building a torch.cuda.Stream)."""
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    return raw(device.index) if raw is not None else torch.cuda.current_stream(device).cuda_stream
-
-
-def _by_pointers(call, spec: RNNSpec):
-    """A call on CUDA tensors by device pointers (backends.pointer_call): the outputs are allocated by
-    torch on the caller's stream, filled there, and returned as they are."""
-    lstm = spec.cell == "lstm"
-    out_shape = (spec.seq_len, spec.batch, spec.directions * spec.output_size)
-    state_shape = (spec.num_layers * spec.directions, spec.batch, spec.output_size)
-    c_shape = (*state_shape[:2], spec.hidden_size)
-    steps = torch.arange(spec.seq_len)[:, None]
-
-    def run(x, h0, c0, lengths):
-        out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
-        c_n = x.new_empty(c_shape if lstm else (0,))
-        states = (None if h0 is None else h0.data_ptr(), None if c0 is None else c0.data_ptr())
-        mask = lengths if isinstance(lengths, torch.Tensor) else None  # (T, B) on the device already
-        if spec.variable_lengths and mask is None:  # made on the host from the lengths, one copy to the device
-            mask = (steps < torch.as_tensor(lengths)[None, :]).to(x.dtype).to(x.device, non_blocking=True)
-        call(_raw_stream(x.device), x.data_ptr(), states, (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()),
-             torch.cuda.is_current_stream_capturing(), None if mask is None else mask.data_ptr())
-        return out, h_n, c_n
-    return run
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    """A CPU tensor as a NumPy array sharing its memory (bfloat16 as ml_dtypes' dtype, bit for bit)."""
-    return t.view(torch.int16).numpy().view("bfloat16") if t.dtype == torch.bfloat16 else t.numpy()
-
-
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """`_numpy` the other way."""
-    return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype.name == "bfloat16" else \
-        torch.from_numpy(a)
-
-
-def _run_executor(ex: Executor, x: torch.Tensor, h0, c0, lengths):
-    """One call of rnnplan's executor on torch tensors: NumPy on the CPU, CuPy through DLPack on
-    torch's current stream."""
-    lengths = host_lengths(lengths)
-    state = None if h0 is None else ((h0, c0) if c0 is not None else h0)
-    if x.device.type == "cpu":
-        state = None if state is None else tuple(_numpy(s) for s in state) if isinstance(state, tuple) \
-            else _numpy(state)
-        out, st = ex.run(_numpy(x), state, lengths=lengths)
-        tensors = [_tensor(np.ascontiguousarray(out))] + [_tensor(s) for s in (st if isinstance(st, tuple) else (st,))]
-    else:
-        import cupy
-
-        with cupy.cuda.Device(x.device.index), _cupy_stream(cupy, torch.cuda.current_stream(x.device)):
-            out, st = ex.run(x, state, lengths=lengths)
-        tensors = [torch.from_dlpack(a) for a in (out, *(st if isinstance(st, tuple) else (st,)))]
-        if x.dtype == torch.bfloat16:  # CuPy holds bf16 as its bits (int16)
-            tensors = [t.view(torch.bfloat16) for t in tensors]
-    return tensors[0], tensors[1], tensors[2] if len(tensors) > 2 else tensors[1].new_empty(0)
-
-
-def _cupy_stream(cupy, stream: torch.cuda.Stream):
-    """torch's stream as CuPy's current stream, so that a call is ordered after the caller's work and
-    its results are ready there (CuPy 14 takes any object of the CUDA stream protocol)."""
-    if hasattr(cupy.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
-        return cupy.cuda.Stream.from_external(stream)
-    return cupy.cuda.ExternalStream(stream.cuda_stream)
 
 
 @torch.library.custom_op("rnnplan::forward", mutates_args=())

@@ -21,11 +21,12 @@ MODULES = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removes
            for p in sorted(PACKAGE.rglob("*.py"))}
 # The size budget: lines of Python in the package, lines of one module, and lines of CUDA written
 # inside Python strings (the rest lives in .cu/.cuh files). Raise a budget only on purpose.
-PACKAGE_LINES = 7700  # 6800 until issue 17 (autotuning, calls by pointers, shared resources) and 18 (onnx, proj)
+PACKAGE_LINES = 7900  # 6800 until issues 17 (autotuning, calls by pointers, shared resources, packed calls) and 18
 MODULE_LINES = 400
 CUDA_IN_PYTHON_LINES = 80
 # Top-level modules that meet the machine: they may import the backends (and the CLI, CuPy).
-MAY_IMPORT_BACKENDS = {"rnnplan", "rnnplan.api", "rnnplan.executor", "rnnplan.cli", "rnnplan.dropin"}
+MAY_IMPORT_BACKENDS = {"rnnplan", "rnnplan.api", "rnnplan.executor", "rnnplan.cli", "rnnplan.dropin",
+                       "rnnplan.torch_calls"}
 
 
 def _imports(module: str, path: Path) -> set[str]:

@@ -378,3 +378,53 @@ def test_the_core_imports_without_torch():
             "plan = rp.build_plan(spec)\n"
             "try:\n    rp.compile\nexcept ModuleNotFoundError as e:\n    print(e)\n")
     assert "rnnplan.compile needs PyTorch: pip install 'rnnplan[torch]'" in output_without("torch", code)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("cell, input_size, bucket", [("lstm", 3, None), ("gru", 64, None), ("lstm", 64, 8)])
+def test_gpu_packed_repeat_calls_go_by_two_launches(dtype, cell, input_size, bucket, monkeypatch):
+    """A packed call at a cached shape: packed.cu's gathers, mask and padding (2-byte words at input
+    size 3, 16-byte ones at 64; a bucket's padding past the longest), against torch for new lengths,
+    sorted and not, with a state and without; the host-side packing is not used."""
+    import rnnplan.dropin
+
+    torch.backends.cudnn.allow_tf32 = False
+    tol = 1e-5 if dtype == torch.float32 else 5e-3
+    torch.manual_seed(7)
+    m = TORCH_CLASSES[cell](input_size, 32, num_layers=2, bidirectional=True).cuda().eval().to(dtype)
+    fast = rp.compile(m, autotune=False, bucket=bucket)
+    x = torch.randn(6, 4, input_size, device="cuda", dtype=dtype)
+    fast(torch.nn.utils.rnn.pack_padded_sequence(x, [6, 3, 5, 1], enforce_sorted=False))  # caches the shape
+    hits = fast.cache_info().hits
+    monkeypatch.setattr(rnnplan.dropin, "packed_layout", None)  # the first-call path may not run again
+    h = torch.randn(4, 4, 32, device="cuda", dtype=dtype)
+    state = (h, torch.randn_like(h)) if cell == "lstm" else h
+    for lengths, sort, hx in (([6, 2, 2, 4], False, None), ([6, 5, 3, 1], True, state), ([2, 6, 6, 1], False, state)):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=sort)
+        got = fast(packed, hx)
+        want = torch_call(m, packed, *(() if hx is None else (hx,)))
+        assert close(got, want, tol)
+    assert fast.cache_info().hits == hits + 3 and fast.cache_info().executors == 1
+    torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+def test_gpu_packed_repeat_calls_in_bf16_with_a_projection():
+    """packed.cu's mask in bf16 (its bits of 1.0) and a projected output's width, against float64 torch."""
+    torch.manual_seed(8)
+    m = torch.nn.LSTM(64, 48, num_layers=2, proj_size=16, bidirectional=True).cuda().eval().to(torch.bfloat16)
+    fast = rp.compile(m, autotune=False)
+    x = torch.randn(5, 3, 64, device="cuda").to(torch.bfloat16)
+    fast(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 1, 3], enforce_sorted=False))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [2, 5, 4], enforce_sorted=False)
+    got = fast(packed)
+    with torch.no_grad():
+        want = m.double()(packed.to(torch.float64))
+    m.to(torch.bfloat16)
+    for g, w in ((got[0].data, want[0].data), (got[1][0], want[1][0]), (got[1][1], want[1][1])):
+        assert g.dtype == torch.bfloat16 and g.shape == w.shape
+        assert float((g.double() - w).norm() / w.norm()) <= 1e-2
+    assert fast.cache_info().hits == 1

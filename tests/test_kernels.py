@@ -72,10 +72,11 @@ def test_the_copy_kernel_compiles_cleanly(tmp_path):
     warnings or spills; its job rows have the 7 words pointer_call writes."""
     from importlib.resources import files
 
-    src = tmp_path / "copies.cu"
-    src.write_text((files("rnnplan.backends") / "cuda" / "copies.cu").read_text())
-    r = subprocess.run([nvcc(), "-arch=sm_90", "-cubin", "-Xptxas", "-v", str(src), "-o", str(tmp_path / "c.cubin")],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
-    assert "0 bytes spill stores" in r.stderr
-    assert "7 words" in src.read_text()
+    for name in ("copies.cu", "packed.cu"):  # packed.cu: a PackedSequence in and out in one launch each
+        src = tmp_path / name
+        src.write_text((files("rnnplan.backends") / "cuda" / name).read_text())
+        r = subprocess.run([nvcc(), "-arch=sm_90", "-cubin", "-Xptxas", "-v", str(src), "-o",
+                            str(tmp_path / f"{name}.cubin")], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+        assert "0 bytes spill stores" in r.stderr
+    assert "7 words" in (tmp_path / "copies.cu").read_text()

@@ -6,7 +6,10 @@ events and allocations. Everything is on the one stream, so the caller's stream 
 call's: no events are needed.
 
 Holds for a graph-mode executor without `debug` of time-major input whose input buffers are
-contiguous (`why_not` says which of these fails).
+contiguous (`why_not` says which of these fails). `PointerCall.packed` takes a torch PackedSequence's
+rows, indices and layout instead of a padded input, for a masked plan whose output sequence is one
+view: one launch of `cuda/packed.cu` fills the padded input and the mask, another writes the packed
+output rows.
 """
 
 from __future__ import annotations
@@ -48,19 +51,62 @@ class PointerCall:
         jobs_out = [(src, src_ld * item, offset, dst_ld * item, rows, cols * item, i + 4)
                     for i, name in enumerate(("out", "h_n", "c_n")) if name in plan.outputs
                     for offset, dst_ld, src, src_ld, rows, cols in impl.copies_out(plan.outputs[name])]
+        # A packed call's copies: the states' alone (packed.cu moves the sequences and the mask).
+        states_in = [j for j in jobs_in if j[-1] in (1, 2)]
+        states_out = [j for j in jobs_out if j[-1] in (5, 6)]
         with impl.device:
             self.kernel = _copy_kernel(cp, impl.device.id)
             self.tables = [(cp.asarray(jobs, dtype=np.uint64), _grid(jobs)) for jobs in (jobs_in, jobs_out)]
+            self.packed_tables = [(cp.asarray(jobs, dtype=np.uint64), _grid(jobs)) if jobs else None
+                                  for jobs in (states_in, states_out)]
+            self.packing = _packed_kernels(cp, impl.device.id) if packable(executor) is None else None
         self._streams: dict[int, object] = {}  # caller's stream pointer -> CuPy's handle on it
+
+    def _stream(self, stream: int):
+        handle = self._streams.get(stream)
+        if handle is None:
+            handle = self._streams[stream] = self.impl.cp.cuda.ExternalStream(stream)
+        return handle
+
+    def packed(self, stream: int, data: int, rank: int, order: int, layout: int, steps: int, rows: int, states,
+               outs) -> None:
+        """A packed batch (`packable` holds): pointers of its `data` (rows x I), `rank` and `order`
+        (int64, B: torch's unsorted_indices and sorted_indices), `layout` (int64: the batch sizes,
+        then the row offsets, `steps` each), all on the device in the plan's dtype where they hold
+        values; `states` as for a call; `outs`: the packed output rows (rows x D*H), h_n, c_n.
+        Not inside the caller's stream capture (the layout comes from the host each call)."""
+        impl, (unpack, repack), (states_in, states_out) = self.impl, self.packing, self.packed_tables
+        plan, item = impl.plan, impl.dtype.itemsize
+        x, mask, y = plan.inputs["x"], plan.inputs["mask"], plan.outputs["out"][0]
+        spec = plan.spec
+        handle = self._stream(stream)
+        with impl.device:
+            impl._zeroed_states.clear()
+            h0, c0 = states
+            n_in = x.rows * x.cols * item // 2  # 2-byte words, the most a thread may move
+            unpack((_blocks(n_in),), (THREADS,), (np.uint64(data), np.uint64(impl._ptr(x)), np.uint64(impl._ptr(mask)),
+                                                   np.uint64(layout), np.uint64(rank), np.int32(steps),
+                                                   np.int32(spec.seq_len), np.int32(spec.batch),
+                                                   np.uint64(x.cols * item), np.uint32(ONE_BITS[impl.dtype.name]),
+                                                   np.int32(item)), stream=handle)
+            if states_in is not None:
+                self.kernel(states_in[1], (THREADS,), (states_in[0], np.uint64(0), np.uint64(h0 or 0),
+                                                       np.uint64(c0 or 0), np.uint64(0)), stream=handle)
+            impl.graph.launch(stream=handle)
+            repack((_blocks(rows * y.cols * item // 2),), (THREADS,),
+                   (np.uint64(impl._ptr(y)), np.uint64(outs[0]), np.uint64(layout), np.uint64(order), np.int32(steps),
+                    np.int32(spec.batch), np.int64(rows), np.uint64(y.cols * item), np.uint64(y.ld * item)),
+                   stream=handle)
+            if states_out is not None:
+                self.kernel(states_out[1], (THREADS,), (states_out[0], np.uint64(0), *(np.uint64(p) for p in outs[1:]),
+                                                        np.uint64(0)), stream=handle)
 
     def __call__(self, stream: int, x: int, states, outs, capturing: bool = False, mask: int | None = None) -> None:
         """With `capturing` (the caller's stream is capturing a CUDA graph of its own), the plan is
         issued step by step on the executor's streams, forked from and joined back to the caller's,
         so that the caller's graph holds it (a graph is not launched inside another's capture)."""
         impl, kernel, (jobs_in, grid_in), (jobs_out, grid_out) = self.impl, self.kernel, *self.tables
-        handle = self._streams.get(stream)
-        if handle is None:
-            handle = self._streams[stream] = impl.cp.cuda.ExternalStream(stream)
+        handle = self._stream(stream)
         with impl.device:
             h0, c0 = states
             impl._zeroed_states.clear()  # the state buffers now hold what this call gives (Executor.run's note)
@@ -77,8 +123,32 @@ class PointerCall:
             kernel(grid_out, (THREADS,), (jobs_out, *(np.uint64(p) for p in outs), np.uint64(0)), stream=handle)
 
 
+def packable(executor) -> str | None:
+    """Why `executor` cannot take packed calls (`PointerCall.packed`); None: it can."""
+    plan = executor.impl.plan
+    if not plan.spec.variable_lengths:
+        return "the plan has no variable lengths (no mask)"
+    out = plan.outputs["out"]
+    if len(out) != 1 or any(v.ld != v.cols for v in (plan.inputs["x"], plan.inputs["mask"])):
+        return "the output sequence is not one view, or the input is strided"
+    return None
+
+
 THREADS = 256
+ONE_BITS = {"float32": 0x3F800000, "float16": 0x3C00, "bfloat16": 0x3F80}  # 1.0 in each storage type
 _KERNELS: dict[int, object] = {}  # device -> the compiled copy kernel
+_PACKED: dict[int, tuple] = {}  # device -> (unpack, repack)
+
+
+def _packed_kernels(cp, device: int) -> tuple:
+    if device not in _PACKED:
+        module = cp.RawModule(code=(files("rnnplan.backends") / "cuda" / "packed.cu").read_text())
+        _PACKED[device] = (module.get_function("rnnplan_unpack"), module.get_function("rnnplan_repack"))
+    return _PACKED[device]
+
+
+def _blocks(words: int) -> int:
+    return max(1, min(4096, -(-words // THREADS)))
 
 
 def _copy_kernel(cp, device: int):

@@ -1,0 +1,114 @@
+"""Calls of rnnplan's executors on torch tensors, for `rnnplan.compile`: by device pointers on the
+caller's stream (`backends.pointer_call`; padded batches, and packed ones at a cached shape), or
+through `Executor.run` (NumPy on the CPU, CuPy through DLPack on torch's current stream). Each call
+returns `(out, h_n, c_n)` (c_n empty but for LSTMs), or for a packed call `(PackedSequence, state)`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rnnplan.executor import Executor
+from rnnplan.packing import host_lengths
+from rnnplan.spec import RNNSpec
+
+
+def raw_stream(device: torch.device) -> int:
+    """torch's current stream on `device`, as a pointer (torch's own C call, as Triton uses it, where
+    it exists: a tenth of the microseconds of building a torch.cuda.Stream)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(device.index) if raw is not None else torch.cuda.current_stream(device).cuda_stream
+
+
+def by_pointers(call, spec: RNNSpec):
+    """A call on CUDA tensors by device pointers (backends.pointer_call): the outputs are allocated by
+    torch on the caller's stream, filled there, and returned as they are."""
+    lstm = spec.cell == "lstm"
+    out_shape = (spec.seq_len, spec.batch, spec.directions * spec.output_size)
+    state_shape = (spec.num_layers * spec.directions, spec.batch, spec.output_size)
+    c_shape = (*state_shape[:2], spec.hidden_size)
+    steps = torch.arange(spec.seq_len)[:, None]
+
+    def run(x, h0, c0, lengths):
+        out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
+        c_n = x.new_empty(c_shape if lstm else (0,))
+        states = (None if h0 is None else h0.data_ptr(), None if c0 is None else c0.data_ptr())
+        mask = lengths if isinstance(lengths, torch.Tensor) else None  # (T, B) on the device already
+        if spec.variable_lengths and mask is None:  # made on the host from the lengths, one copy to the device
+            mask = (steps < torch.as_tensor(lengths)[None, :]).to(x.dtype).to(x.device, non_blocking=True)
+        call(raw_stream(x.device), x.data_ptr(), states, (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()),
+             torch.cuda.is_current_stream_capturing(), None if mask is None else mask.data_ptr())
+        return out, h_n, c_n
+    if call.packing is not None:  # PackedSequences by two launches of packed.cu (repeat calls at a shape)
+        run.packed = packed_by_pointers(call, spec)
+    return run
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a NumPy array sharing its memory (bfloat16 as ml_dtypes' dtype, bit for bit)."""
+    return t.view(torch.int16).numpy().view("bfloat16") if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """`_numpy` the other way."""
+    return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype.name == "bfloat16" else \
+        torch.from_numpy(a)
+
+
+def run_executor(ex: Executor, x: torch.Tensor, h0, c0, lengths):
+    """One call of rnnplan's executor on torch tensors: NumPy on the CPU, CuPy through DLPack on
+    torch's current stream."""
+    lengths = host_lengths(lengths)
+    state = None if h0 is None else ((h0, c0) if c0 is not None else h0)
+    if x.device.type == "cpu":
+        state = None if state is None else tuple(_numpy(s) for s in state) if isinstance(state, tuple) \
+            else _numpy(state)
+        out, st = ex.run(_numpy(x), state, lengths=lengths)
+        tensors = [_tensor(np.ascontiguousarray(out))] + [_tensor(s) for s in (st if isinstance(st, tuple) else (st,))]
+    else:
+        import cupy
+
+        with cupy.cuda.Device(x.device.index), _cupy_stream(cupy, torch.cuda.current_stream(x.device)):
+            out, st = ex.run(x, state, lengths=lengths)
+        tensors = [torch.from_dlpack(a) for a in (out, *(st if isinstance(st, tuple) else (st,)))]
+        if x.dtype == torch.bfloat16:  # CuPy holds bf16 as its bits (int16)
+            tensors = [t.view(torch.bfloat16) for t in tensors]
+    return tensors[0], tensors[1], tensors[2] if len(tensors) > 2 else tensors[1].new_empty(0)
+
+
+def _cupy_stream(cupy, stream: torch.cuda.Stream):
+    """torch's stream as CuPy's current stream, so that a call is ordered after the caller's work and
+    its results are ready there (CuPy 14 takes any object of the CUDA stream protocol)."""
+    if hasattr(cupy.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream)
+
+
+def packed_by_pointers(call, spec):
+    """A packed call of a masked plan by device pointers (`PointerCall.packed`): the layout from
+    batch_sizes on the host (two cumulative arrays, one copy to the device), then the executor's own
+    launches; the outputs are allocated by torch on the caller's stream. Returns
+    `(PackedSequence, state)` as torch does."""
+    lstm = spec.cell == "lstm"
+    layers, width = spec.num_layers * spec.directions, spec.output_size
+    identity: dict = {}  # (batch, device) -> arange, the indices of a sorted batch
+
+    def run(packed, data: torch.Tensor, h0, c0):
+        sizes = packed.batch_sizes.numpy()
+        steps, batch, rows = len(sizes), int(sizes[0]), data.shape[0]
+        layout = torch.from_numpy(np.concatenate([sizes, np.cumsum(sizes) - sizes])).to(data.device, non_blocking=True)
+        rank, order = packed.unsorted_indices, packed.sorted_indices
+        if order is None:
+            rank = order = identity.get((batch, data.device))
+            if rank is None:
+                rank = order = identity[batch, data.device] = torch.arange(batch, device=data.device)
+        out = data.new_empty((rows, spec.directions * width))
+        h_n = data.new_empty((layers, batch, width))
+        c_n = data.new_empty((layers, batch, spec.hidden_size)) if lstm else None
+        states = (None if h0 is None else h0.data_ptr(), None if c0 is None else c0.data_ptr())
+        call.packed(raw_stream(data.device), data.data_ptr(), rank.data_ptr(), order.data_ptr(), layout.data_ptr(),
+                    steps, rows, states, (out.data_ptr(), h_n.data_ptr(), 0 if c_n is None else c_n.data_ptr()))
+        result = torch.nn.utils.rnn.PackedSequence(out, packed.batch_sizes, packed.sorted_indices,
+                                                   packed.unsorted_indices)
+        return result, ((h_n, c_n) if lstm else h_n)
+    return run
