@@ -274,14 +274,17 @@ class CompiledRNN(torch.nn.Module):
         if not data.is_cuda or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
             return None
         steps, batch = len(packed.batch_sizes), int(packed.batch_sizes[0])
-        padded = steps if self.bucket is None else -(-steps // self.bucket) * self.bucket
-        found = self._executors.get(self._key(padded, batch, True, data.device))
+        found = self._executors.get(self._key(self._padded(steps), batch, True, data.device))
         call = getattr(found.chosen.run, "packed", None) if found is not None else None
         if call is None:
             return None
         self._counts[0] += 1
         h0, c0 = self._state(hx, batch)
         return call(packed, data, h0, c0)
+
+    def _padded(self, steps: int) -> int:
+        """The steps a call of `steps` runs: rounded up to a multiple of the bucket, if there is one."""
+        return steps if self.bucket is None else -(-steps // self.bucket) * self.bucket
 
     def _key(self, steps: int, batch: int, varlen: bool, device: torch.device) -> tuple:
         dtype = PARAMETER_DTYPES[self._buffers["weight_hh_l0"].dtype]
@@ -316,7 +319,7 @@ class CompiledRNN(torch.nn.Module):
         varlen = lengths is not None or (bucket is not None and steps % bucket != 0)
         if varlen and lengths is None:
             lengths = [steps] * batch
-        padded_steps = steps if bucket is None else -(-steps // bucket) * bucket
+        padded_steps = self._padded(steps)
         if padded_steps != steps:
             x = torch.cat([x, x.new_zeros((padded_steps - steps, *x.shape[1:]))])
             if isinstance(lengths, torch.Tensor):  # the padding lies past every sequence's end
