@@ -2,7 +2,7 @@
 each block and summed over the steps, for the first block of layer 0 and of the last layer.
 
     python3 benchmarks/persistent_profile.py [--weights chosen|registers|shared] [--precision fp16|tf32|fp32]
-                                             [--config paper 4x256b8 1x1024b8 1x256b1 ...]
+                                             [--config paper 4x256b8 1x1024b8 1x256b1 ...] [--units N]
 
 The kernel is the one the planner picks (math="tf32" for the tf32 precision). Phases of the
 tensor-core kernel: set-up (once: weights on-chip, biases), publish/loop (the previous step's publish
@@ -14,7 +14,8 @@ the previous step, issuing layer 0's projection loads), wait h+x (polling this c
 then the layer input's, or both at once with MERGED_WAIT), barrier (layer 0's prefetched projection into
 the gate sums, a block barrier), dot+barrier (the dot products, their
 warp reductions, the gate sums, a barrier), cell+publish (the cell update, writing y and the exchange
-words). The marks are PROF(k) macros in the kernels' source (persistent/cuda/ffma.cu, mma.cu), empty unless
+words), proj (with projections: waiting for the chain's cell h, W_hr's dot products, publishing the
+projected h). The marks are PROF(k) macros in the kernels' source (persistent/cuda/ffma.cu, mma.cu), empty unless
 the executor is built with `profile=True`, which compiles them in and reads the sums back
 (`CupyExecutor.persistent_profile`). The kernel's own barriers make thread 0's view the block's.
 """
@@ -42,12 +43,18 @@ CONFIGS = {
                          bidirectional=True),
     "gru2x256b4": dict(cell="gru", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=4),
     "2x512b8": dict(cell="lstm", input_size=512, hidden_size=512, num_layers=2, seq_len=100, batch=8),
+    "3x256b1": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=3, seq_len=100, batch=1),
+    # projections (the FFMA kernel's projection phase)
+    "3x1024p256b1": dict(cell="lstm", input_size=1024, hidden_size=1024, proj_size=256, num_layers=3, seq_len=100,
+                         batch=1),
+    "3x1024p256b4": dict(cell="lstm", input_size=1024, hidden_size=1024, proj_size=256, num_layers=3, seq_len=100,
+                         batch=4),
 }
 # Per kernel: the phases between its PROF(k) marks (persistent/cuda/*.cu), in slot order; slot 7 is the
 # set-up before the first step.
 PHASES = {
     "mma": ("publish/loop", "fill", "wait x", "wait h", "stage", "mma", "cell"),
-    "ffma": ("barrier/loop", "wait h+x", "barrier", "dot+barrier", "cell+publish"),
+    "ffma": ("barrier/loop", "wait h+x", "barrier", "dot+barrier", "cell+publish", "proj (wait, dot, publish)"),
 }
 
 
@@ -64,6 +71,7 @@ def main() -> None:
                     help="profile the planner's kernel or the variant of it holding weights so")
     ap.add_argument("--precision", choices=["fp16", "tf32", "fp32"], default="fp16")
     ap.add_argument("--config", nargs="*", choices=sorted(CONFIGS), default=["paper", "4x256b8"])
+    ap.add_argument("--units", type=int, help="hidden units per block instead of the planner's (FFMA kernel)")
     args = ap.parse_args()
 
     clock_hz = cp.cuda.runtime.getDeviceProperties(0)["clockRate"] * 1e3
@@ -74,6 +82,9 @@ def main() -> None:
         if args.weights != "chosen" and r.weights_in_registers != (args.weights == "registers"):
             r = (tensor_core_recurrence(spec, r.units_per_block, describe_device(), args.weights == "registers")
                  if r.batch_tile else dataclasses.replace(r, weights_in_registers=args.weights == "registers"))
+            plan = with_recurrence(plan, r)
+        if args.units and not r.batch_tile:
+            r = dataclasses.replace(r, units_per_block=args.units)
             plan = with_recurrence(plan, r)
         ex = rp.Executor(plan, rp.Weights.random(spec, seed=1), backend="cupy", mode="streams", profile=True)
         x = np.random.default_rng(0).standard_normal((spec.seq_len, spec.batch, spec.input_size)).astype(spec.dtype)

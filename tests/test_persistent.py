@@ -373,8 +373,14 @@ def _variant(kind, **kw):
     ("registers", dict(cell="lstm", num_layers=2, hidden_size=256, batch=16, variable_lengths=True,
                        bidirectional=True)),
     ("shared", dict(cell="gru", num_layers=2, hidden_size=256, batch=64, dtype="float16", variable_lengths=True)),
+    # projections (the FFMA kernel's second hand-off and W_hr in shared memory)
+    ("ffma", dict(cell="lstm", num_layers=3, hidden_size=1024, proj_size=256, batch=1, dtype="float16")),
+    ("ffma", dict(cell="lstm", num_layers=3, hidden_size=1024, proj_size=256, batch=16, dtype="bfloat16")),
+    ("ffma_registers", dict(cell="lstm", num_layers=2, hidden_size=100, proj_size=37, batch=3, bidirectional=True)),
+    ("ffma", dict(cell="lstm", num_layers=2, hidden_size=96, proj_size=32, batch=4, variable_lengths=True)),
 ], ids=lambda v: v if isinstance(v, str) else f"{v['cell']}-{v['num_layers']}x{v['hidden_size']}-B{v['batch']}"
-                                                f"-{v.get('dtype', 'float32')}{'-varlen' * v.get('variable_lengths', 0)}")
+                                                f"-{v.get('dtype', 'float32')}{'-varlen' * v.get('variable_lengths', 0)}"
+                                                f"{'-proj' * bool(v.get('proj_size'))}")
 def test_every_kernel_variant_compiles_cleanly(kind, kw, tmp_path):
     """Both kernels' generated sources, over the switches their #defines turn (vector or scalar loads,
     split or summed gate parts, the projection prefetched or not, fp16 or tf32 operands, weights in

@@ -1,9 +1,11 @@
 """LSTM projections (`proj_size`, torch's LSTMP; issue 18, item 2): h = W_hr (o * tanh(c)) of size
 proj, c of size hidden, the layers above reading the projected h. Against torch on the NumPy
 reference for naive and optimized plans, directions, layouts, states and variable lengths; the
-spec, the weights and the JSON plan; the persistent lowering refusing it by name; the drop-in on CPU
-tensors; and on the GPU (marked gpu) in fp32, fp16 and bf16, autotuned against cuDNN."""
+spec, the weights and the JSON plan; the persistent lowering (the FFMA kernel's projection step, masked
+too); the drop-in on CPU tensors; and on the GPU (marked gpu) in fp32, fp16
+and bf16, autotuned against cuDNN, and the persistent kernel against torch."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,13 +82,56 @@ def test_the_spec_names_what_a_projection_needs():
     assert "proj=4" in spec.short()
 
 
-def test_the_persistent_lowering_refuses_a_projection_by_name_and_auto_plans_graph():
+H200_OPTIONS = rp.PlanOptions(device=rp.DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448))
+
+
+def test_the_persistent_lowering_takes_a_projection_on_the_ffma_kernel():
     spec = spec_of(batch=1)
-    h200 = rp.PlanOptions(device=rp.DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448))
-    plan = rp.build_plan(spec, options=h200)
-    assert plan.lowering == "graph" and "proj_size" in plan.lowering_reason
-    with pytest.raises(ValueError, match="lowering='persistent' does not take proj_size=4 yet"):
-        rp.build_plan(spec, options=h200.model_copy(update={"lowering": "persistent"}))
+    plan = rp.build_plan(spec, options=H200_OPTIONS)
+    assert plan.lowering == "persistent" and "FFMA" in plan.lowering_reason
+    (rec,) = [s.recurrence for s in plan.steps if s.recurrence is not None]
+    assert rec.proj_size == 4 and rec.h_width == 4 and rec.batch_tile == 0  # the FFMA kernel only
+    # auto keeps the FFMA kernel's measured batch limit (fp32's) in every precision
+    big = rp.build_plan(spec_of(batch=16, dtype="float16"), options=H200_OPTIONS)
+    assert big.lowering == "graph" and "batch 16 > 8" in big.lowering_reason
+    forced = rp.build_plan(spec_of(batch=16, dtype="float16"), options=H200_OPTIONS.model_copy(
+        update={"lowering": "persistent"}))
+    assert forced.steps[-1].recurrence.batch_tile == 0
+    assert rp.build_plan(spec_of(batch=1, variable_lengths=True), options=H200_OPTIONS).lowering == "persistent"
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_the_persistent_recurrence_with_a_projection_and_variable_lengths_matches_torch_packed(bidirectional):
+    """Masked: c kept past a sequence's end inside the cell, the projected h after the projection."""
+    spec = spec_of(bidirectional=bidirectional, variable_lengths=True)
+    module = torch_module(spec, 8)
+    x, state = random_inputs(spec, 9)
+    lengths = [7, 2, 5]
+    plan = rp.build_plan(spec, options=H200_OPTIONS.model_copy(update={"lowering": "persistent"}))
+    out, (h, c) = rp.Executor(plan, rp.Weights.from_torch(module, spec), backend="numpy",
+                              debug=True).run(x, state, lengths=lengths)
+    with torch.no_grad():
+        packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), lengths, enforce_sorted=False)
+        want, (wh, wc) = module(packed, tuple(torch.from_numpy(s) for s in state))
+        want, _ = torch.nn.utils.rnn.pad_packed_sequence(want, total_length=spec.seq_len)
+    for got_, want_ in ((out, want), (h, wh), (c, wc)):
+        assert rel_err(got_, want_.numpy()) <= 1e-5
+
+
+@pytest.mark.parametrize("layers, bidirectional, batch_first, bias", [(1, False, False, True), (2, True, False, True),
+                                                                      (3, False, True, False)])
+def test_the_persistent_recurrence_with_a_projection_matches_torch(layers, bidirectional, batch_first, bias):
+    """The recurrent node's reference semantics (`run_recurrence`, what the kernel computes) with
+    W_hr: h P wide in w_hh, the upper layers' w_ih, h0 and y; c H wide."""
+    spec = spec_of(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
+    module = torch_module(spec, 6)
+    plan = rp.build_plan(spec, options=H200_OPTIONS.model_copy(update={"lowering": "persistent"}))
+    (step,) = [s for s in plan.steps if s.kind == "recurrent"]
+    assert sum((v.rows, v.cols) == (spec.proj_size, spec.hidden_size) for v in step.inputs) == layers * spec.directions
+    ex = rp.Executor(plan, rp.Weights.from_torch(module, spec), backend="numpy", debug=True)
+    for seed, with_state in ((0, True), (1, False)):
+        x, state = random_inputs(spec, seed, with_state)
+        assert_same_result(ex.run(x, state), run_torch(module, x, state), 1e-5)
 
 
 def test_a_projected_plan_round_trips_through_json():
@@ -152,3 +197,60 @@ def test_gpu_projected_lstm_against_torch(dtype, tol, autotune):
     assert "proj 32" in fast.explain()
     m.to(dtype)
     torch.backends.cudnn.allow_tf32 = True
+
+
+PERSISTENT_PROJ = [  # (spec, units per block or None for the planner's): the FFMA kernel's projection step
+    (dict(input_size=256, hidden_size=1024, proj_size=256, num_layers=3, seq_len=30, batch=1), None),
+    (dict(input_size=40, hidden_size=100, proj_size=37, num_layers=2, seq_len=9, batch=3, bidirectional=True), None),
+    (dict(input_size=20, hidden_size=64, proj_size=16, num_layers=2, seq_len=7, batch=2, bias=False), None),
+    (dict(input_size=64, hidden_size=256, proj_size=128, num_layers=2, seq_len=12, batch=16, batch_first=True), None),
+    (dict(input_size=33, hidden_size=200, proj_size=50, num_layers=3, seq_len=6, batch=5), 64),  # few blocks, np 13
+    (dict(input_size=24, hidden_size=96, proj_size=32, num_layers=2, seq_len=11, batch=4, bidirectional=True,
+          variable_lengths=True), None),  # masked: the projected h kept past each sequence's end
+]
+# Each with its weights in shared memory, and in registers where they fit the register budget (the
+# first and the fifth do not: 96 rows of 256 and 832 rows of 50 values a block).
+PROJ_CASES = [(kw, units, registers) for i, (kw, units) in enumerate(PERSISTENT_PROJ)
+              for registers in ((False,) if i in (0, 4) else (True, False))]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("spec_kw, units, registers", PROJ_CASES,
+                         ids=[f"{kw['num_layers']}x{kw['hidden_size']}p{kw['proj_size']}-B{kw['batch']}-"
+                              f"{'registers' if reg else 'shared'}" for kw, _, reg in PROJ_CASES])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gpu_persistent_kernel_with_a_projection_matches_torch(spec_kw, units, registers, precision):
+    """The FFMA kernel with W_hr on-chip against strict-fp32 torch and the NumPy reference, twice on
+    poisoned buffers, with the weights in registers (where they fit) and in shared memory."""
+    from rnnplan.lowering.recurrent import with_recurrence
+    from rnnplan.persistent import kernel_of, recurrence_of
+    from tests.test_gpu import TOL, host, module_and_weights, torch_reference
+
+    spec = rp.RNNSpec(cell="lstm", **spec_kw, dtype="float16" if precision == "fp16" else "float32")
+    module, weights = module_and_weights(spec, 11)
+    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
+    r = recurrence_of(spec, units or plan.steps[-1].recurrence.units_per_block, registers=registers)
+    assert kernel_of(r).registers_fit or not registers
+    plan = with_recurrence(plan, r)
+    ex = rp.Executor(plan, weights, backend="cupy")
+    x, state = random_inputs(spec, 12)
+    lengths = [11, 3, 8, 1][:spec.batch] if spec.variable_lengths else None
+    if lengths:  # torch's packed run, padded back: the reference of a masked plan
+        import torch as th
+        with th.no_grad():
+            packed = th.nn.utils.rnn.pack_padded_sequence(th.from_numpy(x.astype(np.float32)), lengths,
+                                                          enforce_sorted=False)
+            out, st = module.float()(packed, tuple(th.from_numpy(s.astype(np.float32)) for s in state))
+            want_out = th.nn.utils.rnn.pad_packed_sequence(out, total_length=spec.seq_len)[0].numpy()
+            want_st = tuple(s.numpy() for s in st)
+    else:
+        want_out, want_st = torch_reference(module, x, state)
+    ref_out, _ = rp.Executor(plan, weights, backend="numpy").run(x, state, lengths=lengths)
+    for _ in range(2):
+        ex.impl.poison()
+        out, st = host(ex.run(x, state, lengths=lengths))
+        assert rel_err(out, want_out) <= TOL[precision] and rel_err(out, ref_out) <= TOL[precision]
+        assert [s.shape for s in st] == [w.shape for w in want_st]
+        for s_, w in zip(st, want_st):
+            assert rel_err(s_, w) <= TOL[precision]

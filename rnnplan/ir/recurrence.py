@@ -4,9 +4,12 @@ and cell update, every step, both directions) as one kernel, for the persistent 
 Operands, in order (`operand_shapes`): per chain (layer l, direction d, in layer-major order)
 - l = 0: `xproj`, layer 0's input projection x @ W_ih^T for every step, (T*B, G*H), no bias;
   l > 0: `w_ih`, (G*H, D*H) in PyTorch's layout (the projection is computed inside the kernel);
-- `w_hh` (G*H, H) in PyTorch's layout; with bias, `b_ih` and `b_hh` (1, G*H);
+- `w_hh` (G*H, H) in PyTorch's layout; with bias, `b_ih` and `b_hh` (1, G*H); with projections
+  (LSTM `proj_size` P), `w_hr` (P, H);
 then `h0` (and `c0` for LSTM), (L*D*B, H), and with variable lengths the `mask` (T*B, 1). Outputs:
-every layer's output sequence `y{l}` (T*B, D*H), then `c_n` (L*D*B, H) for LSTM. With variable
+every layer's output sequence `y{l}` (T*B, D*H), then `c_n` (L*D*B, H) for LSTM. With projections
+h is P wide wherever it is read or written (`h_width`: w_hh (G*H, P), w_ih above layer 0 (G*H, D*P),
+h0 and y), c stays H wide, and each step's h is `w_hr` times the cell's h. With variable
 lengths y is 0 past a sequence's end, so h_n cannot be read from it: the outputs are then the last
 layer's sequence only (the layers above read h from the kernel's own hand-off), `c_n`, and `h_n`
 (L*D*B, H). `run_recurrence` is the reference semantics: plain
@@ -51,6 +54,8 @@ class Recurrence:
     math: str = "fp32"
     # Sequences of their own lengths (RNNSpec.variable_lengths): the cell is the masked one.
     variable_lengths: bool = False
+    # LSTM projections (RNNSpec.proj_size): h = W_hr @ (the cell's h) each step; 0 for none.
+    proj_size: int = 0
 
     @property
     def cell_def(self) -> Cell:
@@ -60,6 +65,11 @@ class Recurrence:
     @property
     def gates(self) -> int:
         return len(CELLS[self.cell].gates)
+
+    @property
+    def h_width(self) -> int:
+        """The width of h as the recurrence reads and writes it: proj_size with projections, else hidden."""
+        return self.proj_size or self.hidden
 
     @property
     def chains(self) -> list[tuple[int, int]]:
@@ -73,7 +83,7 @@ class Recurrence:
 
 # The fields that say which network a Recurrence runs (the others say which kernel runs it).
 NETWORK_FIELDS = ("cell", "num_layers", "directions", "seq_len", "batch", "hidden", "input_size", "bias", "dtype",
-                  "variable_lengths")
+                  "variable_lengths", "proj_size")
 
 
 def network_of(spec) -> dict[str, object]:
@@ -85,17 +95,20 @@ def network_of(spec) -> dict[str, object]:
 def operand_shapes(r: Recurrence) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(input shapes, output shapes) of a recurrent node or step, in operand order."""
     G, H, T, B, D, L = r.gates, r.hidden, r.seq_len, r.batch, r.directions, r.num_layers
+    R = r.h_width
     has_c = "c" in CELLS[r.cell].states
     ins = []
     for layer in range(L):
         for _ in range(D):
-            ins.append((T * B, G * H) if layer == 0 else (G * H, D * H))
-            ins.append((G * H, H))
+            ins.append((T * B, G * H) if layer == 0 else (G * H, D * R))
+            ins.append((G * H, R))
             if r.bias:
                 ins += [(1, G * H), (1, G * H)]
-    ins += [(L * D * B, H)] * (2 if has_c else 1) + ([(T * B, 1)] if r.variable_lengths else [])
-    outs = [(T * B, D * H)] * (1 if r.variable_lengths else L) + ([(L * D * B, H)] if has_c else []) + \
-        ([(L * D * B, H)] if r.variable_lengths else [])
+            if r.proj_size:
+                ins.append((R, H))
+    ins += [(L * D * B, R)] + ([(L * D * B, H)] if has_c else []) + ([(T * B, 1)] if r.variable_lengths else [])
+    outs = [(T * B, D * R)] * (1 if r.variable_lengths else L) + ([(L * D * B, H)] if has_c else []) + \
+        ([(L * D * B, R)] if r.variable_lengths else [])
     return ins, outs
 
 
@@ -110,11 +123,11 @@ def run_recurrence(r: Recurrence, args) -> list[np.ndarray]:
     dtype = np.dtype(r.dtype)
     cell = r.cell_def
     has_c = "c" in cell.states
-    T, B, H, D, L = r.seq_len, r.batch, r.hidden, r.directions, r.num_layers
+    T, B, H, D, L, R = r.seq_len, r.batch, r.hidden, r.directions, r.num_layers, r.h_width
     args = list(args)
-    per_chain = 4 if r.bias else 2
-    ys = [np.empty((T * B, D * H), dtype) for _ in range(L)]
-    c_n, h_n = np.empty((L * D * B, H), dtype), np.empty((L * D * B, H), dtype)
+    per_chain = (4 if r.bias else 2) + bool(r.proj_size)
+    ys = [np.empty((T * B, D * R), dtype) for _ in range(L)]
+    c_n, h_n = np.empty((L * D * B, H), dtype), np.empty((L * D * B, R), dtype)
     h0 = args[L * D * per_chain]
     c0 = args[L * D * per_chain + 1] if has_c else None
     mask = args[L * D * per_chain + 1 + has_c].astype(f32) if r.variable_lengths else None
@@ -131,10 +144,17 @@ def run_recurrence(r: Recurrence, args) -> list[np.ndarray]:
             if r.bias:
                 gx, gh = gx + ops[2], gh + ops[3]
             m = None if mask is None else mask[here]
-            new = cell.step(_by_gate(gx, cell), _by_gate(gh, cell), h, c, m)
+            # (with a projection the cell's h_prev is unused by LSTM's equations but for the masked
+            # cell's keep, which the projected h then replaces: the kept h is the projected one)
+            new = cell.step(_by_gate(gx, cell), _by_gate(gh, cell), np.zeros((B, H), f32) if r.proj_size else h, c, m)
             c = new.get("c")
-            h = new["h"].astype(dtype).astype(f32)  # as the kernel re-reads it
-            ys[layer][here, d * H:(d + 1) * H] = h if m is None else np.where(m != 0, h, f32(0))
+            h_cell = new["h"].astype(dtype).astype(f32)  # as the kernel re-reads it
+            if r.proj_size:
+                projected = (h_cell @ ops[-1].T).astype(dtype).astype(f32)
+                h = projected if m is None else np.where(m != 0, projected, h)
+            else:
+                h = h_cell
+            ys[layer][here, d * R:(d + 1) * R] = h if m is None else np.where(m != 0, h, f32(0))
         h_n[rows] = h
         if c is not None:
             c_n[rows] = c

@@ -37,7 +37,8 @@ class CostModel:
         memory_us = moved / (self.bandwidth_gbs * 1e3)
         if step.recurrence is not None:  # rounds of the in-kernel wavefront, or its arithmetic
             rounds = max(wavefront(step.recurrence).values()) + 1
-            return self.launch_us + max(rounds * self.handoff_us, step.flops / (self.ffma_tflops * 1e6))
+            handoffs = 2 if step.recurrence.proj_size else 1  # a projection hands h over twice a step
+            return self.launch_us + max(rounds * handoffs * self.handoff_us, step.flops / (self.ffma_tflops * 1e6))
         if step.gemm is not None:
             g = step.gemm
             fill = min(1.0, max(self.small_gemm_efficiency, g.m * g.n / (132 * 128 * 128)))

@@ -100,10 +100,12 @@ class Step(_Frozen):
     def flops(self) -> int:
         if self.gemm is not None:
             return 2 * self.gemm.m * self.gemm.n * self.gemm.k
-        if self.recurrence is not None:  # the recurrent GEMMs and the upper layers' input GEMMs
+        if self.recurrence is not None:  # the recurrent GEMMs, the upper layers' input GEMMs, projections
             r = self.recurrence
-            per_step = sum(r.hidden + (r.directions * r.hidden if layer else 0) for layer, _ in r.chains)
-            return 2 * r.seq_len * r.batch * r.gates * r.hidden * per_step
+            R = r.h_width
+            per_step = sum(r.gates * r.hidden * (R + (r.directions * R if layer else 0)) + r.proj_size * r.hidden
+                           for layer, _ in r.chains)
+            return 2 * r.seq_len * r.batch * per_step
         o = self.outputs[0]
         return o.rows * o.cols * max(1, len(self.expr))
 

@@ -10,7 +10,9 @@ Guarantees: layer 0's input projection stays a cuBLAS GEMM over all steps per di
 the pre-transposed weight if `pretranspose` made one); everything recurrent, including the input
 projections of layers above the first, is the `recurrent` node; outputs read its results through
 views, so the plan's interface is unchanged. With variable lengths the kernel reads the mask and runs the
-masked cell (`Cell.masked`), and writes h_n apart (y is 0 past a sequence's end).
+masked cell (`Cell.masked`), and writes h_n apart (y is 0 past a sequence's end). With LSTM
+projections (`proj_size`) each chain's `weight_hr` is an operand after its biases, and h (h0, y, h_n)
+is proj_size wide.
 Which kernel, and whether `lowering="auto"` takes it, is `rnnplan.persistent.select`'s decision
 (`choose_lowering`), made for the device the options describe; this module only builds the node.
 Does not (yet): hold weights partly in registers and partly in shared memory (so the paper configuration
@@ -43,6 +45,7 @@ def persistent_recurrence(graph: Graph, options=None, spec: RNNSpec | None = Non
     if rec is None:
         raise ValueError(f"lowering='persistent' does not fit: {reason}")
     T, B, H, D, L = spec.seq_len, spec.batch, spec.hidden_size, spec.directions, spec.num_layers
+    R = spec.output_size  # h's width: proj_size with projections (c stays H wide)
     cell = CELLS[spec.cell]
     G = len(cell.gates)
     shapes = param_shapes(spec)
@@ -77,26 +80,28 @@ def persistent_recurrence(graph: Graph, options=None, spec: RNNSpec | None = Non
             inputs.append(param("weight_hh" + sfx))
             if spec.bias:
                 inputs += [param("bias_ih" + sfx), param("bias_hh" + sfx)]
+            if spec.proj_size:
+                inputs.append(param("weight_hr" + sfx))
     inputs += [f"{s}0" for s in cell.states] + (["mask"] if spec.variable_lengths else [])
     layers = range(L - 1, L) if spec.variable_lengths else range(L)  # which y the kernel writes (operand_shapes)
-    seqs = [Value(f"y{layer}.seq", (T * B, D * H), Region(f"y{layer}", (0, T * B), (0, D * H))) for layer in layers]
+    seqs = [Value(f"y{layer}.seq", (T * B, D * R), Region(f"y{layer}", (0, T * B), (0, D * R))) for layer in layers]
     outs = seqs + ([Value("c_n.all", (L * D * B, H))] if "c" in cell.states else []) + \
-        ([Value("h_n.all", (L * D * B, H))] if spec.variable_lengths else [])
+        ([Value("h_n.all", (L * D * B, R))] if spec.variable_lengths else [])
     nodes.append(Node("recurrence", "recurrent", tuple(inputs), tuple(outs), recurrence=rec, role="recurrence",
                       extra=(("reason", reason),)))
     last = f"y{L - 1}"
     nodes.append(Node("out.seq", "view", (f"{last}.seq",),
-                      (Value("out.seq", (T * B, D * H), Region(last, (0, T * B), (0, D * H))),), role="view"))
+                      (Value("out.seq", (T * B, D * R), Region(last, (0, T * B), (0, D * R))),), role="view"))
     nodes.append(Node("out", "output", ("out.seq",), role="out"))
     finals = {s: [] for s in cell.states}
     for ci, (layer, d) in enumerate(rec.chains):
         t = T - 1 if d == 0 else 0
         h = f"{names.chain(layer, d)}.h_n"
         if spec.variable_lengths:  # y is 0 past a sequence's end: the kernel writes h_n apart
-            source, region = "h_n.all", Region("h_n.all", (ci * B, (ci + 1) * B), (0, H))
+            source, region = "h_n.all", Region("h_n.all", (ci * B, (ci + 1) * B), (0, R))
         else:
-            source, region = f"y{layer}.seq", Region(f"y{layer}", (t * B, (t + 1) * B), (d * H, (d + 1) * H))
-        nodes.append(Node(h, "view", (source,), (Value(h, (B, H), region),), role="view", layer=layer, direction=d))
+            source, region = f"y{layer}.seq", Region(f"y{layer}", (t * B, (t + 1) * B), (d * R, (d + 1) * R))
+        nodes.append(Node(h, "view", (source,), (Value(h, (B, R), region),), role="view", layer=layer, direction=d))
         finals["h"].append(h)
         if "c" in cell.states:
             c = f"{names.chain(layer, d)}.c_n"

@@ -7,7 +7,9 @@ writer turns it into `#define`s (`persistent/source.py`), the CuPy backend launc
 
 Two kernels share the layout code (CUDA in `persistent/cuda/`):
 - FFMA (`batch_tile == 0`): fp32 dot products by warps, weights in the storage dtype in shared
-  memory or as fp32 in registers, h handed over as tagged 8-byte words;
+  memory or as fp32 in registers, h handed over as tagged 8-byte words; with LSTM projections, W_hr's
+  rows (`proj_rows_per_block` a block) in shared memory and a second hand-off a step (the cell's h to
+  the projection);
 - tensor cores (`batch_tile > 0`): mma.sync on fp16 operands (fp16 storage) or tf32 operands (fp32
   storage), weights as A fragments in shared memory or registers, h handed over in the storage type
   with one counter per chain and step.
@@ -76,7 +78,13 @@ class PersistentKernel(Recurrence):
     @property
     def input_width(self) -> int:
         """Widest layer input the kernel stages (0 for one layer: layer 0's projection is cuBLAS's)."""
-        return self.directions * self.hidden if self.num_layers > 1 else 0
+        return self.directions * self.h_width if self.num_layers > 1 else 0
+
+    @property
+    def proj_rows_per_block(self) -> int:
+        """With projections (FFMA kernel): rows of W_hr each block of a chain holds and computes (the
+        chain's proj_size rows over its blocks), 0 without."""
+        return _ceil_div(self.proj_size, self.blocks_per_chain) if self.proj_size else 0
 
     # ---- shared memory: one definition of each kernel's layout, read by the fit check, the launch
     # and the generated source (`#define OFF_<ARRAY>`, persistent/source.py).
@@ -158,7 +166,7 @@ class PersistentKernel(Recurrence):
         per m-tile. FFMA kernel: per row a lane holds every 32nd value of W_hh's and W_ih's row, counted
         in whole runs of 4 (the kernel's 4-value loads need them; 1-value loads need at most as many)."""
         if not self.batch_tile:
-            per_row = 4 * (_ceil_div(self.hidden, 128) + _ceil_div(self.input_width, 128))
+            per_row = 4 * (_ceil_div(self.h_width, 128) + _ceil_div(self.input_width, 128))
             return self.ffma_row_rounds * self.ffma_rows_per_warp * per_row
         return 4 * self.mma_mgroup * self.register_ksteps
 
@@ -213,10 +221,13 @@ class PersistentKernel(Recurrence):
                      ("bias", 2 * rows * 4), ("c", B * U * 4),
                      ("xproj", bt * rows * size if self.prefetches_xproj else 0)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
-            held = 0 if self.weights_in_registers else G * U * (H + K) * self.element_bytes
-            parts = [("weights", held), ("h", B * H * 4),
+            R, P = self.h_width, self.proj_rows_per_block  # with projections h is R = proj_size wide
+            held = 0 if self.weights_in_registers else G * U * (R + K) * self.element_bytes
+            parts = [("weights", held), ("h", B * R * 4),
                      ("x", B * K * 4), ("gx", B * G * U * 4), ("gh", B * G * U * 4), ("c", B * U * 4),
-                     ("bias", 2 * G * U * 4)]
+                     ("bias", 2 * G * U * 4),
+                     # projections: this block's rows of W_hr, and the chain's whole unprojected h
+                     ("whr", P * H * self.element_bytes), ("hfull", B * H * 4 if P else 0)]
         layout, at = {}, 0
         for name, size in parts:
             layout[name] = at
@@ -244,12 +255,14 @@ class PersistentKernel(Recurrence):
     @property
     def exchange_bytes(self) -> tuple[int, int]:
         """(bytes to allocate, leading bytes to zero before each run). FFMA kernel: a tagged 8-byte
-        word per value, all zeroed; tensor-core kernel: counters (zeroed), then h in the storage type."""
+        word per value, all zeroed (with projections the projected h, then the cell's h, H wide, that
+        the projection reads); tensor-core kernel: counters (zeroed), then h in the storage type."""
         values = len(self.chains) * self.seq_len * self.batch
         if self.batch_tile:
             return (self.exchange_counter_bytes + values * self.exchange_stride * self.element_bytes,
                     self.exchange_counter_bytes)
-        return values * self.hidden * 8, values * self.hidden * 8
+        words = self.h_width + (self.hidden if self.proj_size else 0)
+        return values * words * 8, values * words * 8
 
     @property
     def profile_offset(self) -> int:
@@ -266,7 +279,7 @@ class PersistentKernel(Recurrence):
         1.36 -> 1.05 ms) or one weight row a warp (LSTM 1x256 B1 dot phase 0.40 -> 0.32 us a step),
         slower with one batch row and 4 weight rows a warp (LSTM 1x1024 B1 dot phase 1.28 -> 1.90 us),
         where it is not used."""
-        return self.hidden % 4 == 0 and (min(self.batch, 8) >= 4 or self.ffma_rows_per_warp == 1)
+        return self.h_width % 4 == 0 and (min(self.batch, 8) >= 4 or self.ffma_rows_per_warp == 1)
 
     @property
     def merged_wait(self) -> bool:
@@ -276,7 +289,7 @@ class PersistentKernel(Recurrence):
         H200: faster there (RNN-tanh 2x512 B1 0.223 -> 0.200 ms), slower where either part has a word a
         thread or fewer (the plain spin) or the parts need several rounds (LSTM 2x256 B1, 4x256 B8:
         BENCHMARKS.md, fourth round)."""
-        h_words, x_words = self.batch * self.hidden, self.batch * self.input_width
+        h_words, x_words = self.batch * self.h_width, self.batch * self.input_width
         return min(h_words, x_words) > THREADS and h_words + x_words <= IN_FLIGHT * THREADS
 
     @property

@@ -3,7 +3,8 @@
 `choose_recurrence` picks the kernel: FFMA dot products (fp32 math, and any storage at batch <=
 FFMA_MAX_BATCH) or tensor-core mma (fp16 storage, or fp32 storage with `math="tf32"`; batch in tiles
 sized to fit shared memory), with its weights in registers where they fit the register budget, else
-in shared memory; hidden units per block such that all blocks fill the device once.
+in shared memory; hidden units per block such that all blocks fill the device once. LSTM
+projections run on the FFMA kernel only.
 `choose_lowering` resolves the lowering: persistent where the kernel fits the device and the batch
 is at most AUTO_MAX_BATCH for the dtype (where it measured faster), else graph, with the reason
 either way. The device arrives as data (`PlanOptions.device`); nothing here probes hardware.
@@ -54,11 +55,6 @@ def choose_lowering(spec: RNNSpec, options: PlanOptions) -> tuple[str, str]:
         return "graph", "requested"
     if options.lowering == "auto" and options.passes is not None:
         return "graph", "auto: a subset of passes was chosen, so the plan keeps one kernel per GEMM and cell-step"
-    if spec.proj_size:  # the persistent kernels have no projection step yet
-        if options.lowering == "persistent":
-            raise ValueError(f"lowering='persistent' does not take proj_size={spec.proj_size} yet (the persistent "
-                             "kernels have no projection); plan lowering='graph'")
-        return "graph", "auto: proj_size, for which there is no persistent kernel yet"
     device = planning_device(options)
     if device is None:
         return "graph", "auto: no CUDA device here (plan for one with PlanOptions(device=...))"
@@ -71,7 +67,8 @@ def choose_lowering(spec: RNNSpec, options: PlanOptions) -> tuple[str, str]:
         return "graph", f"auto: {why}"
     if not device.cooperative_launch:
         return "graph", f"auto: {device.name} has no cooperative launch"
-    limit = AUTO_MAX_BATCH[spec.dtype]
+    # With projections the kernel is the FFMA one in every precision: its measured limit (fp32's).
+    limit = AUTO_MAX_BATCH["float32" if spec.proj_size else spec.dtype]
     if spec.batch > limit:
         return "graph", f"auto: batch {spec.batch} > {limit}, where the persistent kernel loses ({spec.dtype}); {why}"
     return "persistent", f"auto: {why}"
@@ -112,11 +109,12 @@ def _fitting(spec: RNNSpec, units: int, device: DeviceShape, math: str) -> Recur
     to FFMA_MAX_BATCH where it fits, the FFMA kernel (`ffma_recurrence`); the rest (fp16 storage, or
     fp32 storage with tf32 math) the tensor-core kernel, with the weights in registers where they fit
     the register budget (no shared-memory reads of weights at each step, and room for the widest batch
-    tile), else in shared memory, else (tf32 only) the FFMA kernel, which stages no whole batch tiles."""
+    tile), else in shared memory, else (tf32 only) the FFMA kernel, which stages no whole batch tiles.
+    Projections (proj_size) run on the FFMA kernel only: the tensor-core kernel has no projection step."""
     precision = Precision.of(spec.dtype, math)
     ffma = ffma_recurrence(spec, units, math)
     ffma_fits = kernel_of(ffma).shared_memory_bytes <= device.smem_per_block
-    if not precision.tensor_cores or (spec.batch <= FFMA_MAX_BATCH and ffma_fits):
+    if not precision.tensor_cores or spec.proj_size or (spec.batch <= FFMA_MAX_BATCH and ffma_fits):
         return ffma
     tensor_cores = (tensor_core_recurrence(spec, units, device, registers=True)
                     or tensor_core_recurrence(spec, units, device, registers=False))
@@ -134,14 +132,14 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE,
     per_chain = max(1, device.sms // chains)
     trial = kernel_of(_fitting(spec, -(-spec.hidden_size // per_chain), device, math))
     mib = sum(prod(s) for n, s in param_shapes(spec).items()
-              if n.startswith("weight_hh") or (n.startswith("weight_ih") and not n.startswith("weight_ih_l0")))
+              if n.startswith(("weight_hh", "weight_hr")) or (n.startswith("weight_ih") and not n.startswith("weight_ih_l0")))
     mib *= Precision.of(spec.dtype).element_bytes / 2**20
     fit = trial.fit(device)
     if not fit.ok:
         return None, (f"recurrent weights {mib:.1f} MiB need {fit.why}" if chains <= device.sms else fit.why)
     held = ", weights in registers" if trial.weights_in_registers else ""
     math_used = (f"tensor cores ({trial.precision.operands}), batch tiles of {trial.batch_tile}{held}"
-                 if trial.batch_tile else f"FFMA{held}")
+                 if trial.batch_tile else f"FFMA{held}") + (", W_hr on-chip" if spec.proj_size else "")
     regs = f" {trial.weight_registers} registers a thread +" if trial.weights_in_registers else ""
     need = trial.shared_memory_bytes
     return trial.recurrence, (f"recurrent weights {mib:.1f} MiB fit on-chip: {trial.blocks} blocks x{regs} "

@@ -55,7 +55,8 @@ def _common(k: PersistentKernel, profile: bool) -> dict[str, object]:
         "KERNEL_NAME": kernel_name(k, profile), "NTHREADS": THREADS,
         "G": k.gates, "H": k.hidden, "B": k.batch, "U": k.units_per_block, "D": k.directions,
         "L": k.num_layers, "NBC": k.blocks_per_chain, "KMAX": k.input_width,
-        "BIAS": int(k.bias), "HAS_C": int("c" in cell.states), "PER_CHAIN": 4 if k.bias else 2,
+        "R": k.h_width, "PROJ": int(bool(k.proj_size)), "PU": max(1, k.proj_rows_per_block),
+        "BIAS": int(k.bias), "HAS_C": int("c" in cell.states), "PER_CHAIN": (4 if k.bias else 2) + bool(k.proj_size),
         "NSTATE": len(cell.states), "IN_FLIGHT": IN_FLIGHT, "ST_HALF": int(k.dtype == "float16"),
         "ST_BF16": int(k.dtype == "bfloat16"),
         "FAST_EXP": int(k.fast_cell), "CELL_UPDATE": " ".join(cell.c_statements()),
@@ -74,7 +75,7 @@ def _ffma(k: PersistentKernel) -> dict[str, object]:
         "BT": min(k.batch, 8), "RW": k.ffma_rows_per_warp, "NIT": k.ffma_row_rounds, "XPF": k.xproj_prefetch,
         "VEC4": int(vw == 4), "SPLIT_SUMS": int(not k.cell_def.sums_only), "WREG": int(held),
         "KIN_ABOVE": max(1, k.input_width), "MERGED_WAIT": int(k.merged_wait),
-        "KHR": -(-k.hidden // (32 * vw)) * vw if held else 1,  # registers a row of W_hh takes (WREG)
+        "KHR": -(-k.h_width // (32 * vw)) * vw if held else 1,  # registers a row of W_hh takes (WREG)
         "KXR": max(1, -(-k.input_width // (32 * vw)) * vw) if held else 1,  # ... a row of W_ih
     }
 

@@ -18,6 +18,10 @@
 // where VEC4); cells that read only gate sums add the x and h parts before the warp's reduction
 // (SPLIT_SUMS 0); c never leaves the block. The outputs `y` are written alongside and read only after
 // the kernel.
+// PROJ (LSTM projections): h is R = proj_size wide. After the cell a block hands its units of the cell's
+// h (H wide) to its chain's other blocks through a second region of the exchange (`hfx`), waits for the
+// whole of it, and computes its rows [p0, p0 + np) of h = W_hr @ (the cell's h), W_hr's rows held in
+// shared memory; those go to y and to the exchange as h: a second hand-off a step.
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include "config.h"
@@ -169,12 +173,16 @@ __device__ __forceinline__ void dot_rows(float (&acc)[RW][BT], const st* w, cons
     }
 }
 
-// h to the other blocks: a tagged exchange word, the value (already rounded to the storage type) and
-// the producing step + 1.
-#define HANDOFF(hv) do { \
-        const unsigned long long word = ((unsigned long long)(s + 1) << 32) | __float_as_uint(to_f(hv)); \
-        __stcg(&xch[((size_t)chain * T + t) * (B * H) + b * H + u0 + u], word); \
-    } while (0)
+// A tagged exchange word: the value (already rounded to the storage type) and the producing step + 1.
+__device__ __forceinline__ unsigned long long tagged(float v, int s) {
+    return ((unsigned long long)(s + 1) << 32) | __float_as_uint(v);
+}
+// h to the other blocks (PROJ: the cell's h, to the projection of this chain's blocks).
+#if PROJ
+#define HANDOFF(hv) __stcg(&hfx[((size_t)chain * T + t) * (B * H) + b * H + u0 + u], tagged(to_f(hv), s))
+#else
+#define HANDOFF(hv) __stcg(&xch[((size_t)chain * T + t) * (B * H) + b * H + u0 + u], tagged(to_f(hv), s))
+#endif
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
     const unsigned long long* __restrict__ ptrs, unsigned long long* xch, const int T)
@@ -182,12 +190,24 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
 #include "prologue.cuh"
     PROF_START
     st* wh_s = (st*)(smem + OFF_WEIGHTS);
-    st* wi_s = wh_s + G * U * H;
+    st* wi_s = wh_s + G * U * R;
     float* h_s = (float*)(smem + OFF_H);
     float* x_s = (float*)(smem + OFF_X);
     float* gx_s = (float*)(smem + OFF_GX);
     float* gh_s = (float*)(smem + OFF_GH);
     float* bias_s = (float*)(smem + OFF_BIAS);  // [b_ih | b_hh] of this block's rows (g * U + u), fp32
+#if PROJ
+    // The projection: this block's rows of W_hr (storage type), the chain's cell h (fp32), and where the
+    // cell's h is handed over (after the projected h's words of every chain and step).
+    st* whr_s = (st*)(smem + OFF_WHR);
+    float* hf_s = (float*)(smem + OFF_HFULL);
+    unsigned long long* hfx = xch + (size_t)L * D * T * B * R;
+    const int p0 = (blockIdx.x % NBC) * PU, np = max(0, min(PU, R - p0));
+    {
+        const st* whr = (const st*)cp[PER_CHAIN - 1];
+        for (int i = tid; i < np * H; i += blockDim.x) whr_s[i] = whr[(size_t)p0 * H + i];
+    }
+#endif
 
     // WREG: warp w's rows are fixed for the run (set it: rows (it * nwarps + w) * RW + q); lane l holds
     // values k = kreg(i, l) of each, i < KHR (W_hh) or KXR (W_ih), as fp32.
@@ -202,7 +222,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
 #pragma unroll
                 for (int i = 0; i < KHR; ++i) {
                     const int k = kreg(i, lane);
-                    wh_r[it][q][i] = mine && k < H ? to_f(whh[(size_t)(g * H + u0 + u) * H + k]) : 0.0f;
+                    wh_r[it][q][i] = mine && k < R ? to_f(whh[(size_t)(g * H + u0 + u) * R + k]) : 0.0f;
                 }
 #pragma unroll
                 for (int i = 0; i < KXR; ++i) {
@@ -211,7 +231,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
                 }
             }
     } else {
-        load_rows(wh_s, whh, H, u0, nu);
+        load_rows(wh_s, whh, R, u0, nu);
         load_rows(wi_s, first, kin, u0, nu);
     }
     for (int i = tid; i < 2 * G * U; i += blockDim.x) {
@@ -237,24 +257,24 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
         // step (kin is KIN_ABOVE there: a compile-time divisor, so that polling does no division).
         auto h_word = [&](int i, unsigned int& tag) {
             tag = s;
-            return &xch[((size_t)chain * T + tprev) * (B * H) + i];
+            return &xch[((size_t)chain * T + tprev) * (B * R) + i];
         };
         auto x_word = [&](int i, unsigned int& tag) {
-            const int b = i / KIN_ABOVE, j = i % KIN_ABOVE, d2 = j / H, k = j % H;
+            const int b = i / KIN_ABOVE, j = i % KIN_ABOVE, d2 = j / R, k = j % R;
             tag = (d2 == 0 ? t : T - 1 - t) + 1;  // the producing step + 1
-            return &xch[((size_t)((layer - 1) * D + d2) * T + t) * (B * H) + b * H + k];
+            return &xch[((size_t)((layer - 1) * D + d2) * T + t) * (B * R) + b * R + k];
         };
         if (s == 0)
-            for (int i = tid; i < B * H; i += blockDim.x) h_s[i] = to_f(h0[(size_t)chain * B * H + i]);
+            for (int i = tid; i < B * R; i += blockDim.x) h_s[i] = to_f(h0[(size_t)chain * B * R + i]);
         if (MERGED_WAIT && s > 0 && layer > 0) {  // one wait for both: their loads in flight together
-            await_words(B * H + B * kin, [&](int i, unsigned int& tag) {
-                return i < B * H ? h_word(i, tag) : x_word(i - B * H, tag);
+            await_words(B * R + B * kin, [&](int i, unsigned int& tag) {
+                return i < B * R ? h_word(i, tag) : x_word(i - B * R, tag);
             }, [&](int i, float v) {
-                if (i < B * H) h_s[i] = v;
-                else x_s[i - B * H] = v;
+                if (i < B * R) h_s[i] = v;
+                else x_s[i - B * R] = v;
             });
         } else {
-            if (s > 0) await_words(B * H, h_word, [&](int i, float v) { h_s[i] = v; });
+            if (s > 0) await_words(B * R, h_word, [&](int i, float v) { h_s[i] = v; });
             await_words(B * kin, x_word, [&](int i, float v) { x_s[i] = v; });
         }
         PROF(1);
@@ -281,10 +301,10 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
 #pragma unroll
                     for (int j = 0; j < BT; ++j) { ah[q][j] = 0.0f; ax[q][j] = 0.0f; }
                 if (WREG) {
-                    dot_regs(ah, wh_r[it], h_s, H, b0, lane);
+                    dot_regs(ah, wh_r[it], h_s, R, b0, lane);
                     dot_regs(ax, wx_r[it], x_s, kin, b0, lane);
                 } else {
-                    dot_rows(ah, wh_s, h_s, H, row0, b0, nu, lane);
+                    dot_rows(ah, wh_s, h_s, R, row0, b0, nu, lane);
                     dot_rows(ax, wi_s, x_s, kin, row0, b0, nu, lane);
                 }
                 // LSTM and Elman cells read only GX + GH: one sum (in ah) to reduce across lanes, not two
@@ -327,12 +347,68 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
             const int b = i / nu, u = i % nu;
 #define GX(g) gx_s[(b * G + (g)) * U + u]
 #define GH(g) gh_s[(b * G + (g)) * U + u]
-            const float hprev = h_s[b * H + u0 + u];
+            const float hprev = PROJ ? 0.0f : h_s[b * R + u0 + u];  // (projections: LSTM, which reads no hprev)
 #include "cell_step.cuh"
 #undef GX
 #undef GH
         }
         PROF(4);
+#if PROJ
+        // The projection: wait for the chain's whole cell h of this step, then each warp takes rows
+        // (p, b) of h = W_hr @ h_cell, lanes splitting k; the results go to y and, tagged, to the
+        // exchange, where this chain's next step and the layer above read them.
+        await_words(B * H, [&](int i, unsigned int& tag) {
+            tag = s + 1;
+            return &hfx[((size_t)chain * T + t) * (B * H) + i];
+        }, [&](int i, float v) { hf_s[i] = v; });
+        __syncthreads();
+        // A warp takes one row of W_hr and BT batch rows at a time (every weight value loaded feeds BT
+        // rows), lanes 4 consecutive k each where H allows (H % 4 == 0: 16-byte loads of the cell h).
+        for (int job = warp; job < np * ((B + BT - 1) / BT); job += nwarps) {
+            const int p = job % np, b0 = job / np * BT;
+            float acc[BT];
+#pragma unroll
+            for (int j = 0; j < BT; ++j) acc[j] = 0.0f;
+            if (H % 4 == 0) {
+                for (int k = 4 * lane; k < H; k += 128) {
+                    const float4 w = load4(whr_s + p * H + k);
+#pragma unroll
+                    for (int j = 0; j < BT; ++j)
+                        if (b0 + j < B) {
+                            const float4 v = *(const float4*)(hf_s + (b0 + j) * H + k);
+                            acc[j] += w.x * v.x + w.y * v.y + w.z * v.z + w.w * v.w;
+                        }
+                }
+            } else {
+                for (int k = lane; k < H; k += 32) {
+                    const float w = to_f(whr_s[p * H + k]);
+#pragma unroll
+                    for (int j = 0; j < BT; ++j)
+                        if (b0 + j < B) acc[j] += w * hf_s[(b0 + j) * H + k];
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < BT; ++j)
+                for (int o = 16; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
+#pragma unroll
+            for (int j = 0; j < BT; ++j) {
+                const int b = b0 + j;
+                if (lane != 0 || b >= B) continue;
+                st hv;
+                put(&hv, acc[j]);
+#if MASKED  // past a sequence's end: h kept (h_s holds this step's previous h), y 0, the last layer's y only
+                const bool live = to_f(mask[(size_t)t * B + b]) != 0.0f;
+                if (!live) put(&hv, h_s[b * R + p0 + p]);
+                if (layer == L - 1) put(&y[((size_t)t * B + b) * (D * R) + dir * R + p0 + p], live ? to_f(hv) : 0.0f);
+                if (s == T - 1) hn[(size_t)(chain * B + b) * R + p0 + p] = hv;
+#else
+                y[((size_t)t * B + b) * (D * R) + dir * R + p0 + p] = hv;
+#endif
+                __stcg(&xch[((size_t)chain * T + t) * (B * R) + b * R + p0 + p], tagged(to_f(hv), s));
+            }
+        }
+        PROF(5);
+#endif
         __syncthreads();
     }
     PROF_END

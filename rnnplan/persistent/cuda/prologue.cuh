@@ -1,11 +1,12 @@
 // The start of both persistent kernels' bodies (included inside them): where this block is (its
 // chain, layer, direction and units), its operand pointers (see `operand_shapes`), and c staged
-// into shared memory. Block b owns hidden units [u0, u0 + nu) of chain b / NBC.
+// into shared memory. Block b owns hidden units [u0, u0 + nu) of chain b / NBC (and, PROJ, rows
+// [p0, p0 + np) of its projection). h is R wide (R = proj_size with projections, else H).
     extern __shared__ __align__(16) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
     const int chain = blockIdx.x / NBC, layer = chain / D, dir = chain % D;
     const int u0 = (blockIdx.x % NBC) * U, nu = min(U, H - u0);
-    const int kin = layer == 0 ? 0 : D * H;
+    const int kin = layer == 0 ? 0 : D * R;
     const unsigned long long* cp = ptrs + chain * PER_CHAIN;
     const st* first = (const st*)cp[0];  // layer 0: x @ W_ih^T for every step; above: W_ih
     const st* whh = (const st*)cp[1];
