@@ -1,7 +1,7 @@
 """bf16 and LSTM projections on the GPU (issue 18, item 4): rnnplan's lowerings and the autotuned
 `rnnplan.compile` against torch's cuDNN (eager, and captured in a CUDA graph), in the same run: bf16
 rows with fp16 beside them for reference (cuDNN has a persistent kernel for fp16, none for bf16),
-and `proj_size` rows (LSTM 3x1024 proj 256, batch 1-16) in fp16, bf16 and tf32 (torch runs
+and `proj_size` rows (LSTM 3x1024 proj 256, batch 1, 4, 8, 16) in fp16, bf16 and tf32 (torch runs
 projections on cuDNN's standard algorithm only). Correctness first: each
 rnnplan result against float64 torch on the same bf16 weights and input (relative error, goal <=
 1e-2). Timing: CUDA events on torch's stream, warm-ups, median of `--repeats` calls, inputs rotated
@@ -30,7 +30,7 @@ ROWS = {  # the single-layer rows of issue 18 and the benchmark matrix's shapes
     "GRU 4x512 B64 T100": dict(cell="gru", layers=4, hidden=512, batch=64),
 }
 PROJ_ROWS = {f"LSTM 3x1024 proj 256 B{b} T100": dict(cell="lstm", layers=3, hidden=1024, batch=b, proj=256)
-             for b in (1, 4, 16)}
+             for b in (1, 4, 8, 16)}
 
 
 def row(label: str, cell: str, layers: int, hidden: int, batch: int, dtype, repeats: int, proj: int = 0) -> dict:

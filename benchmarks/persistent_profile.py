@@ -47,6 +47,8 @@ CONFIGS = {
     # projections (the FFMA kernel's projection phase)
     "3x1024p256b1": dict(cell="lstm", input_size=1024, hidden_size=1024, proj_size=256, num_layers=3, seq_len=100,
                          batch=1),
+    "3x1024p256b8": dict(cell="lstm", input_size=1024, hidden_size=1024, proj_size=256, num_layers=3, seq_len=100,
+                         batch=8),
     "3x1024p256b4": dict(cell="lstm", input_size=1024, hidden_size=1024, proj_size=256, num_layers=3, seq_len=100,
                          batch=4),
 }

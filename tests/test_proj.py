@@ -22,6 +22,9 @@ from tests.helpers import (
 GPU = cupy_unavailable_reason() is None and torch.cuda.is_available()
 
 
+H200_OPTIONS = rp.PlanOptions(device=rp.DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448))
+
+
 def spec_of(**kw) -> rp.RNNSpec:
     base = dict(cell="lstm", input_size=6, hidden_size=9, proj_size=4, num_layers=2, seq_len=7, batch=3)
     return rp.RNNSpec(**(base | kw))
@@ -49,13 +52,15 @@ def test_projected_lstm_matches_torch(passes, layers, bidirectional, batch_first
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_projected_lstm_with_variable_lengths_matches_torch_packed(bidirectional):
-    """Masked: c is kept past a sequence's end before the projection, h after it."""
+    """Masked: c is kept past a sequence's end before the projection, h after it; in the graph
+    lowering's naive and optimized plans and in the persistent lowering's recurrence."""
     spec = spec_of(bidirectional=bidirectional, variable_lengths=True)
     module = torch_module(spec, 3)
     x, state = random_inputs(spec, 4)
     lengths = [7, 2, 5]
-    for passes in ("none", "all"):
-        out, (h, c) = rp.Executor(rp.build_plan(spec, passes=passes), rp.Weights.from_torch(module, spec),
+    persistent = rp.build_plan(spec, options=H200_OPTIONS.model_copy(update={"lowering": "persistent"}))
+    for plan in (rp.build_plan(spec, passes="none"), rp.build_plan(spec, passes="all"), persistent):
+        out, (h, c) = rp.Executor(plan, rp.Weights.from_torch(module, spec),
                                   backend="numpy", debug=True).run(x, state, lengths=lengths)
         with torch.no_grad():
             packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), lengths, enforce_sorted=False)
@@ -82,9 +87,6 @@ def test_the_spec_names_what_a_projection_needs():
     assert "proj=4" in spec.short()
 
 
-H200_OPTIONS = rp.PlanOptions(device=rp.DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448))
-
-
 def test_the_persistent_lowering_takes_a_projection_on_the_ffma_kernel():
     spec = spec_of(batch=1)
     plan = rp.build_plan(spec, options=H200_OPTIONS)
@@ -98,24 +100,6 @@ def test_the_persistent_lowering_takes_a_projection_on_the_ffma_kernel():
         update={"lowering": "persistent"}))
     assert forced.steps[-1].recurrence.batch_tile == 0
     assert rp.build_plan(spec_of(batch=1, variable_lengths=True), options=H200_OPTIONS).lowering == "persistent"
-
-
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_the_persistent_recurrence_with_a_projection_and_variable_lengths_matches_torch_packed(bidirectional):
-    """Masked: c kept past a sequence's end inside the cell, the projected h after the projection."""
-    spec = spec_of(bidirectional=bidirectional, variable_lengths=True)
-    module = torch_module(spec, 8)
-    x, state = random_inputs(spec, 9)
-    lengths = [7, 2, 5]
-    plan = rp.build_plan(spec, options=H200_OPTIONS.model_copy(update={"lowering": "persistent"}))
-    out, (h, c) = rp.Executor(plan, rp.Weights.from_torch(module, spec), backend="numpy",
-                              debug=True).run(x, state, lengths=lengths)
-    with torch.no_grad():
-        packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), lengths, enforce_sorted=False)
-        want, (wh, wc) = module(packed, tuple(torch.from_numpy(s) for s in state))
-        want, _ = torch.nn.utils.rnn.pad_packed_sequence(want, total_length=spec.seq_len)
-    for got_, want_ in ((out, want), (h, wh), (c, wc)):
-        assert rel_err(got_, want_.numpy()) <= 1e-5
 
 
 @pytest.mark.parametrize("layers, bidirectional, batch_first, bias", [(1, False, False, True), (2, True, False, True),

@@ -130,7 +130,15 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE,
     fill the device once, and the kernel) and why, or None and why it does not fit."""
     chains = spec.num_layers * spec.directions
     per_chain = max(1, device.sms // chains)
-    trial = kernel_of(_fitting(spec, -(-spec.hidden_size // per_chain), device, math))
+    units = -(-spec.hidden_size // per_chain)
+    trial = kernel_of(_fitting(spec, units, device, math))
+    if spec.proj_size and spec.hidden_size % units:
+        # Measured on an H200 (LSTM 3x1024 proj 256 B1 fp16, weights in shared memory, BENCHMARKS.md): the
+        # dot products took 10.9 us a step at 24 units a block (1024 = 42 x 24 + 16) and 18.3 at 40, 2.3
+        # at 32: units that divide hidden, where they fit.
+        whole = kernel_of(_fitting(spec, next(u for u in range(units, spec.hidden_size + 1)
+                                              if spec.hidden_size % u == 0), device, math))
+        trial = whole if whole.fit(device).ok else trial
     mib = sum(prod(s) for n, s in param_shapes(spec).items()
               if n.startswith(("weight_hh", "weight_hr")) or (n.startswith("weight_ih") and not n.startswith("weight_ih_l0")))
     mib *= Precision.of(spec.dtype).element_bytes / 2**20
