@@ -38,6 +38,11 @@ AUTO_MAX_BATCH = {"float32": 8, "float16": 64, "bfloat16": 64}
 # 0.266 ms) and with fp16 (0.196 against 0.243; LSTM 1x1024 0.266 against 0.285, RNN 2x512 0.235
 # against 0.245). From batch 4 the tensor-core kernel wins everywhere (BENCHMARKS.md, third round).
 FFMA_MAX_BATCH = 2
+# With projections the kernel is the FFMA one in every precision. Measured on an H200 (LSTM 3x1024 proj
+# 256 T100 fp16, 24 units a block): batch 4 tied the graph lowering (1.36 against 1.37 ms), batch 16
+# lost (3.67 against 1.77); batch 1 lost at 24 units (2.40 against 1.32) but its profile at 32 units
+# (which the planner now takes) puts a step at 4.3-6.0 us against 12.9-23.0 (BENCHMARKS.md).
+PROJ_AUTO_MAX_BATCH = 4
 
 
 def planning_device(options: PlanOptions | None) -> DeviceShape | None:
@@ -67,8 +72,7 @@ def choose_lowering(spec: RNNSpec, options: PlanOptions) -> tuple[str, str]:
         return "graph", f"auto: {why}"
     if not device.cooperative_launch:
         return "graph", f"auto: {device.name} has no cooperative launch"
-    # With projections the kernel is the FFMA one in every precision: its measured limit (fp32's).
-    limit = AUTO_MAX_BATCH["float32" if spec.proj_size else spec.dtype]
+    limit = PROJ_AUTO_MAX_BATCH if spec.proj_size else AUTO_MAX_BATCH[spec.dtype]
     if spec.batch > limit:
         return "graph", f"auto: batch {spec.batch} > {limit}, where the persistent kernel loses ({spec.dtype}); {why}"
     return "persistent", f"auto: {why}"
