@@ -131,6 +131,7 @@ def run_recurrence(r: Recurrence, args) -> list[np.ndarray]:
     h0 = args[L * D * per_chain]
     c0 = args[L * D * per_chain + 1] if has_c else None
     mask = args[L * D * per_chain + 1 + has_c].astype(f32) if r.variable_lengths else None
+    no_h = np.zeros((B, H), f32)  # the cell's h_prev with a projection (see below)
     for ci, (layer, d) in enumerate(r.chains):
         ops = [a.astype(f32) for a in args[ci * per_chain:(ci + 1) * per_chain]]
         rows = slice(ci * B, (ci + 1) * B)
@@ -146,7 +147,7 @@ def run_recurrence(r: Recurrence, args) -> list[np.ndarray]:
             m = None if mask is None else mask[here]
             # (with a projection the cell's h_prev is unused by LSTM's equations but for the masked
             # cell's keep, which the projected h then replaces: the kept h is the projected one)
-            new = cell.step(_by_gate(gx, cell), _by_gate(gh, cell), np.zeros((B, H), f32) if r.proj_size else h, c, m)
+            new = cell.step(_by_gate(gx, cell), _by_gate(gh, cell), no_h if r.proj_size else h, c, m)
             c = new.get("c")
             h_cell = new["h"].astype(dtype).astype(f32)  # as the kernel re-reads it
             if r.proj_size:
