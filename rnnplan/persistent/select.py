@@ -39,9 +39,8 @@ AUTO_MAX_BATCH = {"float32": 8, "float16": 64, "bfloat16": 64}
 # against 0.245). From batch 4 the tensor-core kernel wins everywhere (BENCHMARKS.md, third round).
 FFMA_MAX_BATCH = 2
 # With projections the kernel is the FFMA one in every precision. Measured on an H200 (LSTM 3x1024 proj
-# 256 T100 fp16, 24 units a block): batch 4 tied the graph lowering (1.36 against 1.37 ms), batch 16
-# lost (3.67 against 1.77); batch 1 lost at 24 units (2.40 against 1.32) but its profile at 32 units
-# (which the planner now takes) puts a step at 4.3-6.0 us against 12.9-23.0 (BENCHMARKS.md).
+# 256 T100 fp16, 32 units a block), persistent against the graph lowering: batch 1 0.68 against 1.31 ms,
+# batch 4 1.04 against 1.42, batch 8 lost (1.56 against 1.49), batch 16 lost (3.65 against 1.76).
 PROJ_AUTO_MAX_BATCH = 4
 
 

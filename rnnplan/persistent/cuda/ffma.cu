@@ -179,10 +179,11 @@ __device__ __forceinline__ unsigned long long tagged(float v, int s) {
 }
 // h to the other blocks (PROJ: the cell's h, to the projection of this chain's blocks).
 #if PROJ
-#define HANDOFF(hv) __stcg(&hfx[((size_t)chain * T + t) * (B * H) + b * H + u0 + u], tagged(to_f(hv), s))
+#define HANDOFF_REGION hfx
 #else
-#define HANDOFF(hv) __stcg(&xch[((size_t)chain * T + t) * (B * H) + b * H + u0 + u], tagged(to_f(hv), s))
+#define HANDOFF_REGION xch
 #endif
+#define HANDOFF(hv) __stcg(&HANDOFF_REGION[((size_t)chain * T + t) * (B * H) + b * H + u0 + u], tagged(to_f(hv), s))
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
     const unsigned long long* __restrict__ ptrs, unsigned long long* xch, const int T)
