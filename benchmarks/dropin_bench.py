@@ -3,7 +3,8 @@ same run. Correctness first (each row compares with the module in strict fp32), 
 
 - first call at a new length (planning, executor, CUDA-graph capture) and the repeat call;
 - a packed batch against the padded batch of the same longest length;
-- host time per call (Python until the call returns, the GPU running behind) at one step, batch 1;
+- host time per call (Python until the call returns, with the GPU kept busy ahead so that no launch
+  waits for it: `rnnplan.timing.host_us`) at one step, batch 1;
 - per-chunk latency for chunks of 1, 4 and 16 steps at batch 1, streaming the state, against cuDNN
   eager and cuDNN captured in a CUDA graph.
 
@@ -13,7 +14,7 @@ same run. Correctness first (each row compares with the module in strict fp32), 
 less the median of three repeats.
 
 Timing: CUDA events on torch's current stream, 3 warm-ups, median of 30 (host time: the median
-wall time of 200 calls without synchronizing). Needs CuPy, torch with CUDA and a GPU.
+wall time of 1000 calls, 40 at a time behind a sleep kernel). Needs CuPy, torch with CUDA and a GPU.
 """
 
 import argparse
@@ -25,6 +26,7 @@ import torch
 
 import rnnplan as rp
 from rnnplan.bench import median_ms
+from rnnplan.timing import host_us
 
 
 def rel_err(got, want) -> float:  # of torch tensors (rnnplan.bench's takes arrays)
@@ -141,16 +143,7 @@ def host_time(results: list) -> None:
                             (f"compiled, autotuned ({choice})", lambda: tuned(x, state)),
                             ("Executor.run", lambda: ex.run(x, state)),
                             ("cuDNN eager", lambda: m(x, state))):
-            for _ in range(20):
-                call()
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(200):
-                t0 = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - t0)
-            torch.cuda.synchronize()
-            us = statistics.median(times) * 1e6
+            us = host_us(call)
             results.append(dict(kind="host", row=f"LSTM 2x256 B1 T1 {label}", us=us, lowering=ex.plan.lowering))
             print(f"  host     {label:<32} {us:7.1f} us a call (host), {ex.plan.lowering} lowering", flush=True)
 

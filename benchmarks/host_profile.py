@@ -1,30 +1,23 @@
 """Where a drop-in call's host time goes (issue 17, item 4): the median wall time of pieces of a
 call of `rnnplan.compile` at LSTM 2x256, batch 1, one step (persistent lowering, by pointers), and
-a cProfile of many calls, on the device machine.
+a cProfile of many calls, on the device machine. Pieces are timed by `rnnplan.timing.host_us` (the
+GPU kept busy ahead of the calls, so that none waits for it).
 
     python3 benchmarks/host_profile.py
 """
 
 import cProfile
 import pstats
-import statistics
-import time
 
 import torch
 
 import rnnplan as rp
+from rnnplan.timing import host_us
+from rnnplan.torch_calls import raw_stream
 
 
-def us(fn, n=3000) -> float:
-    for _ in range(200):
-        fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - t0)
-    torch.cuda.synchronize()
-    return statistics.median(times) / 1e3
+def us(fn) -> float:
+    return host_us(fn)  # the GPU kept busy ahead, so that no launch waits for it
 
 
 def main() -> None:
@@ -37,11 +30,15 @@ def main() -> None:
         h, c = state
         (choice,) = fast._executors.values()
         run = choice.chosen.run
+        out2, h2, c2 = run(x, h, c, None)
+        outs = (out2.data_ptr(), h2.data_ptr(), c2.data_ptr())
         pieces = {
             "whole call fast(x, state)": lambda: fast(x, state),
             "CompiledRNN.run (below forward)": lambda: fast.run(x, h, c, None),
             "the candidate's run (pointers)": lambda: run(x, h, c, None),
-            "torch.cuda.current_stream(dev)": lambda: torch.cuda.current_stream(x.device),
+            "the candidate's call (PointerCall)": lambda: run.call(raw_stream(x.device), x.data_ptr(), (h.data_ptr(), c.data_ptr()), outs, False),
+        "torch.cuda.current_stream(dev)": lambda: torch.cuda.current_stream(x.device),
+        "raw_stream(dev)": lambda: raw_stream(x.device),
             "x.new_empty": lambda: x.new_empty((1, 1, 256)),
             "x.data_ptr()": lambda: x.data_ptr(),
             "torch.cuda.is_current_stream_capturing": torch.cuda.is_current_stream_capturing,

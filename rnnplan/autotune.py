@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from rnnplan.timing import median_ms
+from rnnplan.torch_calls import raw_stream, state_pointers
 
 # Calls timed per candidate (after two warm-ups): few, since the first call at a shape pays for them.
 REPEATS = 5
@@ -101,12 +102,41 @@ class CudnnGraph:
         self.h_n, self.c_n = st if lstm else (st, None)
         held = [*self.module.parameters(), self.x, self.h0, self.c0, self.out, self.h_n, self.c_n]
         self.nbytes = sum(t.numel() * t.element_size() for t in held if t is not None)
+        self.copies = self._copy_jobs(x.device.index)
+
+    def _copy_jobs(self, device: int):
+        """(in, out): the copies into the graph's inputs and out of its outputs, one launch of
+        backends/cuda/copies.cu each way (the call's host time, which runs ahead of the replay, is a
+        few microseconds instead of seven torch calls'); None without CuPy, or where cuDNN's outputs
+        are not contiguous (then torch's copies)."""
+        try:
+            import cupy
+        except ImportError:
+            return None
+        from rnnplan.backends.pointer_call import CopyJobs
+
+        def job(t, which):  # the whole tensor, one row of all its bytes
+            return (t.data_ptr(), 0, 0, 0, 1, t.numel() * t.element_size(), which)
+        ins = [(self.x, 0), (self.h0, 1), (self.c0, 2)]
+        outs = [(self.out, 4), (self.h_n, 5), (self.c_n, 6)]
+        if not all(t.is_contiguous() for t, _ in ins + outs if t is not None):
+            return None
+        return tuple(CopyJobs(cupy, device, [job(t, which) for t, which in ts if t is not None]) for ts in (ins, outs))
 
     def __call__(self, x, h0, c0, lengths):
         if torch.cuda.is_current_stream_capturing():  # the caller's own graph holds torch's call itself
             state = None if h0 is None else ((h0, c0) if self.lstm else h0)
             out, st = self.module(x, state)
             h_n, c_n = st if self.lstm else (st, st.new_empty(0))
+            return out, h_n, c_n
+        if self.copies is not None:
+            copy_in, copy_out = self.copies
+            stream = raw_stream(x.device)
+            out, h_n = x.new_empty(self.out.shape), x.new_empty(self.h_n.shape)
+            c_n = x.new_empty(self.c_n.shape if self.lstm else (0,))
+            copy_in(stream, x.data_ptr(), *state_pointers(h0, c0), 0)
+            self.graph.replay()
+            copy_out(stream, out.data_ptr(), h_n.data_ptr(), c_n.data_ptr() if self.lstm else 0, 0)
             return out, h_n, c_n
         self.x.copy_(x)
         for static, given in ((self.h0, h0), (self.c0, c0)):

@@ -32,21 +32,22 @@ def by_pointers(call, spec: RNNSpec):
     def run(x, h0, c0, lengths):
         out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
         c_n = x.new_empty(c_shape if lstm else (0,))
-        states = _pointers(h0, c0)
+        states = state_pointers(h0, c0)
         mask = lengths if isinstance(lengths, torch.Tensor) else None  # (T, B) on the device already
         if spec.variable_lengths and mask is None:  # made on the host from the lengths, one copy to the device
             mask = (steps < torch.as_tensor(lengths)[None, :]).to(x.dtype).to(x.device, non_blocking=True)
         call(raw_stream(x.device), x.data_ptr(), states, (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()),
              torch.cuda.is_current_stream_capturing(), None if mask is None else mask.data_ptr())
         return out, h_n, c_n
+    run.call = call  # (for inspection: which launches it takes)
     if call.packing is not None:  # PackedSequences by two launches of packed.cu (repeat calls at a shape)
         run.packed = packed_by_pointers(call, spec)
     return run
 
 
-def _pointers(h0, c0) -> tuple[int | None, int | None]:
-    """The initial states' device pointers (None where left out: zeros), as PointerCall takes them."""
-    return (None if h0 is None else h0.data_ptr(), None if c0 is None else c0.data_ptr())
+def state_pointers(h0, c0) -> tuple[int, int]:
+    """The initial states' device pointers (0 where left out: zeros), as PointerCall and CopyJobs take them."""
+    return (0 if h0 is None else h0.data_ptr(), 0 if c0 is None else c0.data_ptr())
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -110,7 +111,7 @@ def packed_by_pointers(call, spec):
         out = data.new_empty((rows, spec.directions * width))
         h_n = data.new_empty((layers, batch, width))
         c_n = data.new_empty((layers, batch, spec.hidden_size)) if lstm else None
-        states = _pointers(h0, c0)
+        states = state_pointers(h0, c0)
         call.packed(raw_stream(data.device), data.data_ptr(), rank.data_ptr(), order.data_ptr(), layout.data_ptr(),
                     steps, rows, states, (out.data_ptr(), h_n.data_ptr(), 0 if c_n is None else c_n.data_ptr()))
         result = torch.nn.utils.rnn.PackedSequence(out, packed.batch_sizes, packed.sorted_indices,

@@ -3,6 +3,8 @@ direction, layout and length pattern, any (T, B) per call, packed sequences in a
 bucketing, the nn.Module behaviour (buffers, state_dict, to), refusals at compile, and torch.compile
 with no graph break. GPU parts (marked gpu) run the same on CUDA tensors."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -367,7 +369,53 @@ def test_gpu_calls_by_pointers_give_and_omit_states(dtype, lowering):
         assert packed.sorted_indices.is_cuda
         for compiled in (fast, bucketed):
             assert close(compiled(packed, (h, h)), torch_call(m, packed, (h, h)), tol)
+        # the padded calls above went by the CUDA driver's launches (after the first, which CuPy's took)
+        fast(x, (h, h))
+        call = fast._executors[fast._key(4, 3, False, x.device)].chosen.run.call
+        assert call._graph_exec and call.copy_in.driver is not None and call.copy_out.driver is not None
     torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gpu_the_cudnn_candidate_copies_by_one_launch_each_way(cell):
+    """torch's own call in a CUDA graph (autotune's cuDNN candidate), its copies in and out by
+    copies.cu: states given and left out (zeros, not the last call's), odd sizes (2-byte words),
+    and outputs of their own (a later call does not overwrite them)."""
+    from rnnplan.autotune import CudnnGraph
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(1)
+    kind = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
+    m = kind(3, 5, num_layers=2).cuda().eval()
+    x = torch.randn(7, 3, 3, device="cuda")
+    graph = CudnnGraph(copy.deepcopy(m), x, cell == "lstm", 2, 5)
+    assert graph.copies is not None
+    h = torch.randn(2, 3, 5, device="cuda")
+    state = (h, -h) if cell == "lstm" else h
+    with torch.no_grad():
+        first = graph(x, *((h, -h) if cell == "lstm" else (h, None)), None)
+        kept = [t.clone() for t in first]
+        second = graph(2 * x, None, None, None)
+        want_first, want_second = m(x, state), m(2 * x)
+    for got, want in ((first, want_first), (second, want_second)):
+        out, h_n, c_n = got
+        assert close((out, (h_n, c_n) if cell == "lstm" else h_n), want, 1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(first, kept))
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def test_the_driver_path_says_why_it_is_not_there():
+    from rnnplan.backends import driver_launch
+
+    reason = driver_launch.why_not()
+    if reason is None:  # a machine with a GPU driver: the GPU tests take this path
+        assert driver_launch._load() is not None
+    else:
+        assert "libcuda" in reason
+        with pytest.raises(RuntimeError, match="libcuda"):
+            driver_launch.FixedLaunch(1, (1, 1), 32, (0,), 4)
 
 
 def test_the_core_imports_without_torch():
