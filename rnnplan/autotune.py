@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from rnnplan.timing import median_ms
-from rnnplan.torch_calls import raw_stream, state_pointers
+from rnnplan.torch_calls import raw_stream, state_pointers, whole_tensor_copies
 
 # Calls timed per candidate (after two warm-ups): few, since the first call at a shape pays for them.
 REPEATS = 5
@@ -109,19 +109,11 @@ class CudnnGraph:
         backends/cuda/copies.cu each way (the call's host time, which runs ahead of the replay, is a
         few microseconds instead of seven torch calls'); None without CuPy, or where cuDNN's outputs
         are not contiguous (then torch's copies)."""
-        try:
-            import cupy
-        except ImportError:
-            return None
-        from rnnplan.backends.pointer_call import CopyJobs
-
-        def job(t, which):  # the whole tensor, one row of all its bytes
-            return (t.data_ptr(), 0, 0, 0, 1, t.numel() * t.element_size(), which)
-        ins = [(self.x, 0), (self.h0, 1), (self.c0, 2)]
-        outs = [(self.out, 4), (self.h_n, 5), (self.c_n, 6)]
+        ins, outs = [(self.x, 0), (self.h0, 1), (self.c0, 2)], [(self.out, 4), (self.h_n, 5), (self.c_n, 6)]
         if not all(t.is_contiguous() for t, _ in ins + outs if t is not None):
             return None
-        return tuple(CopyJobs(cupy, device, [job(t, which) for t, which in ts if t is not None]) for ts in (ins, outs))
+        return whole_tensor_copies(device, [(t, w) for t, w in ins if t is not None],
+                                   [(t, w) for t, w in outs if t is not None])
 
     def __call__(self, x, h0, c0, lengths):
         if torch.cuda.is_current_stream_capturing():  # the caller's own graph holds torch's call itself
@@ -132,10 +124,10 @@ class CudnnGraph:
         if self.copies is not None:
             copy_in, copy_out = self.copies
             stream = raw_stream(x.device)
-            out, h_n = x.new_empty(self.out.shape), x.new_empty(self.h_n.shape)
-            c_n = x.new_empty(self.c_n.shape if self.lstm else (0,))
             copy_in(stream, x.data_ptr(), *state_pointers(h0, c0), 0)
             self.graph.replay()
+            out, h_n = x.new_empty(self.out.shape), x.new_empty(self.h_n.shape)  # while the graph runs
+            c_n = x.new_empty(self.c_n.shape if self.lstm else (0,))
             copy_out(stream, out.data_ptr(), h_n.data_ptr(), c_n.data_ptr() if self.lstm else 0, 0)
             return out, h_n, c_n
         self.x.copy_(x)

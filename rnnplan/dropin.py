@@ -13,7 +13,8 @@ is set (torch's default), as `nn.LSTM` on cuDNN would. Needs PyTorch (`rnnplan[t
 rnnplan imports without it.
 
 On a GPU the first call at a shape may time the candidates (`rnnplan.autotune`: rnnplan's lowerings
-and torch's own cuDNN call in a CUDA graph) and keep the fastest; `explain()` says what was timed.
+and torch's own cuDNN call in a CUDA graph) and keep the fastest; `explain()` says what was timed. A
+new length within a factor of `RETUNE_RATIO` of an autotuned one builds that one's choice alone.
 Calls of rnnplan's executors go by device pointers on the caller's stream (`rnnplan.torch_calls`,
 `backends.pointer_call`); a packed call at a shape already cached moves its rows, mask and padding
 in two kernel launches (`backends/cuda/packed.cu`); calls of fixed lengths may be captured in the
@@ -45,6 +46,8 @@ from rnnplan.torch_calls import by_pointers, run_executor
 from rnnplan.weights import ARCH_FIELDS, Weights
 
 PARAMETER_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+# A new length reuses the autotuned choice of a cached length at most this many times longer or shorter.
+RETUNE_RATIO = 2
 _HANDLES = itertools.count()
 _LIVE: weakref.WeakValueDictionary[int, CompiledRNN] = weakref.WeakValueDictionary()
 
@@ -162,11 +165,36 @@ class CompiledRNN(torch.nn.Module):
             factories = {name: (lambda name=name: self._candidate(spec, name, math, device)) for name in lowerings}
             if tune and not varlen:  # a packed call cannot be captured: its lengths change between calls
                 factories["cudnn"] = lambda: self._cudnn(spec, device, args[0])
-            choice = choose(factories, args, tune)
+            choice = self._as_before(key, factories) if tune else None
+            if choice is None:
+                choice = choose(factories, args, tune)
         self._executors[key] = choice
         while len(self._executors) > 1 and self.cache_info().bytes > self.max_bytes:
             self._executors.popitem(last=False)
         return choice
+
+    def _as_before(self, key: tuple, factories: dict) -> Choice | None:
+        """At a new length, what was timed and kept at the nearest cached length of the same batch,
+        masking, device and dtype, within a factor of `RETUNE_RATIO`: a step's cost, which decides
+        the ranking, does not depend on the length (the set-up of a call does, and shifts it only
+        between lengths far apart). That candidate alone is built and nothing is timed, so a new
+        length costs one build (milliseconds for the persistent lowering and cuDNN's graph) instead
+        of three and their timing. None where no such length is cached, or its choice does not build."""
+        steps, rest = key[0], key[1:]
+        near = [(abs(k[0] - steps), k[0], c) for k, c in self._executors.items()
+                if k[1:] == rest and k[0] <= steps * RETUNE_RATIO and steps <= k[0] * RETUNE_RATIO
+                and c.how.startswith("autotuned")]  # (not a reused choice: lengths would drift from the timed one)
+        if not near:
+            return None
+        _, before, found = min(near, key=lambda n: n[:2])
+        make = factories.get(found.chosen.name)
+        if make is None:
+            return None
+        try:
+            chosen = make()
+        except (ValueError, RuntimeError):
+            return None
+        return Choice(chosen, f"as at T={before}, where it was autotuned", {})
 
     def _host_candidate(self, spec: RNNSpec) -> Candidate:
         """The NumPy backend's executor: of the recurrence plan (one recurrent step, planned from one
@@ -326,7 +354,7 @@ class CompiledRNN(torch.nn.Module):
                 lengths = torch.cat([lengths, lengths.new_zeros((padded_steps - steps, batch))])
         args = (x, h0, c0, lengths)
         out, h_n, c_n = self._choice(padded_steps, batch, varlen, x.device, args).chosen.run(*args)
-        return out[:steps], h_n, c_n
+        return (out if padded_steps == steps else out[:steps]), h_n, c_n
 
 
 @torch.library.custom_op("rnnplan::forward", mutates_args=())

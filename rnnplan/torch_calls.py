@@ -30,14 +30,16 @@ def by_pointers(call, spec: RNNSpec):
     steps = torch.arange(spec.seq_len)[:, None]
 
     def run(x, h0, c0, lengths):
-        out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
-        c_n = x.new_empty(c_shape if lstm else (0,))
-        states = state_pointers(h0, c0)
         mask = lengths if isinstance(lengths, torch.Tensor) else None  # (T, B) on the device already
         if spec.variable_lengths and mask is None:  # made on the host from the lengths, one copy to the device
             mask = (steps < torch.as_tensor(lengths)[None, :]).to(x.dtype).to(x.device, non_blocking=True)
-        call(raw_stream(x.device), x.data_ptr(), states, (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()),
-             torch.cuda.is_current_stream_capturing(), None if mask is None else mask.data_ptr())
+        stream = raw_stream(x.device)
+        call.start(stream, x.data_ptr(), state_pointers(h0, c0), torch.cuda.is_current_stream_capturing(),
+                   None if mask is None else mask.data_ptr())
+        # Allocated while the plan runs (stream-ordered: nothing launched above touches new blocks).
+        out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
+        c_n = x.new_empty(c_shape if lstm else (0,))
+        call.finish(stream, (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()))
         return out, h_n, c_n
     run.call = call  # (for inspection: which launches it takes)
     if call.packing is not None:  # PackedSequences by two launches of packed.cu (repeat calls at a shape)
@@ -48,6 +50,21 @@ def by_pointers(call, spec: RNNSpec):
 def state_pointers(h0, c0) -> tuple[int, int]:
     """The initial states' device pointers (0 where left out: zeros), as PointerCall and CopyJobs take them."""
     return (0 if h0 is None else h0.data_ptr(), 0 if c0 is None else c0.data_ptr())
+
+
+def whole_tensor_copies(device: int, ins: list, outs: list):
+    """(copy in, copy out): `backends.pointer_call.CopyJobs` between contiguous tensors of the callee
+    (fixed) and the caller's four pointers, whole tensors each, `ins` and `outs` as (tensor, which):
+    which of the caller's pointers (0-3), + 4 for a copy out. None without CuPy."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    from rnnplan.backends.pointer_call import CopyJobs
+
+    def jobs(pairs):
+        return [(t.data_ptr(), 0, 0, 0, 1, t.numel() * t.element_size(), which) for t, which in pairs]
+    return CopyJobs(cupy, device, jobs(ins)), CopyJobs(cupy, device, jobs(outs))
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -108,12 +125,14 @@ def packed_by_pointers(call, spec):
             rank = order = identity.get((batch, data.device))
             if rank is None:
                 rank = order = identity[batch, data.device] = torch.arange(batch, device=data.device)
-        out = data.new_empty((rows, spec.directions * width))
+        stream, layout_ptr, order_ptr = raw_stream(data.device), layout.data_ptr(), order.data_ptr()
+        call.packed(stream, data.data_ptr(), rank.data_ptr(), order_ptr, layout_ptr, steps, rows,
+                    state_pointers(h0, c0), None)
+        out = data.new_empty((rows, spec.directions * width))  # allocated while the plan runs
         h_n = data.new_empty((layers, batch, width))
         c_n = data.new_empty((layers, batch, spec.hidden_size)) if lstm else None
-        states = state_pointers(h0, c0)
-        call.packed(raw_stream(data.device), data.data_ptr(), rank.data_ptr(), order.data_ptr(), layout.data_ptr(),
-                    steps, rows, states, (out.data_ptr(), h_n.data_ptr(), 0 if c_n is None else c_n.data_ptr()))
+        call.packed_finish(stream, layout_ptr, order_ptr, steps, rows,
+                           (out.data_ptr(), h_n.data_ptr(), 0 if c_n is None else c_n.data_ptr()))
         result = torch.nn.utils.rnn.PackedSequence(out, packed.batch_sizes, packed.sorted_indices,
                                                    packed.unsorted_indices)
         return result, ((h_n, c_n) if lstm else h_n)

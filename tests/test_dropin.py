@@ -288,6 +288,8 @@ def test_gpu_tensors_stay_on_the_gpu(cell, dtype):
 @pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_gpu_autotune_keeps_the_fastest_candidate_and_says_so(dtype):
+    from rnnplan.dropin import PARAMETER_DTYPES
+
     torch.backends.cudnn.allow_tf32 = False
     m = module("lstm", 2).cuda().to(dtype)
     tol = 1e-5 if dtype == torch.float32 else 5e-3
@@ -303,6 +305,12 @@ def test_gpu_autotune_keeps_the_fastest_candidate_and_says_so(dtype):
         h = torch.randn(2, 4, 5, device="cuda", dtype=dtype)
         assert close(fast(x, (h, h)), torch_call(m, x, (h, h)), tol)
     assert fast.cache_info().hits == 2 and fast.cache_info().misses == 1
+    for steps, how in ((9, "as at T=6"), (12, "as at T=6"), (13, "autotuned")):  # within 2x: the choice, untimed
+        longer = torch.randn(steps, 4, 3, device="cuda", dtype=dtype)
+        assert close(fast(longer), torch_call(m, longer), tol)
+        assert f"T={steps} B=4 on cuda:0 ({PARAMETER_DTYPES[dtype]}, fp32): " in fast.explain()
+        latest = list(fast._executors.values())[-1]
+        assert latest.how.startswith(how) and (latest.chosen.name == choice.chosen.name or how == "autotuned")
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, [6, 2, 5, 1], enforce_sorted=False)
     assert close(fast(packed), torch_call(m, packed), tol)  # lengths change per call: rnnplan's lowerings only
     assert "cudnn" not in list(fast._executors.values())[-1].timings
@@ -345,10 +353,16 @@ def test_gpu_a_compiled_module_is_captured_in_a_cuda_graph(autotune, lowering):
 @pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("lowering", ["persistent", "graph"])
-def test_gpu_calls_by_pointers_give_and_omit_states(dtype, lowering):
+@pytest.mark.parametrize("driver", [True, False])
+def test_gpu_calls_by_pointers_give_and_omit_states(dtype, lowering, driver, monkeypatch):
     """The copy kernel's two paths (odd sizes: 2-byte words; 16-byte ones for aligned runs), strided
     h_n, a state given then omitted (zeros, not the last one), and Executor.run on the same executor
-    in between (its own note of zeroed states)."""
+    in between (its own note of zeroed states); the launches by the CUDA driver, and by CuPy where
+    the driver path is not there."""
+    from rnnplan.backends import driver_launch
+
+    if not driver:
+        monkeypatch.setattr(driver_launch, "why_not", lambda: "turned off for the test")
     torch.backends.cudnn.allow_tf32 = False
     tol = 1e-5 if dtype == torch.float32 else 5e-3
     for hidden in (5, 64):
@@ -372,7 +386,10 @@ def test_gpu_calls_by_pointers_give_and_omit_states(dtype, lowering):
         # the padded calls above went by the CUDA driver's launches (after the first, which CuPy's took)
         fast(x, (h, h))
         call = fast._executors[fast._key(4, 3, False, x.device)].chosen.run.call
-        assert call._graph_exec and call.copy_in.driver is not None and call.copy_out.driver is not None
+        taken = [call._graph_exec, call.copy_in.driver, call.copy_out.driver]
+        packing = bucketed._executors[bucketed._key(8, 3, True, x.device)].chosen.run.call.packing
+        taken += [k.driver for k in packing]
+        assert all(t is not None for t in taken) if driver else all(t is None for t in taken), taken
     torch.backends.cudnn.allow_tf32 = True
 
 
@@ -406,6 +423,32 @@ def test_gpu_the_cudnn_candidate_copies_by_one_launch_each_way(cell):
     torch.backends.cudnn.allow_tf32 = True
 
 
+def test_a_new_length_near_an_autotuned_one_builds_its_choice_alone():
+    """`_as_before` (the GPU tests run it for real): the nearest autotuned length of the same batch,
+    masking, device and dtype within RETUNE_RATIO, never a reused choice, nor other batches."""
+    from rnnplan.autotune import Candidate, Choice
+    from rnnplan.dropin import RETUNE_RATIO
+
+    fast = rp.compile(module("lstm", 1))
+    gpu = torch.device("cuda", 0)
+    tuned = lambda name: Choice(Candidate(name, None, 0, ""), "autotuned, fastest of 3", {name: 1.0})  # noqa: E731
+    fast._executors[(100, 4, False, gpu, "float32", "tf32")] = tuned("cudnn")
+    fast._executors[(30, 4, False, gpu, "float32", "tf32")] = tuned("persistent")
+    fast._executors[(64, 8, False, gpu, "float32", "tf32")] = tuned("graph")
+    fast._executors[(50, 4, False, gpu, "float32", "tf32")] = Choice(Candidate("graph", None, 0, ""), "as at T=30, where it was autotuned")
+    built = []
+    factories = {name: (lambda name=name: built.append(name) or Candidate(name, None, 0, "")) for name in
+                 ("persistent", "graph", "cudnn")}
+    key = lambda steps, batch=4, varlen=False: (steps, batch, varlen, gpu, "float32", "tf32")  # noqa: E731
+    assert fast._as_before(key(120), factories).how == "as at T=100, where it was autotuned" and built == ["cudnn"]
+    assert fast._as_before(key(45), factories).chosen.name == "persistent"  # 30 is nearer than 100; 50 was not timed
+    assert fast._as_before(key(100 * RETUNE_RATIO + 1), factories) is None  # too far from every timed length
+    assert fast._as_before(key(14), factories) is None and fast._as_before(key(100, batch=8), factories).chosen.name == "graph"
+    assert fast._as_before(key(100, varlen=True), factories) is None
+    failing = dict(factories, cudnn=lambda: (_ for _ in ()).throw(RuntimeError("capture failed")))
+    assert fast._as_before(key(120), failing) is None  # then every candidate is built and timed
+
+
 def test_the_driver_path_says_why_it_is_not_there():
     from rnnplan.backends import driver_launch
 
@@ -415,7 +458,7 @@ def test_the_driver_path_says_why_it_is_not_there():
     else:
         assert "libcuda" in reason
         with pytest.raises(RuntimeError, match="libcuda"):
-            driver_launch.FixedLaunch(1, (1, 1), 32, (0,), 4)
+            driver_launch.FixedLaunch(1, 32, [0, 0], (1,))
 
 
 def test_the_core_imports_without_torch():

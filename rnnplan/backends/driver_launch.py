@@ -3,8 +3,8 @@ per-call path of `rnnplan.compile` (`backends/pointer_call.py`): CuPy's launch o
 its arguments and builds stream objects (5-10 us of Python a launch), while a ctypes call with its
 argument buffer built once costs 1-2 (BENCHMARKS.md, host time a call).
 
-`FixedLaunch` is one kernel at a fixed grid and block whose arguments are 64-bit words: a call writes
-the words that change and launches it on a raw stream. `launch_graph` replays an instantiated CUDA
+`FixedLaunch` is one kernel whose arguments are 64-bit words: a call writes the words that change and
+launches it on a raw stream. `launch_graph` replays an instantiated CUDA
 graph. Both act in the context current on the calling thread: callers check that it is their
 device's (`PointerCall` takes CuPy's launches when it is not). `why_not` says why the driver path
 is not there (no libcuda, a CuPy without the handles read here); callers then take CuPy's.
@@ -70,25 +70,31 @@ def graph_handle(graph) -> int | None:
 
 
 class FixedLaunch:
-    """`launch(stream, *words)`: kernel `function` (a CUfunction) at `grid` x `block` threads, its
-    arguments the 64-bit words `fixed` followed by `words` (as many as `changing`)."""
+    """`launch(stream, grid, *values)`: kernel `function` (a CUfunction) at `grid` (x, y) blocks of
+    `block` threads, its arguments the 64-bit `words` with `values` at the positions `changing` (a
+    parameter narrower than 64 bits reads the low bytes of its word: little-endian hosts, as CUDA's)."""
 
-    def __init__(self, function: int, grid: tuple[int, int], block: int, fixed: tuple[int, ...], changing: int):
+    def __init__(self, function: int, block: int, words: list[int], changing: tuple[int, ...]):
         lib = _load()
         if lib is None:
             raise RuntimeError(_MISSING)
-        self._launch, self.function = lib.cuLaunchKernel, function
-        self.grid, self.block = grid, block
-        n = len(fixed) + changing
-        self.args = (ctypes.c_uint64 * n)(*fixed)
+        self._launch, self.function, self.block = lib.cuLaunchKernel, function, block
+        n = len(words)
+        self.args = (ctypes.c_uint64 * n)(*words)
         base = ctypes.addressof(self.args)
         self.params = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])  # what cuLaunchKernel reads
-        self.first = len(fixed)
+        run = changing and changing == tuple(range(changing[0], changing[0] + len(changing)))
+        self.span = slice(changing[0], changing[0] + len(changing)) if run else None  # one slice write
+        self.changing = changing
 
-    def __call__(self, stream: int, *words: int) -> None:
-        self.args[self.first:] = words
-        (gx, gy), block = self.grid, self.block
-        _check(self._launch(self.function, gx, gy, 1, block, 1, 1, 0, stream, self.params, None), "cuLaunchKernel")
+    def __call__(self, stream: int, grid: tuple[int, int], *values: int) -> None:
+        if self.span is not None:
+            self.args[self.span] = values
+        else:
+            for i, v in zip(self.changing, values):
+                self.args[i] = v
+        _check(self._launch(self.function, grid[0], grid[1], 1, self.block, 1, 1, 0, stream, self.params, None),
+               "cuLaunchKernel")
 
 
 def launch_graph(graph_exec: int, stream: int) -> None:

@@ -35,31 +35,48 @@ def why_not(executor) -> str | None:
     return None
 
 
+class KernelCall:
+    """A kernel whose arguments are 64-bit words (pointers and integers; a narrower parameter reads
+    the low bytes of its word), all fixed but those at the positions `changing`:
+    `call(stream, grid, *values)`. By the CUDA driver (`driver_launch`: a microsecond or two of
+    Python) where it is there and `device` is current, else by CuPy (5-10)."""
+
+    def __init__(self, cp, device: int, kernel, block: int, words: list[int], changing: tuple[int, ...]):
+        self.cp, self.device, self.kernel, self.block = cp, device, kernel, block
+        self.words, self.changing = list(words), changing
+        with cp.cuda.Device(device):
+            function = driver_launch.function_handle(kernel) if driver_launch.why_not() is None else None
+        self.driver = None if function is None else driver_launch.FixedLaunch(function, block, words, changing)
+        self._streams: dict[int, object] = {}  # caller's stream pointer -> CuPy's handle on it
+
+    def __call__(self, stream: int, grid: tuple[int, int], *values: int) -> None:
+        cp = self.cp
+        if self.driver is not None and cp.cuda.runtime.getDevice() == self.device:  # the driver acts in the current context
+            self.driver(stream, grid, *values)
+            return
+        words = self.words.copy()
+        for i, v in zip(self.changing, values):
+            words[i] = v
+        handle = self._streams.get(stream) or self._streams.setdefault(stream, cp.cuda.ExternalStream(stream))
+        with cp.cuda.Device(self.device):
+            self.kernel(grid, (self.block,), tuple(np.uint64(w) for w in words), stream=handle)
+
+
 class CopyJobs:
     """One launch of `cuda/copies.cu` over a job table made once (7 words a job: the fixed side's
     address, its row stride, the caller's offset and row stride, rows, bytes a row, which of the
     caller's four pointers and the direction): `jobs(stream, p0, p1, p2, p3)`, a caller's pointer of
-    0 meaning zeros in, nothing out. By the CUDA driver (`driver_launch`: a microsecond or two of
-    Python) where it is there and `device` is current, else by CuPy (5-10)."""
+    0 meaning zeros in, nothing out."""
 
     def __init__(self, cp, device: int, jobs: list[tuple[int, ...]]):
-        self.cp, self.device = cp, device
         with cp.cuda.Device(device):
-            self.kernel = _copy_kernel(cp, device)
             self.table, self.grid = cp.asarray(jobs, dtype=np.uint64), _grid(jobs)
-            function = driver_launch.function_handle(self.kernel) if driver_launch.why_not() is None else None
-        self.driver = None if function is None else \
-            driver_launch.FixedLaunch(function, self.grid, THREADS, (self.table.data.ptr,), 4)
-        self._streams: dict[int, object] = {}  # caller's stream pointer -> CuPy's handle on it
+            kernel = _copy_kernel(cp, device)
+        self.call = KernelCall(cp, device, kernel, THREADS, [self.table.data.ptr, 0, 0, 0, 0], (1, 2, 3, 4))
+        self.driver = self.call.driver
 
     def __call__(self, stream: int, p0: int, p1: int, p2: int, p3: int) -> None:
-        cp = self.cp
-        if self.driver is not None and cp.cuda.runtime.getDevice() == self.device:  # the driver acts in the current context
-            self.driver(stream, p0, p1, p2, p3)
-            return
-        handle = self._streams.get(stream) or self._streams.setdefault(stream, cp.cuda.ExternalStream(stream))
-        with cp.cuda.Device(self.device):
-            self.kernel(self.grid, (THREADS,), (self.table, *(np.uint64(p) for p in (p0, p1, p2, p3))), stream=handle)
+        self.call(stream, self.grid, p0, p1, p2, p3)
 
 
 class PointerCall:
@@ -87,10 +104,25 @@ class PointerCall:
         device = impl.device.id
         self.copy_in, self.copy_out = CopyJobs(cp, device, jobs_in), CopyJobs(cp, device, jobs_out)
         self.states_in, self.states_out = (CopyJobs(cp, device, jobs) if jobs else None for jobs in (states_in, states_out))
-        with impl.device:
-            self.packing = _packed_kernels(cp, impl.device.id) if packable(executor) is None else None
+        self.packing = self._packing_calls(executor) if packable(executor) is None else None
         self._streams: dict[int, object] = {}  # caller's stream pointer -> CuPy's handle on it
         self._graph_exec: int | None = None  # the graph's cudaGraphExec_t, once CuPy has instantiated it
+
+    def _packing_calls(self, executor) -> tuple[KernelCall, KernelCall]:
+        """packed.cu's two kernels as `KernelCall`s: their words for this plan, and which change a call
+        (unpack: data, layout, rank, steps; repack: the packed rows, layout, order, steps, rows)."""
+        impl = self.impl
+        plan, item, cp, device = impl.plan, impl.dtype.itemsize, impl.cp, impl.device.id
+        x, mask, y = plan.inputs["x"], plan.inputs["mask"], plan.outputs["out"][0]
+        with impl.device:
+            unpack, repack = _packed_kernels(cp, device)
+        self._unpack_grid = (_blocks(x.rows * x.cols * item // 2), 1)  # 2-byte words, the most a thread may move
+        self._out_row_bytes = y.cols * item
+        unpack_words = [0, impl._ptr(x), impl._ptr(mask), 0, 0, 0, plan.spec.seq_len, plan.spec.batch, x.cols * item,
+                        ONE_BITS[impl.dtype.name], item]
+        repack_words = [impl._ptr(y), 0, 0, 0, 0, plan.spec.batch, 0, y.cols * item, y.ld * item]
+        return (KernelCall(cp, device, unpack, THREADS, unpack_words, (0, 3, 4, 5)),
+                KernelCall(cp, device, repack, THREADS, repack_words, (1, 2, 3, 4, 6)))
 
     def _stream(self, stream: int):
         handle = self._streams.get(stream)
@@ -115,37 +147,38 @@ class PointerCall:
         """A packed batch (`packable` holds): pointers of its `data` (rows x I), `rank` and `order`
         (int64, B: torch's unsorted_indices and sorted_indices), `layout` (int64: the batch sizes,
         then the row offsets, `steps` each), all on the device in the plan's dtype where they hold
-        values; `states` as for a call; `outs`: the packed output rows (rows x D*H), h_n, c_n.
-        Not inside the caller's stream capture (the layout comes from the host each call)."""
-        impl, (unpack, repack) = self.impl, self.packing
-        plan, item = impl.plan, impl.dtype.itemsize
-        x, mask, y = plan.inputs["x"], plan.inputs["mask"], plan.outputs["out"][0]
-        spec = plan.spec
-        handle = self._stream(stream)
-        impl._zeroed_states.clear()
+        values; `states` as for a call; `outs`: the packed output rows (rows x D*H), h_n, c_n (or
+        None: `packed_finish` takes them). Not inside the caller's stream capture (the layout comes
+        from the host each call)."""
+        unpack = self.packing[0]
+        self.impl._zeroed_states.clear()
         h0, c0 = states
-        with impl.device:
-            n_in = x.rows * x.cols * item // 2  # 2-byte words, the most a thread may move
-            unpack((_blocks(n_in),), (THREADS,), (np.uint64(data), np.uint64(impl._ptr(x)), np.uint64(impl._ptr(mask)),
-                                                   np.uint64(layout), np.uint64(rank), np.int32(steps),
-                                                   np.int32(spec.seq_len), np.int32(spec.batch),
-                                                   np.uint64(x.cols * item), np.uint32(ONE_BITS[impl.dtype.name]),
-                                                   np.int32(item)), stream=handle)
+        unpack(stream, self._unpack_grid, data, layout, rank, steps)
         if self.states_in is not None:
             self.states_in(stream, 0, h0 or 0, c0 or 0, 0)
         self._launch_graph(stream)
-        with impl.device:
-            repack((_blocks(rows * y.cols * item // 2),), (THREADS,),
-                   (np.uint64(impl._ptr(y)), np.uint64(outs[0]), np.uint64(layout), np.uint64(order), np.int32(steps),
-                    np.int32(spec.batch), np.int64(rows), np.uint64(y.cols * item), np.uint64(y.ld * item)),
-                   stream=handle)
+        if outs is not None:
+            self.packed_finish(stream, layout, order, steps, rows, outs)
+
+    def packed_finish(self, stream: int, layout: int, order: int, steps: int, rows: int, outs) -> None:
+        """A packed call's results into `outs` (after `packed(..., outs=None)`: the caller allocates
+        them while the plan runs)."""
+        repack = self.packing[1]
+        repack(stream, (_blocks(rows * self._out_row_bytes // 2), 1), outs[0], layout, order, steps, rows)
         if self.states_out is not None:
             self.states_out(stream, 0, *outs[1:], 0)
 
     def __call__(self, stream: int, x: int, states, outs, capturing: bool = False, mask: int | None = None) -> None:
-        """With `capturing` (the caller's stream is capturing a CUDA graph of its own), the plan is
-        issued step by step on the executor's streams, forked from and joined back to the caller's,
-        so that the caller's graph holds it (a graph is not launched inside another's capture)."""
+        self.start(stream, x, states, capturing, mask)
+        self.finish(stream, outs)
+
+    def start(self, stream: int, x: int, states, capturing: bool = False, mask: int | None = None) -> None:
+        """The copies in and the plan, on `stream`; `finish` copies the results out. Between the two
+        the caller may allocate the outputs: that host work then overlaps the plan on the GPU instead
+        of delaying its start. With `capturing` (the caller's stream is capturing a CUDA graph of its
+        own), the plan is issued step by step on the executor's streams, forked from and joined back
+        to the caller's, so that the caller's graph holds it (a graph is not launched inside another's
+        capture)."""
         impl = self.impl
         h0, c0 = states
         impl._zeroed_states.clear()  # the state buffers now hold what this call gives (Executor.run's note)
@@ -160,6 +193,9 @@ class PointerCall:
                 handle.wait_event(impl.results_ready)
         else:
             self._launch_graph(stream)
+
+    def finish(self, stream: int, outs) -> None:
+        """The results into the caller's `outs` (pointers: out, h_n, c_n; 0 for one not taken)."""
         self.copy_out(stream, *outs, 0)
 
 
