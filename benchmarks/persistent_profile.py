@@ -5,11 +5,11 @@ each block and summed over the steps, for the first block of layer 0 and of the 
                                              [--config paper 4x256b8 1x1024b8 1x256b1 ...] [--units N]
 
 The kernel is the one the planner picks (math="tf32" for the tf32 precision). Phases of the
-tensor-core kernel: set-up (once: weights on-chip, biases), publish/loop (the previous step's publish
-and loop overhead), fill (gate sums from biases and layer 0's input projection), wait x (for the
-layer below's counters), wait h (issuing the layer input's copy, then waiting for this chain's
-counter), stage (the copy of h and waiting for all copies), mma (tensor cores and writing the gate
-sums), cell (the cell update). Of the FFMA kernel (batch 1-2, or fp32 math): barrier/loop (the end of
+tensor-core kernel: set-up (once: weights on-chip, biases), publish/loop (the previous step's
+publish and loop overhead; with projections, the projection's wait, staging and dot products), fill
+(gate sums from biases and layer 0's input projection), wait x (for the layer below's counters),
+wait h (issuing the layer input's copy, then waiting for this chain's counter), stage (the copy of h
+and waiting for all copies), mma (tensor cores and writing the gate sums), cell (the cell update). Of the FFMA kernel (batch 1-2, or fp32 math): barrier/loop (the end of
 the previous step, issuing layer 0's projection loads), wait h+x (polling this chain's exchange words,
 then the layer input's, or both at once with MERGED_WAIT), barrier (layer 0's prefetched projection into
 the gate sums, a block barrier), dot+barrier (the dot products, their
@@ -51,11 +51,13 @@ CONFIGS = {
                          batch=8),
     "3x1024p256b4": dict(cell="lstm", input_size=1024, hidden_size=1024, proj_size=256, num_layers=3, seq_len=100,
                          batch=4),
+    "3x1024p256b16": dict(cell="lstm", input_size=1024, hidden_size=1024, proj_size=256, num_layers=3, seq_len=100,
+                          batch=16),
 }
 # Per kernel: the phases between its PROF(k) marks (persistent/cuda/*.cu), in slot order; slot 7 is the
 # set-up before the first step.
 PHASES = {
-    "mma": ("publish/loop", "fill", "wait x", "wait h", "stage", "mma", "cell"),
+    "mma": ("publish/loop (+ proj)", "fill", "wait x", "wait h", "stage", "mma", "cell"),
     "ffma": ("barrier/loop", "wait h+x", "barrier", "dot+barrier", "cell+publish", "proj (wait, dot, publish)"),
 }
 

@@ -378,6 +378,12 @@ def _variant(kind, **kw):
     ("ffma", dict(cell="lstm", num_layers=3, hidden_size=1024, proj_size=256, batch=16, dtype="bfloat16")),
     ("ffma_registers", dict(cell="lstm", num_layers=2, hidden_size=100, proj_size=37, batch=3, bidirectional=True)),
     ("ffma", dict(cell="lstm", num_layers=2, hidden_size=96, proj_size=32, batch=4, variable_lengths=True)),
+    # projections on the tensor-core kernel (the cell's h handed over with counters, projection.cuh)
+    ("shared", dict(cell="lstm", num_layers=3, hidden_size=1024, proj_size=256, batch=16, dtype="float16")),
+    ("shared", dict(cell="lstm", num_layers=3, hidden_size=1024, proj_size=256, batch=8, dtype="bfloat16")),
+    ("registers", dict(cell="lstm", num_layers=2, hidden_size=100, proj_size=37, batch=9, bidirectional=True)),
+    ("registers", dict(cell="lstm", num_layers=2, hidden_size=96, proj_size=32, batch=12, dtype="float16",
+                       variable_lengths=True)),
 ], ids=lambda v: v if isinstance(v, str) else f"{v['cell']}-{v['num_layers']}x{v['hidden_size']}-B{v['batch']}"
                                                 f"-{v.get('dtype', 'float32')}{'-varlen' * v.get('variable_lengths', 0)}"
                                                 f"{'-proj' * bool(v.get('proj_size'))}")

@@ -87,18 +87,20 @@ def test_the_spec_names_what_a_projection_needs():
     assert "proj=4" in spec.short()
 
 
-def test_the_persistent_lowering_takes_a_projection_on_the_ffma_kernel():
+def test_the_persistent_lowering_takes_a_projection_on_either_kernel():
     spec = spec_of(batch=1)
     plan = rp.build_plan(spec, options=H200_OPTIONS)
     assert plan.lowering == "persistent" and "FFMA" in plan.lowering_reason
     (rec,) = [s.recurrence for s in plan.steps if s.recurrence is not None]
-    assert rec.proj_size == 4 and rec.h_width == 4 and rec.batch_tile == 0  # the FFMA kernel only
-    # auto takes the FFMA kernel up to its measured batch limit for projections, in every precision
-    big = rp.build_plan(spec_of(batch=8, dtype="float16"), options=H200_OPTIONS)
-    assert big.lowering == "graph" and "batch 8 > 4" in big.lowering_reason
+    assert rec.proj_size == 4 and rec.h_width == 4 and rec.batch_tile == 0  # the FFMA kernel at batch 3
+    # auto takes the persistent kernels up to their measured batch limit for projections
+    assert rp.build_plan(spec_of(batch=16, dtype="float16"), options=H200_OPTIONS).lowering == "persistent"
+    big = rp.build_plan(spec_of(batch=17, dtype="float16"), options=H200_OPTIONS)
+    assert big.lowering == "graph" and "batch 17 > 16" in big.lowering_reason
     forced = rp.build_plan(spec_of(batch=16, dtype="float16"), options=H200_OPTIONS.model_copy(
-        update={"lowering": "persistent"}))
-    assert forced.steps[-1].recurrence.batch_tile == 0
+        update={"lowering": "persistent"}))  # above PROJ_FFMA_MAX_BATCH: the tensor-core kernel's projection
+    assert forced.steps[-1].recurrence.batch_tile > 0 and "tensor cores" in forced.lowering_reason
+    assert "W_hr on-chip" in forced.lowering_reason
     assert rp.build_plan(spec_of(batch=1, variable_lengths=True), options=H200_OPTIONS).lowering == "persistent"
 
 
@@ -207,19 +209,65 @@ PROJ_CASES = [(kw, units, registers) for i, (kw, units) in enumerate(PERSISTENT_
 def test_gpu_persistent_kernel_with_a_projection_matches_torch(spec_kw, units, registers, precision):
     """The FFMA kernel with W_hr on-chip against strict-fp32 torch and the NumPy reference, twice on
     poisoned buffers, with the weights in registers (where they fit) and in shared memory."""
-    from rnnplan.lowering.recurrent import with_recurrence
     from rnnplan.persistent import kernel_of, recurrence_of
-    from tests.test_gpu import TOL, host, module_and_weights, torch_reference
 
     spec = rp.RNNSpec(cell="lstm", **spec_kw, dtype="float16" if precision == "fp16" else "float32")
-    module, weights = module_and_weights(spec, 11)
-    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
-    r = recurrence_of(spec, units or plan.steps[-1].recurrence.units_per_block, registers=registers)
+    planned = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent")).steps[-1].recurrence
+    r = recurrence_of(spec, units or planned.units_per_block, registers=registers)
     assert kernel_of(r).registers_fit or not registers
-    plan = with_recurrence(plan, r)
+    _kernel_matches_torch(spec, r, precision)
+
+
+MMA_PROJ = [  # the tensor-core kernel's projection (batch above PROJ_FFMA_MAX_BATCH)
+    dict(input_size=256, hidden_size=1024, proj_size=256, num_layers=3, seq_len=20, batch=8),
+    dict(input_size=40, hidden_size=100, proj_size=37, num_layers=2, seq_len=9, batch=9, bidirectional=True),
+    dict(input_size=64, hidden_size=256, proj_size=128, num_layers=2, seq_len=12, batch=16, batch_first=True),
+    dict(input_size=33, hidden_size=200, proj_size=50, num_layers=3, seq_len=6, batch=21, bias=False),  # 2 tiles
+    dict(input_size=24, hidden_size=96, proj_size=32, num_layers=2, seq_len=11, batch=12, bidirectional=True,
+         variable_lengths=True),  # masked: the projected h kept past each sequence's end
+]
+MMA_CASES = [(kw, registers) for kw in MMA_PROJ for registers in (True, False)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("spec_kw, registers", MMA_CASES,
+                         ids=[f"{kw['num_layers']}x{kw['hidden_size']}p{kw['proj_size']}-B{kw['batch']}-"
+                              f"{'registers' if reg else 'shared'}" for kw, reg in MMA_CASES])
+@pytest.mark.parametrize("precision", ["tf32", "fp16"])
+def test_gpu_tensor_core_kernel_with_a_projection_matches_torch(spec_kw, registers, precision):
+    """The tensor-core kernel with W_hr on-chip (the cell's h handed over with counters of its own,
+    the projection's dot products of projection.cuh), checked as the FFMA one is, its weights in
+    registers and in shared memory where each fits."""
+    from rnnplan.persistent import kernel_of
+    from rnnplan.persistent.select import (
+        DEFAULT_DEVICE,
+        choose_recurrence,
+        tensor_core_recurrence,
+    )
+
+    spec = rp.RNNSpec(cell="lstm", **spec_kw, dtype="float16" if precision == "fp16" else "float32")
+    planned, why = choose_recurrence(spec, DEFAULT_DEVICE, "tf32")
+    if planned is None:
+        pytest.skip(f"does not fit: {why}")
+    r = tensor_core_recurrence(spec, planned.units_per_block, DEFAULT_DEVICE, registers)
+    if r is None or kernel_of(r).shared_memory_bytes > DEFAULT_DEVICE.smem_per_block:
+        pytest.skip("this holding of the weights does not fit")
+    _kernel_matches_torch(spec, r, precision)
+
+
+def _kernel_matches_torch(spec, r, precision):
+    """Kernel `r` in the persistent plan of `spec` against strict-fp32 torch (packed where lengths vary)
+    and the NumPy reference, twice on poisoned buffers."""
+    from rnnplan.lowering.recurrent import with_recurrence
+    from tests.test_gpu import TOL, host, module_and_weights, torch_reference
+
+    module, weights = module_and_weights(spec, 11)
+    math = "tf32" if precision == "tf32" else "fp32"
+    plan = with_recurrence(rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math=math)), r)
     ex = rp.Executor(plan, weights, backend="cupy")
     x, state = random_inputs(spec, 12)
-    lengths = [11, 3, 8, 1][:spec.batch] if spec.variable_lengths else None
+    lengths = [(11, 3, 8, 1)[i % 4] for i in range(spec.batch)] if spec.variable_lengths else None
     if lengths:  # torch's packed run, padded back: the reference of a masked plan
         import torch as th
         with th.no_grad():

@@ -12,7 +12,9 @@ Two kernels share the layout code (CUDA in `persistent/cuda/`):
   the projection);
 - tensor cores (`batch_tile > 0`): mma.sync on fp16 operands (fp16 storage) or tf32 operands (fp32
   storage), weights as A fragments in shared memory or registers, h handed over in the storage type
-  with one counter per chain and step.
+  with one counter per chain and step; with projections, the same W_hr rows and the projection's dot
+  products as the FFMA kernel's (`cuda/projection.cuh`), the cell's h handed over with counters of
+  its own.
 """
 
 from __future__ import annotations
@@ -107,8 +109,9 @@ class PersistentKernel(Recurrence):
 
     @property
     def mma_k(self) -> tuple[int, int]:
-        """(recurrent, layer-input) reduction lengths padded to the mma's K (`mma_kstep`)."""
-        return _round_up(self.hidden, self.mma_kstep), _round_up(self.input_width, self.mma_kstep)
+        """(recurrent, layer-input) reduction lengths padded to the mma's K (`mma_kstep`): h's width
+        (proj_size with projections) and the layer input's."""
+        return _round_up(self.h_width, self.mma_kstep), _round_up(self.input_width, self.mma_kstep)
 
     @property
     def mma_split(self) -> tuple[int, int]:
@@ -219,7 +222,9 @@ class PersistentKernel(Recurrence):
                      ("gx", bt * self.sum_stride * 4), ("gh", bt * self.sum_stride * 4),
                      ("partial", extra * 2 * bt * self.sum_stride * 4),
                      ("bias", 2 * rows * 4), ("c", B * U * 4),
-                     ("xproj", bt * rows * size if self.prefetches_xproj else 0)]
+                     ("xproj", bt * rows * size if self.prefetches_xproj else 0),
+                     # projections: this block's rows of W_hr, and the chain's whole cell h (storage type)
+                     ("whr", self.proj_rows_per_block * H * size), ("hfull", B * H * size if self.proj_size else 0)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
             R, P = self.h_width, self.proj_rows_per_block  # with projections h is R = proj_size wide
             held = 0 if self.weights_in_registers else G * U * (R + K) * self.element_bytes
@@ -243,24 +248,32 @@ class PersistentKernel(Recurrence):
 
     @property
     def exchange_stride(self) -> int:
-        """Tensor-core kernel: elements per published row of h (rows 16-byte aligned)."""
-        return _round_up(self.hidden, 16 // self.element_bytes)
+        """Tensor-core kernel: elements per published row of h (R wide; rows 16-byte aligned)."""
+        return _round_up(self.h_width, 16 // self.element_bytes)
+
+    @property
+    def cell_stride(self) -> int:
+        """Tensor-core kernel with projections: elements per handed-over row of the cell's h (H wide,
+        16-byte aligned), which the projection reads."""
+        return _round_up(self.hidden, 16 // self.element_bytes) if self.proj_size else 0
 
     @property
     def exchange_counter_bytes(self) -> int:
-        """Tensor-core kernel: one counter per chain and step, of blocks that published h (mma.cu computes
-        the same from its length argument, to find h after them)."""
-        return _round_up(len(self.chains) * self.seq_len * 4, 16)
+        """Tensor-core kernel: one counter per chain and step, of blocks that published h, and with
+        projections a second such array, of blocks that handed over the cell's h (mma.cu computes the
+        same from its length argument, to find h after them)."""
+        return _round_up(len(self.chains) * self.seq_len * 4, 16) * (2 if self.proj_size else 1)
 
     @property
     def exchange_bytes(self) -> tuple[int, int]:
         """(bytes to allocate, leading bytes to zero before each run). FFMA kernel: a tagged 8-byte
         word per value, all zeroed (with projections the projected h, then the cell's h, H wide, that
-        the projection reads); tensor-core kernel: counters (zeroed), then h in the storage type."""
+        the projection reads); tensor-core kernel: counters (zeroed), then h in the storage type (with
+        projections the projected h, then the cell's h)."""
         values = len(self.chains) * self.seq_len * self.batch
         if self.batch_tile:
-            return (self.exchange_counter_bytes + values * self.exchange_stride * self.element_bytes,
-                    self.exchange_counter_bytes)
+            stride = self.exchange_stride + self.cell_stride
+            return self.exchange_counter_bytes + values * stride * self.element_bytes, self.exchange_counter_bytes
         words = self.h_width + (self.hidden if self.proj_size else 0)
         return values * words * 8, values * words * 8
 

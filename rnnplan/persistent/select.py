@@ -4,7 +4,7 @@
 FFMA_MAX_BATCH) or tensor-core mma (fp16 storage, or fp32 storage with `math="tf32"`; batch in tiles
 sized to fit shared memory), with its weights in registers where they fit the register budget, else
 in shared memory; hidden units per block such that all blocks fill the device once. LSTM
-projections run on the FFMA kernel only.
+projections run on the FFMA kernel up to PROJ_FFMA_MAX_BATCH, on the tensor-core kernel above.
 `choose_lowering` resolves the lowering: persistent where the kernel fits the device and the batch
 is at most AUTO_MAX_BATCH for the dtype (where it measured faster), else graph, with the reason
 either way. The device arrives as data (`PlanOptions.device`); nothing here probes hardware.
@@ -38,10 +38,13 @@ AUTO_MAX_BATCH = {"float32": 8, "float16": 64, "bfloat16": 64}
 # 0.266 ms) and with fp16 (0.196 against 0.243; LSTM 1x1024 0.266 against 0.285, RNN 2x512 0.235
 # against 0.245). From batch 4 the tensor-core kernel wins everywhere (BENCHMARKS.md, third round).
 FFMA_MAX_BATCH = 2
-# With projections the kernel is the FFMA one in every precision. Measured on an H200 (LSTM 3x1024 proj
-# 256 T100 fp16, 32 units a block), persistent against the graph lowering: batch 1 0.68 against 1.31 ms,
-# batch 4 1.04 against 1.42, batch 8 lost (1.56 against 1.49), batch 16 lost (3.65 against 1.76).
-PROJ_AUTO_MAX_BATCH = 4
+# Projections, measured on an H200 (LSTM 3x1024 proj 256 T100 fp16, 32 units a block), persistent against
+# the graph lowering: the FFMA kernel at batch 1 0.67 against 1.31 ms, batch 4 0.99 against 1.34 (at batch
+# 8 it lost, 1.56 against 1.49); the tensor-core kernel at batch 8 0.87 against 1.49, batch 16 1.33
+# against 1.74 (BENCHMARKS.md). Not measured above 16.
+PROJ_AUTO_MAX_BATCH = 16
+# With projections the FFMA kernel runs batch 1-4, the tensor-core kernel more.
+PROJ_FFMA_MAX_BATCH = 4
 
 
 def planning_device(options: PlanOptions | None) -> DeviceShape | None:
@@ -113,11 +116,12 @@ def _fitting(spec: RNNSpec, units: int, device: DeviceShape, math: str) -> Recur
     fp32 storage with tf32 math) the tensor-core kernel, with the weights in registers where they fit
     the register budget (no shared-memory reads of weights at each step, and room for the widest batch
     tile), else in shared memory, else (tf32 only) the FFMA kernel, which stages no whole batch tiles.
-    Projections (proj_size) run on the FFMA kernel only: the tensor-core kernel has no projection step."""
+    Projections (proj_size) take the FFMA kernel up to PROJ_FFMA_MAX_BATCH, the tensor-core one above."""
     precision = Precision.of(spec.dtype, math)
     ffma = ffma_recurrence(spec, units, math)
     ffma_fits = kernel_of(ffma).shared_memory_bytes <= device.smem_per_block
-    if not precision.tensor_cores or spec.proj_size or (spec.batch <= FFMA_MAX_BATCH and ffma_fits):
+    ffma_batch = PROJ_FFMA_MAX_BATCH if spec.proj_size else FFMA_MAX_BATCH
+    if not precision.tensor_cores or (spec.batch <= ffma_batch and ffma_fits):
         return ffma
     tensor_cores = (tensor_core_recurrence(spec, units, device, registers=True)
                     or tensor_core_recurrence(spec, units, device, registers=False))

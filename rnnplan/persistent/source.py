@@ -89,7 +89,8 @@ def _mma(k: PersistentKernel) -> dict[str, object]:
         "KS": k.stage_stride, "XSTRIDE": k.exchange_stride,
         "NG": k.mma_split[0], "KSPLIT": k.mma_split[1], "READS_HPREV": int(k.cell_def.reads_h_prev),
         "FILL": -(-k.batch_tile * k.mma_rows // THREADS),  # gate sums each thread fills
-        "CHUNK": 16 // k.element_bytes if k.hidden * k.element_bytes % 16 == 0 else 1,  # elements a staging copy
+        "CHUNK": 16 // k.element_bytes if k.h_width * k.element_bytes % 16 == 0 else 1,  # elements a staging copy
+        "HSTRIDE": max(1, k.cell_stride),
         "REG_A": int(held), "XPRE": int(k.prefetches_xproj), "NPARTS": k.mma_parts,
         "KREG": k.register_ksteps if held else 1, "MG": k.mma_mgroup, "NC": k.mma_nchunk if held else 1,
     }

@@ -26,6 +26,7 @@
 #include <cuda_bf16.h>
 #include "config.h"
 #include "persistent.cuh"
+#include "projection.cuh"
 
 // An 8-byte exchange word: the fp32 value (already rounded to the storage type) and, above it, the
 // producing step + 1. One aligned 8-byte access is atomic, so a reader never sees a torn pair.
@@ -86,17 +87,6 @@ __device__ __forceinline__ void load_rows(st* dst, const st* src, int len, int u
             if (i < n) dst[(g * U + u) * len + k] = v[q];
         }
     }
-}
-__device__ __forceinline__ float4 load4(const float* p) { return *(const float4*)p; }
-__device__ __forceinline__ float4 load4(const __half* p) {
-    const uint2 u = *(const uint2*)p;
-    const float2 lo = __half22float2(*(const __half2*)&u.x), hi = __half22float2(*(const __half2*)&u.y);
-    return make_float4(lo.x, lo.y, hi.x, hi.y);
-}
-__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
-    const uint2 u = *(const uint2*)p;
-    const float2 lo = __bfloat1622float2(*(const __nv_bfloat162*)&u.x), hi = __bfloat1622float2(*(const __nv_bfloat162*)&u.y);
-    return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 // WREG: the k of register i of a lane's share of a weight row: 4 consecutive values a lane, 128 apart
 // (VEC4), or every 32nd value.
@@ -355,59 +345,27 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
         }
         PROF(4);
 #if PROJ
-        // The projection: wait for the chain's whole cell h of this step, then each warp takes rows
-        // (p, b) of h = W_hr @ h_cell, lanes splitting k; the results go to y and, tagged, to the
-        // exchange, where this chain's next step and the layer above read them.
+        // The projection: wait for the chain's whole cell h of this step, then this block's rows of
+        // h = W_hr @ h_cell (projection.cuh) go to y and, tagged, to the exchange, where this chain's
+        // next step and the layer above read them.
         await_words(B * H, [&](int i, unsigned int& tag) {
             tag = s + 1;
             return &hfx[((size_t)chain * T + t) * (B * H) + i];
         }, [&](int i, float v) { hf_s[i] = v; });
         __syncthreads();
-        // A warp takes one row of W_hr and BT batch rows at a time (every weight value loaded feeds BT
-        // rows), lanes 4 consecutive k each where H allows (H % 4 == 0: 16-byte loads of the cell h).
-        for (int job = warp; job < np * ((B + BT - 1) / BT); job += nwarps) {
-            const int p = job % np, b0 = job / np * BT;
-            float acc[BT];
-#pragma unroll
-            for (int j = 0; j < BT; ++j) acc[j] = 0.0f;
-            if (H % 4 == 0) {
-                for (int k = 4 * lane; k < H; k += 128) {
-                    const float4 w = load4(whr_s + p * H + k);
-#pragma unroll
-                    for (int j = 0; j < BT; ++j)
-                        if (b0 + j < B) {
-                            const float4 v = *(const float4*)(hf_s + (b0 + j) * H + k);
-                            acc[j] += w.x * v.x + w.y * v.y + w.z * v.z + w.w * v.w;
-                        }
-                }
-            } else {
-                for (int k = lane; k < H; k += 32) {
-                    const float w = to_f(whr_s[p * H + k]);
-#pragma unroll
-                    for (int j = 0; j < BT; ++j)
-                        if (b0 + j < B) acc[j] += w * hf_s[(b0 + j) * H + k];
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < BT; ++j)
-                for (int o = 16; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
-#pragma unroll
-            for (int j = 0; j < BT; ++j) {
-                const int b = b0 + j;
-                if (lane != 0 || b >= B) continue;
-                st hv;
-                put(&hv, acc[j]);
+        project_rows(whr_s, hf_s, np, lane, warp, nwarps, [&](int p, int b, float sum) {
+            st hv;
+            put(&hv, sum);
 #if MASKED  // past a sequence's end: h kept (h_s holds this step's previous h), y 0, the last layer's y only
-                const bool live = to_f(mask[(size_t)t * B + b]) != 0.0f;
-                if (!live) put(&hv, h_s[b * R + p0 + p]);
-                if (layer == L - 1) put(&y[((size_t)t * B + b) * (D * R) + dir * R + p0 + p], live ? to_f(hv) : 0.0f);
-                if (s == T - 1) hn[(size_t)(chain * B + b) * R + p0 + p] = hv;
+            const bool live = to_f(mask[(size_t)t * B + b]) != 0.0f;
+            if (!live) put(&hv, h_s[b * R + p0 + p]);
+            if (layer == L - 1) put(&y[((size_t)t * B + b) * (D * R) + dir * R + p0 + p], live ? to_f(hv) : 0.0f);
+            if (s == T - 1) hn[(size_t)(chain * B + b) * R + p0 + p] = hv;
 #else
-                y[((size_t)t * B + b) * (D * R) + dir * R + p0 + p] = hv;
+            y[((size_t)t * B + b) * (D * R) + dir * R + p0 + p] = hv;
 #endif
-                __stcg(&xch[((size_t)chain * T + t) * (B * R) + b * R + p0 + p], tagged(to_f(hv), s));
-            }
-        }
+            __stcg(&xch[((size_t)chain * T + t) * (B * R) + b * R + p0 + p], tagged(to_f(hv), s));
+        });
         PROF(5);
 #endif
         __syncthreads();

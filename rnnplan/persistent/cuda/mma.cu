@@ -34,6 +34,7 @@
 #include <cuda_bf16.h>
 #include "config.h"
 #include "persistent.cuh"
+#include "projection.cuh"
 
 #define NT (BT / 8)
 #define MT (RP / 16)
@@ -77,12 +78,12 @@ __device__ __forceinline__ void await_count(const unsigned int* counter) {
     } while (seen < NBC);
 }
 
-// Stage `rows` batch rows (from b0) of one published h, src [b][XSTRIDE], into stage columns col0 ... col0+H.
+// Stage `rows` batch rows (from b0) of one published h, src [b][XSTRIDE], into stage columns col0 ... col0+R.
 // 16-byte rows go by cp.async (L2 -> shared memory, no registers, all in flight at once; .cg reads
 // L2, where other SMs' writes are); the caller waits with `staged()`. Other widths copy one value at a time.
 __device__ __forceinline__ void stage_part(st* stage, const st* src, int rows, int b0, int col0) {
-    for (int i = threadIdx.x; i < rows * (H / CHUNK); i += blockDim.x) {
-        const int bl = i / (H / CHUNK), c = i % (H / CHUNK);
+    for (int i = threadIdx.x; i < rows * (R / CHUNK); i += blockDim.x) {
+        const int bl = i / (R / CHUNK), c = i % (R / CHUNK);
         st* dst = stage + bl * KS + col0 + c * CHUNK;
         const st* from = src + (size_t)(b0 + bl) * XSTRIDE + c * CHUNK;
         if (CHUNK == VEC) {
@@ -112,8 +113,8 @@ __device__ __forceinline__ void staged() {
 }
 
 __device__ __forceinline__ void stage_h0(st* stage, const st* h0, int rows, int b0, int chain) {
-    for (int i = threadIdx.x; i < rows * H; i += blockDim.x)
-        stage[(i / H) * KS + i % H] = h0[(size_t)(chain * B + b0 + i / H) * H + i % H];
+    for (int i = threadIdx.x; i < rows * R; i += blockDim.x)
+        stage[(i / R) * KS + i % R] = h0[(size_t)(chain * B + b0 + i / R) * R + i % R];
 }
 
 // Stage batch rows b0 ... b0 + BT (those below B) of h of step s-1 (stage_h), of the layer below's h at
@@ -128,7 +129,7 @@ __device__ __forceinline__ void stage_h(st* stage, const st* hx, const st* h0, i
 __device__ __forceinline__ void stage_x(st* stage, const st* hx, int b0, int t, int layer, int T) {
     for (int d2 = 0; layer > 0 && d2 < D; ++d2)
         stage_part(stage, hx + ((size_t)((layer - 1) * D + d2) * T + t) * B * XSTRIDE, min(BT, B - b0), b0,
-                   KHP + d2 * H);
+                   KHP + d2 * R);
 }
 
 __device__ __forceinline__ void stage_tile(st* stage, const st* hx, const st* h0, int b0, int s, int t, int tprev, int T,
@@ -161,7 +162,7 @@ __device__ __forceinline__ unsigned int a_word(const st* whh, const st* first, i
     const st* src = nullptr;
     int n = 0;  // elements of the word inside the weight
     if (g < G && u < nu) {
-        if (k < KHP) { src = whh + (size_t)(g * H + u0 + u) * H + k; n = min(2, H - k); }
+        if (k < KHP) { src = whh + (size_t)(g * H + u0 + u) * R + k; n = min(2, R - k); }
         else if (k - KHP < kin) { src = first + (size_t)(g * H + u0 + u) * kin + (k - KHP); n = min(2, kin - (k - KHP)); }
     }
 #if TF32
@@ -222,8 +223,14 @@ __device__ __forceinline__ void put_sums(float* dst, bool add, const float (&acc
         }
 }
 
-// h to the other blocks: its row of the published h, in the storage type.
+// h to the other blocks: its row of the published h, in the storage type (PROJ: the cell's h, to the
+// projection of this chain's blocks).
+#if PROJ
+#define HANDOFF(hv) (hfx[((size_t)(chain * T + t) * B + b) * HSTRIDE + u0 + u] = (hv))
+#else
 #define HANDOFF(hv) (hx[((size_t)(chain * T + t) * B + b) * XSTRIDE + u0 + u] = (hv))
+#endif
+#define HCH ((H * (int)sizeof(st)) % 16 == 0 ? VEC : 1)  // elements a copy of the cell's h (PROJ)
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
     const unsigned long long* __restrict__ ptrs, unsigned long long* xch, const int T)
@@ -231,8 +238,23 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
 #include "prologue.cuh"
     PROF_START
     unsigned int* counters = (unsigned int*)xch;  // [chain][t]: blocks that have published h
-    // [chain][t][b][XSTRIDE]: h in the storage type, after a counter per chain and step (16-byte aligned)
-    st* hx = (st*)((unsigned char*)xch + ((L * D * T * 4 + 15) / 16) * 16);
+    // [chain][t][b][XSTRIDE]: h in the storage type, after a counter per chain and step (16-byte aligned;
+    // PROJ: two such arrays, the second of blocks that handed over the cell's h)
+    const size_t counter_bytes = ((L * D * T * 4 + 15) / 16) * 16;
+    st* hx = (st*)((unsigned char*)xch + counter_bytes * (1 + PROJ));
+#if PROJ
+    // The projection: the cell's h ([chain][t][b][HSTRIDE], after the projected h), this block's rows
+    // of W_hr and the chain's whole cell h of a step in shared memory (storage type).
+    unsigned int* cell_counters = (unsigned int*)((unsigned char*)xch + counter_bytes);
+    st* hfx = hx + (size_t)L * D * T * B * XSTRIDE;
+    st* whr_s = (st*)(smem + OFF_WHR);
+    st* hf_s = (st*)(smem + OFF_HFULL);
+    const int p0 = (blockIdx.x % NBC) * PU, np = max(0, min(PU, R - p0));
+    {
+        const st* whr = (const st*)cp[PER_CHAIN - 1];
+        for (int i = tid; i < np * H; i += blockDim.x) whr_s[i] = whr[(size_t)p0 * H + i];
+    }
+#endif
     const uint4* wf = (const uint4*)(smem + OFF_WEIGHTS);
     st* stage = (st*)(smem + OFF_STAGE);
     float* gx_s = (float*)(smem + OFF_GX);
@@ -386,7 +408,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
                 if (b >= B) break;
 #define GX(g) gate_sum(gx_s, partial, 0, bl * GS + (g) * U + u)
 #define GH(g) gate_sum(gh_s, partial, 1, bl * GS + (g) * U + u)
-                const float hprev = READS_HPREV ? to_f(stage[bl * KS + u0 + u]) : 0.0f;
+                const float hprev = READS_HPREV && !PROJ ? to_f(stage[bl * KS + u0 + u]) : 0.0f;  // (PROJ: LSTM)
 #include "cell_step.cuh"
 #undef GX
 #undef GH
@@ -394,6 +416,45 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
             __syncthreads();  // the next tile restages `stage` and the gate sums
             PROF(6);
         }
+#if PROJ
+        // The projection: the cell's h of step s handed over (barrier above), wait for the chain's whole
+        // of it, stage it, and this block's rows of h = W_hr @ h_cell (projection.cuh) go to y and the
+        // exchange, where this chain's next step and the layer above read them.
+        if (tid == 0) {
+            publish_count(&cell_counters[chain * T + t]);
+            await_count(&cell_counters[chain * T + t]);
+        }
+        __syncthreads();
+        for (int i = tid; i < B * (H / HCH); i += blockDim.x) {
+            const int b = i / (H / HCH), c = i % (H / HCH);
+            st* dst = hf_s + b * H + c * HCH;
+            const st* from = hfx + ((size_t)(chain * T + t) * B + b) * HSTRIDE + c * HCH;
+            if (HCH == VEC) {
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
+                             :: "r"((unsigned int)__cvta_generic_to_shared(dst)), "l"(from));
+            } else {
+                *(st_bits*)dst = __ldcg((const st_bits*)from);
+            }
+        }
+        staged();
+        __syncthreads();  // (profiled with the publish and the loop, slot 0)
+        project_rows(whr_s, hf_s, np, lane, warp, nwarps, [&](int p, int b, float sum) {
+            st hv;
+            put(&hv, sum);
+            st* to = &hx[((size_t)(chain * T + t) * B + b) * XSTRIDE + p0 + p];
+#if MASKED  // past a sequence's end: the previous projected h kept (this block's own rows), y 0, the last layer's y only
+            const bool live = to_f(mask[(size_t)t * B + b]) != 0.0f;
+            if (!live) hv = s == 0 ? h0[(size_t)(chain * B + b) * R + p0 + p]
+                                   : hx[((size_t)(chain * T + tprev) * B + b) * XSTRIDE + p0 + p];
+            if (layer == L - 1) put(&y[((size_t)t * B + b) * (D * R) + dir * R + p0 + p], live ? to_f(hv) : 0.0f);
+            if (s == T - 1) hn[(size_t)(chain * B + b) * R + p0 + p] = hv;
+#else
+            y[((size_t)t * B + b) * (D * R) + dir * R + p0 + p] = hv;
+#endif
+            *to = hv;
+        });
+        __syncthreads();
+#endif
         if (tid == 0) publish_count(&counters[chain * T + t]);  // every thread's h of step s is written (barrier above)
     }
     PROF_END
