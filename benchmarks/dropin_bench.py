@@ -8,7 +8,7 @@ same run. Correctness first (each row compares with the module in strict fp32), 
 - per-chunk latency for chunks of 1, 4 and 16 steps at batch 1, streaming the state, against cuDNN
   eager and cuDNN captured in a CUDA graph.
 
-    python3 benchmarks/dropin_bench.py [--out FILE.json] [--cpu]
+    python3 benchmarks/dropin_bench.py [--out FILE.json] [--cpu] [--only set-up packed host chunk]
 
 `--cpu`: only the set-up at new shapes on CPU tensors (the NumPy backend), wall time of the first call
 less the median of three repeats.
@@ -188,6 +188,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     ap.add_argument("--cpu", action="store_true", help="only the set-up on CPU tensors (no GPU needed)")
+    ap.add_argument("--only", nargs="+", choices=["set-up", "packed", "host", "chunk"], help="only these parts")
     args = ap.parse_args()
     results: list = []
     if args.cpu:
@@ -197,10 +198,10 @@ def main() -> None:
                 json.dump(results, f, indent=1)
         return
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
-    first_calls(results)
-    packed_against_padded(results)
-    host_time(results)
-    chunk_latency(results)
+    parts = {"set-up": first_calls, "packed": packed_against_padded, "host": host_time, "chunk": chunk_latency}
+    for name, part in parts.items():
+        if args.only is None or name in args.only:
+            part(results)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -234,9 +234,7 @@ class CompiledRNN(torch.nn.Module):
 
     def torch_module(self, spec: RNNSpec, device: torch.device) -> torch.nn.Module:
         """A torch module of `spec`'s network on `device` holding these buffers as its weights."""
-        module = spec.to_torch(device=device)
-        module.load_state_dict(self.state_dict())
-        return module
+        return spec.to_torch(device=device, state_dict=self.state_dict())
 
     def _cudnn(self, spec: RNNSpec, device: torch.device, x: torch.Tensor) -> Candidate:
         graph = CudnnGraph(self.torch_module(spec, device), x, spec.cell == "lstm", spec.num_layers * spec.directions,

@@ -449,6 +449,20 @@ def test_a_new_length_near_an_autotuned_one_builds_its_choice_alone():
     assert fast._as_before(key(120), failing) is None  # then every candidate is built and timed
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_a_module_made_from_a_state_dict_is_the_module(cell):
+    """`RNNSpec.to_torch(state_dict=...)` (what the cuDNN candidate runs): made on the meta device and
+    filled, no weights drawn; the same outputs as the module whose state it holds, in its dtype."""
+    m = module(cell, 2, bidirectional=True)
+    spec = rp.RNNSpec.from_torch(m, seq_len=5, batch=3)
+    again = spec.to_torch(state_dict=m.state_dict())
+    assert type(again) is type(m) and not again.training
+    x = torch.randn(5, 3, m.input_size)
+    assert close(torch_call(again, x), torch_call(m, x), 0.0)
+    wide = spec.to_torch(dtype=torch.float64, state_dict=m.state_dict())
+    assert wide.weight_hh_l0.dtype == torch.float64 and torch.equal(wide.weight_hh_l0.float(), m.weight_hh_l0)
+
+
 def test_the_driver_path_says_why_it_is_not_there():
     from rnnplan.backends import driver_launch
 
