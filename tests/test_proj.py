@@ -92,7 +92,7 @@ def test_the_persistent_lowering_takes_a_projection_on_either_kernel():
     plan = rp.build_plan(spec, options=H200_OPTIONS)
     assert plan.lowering == "persistent" and "FFMA" in plan.lowering_reason
     (rec,) = [s.recurrence for s in plan.steps if s.recurrence is not None]
-    assert rec.proj_size == 4 and rec.h_width == 4 and rec.batch_tile == 0  # the FFMA kernel at batch 3
+    assert rec.proj_size == 4 and rec.h_width == 4 and rec.batch_tile == 0  # the FFMA kernel at batch 1
     # auto takes the persistent kernels up to their measured batch limit for projections
     assert rp.build_plan(spec_of(batch=16, dtype="float16"), options=H200_OPTIONS).lowering == "persistent"
     big = rp.build_plan(spec_of(batch=17, dtype="float16"), options=H200_OPTIONS)
@@ -220,6 +220,8 @@ def test_gpu_persistent_kernel_with_a_projection_matches_torch(spec_kw, units, r
 
 MMA_PROJ = [  # the tensor-core kernel's projection (batch above PROJ_FFMA_MAX_BATCH)
     dict(input_size=256, hidden_size=1024, proj_size=256, num_layers=3, seq_len=20, batch=8),
+    dict(input_size=256, hidden_size=1024, proj_size=256, num_layers=3, seq_len=20, batch=2),  # rows past B stale
+    dict(input_size=20, hidden_size=64, proj_size=16, num_layers=2, seq_len=7, batch=3, bias=False),
     dict(input_size=40, hidden_size=100, proj_size=37, num_layers=2, seq_len=9, batch=9, bidirectional=True),
     dict(input_size=64, hidden_size=256, proj_size=128, num_layers=2, seq_len=12, batch=16, batch_first=True),
     dict(input_size=33, hidden_size=200, proj_size=50, num_layers=3, seq_len=6, batch=21, bias=False),  # 2 tiles
