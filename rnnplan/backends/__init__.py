@@ -6,7 +6,8 @@
   pointwise kernels, generated from the ops' C forms);
 - `device.py`: whether a GPU is usable, and its description for planning;
 - `shared.py`: what the executors of one network share (uploaded weights, a host workspace);
-- `pointer_call.py`: a CuPy executor called by device pointers on the caller's stream.
+- `pointer_call.py`: a CuPy executor called by device pointers on the caller's stream, its launches
+  through `driver_launch.py` (the CUDA driver's C API by ctypes: a microsecond or two a launch).
 Only this package imports CuPy, and only when a GPU backend is asked for. `rnnplan.Executor` picks a
 backend and checks inputs.
 """
