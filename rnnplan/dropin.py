@@ -21,6 +21,10 @@ in two kernel launches (`backends/cuda/packed.cu`); calls of fixed lengths may b
 caller's own CUDA graph after a warm-up call at that shape (a packed call copies its layout from
 the host and cannot be).
 
+One call at a time: an executor's buffers (and its launches' argument buffers) serve every call at
+its shape, so calls from several threads at once need the caller's lock, and calls on different
+streams at once are not supported.
+
 Under `torch.compile` the tensor path is the custom op `torch.ops.rnnplan.forward` (registered with
 a fake implementation), so a model holding the compiled module compiles without a graph break;
 eager calls go to the same function directly (the op's dispatch costs tens of microseconds).
