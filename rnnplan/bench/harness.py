@@ -40,7 +40,9 @@ ROWS = [  # ANCHORS.md's configurations
     config("gru", 4, 512, 64),
     config("lstm", 1, 512, 8, note="cuDNN persistent in fp16"),  # ANCHORS.md's single-layer bf16 rows
     config("lstm", 1, 1024, 8, note="cuDNN persistent in fp16"),
-    config("lstm", 3, 1024, 1, proj=256),  # issue 18's projection rows
+    config("lstm", 3, 1024, 1, proj=256),  # issue 18's projection rows: FFMA (1, 4), tensor cores (8, 16)
+    config("lstm", 3, 1024, 4, proj=256),
+    config("lstm", 3, 1024, 8, proj=256),
     config("lstm", 3, 1024, 16, proj=256),
 ]
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
