@@ -30,6 +30,11 @@
 //   ldmatrix, accumulate in fp32 and add into the gate sums they own alone, with no atomics; the later
 //   k-slices of a split write partial sums of their own, which the cell update adds. The cell update
 //   of the tile follows.
+// PROJ (LSTM projections): h is R = proj_size wide (the staged rows, the exchange, W_hh's columns).
+// After the cell updates of every tile, a block hands its units of the cell's h (H wide) to its chain's
+// other blocks (a second region of the exchange, with a second array of counters), waits for the whole
+// of it, stages it and computes its rows [p0, p0 + np) of h = W_hr @ (the cell's h) (projection.cuh,
+// W_hr's rows in shared memory); those go to y and to the exchange as h: a second hand-off a step.
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include "config.h"
