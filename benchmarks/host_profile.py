@@ -16,10 +16,6 @@ from rnnplan.timing import host_us
 from rnnplan.torch_calls import raw_stream
 
 
-def us(fn) -> float:
-    return host_us(fn)  # the GPU kept busy ahead, so that no launch waits for it
-
-
 def main() -> None:
     torch.manual_seed(0)
     m = torch.nn.LSTM(256, 256, num_layers=2).cuda().eval()
@@ -47,7 +43,7 @@ def main() -> None:
             "cuDNN eager m(x, state)": lambda: m(x, state),
         }
         for name, fn in pieces.items():
-            print(f"{name:<40} {us(fn):7.2f} us", flush=True)
+            print(f"{name:<40} {host_us(fn):7.2f} us", flush=True)
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(3000):

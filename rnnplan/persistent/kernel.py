@@ -84,7 +84,7 @@ class PersistentKernel(Recurrence):
 
     @property
     def proj_rows_per_block(self) -> int:
-        """With projections (FFMA kernel): rows of W_hr each block of a chain holds and computes (the
+        """With projections (either kernel): rows of W_hr each block of a chain holds and computes (the
         chain's proj_size rows over its blocks), 0 without."""
         return _ceil_div(self.proj_size, self.blocks_per_chain) if self.proj_size else 0
 
