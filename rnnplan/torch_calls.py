@@ -32,7 +32,7 @@ def by_pointers(call, spec: RNNSpec):
     def run(x, h0, c0, lengths):
         mask = lengths if isinstance(lengths, torch.Tensor) else None  # (T, B) on the device already
         if spec.variable_lengths and mask is None:  # made on the host from the lengths, one copy to the device
-            mask = (steps < torch.as_tensor(lengths)[None, :]).to(x.dtype).to(x.device, non_blocking=True)
+            mask = (steps < torch.as_tensor(lengths)[None, :]).to(x.dtype).pin_memory().to(x.device, non_blocking=True)
         stream = raw_stream(x.device)
         call.start(stream, x.data_ptr(), state_pointers(h0, c0), torch.cuda.is_current_stream_capturing(),
                    None if mask is None else mask.data_ptr())
@@ -119,7 +119,10 @@ def packed_by_pointers(call, spec):
     def run(packed, data: torch.Tensor, h0, c0):
         sizes = packed.batch_sizes.numpy()
         steps, batch, rows = len(sizes), int(sizes[0]), data.shape[0]
-        layout = torch.from_numpy(np.concatenate([sizes, np.cumsum(sizes) - sizes])).to(data.device, non_blocking=True)
+        # Pinned first: a pageable host-to-device copy may synchronize with the stream (CUDA's API
+        # synchronization behavior); torch's caching host allocator reuses the block after the copy.
+        layout = torch.from_numpy(np.concatenate([sizes, np.cumsum(sizes) - sizes])).pin_memory()
+        layout = layout.to(data.device, non_blocking=True)
         rank, order = packed.unsorted_indices, packed.sorted_indices
         if order is None:
             rank = order = identity.get((batch, data.device))
