@@ -219,6 +219,8 @@ def test_gpu_persistent_kernel_with_a_projection_matches_torch(spec_kw, units, r
 
 
 MMA_PROJ = [  # the tensor-core kernel's projection (batch above PROJ_FFMA_MAX_BATCH)
+    dict(input_size=256, hidden_size=1024, proj_size=256, num_layers=3, seq_len=20, batch=2),
+    dict(input_size=20, hidden_size=64, proj_size=16, num_layers=2, seq_len=7, batch=3, bias=False),
     dict(input_size=256, hidden_size=1024, proj_size=256, num_layers=3, seq_len=20, batch=8),
     dict(input_size=40, hidden_size=100, proj_size=37, num_layers=2, seq_len=9, batch=9, bidirectional=True),
     dict(input_size=64, hidden_size=256, proj_size=128, num_layers=2, seq_len=12, batch=16, batch_first=True),

@@ -43,10 +43,10 @@ FFMA_MAX_BATCH = 2
 # 8 it lost, 1.56 against 1.49); the tensor-core kernel at batch 8 0.87 against 1.49, batch 16 1.33
 # against 1.74 (BENCHMARKS.md). Not measured above 16.
 PROJ_AUTO_MAX_BATCH = 16
-# With projections the FFMA kernel runs batch 1-4, the tensor-core kernel more. The tensor-core kernel
-# measured faster at batch 2 (0.60 against 0.85 ms, fp16) and 4 (0.71 against 1.02), but its GPU tests
-# have not yet run at those batches: lower this to 1 once they have (batch 1 not compared).
-PROJ_FFMA_MAX_BATCH = 4
+# With projections the FFMA kernel runs batch 1 only: the tensor-core kernel measured faster at batch 2
+# (0.60 against 0.85 ms, fp16) and 4 (0.71 against 1.02), LSTM 3x1024 proj 256 T100 (BENCHMARKS.md, sixth
+# session, has batch 1 too).
+PROJ_FFMA_MAX_BATCH = 1
 
 
 def planning_device(options: PlanOptions | None) -> DeviceShape | None:
