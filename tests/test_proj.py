@@ -98,7 +98,7 @@ def test_the_persistent_lowering_takes_a_projection_on_either_kernel():
     big = rp.build_plan(spec_of(batch=17, dtype="float16"), options=H200_OPTIONS)
     assert big.lowering == "graph" and "batch 17 > 16" in big.lowering_reason
     forced = rp.build_plan(spec_of(batch=16, dtype="float16"), options=H200_OPTIONS.model_copy(
-        update={"lowering": "persistent"}))  # above PROJ_FFMA_MAX_BATCH: the tensor-core kernel's projection
+        update={"lowering": "persistent"}))  # fp16: the tensor-core kernel's projection
     assert forced.steps[-1].recurrence.batch_tile > 0 and "tensor cores" in forced.lowering_reason
     assert "W_hr on-chip" in forced.lowering_reason
     assert rp.build_plan(spec_of(batch=1, variable_lengths=True), options=H200_OPTIONS).lowering == "persistent"
@@ -218,7 +218,8 @@ def test_gpu_persistent_kernel_with_a_projection_matches_torch(spec_kw, units, r
     _kernel_matches_torch(spec, r, precision)
 
 
-MMA_PROJ = [  # the tensor-core kernel's projection (batch above PROJ_FFMA_MAX_BATCH)
+MMA_PROJ = [  # the tensor-core kernel's projection (batch above PROJ_FFMA_MAX_BATCH: every batch)
+    dict(input_size=256, hidden_size=1024, proj_size=256, num_layers=3, seq_len=20, batch=1),
     dict(input_size=256, hidden_size=1024, proj_size=256, num_layers=3, seq_len=20, batch=2),
     dict(input_size=20, hidden_size=64, proj_size=16, num_layers=2, seq_len=7, batch=3, bias=False),
     dict(input_size=256, hidden_size=1024, proj_size=256, num_layers=3, seq_len=20, batch=8),

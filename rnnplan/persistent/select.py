@@ -4,7 +4,8 @@
 FFMA_MAX_BATCH) or tensor-core mma (fp16 storage, or fp32 storage with `math="tf32"`; batch in tiles
 sized to fit shared memory), with its weights in registers where they fit the register budget, else
 in shared memory; hidden units per block such that all blocks fill the device once. LSTM
-projections run on the FFMA kernel up to PROJ_FFMA_MAX_BATCH, on the tensor-core kernel above.
+projections take the tensor-core kernel at every batch (PROJ_FFMA_MAX_BATCH = 0) where the precision
+allows it.
 `choose_lowering` resolves the lowering: persistent where the kernel fits the device and the batch
 is at most AUTO_MAX_BATCH for the dtype (where it measured faster), else graph, with the reason
 either way. The device arrives as data (`PlanOptions.device`); nothing here probes hardware.
@@ -43,10 +44,12 @@ FFMA_MAX_BATCH = 2
 # 8 it lost, 1.56 against 1.49); the tensor-core kernel at batch 8 0.87 against 1.49, batch 16 1.33
 # against 1.74 (BENCHMARKS.md). Not measured above 16.
 PROJ_AUTO_MAX_BATCH = 16
-# With projections the FFMA kernel runs batch 1 only: the tensor-core kernel measured faster at batch 2
-# (0.60 against 0.85 ms, fp16) and 4 (0.71 against 1.02), LSTM 3x1024 proj 256 T100 (BENCHMARKS.md, sixth
-# session, has batch 1 too).
-PROJ_FFMA_MAX_BATCH = 1
+# With projections the tensor-core kernel wherever the precision takes tensor cores, batch 1 too: it
+# measured faster than the FFMA kernel at batch 1 (0.58 against 0.68 ms, fp16; bf16 0.55 against 0.69),
+# 2 (0.60 against 0.84) and 4 (0.70 against 1.01), LSTM 3x1024 proj 256 T100 (BENCHMARKS.md, sixth
+# session). Its tiles are 8 rows, so at batch 1 most of an mma's rows are padding: the saving is the
+# FFMA kernel's shuffle reductions over the K of 1024 inputs and of the cell's wide h.
+PROJ_FFMA_MAX_BATCH = 0
 
 
 def planning_device(options: PlanOptions | None) -> DeviceShape | None:
@@ -118,7 +121,7 @@ def _fitting(spec: RNNSpec, units: int, device: DeviceShape, math: str) -> Recur
     fp32 storage with tf32 math) the tensor-core kernel, with the weights in registers where they fit
     the register budget (no shared-memory reads of weights at each step, and room for the widest batch
     tile), else in shared memory, else (tf32 only) the FFMA kernel, which stages no whole batch tiles.
-    Projections (proj_size) take the FFMA kernel up to PROJ_FFMA_MAX_BATCH, the tensor-core one above."""
+    Projections (proj_size) take the FFMA kernel only up to PROJ_FFMA_MAX_BATCH (0: the tensor-core one)."""
     precision = Precision.of(spec.dtype, math)
     ffma = ffma_recurrence(spec, units, math)
     ffma_fits = kernel_of(ffma).shared_memory_bytes <= device.smem_per_block
