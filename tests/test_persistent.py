@@ -378,7 +378,10 @@ def _variant(kind, **kw):
     ("ffma", dict(cell="lstm", num_layers=3, hidden_size=1024, proj_size=256, batch=16, dtype="bfloat16")),
     ("ffma_registers", dict(cell="lstm", num_layers=2, hidden_size=100, proj_size=37, batch=3, bidirectional=True)),
     ("ffma", dict(cell="lstm", num_layers=2, hidden_size=96, proj_size=32, batch=4, variable_lengths=True)),
-    # projections on the tensor-core kernel (the cell's h handed over with counters, projection.cuh)
+    # projections on the tensor-core kernel (the cell's h handed over with counters, the projection on mma:
+    # one n-tile and eight k-slices at batch 1, two n-tiles at 16, eight n-tiles and one slice at 64)
+    ("shared", dict(cell="lstm", num_layers=3, hidden_size=1024, proj_size=256, batch=1, dtype="float16")),
+    ("shared", dict(cell="lstm", num_layers=2, hidden_size=256, proj_size=64, batch=64, dtype="bfloat16")),
     ("shared", dict(cell="lstm", num_layers=3, hidden_size=1024, proj_size=256, batch=16, dtype="float16")),
     ("shared", dict(cell="lstm", num_layers=3, hidden_size=1024, proj_size=256, batch=8, dtype="bfloat16")),
     ("registers", dict(cell="lstm", num_layers=2, hidden_size=100, proj_size=37, batch=9, bidirectional=True)),

@@ -240,7 +240,7 @@ MMA_CASES = [(kw, registers) for kw in MMA_PROJ for registers in (True, False)]
 @pytest.mark.parametrize("precision", ["tf32", "fp16"])
 def test_gpu_tensor_core_kernel_with_a_projection_matches_torch(spec_kw, registers, precision):
     """The tensor-core kernel with W_hr on-chip (the cell's h handed over with counters of its own,
-    the projection's dot products of projection.cuh), checked as the FFMA one is, its weights in
+    the projection on mma: project_mma), checked as the FFMA one is, its weights in
     registers and in shared memory where each fits."""
     from rnnplan.persistent import kernel_of
     from rnnplan.persistent.select import (

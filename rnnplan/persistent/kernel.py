@@ -12,15 +12,15 @@ Two kernels share the layout code (CUDA in `persistent/cuda/`):
   the projection);
 - tensor cores (`batch_tile > 0`): mma.sync on fp16 operands (fp16 storage) or tf32 operands (fp32
   storage), weights as A fragments in shared memory or registers, h handed over in the storage type
-  with one counter per chain and step; with projections, the same W_hr rows and the projection's dot
-  products as the FFMA kernel's (`cuda/projection.cuh`), the cell's h handed over with counters of
-  its own.
+  with one counter per chain and step; with projections, W_hr's rows in shared memory and the
+  projection on mma too (`proj_mma_split`), the cell's h handed over with counters of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from math import prod
 from typing import NamedTuple
 
 from rnnplan.ir.recurrence import Recurrence
@@ -87,6 +87,25 @@ class PersistentKernel(Recurrence):
         """With projections (either kernel): rows of W_hr each block of a chain holds and computes (the
         chain's proj_size rows over its blocks), 0 without."""
         return _ceil_div(self.proj_size, self.blocks_per_chain) if self.proj_size else 0
+
+    # ---- the tensor-core kernel's projection: W_hr (this block's rows) @ the cell's h, on mma
+    @property
+    def proj_stride(self) -> int:
+        """Tensor-core kernel with projections: elements per row of W_hr and of the staged cell h in
+        shared memory: H padded to the mma's K, plus 16 bytes, so that the 8 rows an mma operand load
+        reads start 4 banks apart (conflict-free, as `stage_stride`)."""
+        return _round_up(self.hidden, self.mma_kstep) + 16 // self.element_bytes if self.proj_size else 0
+
+    @property
+    def proj_mma_split(self) -> tuple[int, int, int]:
+        """Tensor-core kernel with projections: (m-tiles of 16 W_hr rows, n-tiles of 8 batch rows,
+        k-slices): the projection's work, one (m-tile, n-tile, k-slice) job a warp, the reduction split
+        into enough slices to give every warp a job (their partial sums added through shared memory),
+        at most one slice a k-step."""
+        if not self.proj_size:
+            return 0, 0, 0
+        mt, nt = _ceil_div(self.proj_rows_per_block, 16), _ceil_div(self.batch, 8)
+        return mt, nt, max(1, min(KERNEL_WARPS // (mt * nt), _ceil_div(self.hidden, self.mma_kstep)))
 
     # ---- shared memory: one definition of each kernel's layout, read by the fit check, the launch
     # and the generated source (`#define OFF_<ARRAY>`, persistent/source.py).
@@ -223,8 +242,11 @@ class PersistentKernel(Recurrence):
                      ("partial", extra * 2 * bt * self.sum_stride * 4),
                      ("bias", 2 * rows * 4), ("c", B * U * 4),
                      ("xproj", bt * rows * size if self.prefetches_xproj else 0),
-                     # projections: this block's rows of W_hr, and the chain's whole cell h (storage type)
-                     ("whr", self.proj_rows_per_block * H * size), ("hfull", B * H * size if self.proj_size else 0)]
+                     # projections: this block's rows of W_hr, the chain's whole cell h (storage type;
+                     # batch rows padded to the n-tiles), the k-slices' partial sums of the projection
+                     ("whr", self.proj_rows_per_block * self.proj_stride * size),
+                     ("hfull", _round_up(B, 8) * self.proj_stride * size if self.proj_size else 0),
+                     ("projsum", prod(self.proj_mma_split) * 16 * 8 * 4)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
             R, P = self.h_width, self.proj_rows_per_block  # with projections h is R = proj_size wide
             held = 0 if self.weights_in_registers else G * U * (R + K) * self.element_bytes

@@ -91,6 +91,9 @@ def _mma(k: PersistentKernel) -> dict[str, object]:
         "FILL": -(-k.batch_tile * k.mma_rows // THREADS),  # gate sums each thread fills
         "CHUNK": 16 // k.element_bytes if k.h_width * k.element_bytes % 16 == 0 else 1,  # elements a staging copy
         "HSTRIDE": max(1, k.cell_stride),
+        # PROJ: the projection on mma (m-tiles, n-tiles, k-slices; its rows' stride in shared memory)
+        "PMT": max(1, k.proj_mma_split[0]), "PNT": max(1, k.proj_mma_split[1]), "PKSL": max(1, k.proj_mma_split[2]),
+        "PSTRIDE": max(1, k.proj_stride),
         "REG_A": int(held), "XPRE": int(k.prefetches_xproj), "NPARTS": k.mma_parts,
         "KREG": k.register_ksteps if held else 1, "MG": k.mma_mgroup, "NC": k.mma_nchunk if held else 1,
     }

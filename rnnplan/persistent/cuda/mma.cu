@@ -33,13 +33,14 @@
 // PROJ (LSTM projections): h is R = proj_size wide (the staged rows, the exchange, W_hh's columns).
 // After the cell updates of every tile, a block hands its units of the cell's h (H wide) to its chain's
 // other blocks (a second region of the exchange, with a second array of counters), waits for the whole
-// of it, stages it and computes its rows [p0, p0 + np) of h = W_hr @ (the cell's h) (projection.cuh,
-// W_hr's rows in shared memory); those go to y and to the exchange as h: a second hand-off a step.
+// of it, stages it and computes its rows [p0, p0 + np) of h = W_hr @ (the cell's h) on mma too
+// (project_mma, W_hr's rows in shared memory); those go to y and to the exchange as h: a second
+// hand-off a step. (It replaced the FFMA kernel's dot products, projection.cuh: at batch 8-16 those
+// took most of a step, 5-8 of 7-11 us, in warps too few to hide their latency.)
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include "config.h"
 #include "persistent.cuh"
-#include "projection.cuh"
 
 #define NT (BT / 8)
 #define MT (RP / 16)
@@ -228,6 +229,49 @@ __device__ __forceinline__ void put_sums(float* dst, bool add, const float (&acc
         }
 }
 
+#if PROJ
+// The projection on tensor cores: this block's rows [p0, p0 + np) of h = W_hr @ (the cell's h), as
+// D (rows x batch) = A (W_hr's rows, whr_s [row][PSTRIDE]) * B (the cell's h staged as hf_s
+// [batch][PSTRIDE], column-major B as the recurrent mma reads `stage`). A warp takes one (m-tile,
+// n-tile, k-slice) job at a time: A words from shared memory (rows past np read as 0), B by ldmatrix;
+// the k-slices' sums meet in psum ([slice][row][PNT * 8]) and every thread then hands the sums of
+// its (row, batch) pairs to emit(p, b, sum), which writes it where the next step and the layer above read it.
+#define PKH ((H + KSTEP - 1) / KSTEP)  // the projection's k-steps
+template <class Emit>
+__device__ __forceinline__ void project_mma(const st* whr_s, const st* hf_s, float* psum, int np, int lane, int warp,
+                                            int nwarps, Emit emit) {
+    for (int job = warp; job < PMT * PNT * PKSL; job += nwarps) {
+        const int mt = job % PMT, nt = job / PMT % PNT, slice = job / (PMT * PNT);
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        // ldmatrix x2: lanes 0-7 address batch rows nt*8 ... of the k-step's first half, lanes 8-15 the second's
+        const unsigned int base = (unsigned int)__cvta_generic_to_shared(
+            hf_s + (nt * 8 + (lane & 7)) * PSTRIDE + ((lane >> 3) & 1) * VEC);
+        for (int ks = slice * PKH / PKSL; ks < (slice + 1) * PKH / PKSL; ++ks) {
+            unsigned int b0, b1, a[4];
+            asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                         : "=r"(b0), "=r"(b1) : "r"(base + ks * KSTEP * (int)sizeof(st)));
+#pragma unroll
+            for (int p = 0; p < 4; ++p) {  // a_word's layout, from whr_s
+                const int row = mt * 16 + (lane >> 2) + (p & 1) * 8;
+                const int k = TF32 ? ks * 8 + (lane & 3) + (p >> 1) * 4 : ks * 16 + (lane & 3) * 2 + (p >> 1) * 8;
+                a[p] = row < np ? *(const unsigned int*)(whr_s + row * PSTRIDE + k) : 0u;
+            }
+            mma_tc(acc, make_uint4(a[0], a[1], a[2], a[3]), b0, b1);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e)  // C layout: row lane/4 (+8), batch column (lane%4)*2 (+1)
+            psum[((slice * PMT + mt) * 16 + (lane >> 2) + (e >> 1) * 8) * (PNT * 8) + nt * 8 + (lane & 3) * 2 + (e & 1)] = acc[e];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < np * B; i += blockDim.x) {
+        const int p = i / B, b = i % B;
+        float sum = 0.0f;
+        for (int slice = 0; slice < PKSL; ++slice) sum += psum[((slice * PMT + p / 16) * 16 + p % 16) * (PNT * 8) + b];
+        emit(p, b, sum);
+    }
+}
+#endif
+
 // h to the other blocks: its row of the published h, in the storage type (PROJ: the cell's h, to the
 // projection of this chain's blocks).
 #if PROJ
@@ -255,9 +299,21 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
     st* whr_s = (st*)(smem + OFF_WHR);
     st* hf_s = (st*)(smem + OFF_HFULL);
     const int p0 = (blockIdx.x % NBC) * PU, np = max(0, min(PU, R - p0));
-    {
+    float* psum_s = (float*)(smem + OFF_PROJSUM);
+    {  // rows PSTRIDE apart, zero past H (the mma's K padding); tf32: rounded once here, as W_hh is
         const st* whr = (const st*)cp[PER_CHAIN - 1];
-        for (int i = tid; i < np * H; i += blockDim.x) whr_s[i] = whr[(size_t)p0 * H + i];
+        for (int i = tid; i < np * PSTRIDE; i += blockDim.x) {
+            const int row = i / PSTRIDE, k = i % PSTRIDE;
+            float v = k < H ? to_f(whr[(size_t)(p0 + row) * H + k]) : 0.0f;
+#if TF32
+            unsigned int w;
+            asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(w) : "f"(v));
+            v = __uint_as_float(w);
+#endif
+            put(&whr_s[i], v);
+        }
+        // the staged cell h: zero where staging never writes (K padding, batch rows up to the n-tiles)
+        for (int i = tid; i < (B + 7) / 8 * 8 * PSTRIDE; i += blockDim.x) put(&hf_s[i], 0.0f);
     }
 #endif
     const uint4* wf = (const uint4*)(smem + OFF_WEIGHTS);
@@ -423,7 +479,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
         }
 #if PROJ
         // The projection: the cell's h of step s handed over (barrier above), wait for the chain's whole
-        // of it, stage it, and this block's rows of h = W_hr @ h_cell (projection.cuh) go to y and the
+        // of it, stage it, and this block's rows of h = W_hr @ h_cell (project_mma) go to y and the
         // exchange, where this chain's next step and the layer above read them.
         if (tid == 0) {
             publish_count(&cell_counters[chain * T + t]);
@@ -432,7 +488,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
         __syncthreads();
         for (int i = tid; i < B * (H / HCH); i += blockDim.x) {
             const int b = i / (H / HCH), c = i % (H / HCH);
-            st* dst = hf_s + b * H + c * HCH;
+            st* dst = hf_s + b * PSTRIDE + c * HCH;
             const st* from = hfx + ((size_t)(chain * T + t) * B + b) * HSTRIDE + c * HCH;
             if (HCH == VEC) {
                 asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
@@ -443,7 +499,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) KERNEL_NAME(
         }
         staged();
         __syncthreads();  // (profiled with the publish and the loop, slot 0)
-        project_rows(whr_s, hf_s, np, lane, warp, nwarps, [&](int p, int b, float sum) {
+        project_mma(whr_s, hf_s, psum_s, np, lane, warp, nwarps, [&](int p, int b, float sum) {
             st hv;
             put(&hv, sum);
             st* to = &hx[((size_t)(chain * T + t) * B + b) * XSTRIDE + p0 + p];

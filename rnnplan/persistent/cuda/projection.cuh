@@ -1,8 +1,8 @@
-// What both persistent kernels share for LSTM projections (PROJ): 4-value loads of shared memory
-// (16 bytes of fp32, 8 of a 2-byte storage type), and the projection's dot products: this block's
-// rows [p0, p0 + np) of h = W_hr @ h_cell for every batch row, with W_hr's rows (np x H, storage
-// type) in whr and the chain's cell h (B x H; fp32 in the FFMA kernel, the storage type in the
-// tensor-core one) staged in shared memory. A warp takes one row of W_hr and PB batch rows at a time
+// The FFMA kernel's LSTM projection (PROJ; the tensor-core kernel's is on mma, mma.cu's project_mma):
+// 4-value loads of shared memory (16 bytes of fp32, 8 of a 2-byte storage type), and the projection's
+// dot products: this block's rows [p0, p0 + np) of h = W_hr @ h_cell for every batch row, with W_hr's
+// rows (np x H, storage type) in whr and the chain's cell h (B x H, fp32; any type HT the load4
+// overloads take) staged in shared memory. A warp takes one row of W_hr and PB batch rows at a time
 // (every weight value loaded feeds PB rows), its lanes 4 consecutive k each where H allows (H % 4 ==
 // 0), then reduces across lanes; lane 0 hands each sum to emit(p, b, sum), which writes it where the
 // kernel's next step and the layer above read it.
