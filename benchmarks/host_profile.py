@@ -42,12 +42,16 @@ def pieces() -> None:
             "the candidate's call (PointerCall)": lambda: run.call(raw_stream(x.device), x.data_ptr(),
                                                                   (h.data_ptr(), c.data_ptr()), outs, False),
             "its copy-in launch (KernelCall)": lambda: run.call.copy_in(raw_stream(x.device), x.data_ptr(), 0, 0, 0),
+            "its plan launch (the driver's)": lambda: run.call._launch_graph(raw_stream(x.device)),
             "raw_stream(dev)": lambda: raw_stream(x.device),
             "x.new_empty": lambda: x.new_empty((1, 1, 256)),
             "torch.cuda.is_current_stream_capturing": torch.cuda.is_current_stream_capturing,
             "torch.cuda.current_device": torch.cuda.current_device,
             "cuDNN eager m(x, state)": lambda: m(x, state),
         }
+        if run.call.copy_then_plan is not None:
+            timed["its copy-in and plan (GraphWithKernel)"] = lambda: run.call.copy_then_plan.launch(
+                raw_stream(x.device), x.data_ptr(), 0, 0, 0)
         for name, fn in timed.items():
             print(f"{name:<40} {host_us(fn):7.2f} us", flush=True)
         prof = cProfile.Profile()

@@ -16,9 +16,13 @@ from typing import NamedTuple
 
 import torch
 
-from rnnplan.backends import driver_launch
 from rnnplan.timing import median_ms
-from rnnplan.torch_calls import raw_stream, state_pointers, whole_tensor_copies
+from rnnplan.torch_calls import (
+    graph_replay,
+    raw_stream,
+    state_pointers,
+    whole_tensor_copies,
+)
 
 # Calls timed per candidate (after two warm-ups): few, since the first call at a shape pays for them.
 REPEATS = 5
@@ -104,7 +108,7 @@ class CudnnGraph:
         held = [*self.module.parameters(), self.x, self.h0, self.c0, self.out, self.h_n, self.c_n]
         self.nbytes = sum(t.numel() * t.element_size() for t in held if t is not None)
         self.copies = self._copy_jobs(x.device.index)
-        self.graph_exec = self._graph_exec(x.device.index)
+        self.replay = graph_replay(self.graph, x.device.index)
 
     def _copy_jobs(self, device: int):
         """(in, out): the copies into the graph's inputs and out of its outputs, one launch of
@@ -117,23 +121,6 @@ class CudnnGraph:
         return whole_tensor_copies(device, [(t, w) for t, w in ins if t is not None],
                                    [(t, w) for t, w in outs if t is not None])
 
-    def _graph_exec(self, device: int) -> int | None:
-        """The captured graph's cudaGraphExec_t, for a launch by the CUDA driver (`driver_launch`): a
-        microsecond or two of host time before the replay starts instead of torch's replay, which also
-        restores its random generators' state (nothing here draws random numbers: the module is in eval
-        mode). None where this torch does not expose it or the driver path is not there."""
-        raw = getattr(self.graph, "raw_cuda_graph_exec", None)
-        if raw is None or self.copies is None or driver_launch.why_not() is not None:
-            return None
-        self.device = device
-        return int(raw()) or None
-
-    def _replay(self, stream: int) -> None:
-        if self.graph_exec is not None and torch.cuda.current_device() == self.device:  # the driver's current context
-            driver_launch.launch_graph(self.graph_exec, stream)
-        else:
-            self.graph.replay()
-
     def __call__(self, x, h0, c0, lengths):
         if torch.cuda.is_current_stream_capturing():  # the caller's own graph holds torch's call itself
             state = None if h0 is None else ((h0, c0) if self.lstm else h0)
@@ -144,7 +131,7 @@ class CudnnGraph:
             copy_in, copy_out = self.copies
             stream = raw_stream(x.device)
             copy_in(stream, x.data_ptr(), *state_pointers(h0, c0), 0)
-            self._replay(stream)
+            self.replay(stream)
             out, h_n = x.new_empty(self.out.shape), x.new_empty(self.h_n.shape)  # while the graph runs
             c_n = x.new_empty(self.c_n.shape if self.lstm else (0,))
             copy_out(stream, out.data_ptr(), h_n.data_ptr(), c_n.data_ptr() if self.lstm else 0, 0)

@@ -67,6 +67,27 @@ def whole_tensor_copies(device: int, ins: list, outs: list):
     return CopyJobs(cupy, device, jobs(ins)), CopyJobs(cupy, device, jobs(outs))
 
 
+def graph_replay(graph: torch.cuda.CUDAGraph, device: int):
+    """`replay(stream)` of a captured torch CUDA graph on torch's current stream `stream` of `device`:
+    by the CUDA driver (`backends.driver_launch`) where torch exposes the cudaGraphExec_t and `device`
+    is current, a microsecond or two before the replay starts instead of torch's replay, which also
+    restores its random generators' state (for graphs that draw no random numbers: an RNN in eval
+    mode); else torch's replay."""
+    from rnnplan.backends import driver_launch
+
+    raw = getattr(graph, "raw_cuda_graph_exec", None)
+    handle = int(raw()) if raw is not None and driver_launch.why_not() is None else 0
+    if not handle:
+        return lambda stream: graph.replay()
+
+    def replay(stream: int) -> None:
+        if torch.cuda.current_device() == device:  # the driver acts in the current context
+            driver_launch.launch_graph(handle, stream)
+        else:
+            graph.replay()
+    return replay
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     """A CPU tensor as a NumPy array sharing its memory (bfloat16 as ml_dtypes' dtype, bit for bit)."""
     return t.view(torch.int16).numpy().view("bfloat16") if t.dtype == torch.bfloat16 else t.numpy()
@@ -130,7 +151,7 @@ def packed_by_pointers(call, spec):
                 rank = order = identity[batch, data.device] = torch.arange(batch, device=data.device)
         stream, layout_ptr, order_ptr = raw_stream(data.device), layout.data_ptr(), order.data_ptr()
         call.packed(stream, data.data_ptr(), rank.data_ptr(), order_ptr, layout_ptr, steps, rows,
-                    state_pointers(h0, c0), None)
+                    state_pointers(h0, c0))
         out = data.new_empty((rows, spec.directions * width))  # allocated while the plan runs
         h_n = data.new_empty((layers, batch, width))
         c_n = data.new_empty((layers, batch, spec.hidden_size)) if lstm else None

@@ -4,9 +4,9 @@ its arguments and builds stream objects (5-10 us of Python a launch), while a ct
 argument buffer built once costs 1-2 (BENCHMARKS.md, host time a call).
 
 `FixedLaunch` is one kernel whose arguments are 64-bit words: a call writes the words that change and
-launches it on a raw stream. `launch_graph` replays an instantiated CUDA
-graph. Both act in the context current on the calling thread: callers check that it is their
-device's (`PointerCall` takes CuPy's launches when it is not). `why_not` says why the driver path
+launches it on a raw stream. `launch_graph` replays an instantiated CUDA graph; `GraphWithKernel`
+replays a copy of one with a kernel ahead of it, whose arguments a call sets. All act in the
+context current on the calling thread: callers check that it is their device's (`PointerCall` takes CuPy's launches when it is not). `why_not` says why the driver path
 is not there (no libcuda, a CuPy without the handles read here); callers then take CuPy's.
 Not thread-safe: a `FixedLaunch` has one argument buffer (an executor's calls are one at a time).
 """
@@ -34,6 +34,15 @@ def _load() -> ctypes.CDLL | None:
             lib.cuGraphLaunch.restype = ctypes.c_int
             lib.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
             lib.cuGetErrorName.restype = ctypes.c_int
+            # (the unversioned symbols: the CUDA 11 ABI of each, which every later driver keeps)
+            for name, args in (("cuGraphClone", [p, p]), ("cuGraphGetNodes", [p, p, p]), ("cuGraphGetRootNodes", [p, p, p]),
+                               ("cuGraphAddKernelNode", [p, p, p, ctypes.c_size_t, p]),
+                               ("cuGraphAddDependencies", [p, p, p, ctypes.c_size_t]),
+                               ("cuGraphInstantiateWithFlags", [p, p, ctypes.c_ulonglong]),
+                               ("cuGraphExecKernelNodeSetParams", [p, p, p]), ("cuGraphExecDestroy", [p]),
+                               ("cuGraphDestroy", [p])):
+                getattr(lib, name).argtypes = args
+                getattr(lib, name).restype = ctypes.c_int
             _LIB = lib
             break
         else:
@@ -87,15 +96,74 @@ class FixedLaunch:
         self.span = slice(changing[0], changing[0] + len(changing)) if run else None  # one slice write
         self.changing = changing
 
-    def __call__(self, stream: int, grid: tuple[int, int], *values: int) -> None:
+    def write(self, values) -> None:
+        """The changing words, in `changing`'s order."""
         if self.span is not None:
             self.args[self.span] = values
         else:
             for i, v in zip(self.changing, values):
                 self.args[i] = v
+
+    def __call__(self, stream: int, grid: tuple[int, int], *values: int) -> None:
+        self.write(values)
         _check(self._launch(self.function, grid[0], grid[1], 1, self.block, 1, 1, 0, stream, self.params, None),
                "cuLaunchKernel")
 
 
 def launch_graph(graph_exec: int, stream: int) -> None:
     _check(_LIB.cuGraphLaunch(graph_exec, stream), "cuGraphLaunch")
+
+
+class _KernelNodeParams(ctypes.Structure):  # CUDA_KERNEL_NODE_PARAMS (v1, as cuGraphAddKernelNode takes it)
+    _fields_ = [("func", ctypes.c_void_p), ("grid_x", ctypes.c_uint), ("grid_y", ctypes.c_uint),
+                ("grid_z", ctypes.c_uint), ("block_x", ctypes.c_uint), ("block_y", ctypes.c_uint),
+                ("block_z", ctypes.c_uint), ("shared_bytes", ctypes.c_uint), ("params", ctypes.c_void_p),
+                ("extra", ctypes.c_void_p)]
+
+
+def graph_nodes(graph: int) -> int:
+    """How many nodes the CUDA graph (a CUgraph) has."""
+    n = ctypes.c_size_t()
+    _check(_LIB.cuGraphGetNodes(graph, None, ctypes.byref(n)), "cuGraphGetNodes")
+    return n.value
+
+
+class GraphWithKernel:
+    """A copy of the CUDA graph `graph` (a CUgraph, which stays as it is) with the kernel of a
+    `FixedLaunch` at `grid` as a node ahead of all the graph's roots, instantiated:
+    `launch(stream, *values)` writes the changing arguments, sets them on the node
+    (cuGraphExecKernelNodeSetParams reads them then) and launches the copy: one launch in the stream
+    instead of two (a call's copy-in kernel and its plan), so that the plan starts a launch sooner."""
+
+    def __init__(self, graph: int, kernel: FixedLaunch, grid: tuple[int, int]):
+        lib, ref = _load(), ctypes.byref
+        self._lib, self.kernel = lib, kernel
+        self.graph, self.exec = ctypes.c_void_p(), ctypes.c_void_p()
+        _check(lib.cuGraphClone(ref(self.graph), graph), "cuGraphClone")
+        n = ctypes.c_size_t()
+        _check(lib.cuGraphGetRootNodes(self.graph, None, ref(n)), "cuGraphGetRootNodes")
+        roots = (ctypes.c_void_p * n.value)()
+        _check(lib.cuGraphGetRootNodes(self.graph, roots, ref(n)), "cuGraphGetRootNodes")
+        self.node_params = _KernelNodeParams(kernel.function, grid[0], grid[1], 1, kernel.block, 1, 1, 0,
+                                             ctypes.addressof(kernel.params), None)
+        self.node = ctypes.c_void_p()
+        _check(lib.cuGraphAddKernelNode(ref(self.node), self.graph, None, 0, ref(self.node_params)),
+               "cuGraphAddKernelNode")
+        if n.value:
+            before = (ctypes.c_void_p * n.value)(*[self.node.value] * n.value)
+            _check(lib.cuGraphAddDependencies(self.graph, before, roots, n.value), "cuGraphAddDependencies")
+        _check(lib.cuGraphInstantiateWithFlags(ref(self.exec), self.graph, 0), "cuGraphInstantiateWithFlags")
+        self._params = ref(self.node_params)
+
+    def launch(self, stream: int, *values: int) -> None:
+        self.kernel.write(values)
+        _check(self._lib.cuGraphExecKernelNodeSetParams(self.exec, self.node, self._params),
+               "cuGraphExecKernelNodeSetParams")
+        _check(self._lib.cuGraphLaunch(self.exec, stream), "cuGraphLaunch")
+
+    def __del__(self):
+        try:
+            self._lib.cuGraphExecDestroy(self.exec)
+            self._lib.cuGraphDestroy(self.graph)
+        except Exception:  # noqa: BLE001 (at interpreter exit the library may be gone: nothing to free then)
+            pass

@@ -47,7 +47,6 @@ class KernelCall:
         with cp.cuda.Device(device):
             function = driver_launch.function_handle(kernel) if driver_launch.why_not() is None else None
         self.driver = None if function is None else driver_launch.FixedLaunch(function, block, words, changing)
-        self._streams: dict[int, object] = {}  # caller's stream pointer -> CuPy's handle on it
 
     def __call__(self, stream: int, grid: tuple[int, int], *values: int) -> None:
         cp = self.cp
@@ -57,9 +56,8 @@ class KernelCall:
         words = self.words.copy()
         for i, v in zip(self.changing, values):
             words[i] = v
-        handle = self._streams.get(stream) or self._streams.setdefault(stream, cp.cuda.ExternalStream(stream))
         with cp.cuda.Device(self.device):
-            self.kernel(grid, (self.block,), tuple(np.uint64(w) for w in words), stream=handle)
+            self.kernel(grid, (self.block,), tuple(np.uint64(w) for w in words), stream=external_stream(cp, stream))
 
 
 class CopyJobs:
@@ -81,7 +79,7 @@ class CopyJobs:
 
 class PointerCall:
     """`call(stream, x, states, outs, mask=None)`: pointers (ints) of the time-major input (T, B, I),
-    of the initial states in the plan's order (h0, c0; None: zeros), of the outputs, C-contiguous in
+    of the initial states in the plan's order (h0, c0; 0: zeros), of the outputs, C-contiguous in
     the plan's dtype: out (T, B, D*H), then h_n (and c_n), (L*D, B, H), and with variable lengths of
     the (T, B) mask (1 inside a sequence) in the plan's dtype, on the device. The copies in and the copies out
     are one launch each of `cuda/copies.cu` (`CopyJobs`), whose job tables (the plan's side of every copy)
@@ -105,8 +103,8 @@ class PointerCall:
         self.copy_in, self.copy_out = CopyJobs(cp, device, jobs_in), CopyJobs(cp, device, jobs_out)
         self.states_in, self.states_out = (CopyJobs(cp, device, jobs) if jobs else None for jobs in (states_in, states_out))
         self.packing = self._packing_calls(executor) if packable(executor) is None else None
-        self._streams: dict[int, object] = {}  # caller's stream pointer -> CuPy's handle on it
         self._graph_exec: int | None = None  # the graph's cudaGraphExec_t, once CuPy has instantiated it
+        self.copy_then_plan = self._copy_then_plan()
 
     def _packing_calls(self, executor) -> tuple[KernelCall, KernelCall]:
         """packed.cu's two kernels as `KernelCall`s: their words for this plan, and which change a call
@@ -124,11 +122,20 @@ class PointerCall:
         return (KernelCall(cp, device, unpack, THREADS, unpack_words, (0, 3, 4, 5)),
                 KernelCall(cp, device, repack, THREADS, repack_words, (1, 2, 3, 4, 6)))
 
-    def _stream(self, stream: int):
-        handle = self._streams.get(stream)
-        if handle is None:
-            handle = self._streams[stream] = self.impl.cp.cuda.ExternalStream(stream)
-        return handle
+    def _copy_then_plan(self) -> driver_launch.GraphWithKernel | None:
+        """The plan's graph with the copy-in kernel ahead of it, in one graph launch (the driver's), for
+        graphs of at most EMBED_MAX_NODES nodes: the plan starts one launch sooner (microseconds),
+        which counts in calls of a fraction of a millisecond; a graph of hundreds of kernels would pay
+        milliseconds of set-up for its copy. None where CuPy keeps no cudaGraph_t or the driver path
+        is not there."""
+        impl, driver = self.impl, self.copy_in.driver
+        graph = getattr(impl.graph, "graph", 0)
+        if not graph or driver is None:
+            return None
+        with impl.device:
+            if driver_launch.graph_nodes(graph) > EMBED_MAX_NODES:
+                return None
+            return driver_launch.GraphWithKernel(graph, driver, self.copy_in.grid)
 
     def _launch_graph(self, stream: int) -> None:
         """The plan's graph on `stream`: by the driver once CuPy has instantiated it (at its first launch)
@@ -138,31 +145,29 @@ class PointerCall:
             driver_launch.launch_graph(graph, stream)
             return
         with impl.device:
-            impl.graph.launch(stream=self._stream(stream))
+            impl.graph.launch(stream=external_stream(impl.cp, stream))
         if driver_launch.why_not() is None:
             self._graph_exec = driver_launch.graph_handle(impl.graph)
 
-    def packed(self, stream: int, data: int, rank: int, order: int, layout: int, steps: int, rows: int, states,
-               outs) -> None:
+    def packed(self, stream: int, data: int, rank: int, order: int, layout: int, steps: int, rows: int,
+               states) -> None:
         """A packed batch (`packable` holds): pointers of its `data` (rows x I), `rank` and `order`
         (int64, B: torch's unsorted_indices and sorted_indices), `layout` (int64: the batch sizes,
         then the row offsets, `steps` each), all on the device in the plan's dtype where they hold
-        values; `states` as for a call; `outs`: the packed output rows (rows x D*H), h_n, c_n (or
-        None: `packed_finish` takes them). Not inside the caller's stream capture (the layout comes
+        values; `states` as for a call; `packed_finish` then writes the results (the caller allocates
+        them while the plan runs). Not inside the caller's stream capture (the layout comes
         from the host each call)."""
         unpack = self.packing[0]
         self.impl._zeroed_states.clear()
         h0, c0 = states
         unpack(stream, self._unpack_grid, data, layout, rank, steps)
         if self.states_in is not None:
-            self.states_in(stream, 0, h0 or 0, c0 or 0, 0)
+            self.states_in(stream, 0, h0, c0, 0)
         self._launch_graph(stream)
-        if outs is not None:
-            self.packed_finish(stream, layout, order, steps, rows, outs)
 
     def packed_finish(self, stream: int, layout: int, order: int, steps: int, rows: int, outs) -> None:
-        """A packed call's results into `outs` (after `packed(..., outs=None)`: the caller allocates
-        them while the plan runs)."""
+        """A packed call's results into `outs` (pointers: the packed output rows, rows x D*H, h_n, c_n),
+        after `packed`."""
         repack = self.packing[1]
         repack(stream, (_blocks(rows * self._out_row_bytes // 2), 1), outs[0], layout, order, steps, rows)
         if self.states_out is not None:
@@ -182,9 +187,12 @@ class PointerCall:
         impl = self.impl
         h0, c0 = states
         impl._zeroed_states.clear()  # the state buffers now hold what this call gives (Executor.run's note)
-        self.copy_in(stream, x, h0 or 0, c0 or 0, mask or 0)
+        if not capturing and self.copy_then_plan is not None and impl.cp.cuda.runtime.getDevice() == impl.device.id:
+            self.copy_then_plan.launch(stream, x, h0, c0, mask or 0)
+            return
+        self.copy_in(stream, x, h0, c0, mask or 0)
         if capturing:
-            handle = self._stream(stream)
+            handle = external_stream(impl.cp, stream)
             with impl.device:
                 impl.caller_ready.record(handle)
                 impl.streams[0].wait_event(impl.caller_ready)
@@ -199,6 +207,32 @@ class PointerCall:
         self.copy_out(stream, *outs, 0)
 
 
+class _RawStream:
+    """A raw stream pointer under the CUDA stream protocol (`__cuda_stream__`: version 0, the handle)."""
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return 0, self.ptr
+
+
+_STREAMS: dict[int, object] = {}  # a caller's stream pointer -> CuPy's handle on it
+
+
+def external_stream(cp, ptr: int):
+    """CuPy's handle on the caller's stream `ptr` (for the launches through CuPy): `Stream.from_external`
+    where this CuPy has it (CuPy 14 deprecates ExternalStream), else ExternalStream."""
+    handle = _STREAMS.get(ptr)
+    if handle is None:
+        try:
+            handle = cp.cuda.Stream.from_external(_RawStream(ptr))
+        except (AttributeError, TypeError, ValueError):
+            handle = cp.cuda.ExternalStream(ptr)
+        _STREAMS[ptr] = handle
+    return handle
+
+
 def packable(executor) -> str | None:
     """Why `executor` cannot take packed calls (`PointerCall.packed`); None: it can."""
     plan = executor.impl.plan
@@ -211,6 +245,7 @@ def packable(executor) -> str | None:
 
 
 THREADS = 256
+EMBED_MAX_NODES = 16  # graphs that take the copy-in as a node of their own (`_copy_then_plan`)
 ONE_BITS = {"float32": 0x3F800000, "float16": 0x3C00, "bfloat16": 0x3F80}  # 1.0 in each storage type
 _KERNELS: dict[int, object] = {}  # device -> the compiled copy kernel
 _PACKED: dict[int, tuple] = {}  # device -> (unpack, repack)
