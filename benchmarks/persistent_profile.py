@@ -32,6 +32,8 @@ CONFIGS = {
     "paper": dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64),
     "4x256b8": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=8),
     "1x1024b8": dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=8),
+    "1x512b8": dict(cell="lstm", input_size=512, hidden_size=512, num_layers=1, seq_len=100, batch=8),
+    "gru4x512b64": dict(cell="gru", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64),
     # batch 1: the FFMA kernel
     "1x256b1": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=1, seq_len=100, batch=1),
     "4x256b1": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, seq_len=100, batch=1),
@@ -44,7 +46,7 @@ CONFIGS = {
     "gru2x256b4": dict(cell="gru", input_size=256, hidden_size=256, num_layers=2, seq_len=100, batch=4),
     "2x512b8": dict(cell="lstm", input_size=512, hidden_size=512, num_layers=2, seq_len=100, batch=8),
     "3x256b1": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=3, seq_len=100, batch=1),
-    # projections (the FFMA kernel's projection phase)
+    # projections (the projection phase: slot 0 of the tensor-core kernel, the last of the FFMA one)
     "3x1024p256b1": dict(cell="lstm", input_size=1024, hidden_size=1024, proj_size=256, num_layers=3, seq_len=100,
                          batch=1),
     "3x1024p256b8": dict(cell="lstm", input_size=1024, hidden_size=1024, proj_size=256, num_layers=3, seq_len=100,
