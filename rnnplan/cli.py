@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   rnnplan plan --seq-len 8 --dot plan.dot --svg plan.svg     # kernels by stream, levels as ranks
   rnnplan plan --view cell --max-steps 20 --svg cells.svg    # one box per cell-step
   rnnplan plan --png wavefront.png --trace timeline.json     # layer x step grid; Perfetto trace
+  rnnplan serve model.npz --port 8000                        # HTTP on Ray Serve, requests batched
 """
 
 
@@ -227,6 +228,16 @@ def cmd_bench(a: argparse.Namespace) -> None:
     bench_main(quick=a.quick, out=a.out, repeats=a.repeats)
 
 
+def cmd_serve(a: argparse.Namespace) -> None:
+    try:
+        from rnnplan.serve.ray_app import serve_forever
+    except ImportError as e:
+        raise CLIError(f"serving needs Ray Serve and torch ({e.name} is missing): pip install \"rnnplan[serve]\"") from None
+    serve_forever(a.model, address=a.address, host=a.host, port=a.port, backend=a.backend, replicas=a.replicas,
+                  max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, max_body_mb=a.max_body_mb,
+                  **({"bucket": a.bucket} if a.bucket else {}))
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="rnnplan", description="Plan and run stacked RNN inference as a DAG.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,6 +273,18 @@ def parser() -> argparse.ArgumentParser:
     pb.add_argument("--repeats", type=int, default=30)
     pb.add_argument("--out", metavar="DIR", default=None, help="write results.json, results.md and ablation.png here")
     pb.set_defaults(func=cmd_bench)
+    ps = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve, batching concurrent requests")
+    ps.add_argument("model", metavar="MODEL", help="a Weights .npz (Weights.save, with its architecture) or an .onnx file")
+    ps.add_argument("--address", help="an existing Ray cluster (default: start a local one)")
+    ps.add_argument("--host", default="127.0.0.1", help="where Serve's HTTP proxy listens")
+    ps.add_argument("--port", type=int, default=8000)
+    ps.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    ps.add_argument("--replicas", type=int, default=None, help="default: one a GPU of the cluster, else one")
+    ps.add_argument("--max-batch", type=int, default=32, help="sequences a call, at most")
+    ps.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    ps.add_argument("--max-body-mb", type=float, default=64.0, help="larger bodies get HTTP 413")
+    ps.add_argument("--bucket", type=int, default=None, help="pad lengths to multiples of N steps (fewer plans)")
+    ps.set_defaults(func=cmd_serve)
     return p
 
 

@@ -21,9 +21,10 @@ MODULES = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removes
            for p in sorted(PACKAGE.rglob("*.py"))}
 # The size budget: lines of Python in the package, lines of one module, and lines of CUDA written
 # inside Python strings (the rest lives in .cu/.cuh files). Raise a budget only on purpose.
-PACKAGE_LINES = 8400  # 6800 until issues 17 (autotuning, calls by pointers, shared resources, packed calls) and 18;
+PACKAGE_LINES = 8800  # 6800 until issues 17 (autotuning, calls by pointers, shared resources, packed calls) and 18;
 # 7900 until the driver-API launches of issue 17 (backends/driver_launch.py, KernelCall) and reused autotune choices;
-# 8200 until the copy-in as a node of the plan's graph (GraphWithKernel) and the driver's replay of cuDNN's graph
+# 8200 until the copy-in as a node of the plan's graph (GraphWithKernel) and the driver's replay of cuDNN's graph;
+# 8400 until serving (issue 20: rnnplan/serve, about 390 lines)
 MODULE_LINES = 400
 CUDA_IN_PYTHON_LINES = 80
 # Top-level modules that meet the machine: they may import the backends (and the CLI, CuPy).
@@ -83,6 +84,8 @@ def test_only_the_backends_import_cupy_or_the_backends():
     ("rnnplan.viz", ("rnnplan.ir", "rnnplan.persistent", "rnnplan.lowering", "rnnplan.viz")),
     # a model read becomes a torch module, then the drop-in
     ("rnnplan.importers", ("rnnplan.importers", "rnnplan.dropin", "rnnplan.spec")),
+    # serving: a model file read into the drop-in, behind batching and Ray Serve
+    ("rnnplan.serve", ("rnnplan.serve", "rnnplan.dropin", "rnnplan.importers", "rnnplan.weights", "rnnplan.spec")),
 ])
 def test_each_stage_imports_only_the_stages_before_it(layer, below):
     for module, imports in IMPORTS.items():

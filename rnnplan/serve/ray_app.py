@@ -1,0 +1,104 @@
+"""The Ray Serve application: replicas (one a GPU where the cluster has GPUs, `num_gpus=1` each) that
+answer HTTP `POST /` bodies (`serve.protocol`) by batches of concurrent requests (`@serve.batch`,
+counting sequences) run as one packed call each (`ServedModel.run_batch`), and `GET /` with what they
+serve. The model file travels to the replicas as bytes, so a cluster's nodes need no copy of it.
+Ray is imported here only: the rest of `rnnplan.serve` runs without it."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from ray import serve
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse
+
+from rnnplan.serve.model import Answer, Request, load_model
+from rnnplan.serve.protocol import RequestError, answer, parse
+
+
+class RNNServer:
+    """One replica: the model loaded once, requests parsed, batched and answered."""
+
+    def __init__(self, name: str, data: bytes, backend: str, max_batch: int, batch_wait_ms: float,
+                 max_body_bytes: int, options: dict):
+        with tempfile.TemporaryDirectory() as tmp:  # (load_model reads a path: .npz or .onnx by its suffix)
+            path = Path(tmp) / Path(name).name
+            path.write_bytes(data)
+            self.model = load_model(path, backend, **options)
+        self.max_body_bytes = max_body_bytes
+        self.batched.set_max_batch_size(max_batch)
+        self.batched.set_batch_wait_timeout_s(batch_wait_ms / 1e3)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=lambda rs: sum(r.sequences for r in rs))
+    async def batched(self, requests: list[Request]) -> list[Answer]:
+        # in a thread: the replica's event loop keeps taking requests (the next batch) meanwhile
+        return await asyncio.to_thread(self.model.run_batch, requests)
+
+    async def __call__(self, http: HTTPRequest):
+        if http.method == "GET":
+            t = self.model.template
+            return JSONResponse({"model": self.model.description, "input_size": t.input_size,
+                                 "state": ["h", "c"] if t.cell == "lstm" else ["h"],
+                                 "max_body_bytes": self.max_body_bytes})
+        if http.method != "POST":
+            return JSONResponse({"error": f"method {http.method}: POST a request, or GET a description"},
+                                status_code=405)
+        declared = http.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return JSONResponse({"error": f"the body has {declared} bytes, over this server's limit of "
+                                          f"{self.max_body_bytes}"}, status_code=413)
+        try:
+            request = parse(await http.body(), http.headers.get("content-type", ""), self.model.template,
+                            self.max_body_bytes)
+        except RequestError as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        try:
+            return JSONResponse(answer(await self.batched(request)))
+        except Exception as e:  # noqa: BLE001 (a failing call answers 500; the replica stays up)
+            return JSONResponse({"error": f"the model failed on this batch: {type(e).__name__}: {e}"},
+                                status_code=500)
+
+
+def app(model: str | Path, *, backend: str = "auto", replicas: int | None = None, max_batch: int = 32,
+        batch_wait_ms: float = 2.0, max_body_mb: float = 64.0, **options) -> serve.Application:
+    """The application serving `model` (a Weights .npz or an .onnx file), for `serve.run`. `replicas`:
+    by default one a GPU of the Ray cluster (`num_gpus=1` each) where it has GPUs and `backend` is
+    not "numpy", else one; `max_batch` sequences a call; `batch_wait_ms` how long a batch waits for
+    more after its first request; bodies over `max_body_mb` get 413; `options` go to `rnnplan.compile`."""
+    import ray
+
+    path = Path(model)
+    if path.suffix not in (".npz", ".onnx"):
+        raise ValueError(f"{path}: serve takes a Weights .npz or an .onnx file")
+    data = path.read_bytes()
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() and backend != "numpy" else 0
+    per_replica = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    count = replicas or max(1, gpus)
+    deployment = serve.deployment(RNNServer, name="rnnplan", num_replicas=count, ray_actor_options=per_replica,
+                                  max_ongoing_requests=max(64, 4 * max_batch))
+    return deployment.bind(path.name, data, backend, max_batch, batch_wait_ms, int(max_body_mb * 2**20), options)
+
+
+def serve_forever(model: str | Path, *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+                  announce=print, **app_options) -> None:
+    """`rnnplan serve MODEL`: a local Ray (or the cluster at `address`), Serve's HTTP proxy on
+    host:port, the application at `/`, until interrupted (then Serve and Ray shut down)."""
+    import time
+
+    import ray
+
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        application = app(model, **app_options)  # (after ray.init: replicas follow the cluster's GPUs)
+        serve.run(application, name="rnnplan", route_prefix="/")
+        announce(f"serving {Path(model).name} at http://{host}:{port}/ (POST a JSON or .npy body; Ctrl-C stops)")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
