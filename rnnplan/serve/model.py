@@ -39,8 +39,12 @@ class ServedModel:
     """A torch RNN module (or one read from a file, `load_model`) behind `run_batch`. `module` runs the
     calls: `rnnplan.compile`'s, or a plain torch module (the baseline a benchmark compares against)."""
 
-    def __init__(self, module, template, device: str, description: str):
+    def __init__(self, module, template, device: str, description: str, batch_buckets: tuple[int, ...] = ()):
         self.module, self.template, self.device, self.description = module, template, device, description
+        # A call's sequences are padded (with one-step dummies) up to the smallest of these that holds
+        # them, so that a GPU sees few batch sizes: each new one is an executor to build (its plan,
+        # autotuning, for the persistent kernel a compile).
+        self.batch_buckets = tuple(sorted(batch_buckets))
         t = template
         self.layers = t.num_layers * t.directions
         self.lstm = t.cell == "lstm"
@@ -63,6 +67,11 @@ class ServedModel:
                     out.append(np.zeros((self.layers, n, width), np.float32))
                 else:
                     out.append(given if given.ndim == 3 else given[:, None, :])
+        n = len(seqs)
+        pad = next((b for b in self.batch_buckets if b >= n), n) - n
+        seqs += [torch.zeros((1, t.input_size))] * pad
+        h += [np.zeros((self.layers, pad, t.output_size), np.float32)]
+        c += [np.zeros((self.layers, pad, t.hidden_size), np.float32)]
         packed = pack_sequence([s.to(dev, torch_dtype) for s in seqs], enforce_sorted=False)
         h0 = torch.from_numpy(np.concatenate(h, axis=1).astype(np.float32)).to(dev, torch_dtype)
         hx = (h0, torch.from_numpy(np.concatenate(c, axis=1).astype(np.float32)).to(dev, torch_dtype)) \
@@ -74,7 +83,7 @@ class ServedModel:
         h_n, c_n = state if self.lstm else (state, None)
         h_n = h_n.float().cpu().numpy()
         c_n = None if c_n is None else c_n.float().cpu().numpy()
-        answers, at = [], 0
+        answers, at = [], 0  # (the dummies, last, are dropped)
         for r in requests:
             n, steps = r.sequences, r.x.shape[0]
             rows = slice(at, at + n)
@@ -87,11 +96,25 @@ class ServedModel:
         return answers
 
 
-def load_model(path: str | Path, backend: str = "auto", compiled: bool = True, **options) -> ServedModel:
+    def warm_up(self, max_steps: int, step: int) -> float:
+        """Run every shape a call of at most `max_steps` steps can take (lengths in multiples of `step`,
+        the compiled module's bucket; each batch bucket), so that no client waits for a set-up; returns
+        the seconds it took."""
+        import time
+
+        t0 = time.perf_counter()
+        for b in self.batch_buckets or (1,):
+            for steps in range(step, max_steps + step, step):
+                self.run_batch([Request(np.zeros((steps, b, self.template.input_size), np.float32))])
+        return time.perf_counter() - t0
+
+
+def load_model(path: str | Path, backend: str = "auto", compiled: bool = True, batch_buckets: tuple[int, ...] = (),
+               **options) -> ServedModel:
     """The model in `path` (a Weights .npz written by `Weights.save`, which holds its architecture, or
     an .onnx file) as a ServedModel on `backend` ("auto": the GPU where torch sees one, else the CPU;
     "numpy": the CPU; "cupy": the GPU). `compiled=False` serves the plain torch module (a baseline);
-    `options` go to `rnnplan.compile`."""
+    `batch_buckets`: see ServedModel; `options` go to `rnnplan.compile`."""
     import torch
 
     from rnnplan.dropin import compile as compile_module
@@ -124,7 +147,7 @@ def load_model(path: str | Path, backend: str = "auto", compiled: bool = True, *
     served = compile_module(module, **options) if compiled else module
     what = f"{spec.short().split(' in=')[0]} in={spec.input_size} {spec.dtype} on {device}" + \
         ("" if compiled else " (torch's own module)")
-    return ServedModel(served, spec, device, what)
+    return ServedModel(served, spec, device, what, batch_buckets)
 
 
 def _module_of(weights):

@@ -27,6 +27,8 @@ class RNNServer:
             path = Path(tmp) / Path(name).name
             path.write_bytes(data)
             self.model = load_model(path, backend, **options)
+        if self.model.device == "cuda":  # few batch sizes, each one executor (ServedModel.batch_buckets)
+            self.model.batch_buckets = tuple(sorted({min(8, max_batch), max_batch}))
         self.max_body_bytes = max_body_bytes
         self.batched.set_max_batch_size(max_batch)
         self.batched.set_batch_wait_timeout_s(batch_wait_ms / 1e3)
