@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import rnnplan as rp
+from rnnplan.backends import cupy_unavailable_reason
 from rnnplan.serve import Batcher, Request, load_model
 from rnnplan.serve.protocol import RequestError, answer, parse
 
@@ -228,3 +229,22 @@ def test_the_application_on_a_local_ray(tmp_path):
         serve.shutdown()
         ray.shutdown()
     assert not ray.is_initialized()
+
+
+GPU = cupy_unavailable_reason() is None and torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+def test_gpu_a_batched_call_on_the_gpu_answers_each_request_as_torch(tmp_path):
+    """The served model on CUDA tensors (rnnplan.compile's packed calls), its batch padded to a bucket."""
+    m, path = _saved(tmp_path, "lstm", proj=4)
+    model = load_model(path, "cupy", bucket=8)
+    assert model.device == "cuda"
+    model.batch_buckets = (8, 16)
+    torch.backends.cudnn.allow_tf32 = False
+    rs = _requests(m, np.random.default_rng(5)) * 2
+    for _ in range(2):
+        for got, r in zip(model.run_batch(rs), rs):
+            _close(got, _torch_answer(m, r), 1e-4)
+    torch.backends.cudnn.allow_tf32 = True
