@@ -4,10 +4,11 @@ batching layer and torch's own `nn.LSTM` behind the same layer; through `serve.B
 Ray; CPU or GPU) or over HTTP to a local Ray Serve application (`--ray`). Traffic only to 127.0.0.1,
 bounded: `--requests` a client (at most 64 clients) and `--seconds` a configuration.
 
-    python3 benchmarks/serve_bench.py [--ray] [--backend auto|numpy|cupy] [--out FILE.json]
+    python3 benchmarks/serve_bench.py [--ray [--binary]] [--backend auto|numpy|cupy] [--out FILE.json]
 """
 
 import argparse
+import io
 import json
 import statistics
 import tempfile
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--wait-ms", type=float, default=2.0)
     ap.add_argument("--bucket", type=int, default=16)
+    ap.add_argument("--binary", action="store_true", help="with --ray: .npy bodies and .npz answers, not JSON")
     ap.add_argument("--out")
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -128,15 +130,21 @@ def _ray_rows(path, a, who, compiled, batching, max_batch) -> list[dict]:
         serve.run(application, name="bench", route_prefix="/")
 
         def call(x):
-            body = json.dumps({"x": x.tolist()}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body,
-                                         headers={"Content-Type": "application/json"})
+            if a.binary:  # an .npy body, an .npz answer
+                buffer = io.BytesIO()
+                np.save(buffer, x)
+                body, headers = buffer.getvalue(), {"Content-Type": "application/octet-stream",
+                                                    "Accept": "application/x-npz"}
+            else:
+                body, headers = json.dumps({"x": x.tolist()}).encode(), {"Content-Type": "application/json"}
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, headers=headers)
             with urllib.request.urlopen(req, timeout=120) as r:
                 r.read()
         _clients(1, 3, a.seconds, call, 999)
         for n in CLIENTS:
             lat, wall = _clients(n, a.requests if n > 1 else 4 * a.requests, a.seconds, call, 10 * n)
-            rows.append(_row(f"{who}, batching {batching}, {n} clients (Ray Serve, HTTP)", lat, wall))
+            body = "npy/npz" if a.binary else "JSON"
+            rows.append(_row(f"{who}, batching {batching}, {n} clients (Ray Serve, HTTP, {body})", lat, wall))
             print(_fmt(rows[-1]), flush=True)
     finally:
         serve.shutdown()

@@ -207,6 +207,11 @@ def test_the_application_on_a_local_ray(tmp_path):
             want_out, want_h, want_c = _torch_answer(m, Request(x))
             assert np.abs(np.asarray(doc["out"]) - want_out).max() <= 1e-5
             assert np.abs(np.asarray(doc["state"]["c"]) - want_c).max() <= 1e-5
+        # a binary body, and an .npz answer where the client accepts one
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=_npy(xs[1]), headers={
+            "Content-Type": "application/octet-stream", "Accept": "application/x-npz"})
+        with urllib.request.urlopen(request, timeout=60) as r, np.load(io.BytesIO(r.read())) as npz:
+            assert np.abs(npz["out"] - _torch_answer(m, Request(xs[1]))[0]).max() <= 1e-5 and "c" in npz.files
         assert _post(port, b'{"x": [[1]]}')[0] == 400
         status, doc = _post(port, b"0" * (2**20 + 1))
         assert status == 413 and "limit" in doc["error"]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from ray import serve
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from rnnplan.serve.model import Answer, Request, load_model
-from rnnplan.serve.protocol import RequestError, answer, parse
+from rnnplan.serve.protocol import RequestError, answer, answer_npz, parse
 
 
 class RNNServer:
@@ -57,7 +57,10 @@ class RNNServer:
         except RequestError as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
         try:
-            return JSONResponse(answer(await self.batched(request)))
+            result = await self.batched(request)
+            if "application/x-npz" in http.headers.get("accept", ""):
+                return Response(answer_npz(result), media_type="application/x-npz")
+            return JSONResponse(answer(result))
         except Exception as e:  # noqa: BLE001 (a failing call answers 500; the replica stays up)
             return JSONResponse({"error": f"the model failed on this batch: {type(e).__name__}: {e}"},
                                 status_code=500)
