@@ -253,3 +253,42 @@ def test_gpu_a_batched_call_on_the_gpu_answers_each_request_as_torch(tmp_path):
         for got, r in zip(model.run_batch(rs), rs):
             _close(got, _torch_answer(m, r), 1e-4)
     torch.backends.cudnn.allow_tf32 = True
+
+
+def test_rnnplan_serve_on_the_command_line(tmp_path):
+    """`rnnplan serve MODEL` as a user starts it: it answers over HTTP, and Ctrl-C stops it (Serve and
+    Ray shut down, exit status 0); a missing model file is named at once, before Ray starts."""
+    import signal
+    import subprocess
+    import sys
+
+    from rnnplan.cli import main
+
+    assert main(["serve", str(tmp_path / "missing.npz")]) == 2
+    m, path = _saved(tmp_path, "gru")
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "rnnplan.cli", "serve", str(path), "--port", str(port),
+                               "--backend", "numpy", "--replicas", "1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120  # until it says where it serves, as a user would wait
+        while time.monotonic() < deadline and server.poll() is None and not any("serving " in x for x in lines):
+            time.sleep(0.5)
+        assert any(f"serving {path.name} at http://127.0.0.1:{port}/" in x for x in lines), "".join(lines)[-3000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            assert json.loads(r.read())["state"] == ["h"]
+        x = np.random.default_rng(6).standard_normal((11, 6)).astype(np.float32)
+        status, answer_ = _post(port, json.dumps({"x": x.tolist()}).encode())
+        assert status == 200 and np.abs(np.asarray(answer_["out"]) - _torch_answer(m, Request(x))[0]).max() <= 1e-5
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        reader.join(timeout=30)
+    assert server.returncode == 0, "".join(lines)[-3000:]

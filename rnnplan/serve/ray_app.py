@@ -87,19 +87,22 @@ def app(model: str | Path, *, backend: str = "auto", replicas: int | None = None
 
 
 def serve_forever(model: str | Path, *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-                  announce=print, **app_options) -> None:
+                  announce=None, **app_options) -> None:
     """`rnnplan serve MODEL`: a local Ray (or the cluster at `address`), Serve's HTTP proxy on
     host:port, the application at `/`, until interrupted (then Serve and Ray shut down)."""
     import time
 
     import ray
 
+    if not Path(model).is_file():  # (before Ray starts: a wrong path is named at once)
+        raise ValueError(f"{model}: no such file (serve takes a Weights .npz or an .onnx file)")
     ray.init(address=address, include_dashboard=False, logging_level="WARNING")
     try:
         serve.start(http_options={"host": host, "port": port})
         application = app(model, **app_options)  # (after ray.init: replicas follow the cluster's GPUs)
         serve.run(application, name="rnnplan", route_prefix="/")
-        announce(f"serving {Path(model).name} at http://{host}:{port}/ (POST a JSON or .npy body; Ctrl-C stops)")
+        line = f"serving {Path(model).name} at http://{host}:{port}/ (POST a JSON or .npy body; Ctrl-C stops)"
+        (announce or (lambda text: print(text, flush=True)))(line)  # (flushed: a pipe may be all a log reads)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
