@@ -95,7 +95,6 @@ class ServedModel:
             at += n
         return answers
 
-
     def warm_up(self, max_steps: int, step: int) -> float:
         """Run every shape a call of at most `max_steps` steps can take (lengths in multiples of `step`,
         the compiled module's bucket; each batch bucket), so that no client waits for a set-up; returns
