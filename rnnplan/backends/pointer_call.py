@@ -9,8 +9,9 @@ Holds for a graph-mode executor without `debug` of time-major input whose input 
 contiguous (`why_not` says which of these fails). `PointerCall.packed` takes a torch PackedSequence's
 rows, indices and layout instead of a padded input, for a masked plan whose output sequence is one
 view: one launch of `cuda/packed.cu` fills the padded input and the mask, another writes the packed
-output rows. Outside a stream capture a padded call's three launches go through the CUDA driver's
-C API (`driver_launch`) where it is there, else through CuPy.
+output rows. Outside a stream capture a padded call's launches go through the CUDA driver's C API
+(`driver_launch`) where it is there, else through CuPy: three (copy in, plan, copy out), or two
+where the plan's graph is small enough to take the copy-in as a node of a copy of it (`GraphWithKernel`).
 """
 
 from __future__ import annotations
