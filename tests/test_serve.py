@@ -122,6 +122,8 @@ def _npy(a: np.ndarray) -> bytes:
      "field 'state.h' must have shape (2, 10)"),
     (json.dumps({"x": np.zeros((2, 6)).tolist(), "state": [1]}).encode(), 400, "field 'state' must be an object"),
     (b"\x93NUMPY garbage", 400, "not a readable .npy"),
+    (b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
+    (b'{"x": [[null, 1, 2, 3, 4, 5]]}', 400, "field 'x' holds values that are not finite"),
     (b"x" * 2000, 413, "over this server's limit of 1000"),
 ])
 def test_bad_bodies_are_refused_naming_the_field(tmp_path, body, status, words):

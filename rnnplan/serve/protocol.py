@@ -51,6 +51,8 @@ def _json(body: bytes) -> dict:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RequestError(400, f"the body is not JSON ({e})") from None
+    except RecursionError:
+        raise RequestError(400, "the body's JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise RequestError(400, f"the body must be a JSON object with field 'x', got a {type(doc).__name__}")
     unknown = set(doc) - {"x", "state"}
@@ -70,9 +72,14 @@ def _json(body: bytes) -> dict:
 def _array(field: str, value) -> np.ndarray:
     try:
         a = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise RequestError(400, f"field '{field}' must be a rectangular array of numbers") from None
     return a
+
+
+def _finite(field: str, a: np.ndarray) -> None:
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise RequestError(400, f"field '{field}' holds values that are not finite numbers (null, NaN or infinity)")
 
 
 def _binary(body: bytes) -> dict:
@@ -101,6 +108,7 @@ def _request(arrays: dict, t) -> Request:
                                 f"{tuple(x.shape)}")
     if x.shape[0] == 0 or (x.ndim == 3 and x.shape[1] == 0):
         raise RequestError(400, f"field 'x' has shape {tuple(x.shape)}: at least one step of one sequence")
+    _finite("x", x)
     if x.shape[0] > MAX_STEPS:
         raise RequestError(413, f"field 'x' has {x.shape[0]} steps, over this server's limit of {MAX_STEPS}")
     layers = t.num_layers * (2 if t.bidirectional else 1)
@@ -117,6 +125,7 @@ def _request(arrays: dict, t) -> Request:
         if v.dtype.kind not in "fiu" or v.shape != want:
             raise RequestError(400, f"field 'state.{k}' must have shape {want} (layers x directions, "
                                     f"{'batch, ' if batch else ''}width), got {tuple(v.shape)}")
+        _finite(f"state.{k}", v)
     cast = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
     return Request(np.ascontiguousarray(x, dtype=np.float32), cast.get("h"), cast.get("c"))
 
