@@ -48,7 +48,6 @@ class ServedModel:
         t = template
         self.layers = t.num_layers * t.directions
         self.lstm = t.cell == "lstm"
-        self.dtype = np.dtype(t.dtype) if t.dtype != "bfloat16" else np.dtype(np.float32)
 
     def run_batch(self, requests: list[Request]) -> list[Answer]:
         """One call for all `requests` (each already checked against the model by `serve.protocol`)."""
