@@ -288,7 +288,7 @@ def test_rnnplan_serve_on_the_command_line(tmp_path):
     finally:
         server.send_signal(signal.SIGINT)
         try:
-            server.wait(timeout=90)
+            server.wait(timeout=150)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 from pathlib import Path
 
 from ray import serve
@@ -16,6 +17,8 @@ from starlette.responses import JSONResponse, Response
 
 from rnnplan.serve.model import Answer, Request, load_model
 from rnnplan.serve.protocol import RequestError, answer, answer_npz, parse
+
+SHUTDOWN_S = 30  # how long `rnnplan serve` waits for Serve to shut down after Ctrl-C
 
 
 class RNNServer:
@@ -108,5 +111,11 @@ def serve_forever(model: str | Path, *, address: str | None = None, host: str = 
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
+        # Serve's shutdown waits on its controller, which can retry without end where an actor is
+        # already gone: bounded, then Ray goes down anyway (a local Ray takes every actor with it).
+        stopper = threading.Thread(target=serve.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(timeout=SHUTDOWN_S)
+        if stopper.is_alive():
+            print(f"Serve did not shut down within {SHUTDOWN_S} s; stopping Ray", flush=True)
         ray.shutdown()
