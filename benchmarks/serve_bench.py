@@ -158,13 +158,15 @@ def _torch_app(path, a, max_batch):
     from ray import serve
 
     from rnnplan.serve import ray_app
+    from rnnplan.serve.options import ServeOptions
 
     class TorchServer(ray_app.RNNServer):
         def __init__(self, *args):
             super().__init__(*args)
             self.model = load_model(path, a.backend, compiled=False)
     deployment = serve.deployment(TorchServer, name="torch", num_replicas=1, max_ongoing_requests=256)
-    return deployment.bind(path.name, path.read_bytes(), a.backend, max_batch, a.wait_ms, 64 * 2**20, {})
+    options = ServeOptions(backend=a.backend, max_batch=max_batch, batch_wait_ms=a.wait_ms)
+    return deployment.bind(path.name, path.read_bytes(), options, {})
 
 
 def _fmt(r: dict) -> str:

@@ -233,9 +233,14 @@ def cmd_serve(a: argparse.Namespace) -> None:
         from rnnplan.serve.ray_app import serve_forever
     except ImportError as e:
         raise CLIError(f"serving needs Ray Serve and torch ({e.name} is missing): pip install \"rnnplan[serve]\"") from None
+    try:
+        buckets = tuple(int(b) for b in a.batch_buckets.split(",")) if a.batch_buckets else None
+    except ValueError:
+        raise CLIError(f"--batch-buckets takes sequence counts separated by commas (8,32), got {a.batch_buckets!r}") \
+            from None
     serve_forever(a.model, address=a.address, host=a.host, port=a.port, backend=a.backend, replicas=a.replicas,
-                  max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, max_body_mb=a.max_body_mb,
-                  **({"bucket": a.bucket} if a.bucket else {}))
+                  max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, max_body_mb=a.max_body_mb, bucket=a.bucket,
+                  batch_buckets=buckets, warm_up_steps=a.warm_up_steps)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -284,6 +289,10 @@ def parser() -> argparse.ArgumentParser:
     ps.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
     ps.add_argument("--max-body-mb", type=float, default=64.0, help="larger bodies get HTTP 413")
     ps.add_argument("--bucket", type=int, default=None, help="pad lengths to multiples of N steps (fewer plans)")
+    ps.add_argument("--batch-buckets", metavar="N,N", help="pad a call's sequences up to these counts "
+                    "(default on a GPU: 8 and --max-batch)")
+    ps.add_argument("--warm-up-steps", type=int, default=0, metavar="T",
+                    help="build every shape up to T steps before serving (needs --bucket)")
     ps.set_defaults(func=cmd_serve)
     return p
 

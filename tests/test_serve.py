@@ -161,6 +161,29 @@ def test_the_batcher_batches_concurrent_requests_and_survives_a_failing_batch(tm
     batcher.close()
 
 
+def test_serve_options_are_checked_by_field():
+    from pydantic import ValidationError
+
+    from rnnplan.serve.options import ServeOptions
+
+    assert ServeOptions(max_batch=64).buckets_on("cuda") == (8, 64) and ServeOptions().buckets_on("cpu") == ()
+    assert ServeOptions(batch_buckets=(16, 4, 16)).buckets_on("cpu") == (4, 16)
+    for bad, words in ((dict(max_batch=0), "max_batch"), (dict(backend="tpu"), "backend"),
+                       (dict(warm_up_steps=50), "needs bucket"), (dict(batch_buckets=(0,)), "positive"),
+                       (dict(max_body_mb=0), "max_body_mb"), (dict(replicas=2), "replicas")):
+        with pytest.raises(ValidationError, match=words):
+            ServeOptions(**bad)
+
+
+def test_warm_up_builds_every_shape_before_the_first_request(tmp_path):
+    m, path = _saved(tmp_path)
+    model = load_model(path, "numpy", bucket=16)
+    model.batch_buckets = (1, 4)
+    assert model.warm_up(48, 16) >= 0 and model.module.cache_info().executors == 6  # 3 lengths x 2 batch sizes
+    model.run_batch([Request(np.zeros((20, 6), np.float32)), Request(np.zeros((33, 6), np.float32))])
+    assert model.module.cache_info().executors == 6  # nothing new built: (48 steps, 4 sequences) was warm
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,7 +214,9 @@ def test_the_application_on_a_local_ray(tmp_path):
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(rnnplan.serve.app(path, backend="numpy", replicas=1, max_batch=8, batch_wait_ms=20,
-                                    max_body_mb=1), name="rnnplan", route_prefix="/")
+                                    max_body_mb=1, bucket=8, warm_up_steps=40), name="rnnplan", route_prefix="/")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            assert json.loads(r.read())["shapes_built"] == 5  # warmed up: lengths 8 ... 40, before any request
         rng = np.random.default_rng(4)
         xs = [rng.standard_normal((int(T), 6)).astype(np.float32) for T in rng.integers(1, 40, 24)]
         got: dict[int, tuple] = {}

@@ -16,6 +16,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 
 from rnnplan.serve.model import Answer, Request, load_model
+from rnnplan.serve.options import ServeOptions
 from rnnplan.serve.protocol import RequestError, answer, answer_npz, parse
 
 SHUTDOWN_S = 30  # how long `rnnplan serve` waits for Serve to shut down after Ctrl-C
@@ -24,17 +25,18 @@ SHUTDOWN_S = 30  # how long `rnnplan serve` waits for Serve to shut down after C
 class RNNServer:
     """One replica: the model loaded once, requests parsed, batched and answered."""
 
-    def __init__(self, name: str, data: bytes, backend: str, max_batch: int, batch_wait_ms: float,
-                 max_body_bytes: int, options: dict):
+    def __init__(self, name: str, data: bytes, options: ServeOptions, compile_options: dict):
         with tempfile.TemporaryDirectory() as tmp:  # (load_model reads a path: .npz or .onnx by its suffix)
             path = Path(tmp) / Path(name).name
             path.write_bytes(data)
-            self.model = load_model(path, backend, **options)
-        if self.model.device == "cuda":  # few batch sizes, each one executor (ServedModel.batch_buckets)
-            self.model.batch_buckets = tuple(sorted({min(8, max_batch), max_batch}))
-        self.max_body_bytes = max_body_bytes
-        self.batched.set_max_batch_size(max_batch)
-        self.batched.set_batch_wait_timeout_s(batch_wait_ms / 1e3)
+            bucket = {"bucket": options.bucket} if options.bucket else {}
+            self.model = load_model(path, options.backend, **bucket, **compile_options)
+        self.model.batch_buckets = options.buckets_on(self.model.device)  # few batch sizes: few executors
+        if options.warm_up_steps:  # every shape built before the replica takes requests
+            self.model.warm_up(options.warm_up_steps, options.bucket)
+        self.max_body_bytes = options.max_body_bytes
+        self.batched.set_max_batch_size(options.max_batch)
+        self.batched.set_batch_wait_timeout_s(options.batch_wait_ms / 1e3)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=lambda rs: sum(r.sequences for r in rs))
     async def batched(self, requests: list[Request]) -> list[Answer]:
@@ -44,9 +46,11 @@ class RNNServer:
     async def __call__(self, http: HTTPRequest):
         if http.method == "GET":
             t = self.model.template
+            info = getattr(self.model.module, "cache_info", None)  # (rnnplan.compile's: the shapes built)
             return JSONResponse({"model": self.model.description, "input_size": t.input_size,
                                  "state": ["h", "c"] if t.cell == "lstm" else ["h"],
-                                 "max_body_bytes": self.max_body_bytes})
+                                 "max_body_bytes": self.max_body_bytes,
+                                 "shapes_built": info().executors if info else None})
         if http.method != "POST":
             return JSONResponse({"error": f"method {http.method}: POST a request, or GET a description"},
                                 status_code=405)
@@ -69,24 +73,25 @@ class RNNServer:
                                 status_code=500)
 
 
-def app(model: str | Path, *, backend: str = "auto", replicas: int | None = None, max_batch: int = 32,
-        batch_wait_ms: float = 2.0, max_body_mb: float = 64.0, **options) -> serve.Application:
+def app(model: str | Path, *, replicas: int | None = None, compile_options: dict | None = None,
+        **options) -> serve.Application:
     """The application serving `model` (a Weights .npz or an .onnx file), for `serve.run`. `replicas`:
-    by default one a GPU of the Ray cluster (`num_gpus=1` each) where it has GPUs and `backend` is
-    not "numpy", else one; `max_batch` sequences a call; `batch_wait_ms` how long a batch waits for
-    more after its first request; bodies over `max_body_mb` get 413; `options` go to `rnnplan.compile`."""
+    by default one a GPU of the Ray cluster (`num_gpus=1` each) where it has GPUs and the backend is
+    not "numpy", else one; `options`: the fields of `ServeOptions` (backend, max_batch, batch_wait_ms,
+    max_body_mb, batch_buckets, bucket, warm_up_steps); `compile_options` go to `rnnplan.compile`."""
     import ray
 
+    checked = ServeOptions(**options)
     path = Path(model)
     if path.suffix not in (".npz", ".onnx"):
         raise ValueError(f"{path}: serve takes a Weights .npz or an .onnx file")
     data = path.read_bytes()
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() and backend != "numpy" else 0
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() and checked.backend != "numpy" else 0
     per_replica = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     count = replicas or max(1, gpus)
     deployment = serve.deployment(RNNServer, name="rnnplan", num_replicas=count, ray_actor_options=per_replica,
-                                  max_ongoing_requests=max(64, 4 * max_batch))
-    return deployment.bind(path.name, data, backend, max_batch, batch_wait_ms, int(max_body_mb * 2**20), options)
+                                  max_ongoing_requests=max(64, 4 * checked.max_batch))
+    return deployment.bind(path.name, data, checked, dict(compile_options or {}))
 
 
 def serve_forever(model: str | Path, *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
@@ -97,8 +102,9 @@ def serve_forever(model: str | Path, *, address: str | None = None, host: str = 
 
     import ray
 
-    if not Path(model).is_file():  # (before Ray starts: a wrong path is named at once)
+    if not Path(model).is_file():  # (before Ray starts: a wrong path or option is named at once)
         raise ValueError(f"{model}: no such file (serve takes a Weights .npz or an .onnx file)")
+    ServeOptions(**{k: v for k, v in app_options.items() if k not in ("replicas", "compile_options")})
     ray.init(address=address, include_dashboard=False, logging_level="WARNING")
     try:
         serve.start(http_options={"host": host, "port": port})
