@@ -240,6 +240,8 @@ def test_the_application_on_a_local_ray(tmp_path):
         with urllib.request.urlopen(request, timeout=60) as r, np.load(io.BytesIO(r.read())) as npz:
             assert np.abs(npz["out"] - _torch_answer(m, Request(xs[1]))[0]).max() <= 1e-5 and "c" in npz.files
         assert _post(port, b'{"x": [[1]]}')[0] == 400
+        status, doc = _post(port, json.dumps({"x": np.zeros((2, 9, 6)).tolist()}).encode())  # 9 > max_batch 8
+        assert status == 413 and "9 sequences" in doc["error"]
         status, doc = _post(port, b"0" * (2**20 + 1))
         assert status == 413 and "limit" in doc["error"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:

@@ -34,7 +34,7 @@ class RNNServer:
         self.model.batch_buckets = options.buckets_on(self.model.device)  # few batch sizes: few executors
         if options.warm_up_steps:  # every shape built before the replica takes requests
             self.model.warm_up(options.warm_up_steps, options.bucket)
-        self.max_body_bytes = options.max_body_bytes
+        self.max_body_bytes, self.max_batch = options.max_body_bytes, options.max_batch
         self.batched.set_max_batch_size(options.max_batch)
         self.batched.set_batch_wait_timeout_s(options.batch_wait_ms / 1e3)
 
@@ -63,6 +63,9 @@ class RNNServer:
                             self.max_body_bytes)
         except RequestError as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
+        if request.sequences > self.max_batch:  # (a batch holds at most max_batch sequences)
+            return JSONResponse({"error": f"field 'x' holds {request.sequences} sequences, over this server's "
+                                          f"--max-batch of {self.max_batch}"}, status_code=413)
         try:
             result = await self.batched(request)
             if "application/x-npz" in http.headers.get("accept", ""):
