@@ -42,13 +42,13 @@ FFMA_MAX_BATCH = 2
 # Projections, measured on an H200 (LSTM 3x1024 proj 256 T100 fp16, 32 units a block), persistent against
 # the graph lowering: the FFMA kernel at batch 1 0.67 against 1.31 ms, batch 4 0.99 against 1.34 (at batch
 # 8 it lost, 1.56 against 1.49); the tensor-core kernel at batch 8 0.87 against 1.49, batch 16 1.33
-# against 1.74 (BENCHMARKS.md). Not measured above 16.
+# against 1.74 (BENCHMARKS.md), and with its projection on mma (sixth session) 0.62 against 1.45 and
+# 0.81 against 1.78. Not measured above 16, so auto stops there.
 PROJ_AUTO_MAX_BATCH = 16
 # With projections the tensor-core kernel wherever the precision takes tensor cores, batch 1 too: it
 # measured faster than the FFMA kernel at batch 1 (0.58 against 0.68 ms, fp16; bf16 0.55 against 0.69),
 # 2 (0.60 against 0.84) and 4 (0.70 against 1.01), LSTM 3x1024 proj 256 T100 (BENCHMARKS.md, sixth
-# session). Its tiles are 8 rows, so at batch 1 most of an mma's rows are padding: the saving is the
-# FFMA kernel's shuffle reductions over the K of 1024 inputs and of the cell's wide h.
+# session), though at batch 1 seven of an n-tile's 8 batch rows are padding (not profiled apart).
 PROJ_FFMA_MAX_BATCH = 0
 
 
