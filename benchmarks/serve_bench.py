@@ -22,6 +22,7 @@ import torch
 
 import rnnplan as rp
 from rnnplan.serve import Batcher, Request, load_model
+from rnnplan.serve.options import ServeOptions
 
 CLIENTS = (1, 8, 64)
 MAX_LEN = 200
@@ -32,8 +33,8 @@ def _load(model_path, backend, compiled, max_batch, wait_ms, bucket):
     every shape it can take built first (reported as the set-up)."""
     options = {"bucket": bucket} if compiled and bucket else {}
     model = load_model(model_path, backend, compiled=compiled, **options)
-    if compiled and model.device == "cuda":
-        model.batch_buckets = tuple(sorted({min(8, max_batch), max_batch}))
+    if compiled:  # (ServeOptions' default: 8 and max_batch on a GPU, none on the CPU)
+        model.batch_buckets = ServeOptions(max_batch=max_batch).buckets_on(model.device)
     setup = model.warm_up(MAX_LEN, bucket) if compiled else 0.0
     return Batcher(model, max_batch=max_batch, wait_ms=wait_ms), model, setup
 
@@ -158,7 +159,6 @@ def _torch_app(path, a, max_batch):
     from ray import serve
 
     from rnnplan.serve import ray_app
-    from rnnplan.serve.options import ServeOptions
 
     class TorchServer(ray_app.RNNServer):
         def __init__(self, *args):

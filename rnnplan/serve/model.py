@@ -44,7 +44,7 @@ class ServedModel:
         # A call's sequences are padded (with one-step dummies) up to the smallest of these that holds
         # them, so that a GPU sees few batch sizes: each new one is an executor to build (its plan,
         # autotuning, for the persistent kernel a compile).
-        self.batch_buckets = tuple(sorted(batch_buckets))
+        self.batch_buckets = tuple(batch_buckets)
         t = template
         self.layers = t.num_layers * t.directions
         self.lstm = t.cell == "lstm"
@@ -67,13 +67,13 @@ class ServedModel:
                 else:
                     out.append(given if given.ndim == 3 else given[:, None, :])
         n = len(seqs)
-        pad = next((b for b in self.batch_buckets if b >= n), n) - n
+        pad = min((b for b in self.batch_buckets if b >= n), default=n) - n
         seqs += [torch.zeros((1, t.input_size))] * pad
         h += [np.zeros((self.layers, pad, t.output_size), np.float32)]
         c += [np.zeros((self.layers, pad, t.hidden_size), np.float32)]
         packed = pack_sequence([s.to(dev, torch_dtype) for s in seqs], enforce_sorted=False)
-        h0 = torch.from_numpy(np.concatenate(h, axis=1).astype(np.float32)).to(dev, torch_dtype)
-        hx = (h0, torch.from_numpy(np.concatenate(c, axis=1).astype(np.float32)).to(dev, torch_dtype)) \
+        h0 = torch.from_numpy(np.concatenate(h, axis=1).astype(np.float32, copy=False)).to(dev, torch_dtype)
+        hx = (h0, torch.from_numpy(np.concatenate(c, axis=1).astype(np.float32, copy=False)).to(dev, torch_dtype)) \
             if self.lstm else h0
         with torch.no_grad():
             out, state = self.module(packed, hx)
@@ -107,12 +107,11 @@ class ServedModel:
         return time.perf_counter() - t0
 
 
-def load_model(path: str | Path, backend: str = "auto", compiled: bool = True, batch_buckets: tuple[int, ...] = (),
-               **options) -> ServedModel:
+def load_model(path: str | Path, backend: str = "auto", compiled: bool = True, **options) -> ServedModel:
     """The model in `path` (a Weights .npz written by `Weights.save`, which holds its architecture, or
     an .onnx file) as a ServedModel on `backend` ("auto": the GPU where torch sees one, else the CPU;
     "numpy": the CPU; "cupy": the GPU). `compiled=False` serves the plain torch module (a baseline);
-    `batch_buckets`: see ServedModel; `options` go to `rnnplan.compile`."""
+    `options` go to `rnnplan.compile`; set `batch_buckets` on the result (its device decides them)."""
     import torch
 
     from rnnplan.dropin import compile as compile_module
@@ -145,7 +144,7 @@ def load_model(path: str | Path, backend: str = "auto", compiled: bool = True, b
     served = compile_module(module, **options) if compiled else module
     what = f"{spec.short().split(' in=')[0]} in={spec.input_size} {spec.dtype} on {device}" + \
         ("" if compiled else " (torch's own module)")
-    return ServedModel(served, spec, device, what, batch_buckets)
+    return ServedModel(served, spec, device, what)
 
 
 def _module_of(weights):
