@@ -56,6 +56,9 @@ class Recurrence:
     variable_lengths: bool = False
     # LSTM projections (RNNSpec.proj_size): h = W_hr @ (the cell's h) each step; 0 for none.
     proj_size: int = 0
+    # Tensor-core kernel: the blocks of each chain form one thread-block cluster and hand h to each
+    # other through distributed shared memory, instead of through global memory and counters.
+    cluster: bool = False
 
     @property
     def cell_def(self) -> Cell:
@@ -110,6 +113,24 @@ def operand_shapes(r: Recurrence) -> tuple[list[tuple[int, int]], list[tuple[int
     outs = [(T * B, D * R)] * (1 if r.variable_lengths else L) + ([(L * D * B, H)] if has_c else []) + \
         ([(L * D * B, R)] if r.variable_lengths else [])
     return ins, outs
+
+
+def wavefront(r: Recurrence) -> dict[tuple[int, int, int], int]:
+    """(layer, direction, step) -> the earliest round at which the persistent kernel can run that
+    cell-step: one round after its own previous step and after the layer below produced its time
+    step in every direction. The largest value + 1 is the kernel's dependent depth."""
+    T, D = r.seq_len, r.directions
+    level: dict[tuple[int, int, int], int] = {}
+    for layer in range(r.num_layers):
+        for d in range(D):
+            for s in range(T):
+                t = s if d == 0 else T - 1 - s
+                ready = level[(layer, d, s - 1)] + 1 if s else 0
+                if layer:
+                    ready = max([ready] + [level[(layer - 1, d2, t if d2 == 0 else T - 1 - t)] + 1
+                                           for d2 in range(D)])
+                level[(layer, d, s)] = ready
+    return level
 
 
 def _by_gate(a: np.ndarray, cell: Cell) -> dict[str, np.ndarray]:

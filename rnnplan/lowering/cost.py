@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rnnplan.ir.recurrence import wavefront
 from rnnplan.lowering.plan import Plan, Step
-from rnnplan.persistent.kernel import wavefront
 from rnnplan.precision import Precision
 
 

@@ -2,13 +2,16 @@
 recurrent weights on-chip for the sequence.
 
 - `kernel.py`: `PersistentKernel`, the configuration as one object (work split, register and
-  shared-memory budgets, layout, exchange buffer, `fit(device)`), and the in-kernel wavefront;
+  shared-memory budgets, layout, exchange buffer, `fit(device)`, whether a chain's blocks can hand h over within a thread-block cluster);
 - `select.py`: which kernel a spec gets on a device, and when `lowering="auto"` takes it;
 - `source.py` + `cuda/`: the static CUDA source and the `#define` header Python writes for it.
 The planner asks this package (rnnplan/lowering/recurrent.py builds the `recurrent` node), the CuPy
 backend compiles and launches by it; it imports neither, and no CuPy.
 """
 
+from rnnplan.ir.recurrence import (
+    wavefront,  # the in-kernel wavefront (defined with the recurrence)
+)
 from rnnplan.persistent.kernel import (
     FFMA_REGISTER_BUDGET,
     KERNEL_WARPS,
@@ -18,7 +21,6 @@ from rnnplan.persistent.kernel import (
     Fit,
     PersistentKernel,
     kernel_of,
-    wavefront,
 )
 from rnnplan.persistent.select import (
     AUTO_MAX_BATCH,

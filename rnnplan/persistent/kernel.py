@@ -13,7 +13,8 @@ Two kernels share the layout code (CUDA in `persistent/cuda/`):
 - tensor cores (`batch_tile > 0`): mma.sync on fp16 operands (fp16 storage) or tf32 operands (fp32
   storage), weights as A fragments in shared memory or registers, h handed over in the storage type
   with one counter per chain and step; with projections, W_hr's rows in shared memory and the
-  projection on mma too (`proj_mma_split`), the cell's h handed over with counters of its own.
+  projection on mma too (`proj_mma_split`), the cell's h handed over with counters of its own; or
+  (`cluster`) each chain's blocks in one thread-block cluster, h through distributed shared memory.
 """
 
 from __future__ import annotations
@@ -165,6 +166,14 @@ class PersistentKernel(Recurrence):
         return 4 if self.mma_mgroup == 2 else self.batch_tile // 8
 
     @property
+    def mma_accumulator_sets(self) -> int:
+        """Weights in registers: sets of accumulators a warp's k-steps take round-robin (summed at the
+        end), so that consecutive mma do not wait on each other's result: 4 where a warp holds one
+        tile (mgroup x nchunk = 1), 2 for two, else 1 (enough tiles in flight already)."""
+        tiles = self.mma_mgroup * self.mma_nchunk
+        return 4 if tiles == 1 else 2 if tiles == 2 else 1
+
+    @property
     def ffma_rows_per_warp(self) -> int:
         """FFMA kernel: weight rows a warp works on at once (RW): up to 4, but never so many that warps
         sit idle."""
@@ -203,7 +212,8 @@ class PersistentKernel(Recurrence):
             return self.weight_registers + 2 * self.ffma_rows_per_warp * min(self.batch, 8) <= FFMA_REGISTER_BUDGET
         group = self.mma_mgroup
         jobs = self.mma_rows // 16 // group * self.mma_parts
-        return jobs <= KERNEL_WARPS and self.weight_registers + 4 * group * self.mma_nchunk <= REGISTER_BUDGET
+        accumulators = 4 * group * self.mma_nchunk * self.mma_accumulator_sets
+        return jobs <= KERNEL_WARPS and self.weight_registers + accumulators <= REGISTER_BUDGET
 
     @property
     def stage_stride(self) -> int:
@@ -237,7 +247,8 @@ class PersistentKernel(Recurrence):
             bt, rows, size = self.batch_tile, self.mma_rows, self.element_bytes
             extra = self.mma_split[1] - 1  # partial sums of the k-slices after the first
             held = 0 if self.weights_in_registers else rows * sum(self.mma_k) * size
-            parts = [("weights", held), ("stage", bt * self.stage_stride * size),
+            stages = 2 if self.cluster else 1  # (by step parity: peers write the next step's h into the other)
+            parts = [("weights", held), ("stage", stages * bt * self.stage_stride * size),
                      ("gx", bt * self.sum_stride * 4), ("gh", bt * self.sum_stride * 4),
                      ("partial", extra * 2 * bt * self.sum_stride * 4),
                      ("bias", 2 * rows * 4), ("c", B * U * 4),
@@ -246,7 +257,8 @@ class PersistentKernel(Recurrence):
                      # batch rows padded to the n-tiles), the k-slices' partial sums of the projection
                      ("whr", self.proj_rows_per_block * self.proj_stride * size),
                      ("hfull", _round_up(B, 8) * self.proj_stride * size if self.proj_size else 0),
-                     ("projsum", prod(self.proj_mma_split) * 16 * 8 * 4)]
+                     ("projsum", prod(self.proj_mma_split) * 16 * 8 * 4),
+                     ("hslice", B * U * size if self.cluster else 0)]  # cluster: this block's h of a step
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
             R, P = self.h_width, self.proj_rows_per_block  # with projections h is R = proj_size wide
             held = 0 if self.weights_in_registers else G * U * (R + K) * self.element_bytes
@@ -334,13 +346,37 @@ class PersistentKernel(Recurrence):
         per_thread = _ceil_div(self.batch * self.gates * self.units_per_block, THREADS)
         return per_thread if per_thread <= XPF_MAX else 0
 
+    # ---- the cluster hand-off (tensor-core kernel, `cluster`)
+
+    def cluster_refusal(self, device: DeviceShape) -> str | None:
+        """Why a chain's blocks cannot hand h over within one thread-block cluster on `device` (None:
+        they can): a cluster holds them, enough clusters are resident, the batch is one tile (peers
+        write it into one staging buffer), a block's units are whole 16-byte runs (DSMEM stores)."""
+        U, nb = self.units_per_block, self.blocks_per_chain
+        if not self.batch_tile:
+            return "the cluster hand-off is the tensor-core kernel's"
+        if self.proj_size:
+            return "projections hand the cell's h over through global memory"
+        if self.batch > self.batch_tile:
+            return f"batch {self.batch} is more than one tile of {self.batch_tile}"
+        if self.hidden % U or U * self.element_bytes % 16:
+            return f"{U} units a block are not whole 16-byte runs of {self.hidden}"
+        if nb > device.cluster_blocks:
+            return f"{nb} blocks a chain; {device.name} clusters hold {device.cluster_blocks}"
+        if len(self.chains) > device.max_clusters:
+            return f"{len(self.chains)} chains; {device.name} keeps {device.max_clusters} clusters of {nb} resident"
+        return None
+
     # ---- fit
 
     def fit(self, device: DeviceShape, smem_per_sm: int | None = None) -> Fit:
         """Does the kernel fit `device`: every layer-direction gets blocks, each block's shared memory
         fits, and (given the device's shared memory per SM, as a backend knows it) all blocks are
-        resident at once, which they must be, since they wait on each other."""
+        resident at once, which they must be, since they wait on each other; with the cluster
+        hand-off, its clusters (`cluster_refusal`)."""
         chains, smem, blocks = len(self.chains), self.shared_memory_bytes, self.blocks
+        if self.cluster and (refusal := self.cluster_refusal(device)) is not None:
+            return Fit(False, f"no cluster hand-off: {refusal}")
         if chains > device.sms:
             return Fit(False, f"{chains} layer-directions need more blocks than the {device.sms} SMs of {device.name}")
         if smem > device.smem_per_block:
@@ -351,7 +387,8 @@ class PersistentKernel(Recurrence):
             if blocks > per_sm * device.sms:
                 return Fit(False, f"{blocks} resident blocks with {smem / 1024:.0f} KiB of shared memory each; "
                                   f"{device.name} holds {per_sm * device.sms} such blocks")
-        return Fit(True, f"{blocks} blocks x {smem / 1024:.0f} KiB shared memory on {device.name}")
+        return Fit(True, f"{blocks} blocks{f' in {chains} clusters' if self.cluster else ''} x {smem / 1024:.0f} KiB "
+                         f"shared memory on {device.name}")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -361,20 +398,3 @@ def kernel_of(r: Recurrence) -> PersistentKernel:
         return r
     return PersistentKernel(*(getattr(r, f.name) for f in dataclasses.fields(Recurrence)))
 
-
-def wavefront(r: Recurrence) -> dict[tuple[int, int, int], int]:
-    """(layer, direction, step) -> the earliest round at which the persistent kernel can run that
-    cell-step: one round after its own previous step and after the layer below produced its time
-    step in every direction. The largest value + 1 is the kernel's dependent depth."""
-    T, D = r.seq_len, r.directions
-    level: dict[tuple[int, int, int], int] = {}
-    for layer in range(r.num_layers):
-        for d in range(D):
-            for s in range(T):
-                t = s if d == 0 else T - 1 - s
-                ready = level[(layer, d, s - 1)] + 1 if s else 0
-                if layer:
-                    ready = max([ready] + [level[(layer - 1, d2, t if d2 == 0 else T - 1 - t)] + 1
-                                           for d2 in range(D)])
-                level[(layer, d, s)] = ready
-    return level

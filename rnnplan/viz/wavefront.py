@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from rnnplan.ir.names import DIRECTIONS
+from rnnplan.ir.recurrence import wavefront
 from rnnplan.lowering.plan import Plan
-from rnnplan.persistent.kernel import wavefront
 
 
 def _grid(plan: Plan) -> tuple[np.ndarray, np.ndarray, list[str]]:
