@@ -160,10 +160,17 @@ class DeviceShape(BaseModel):
     sms: Size
     smem_per_block: Size  # opt-in dynamic shared memory per block, bytes
     cooperative_launch: Switch = True
+    # Thread-block clusters (compute capability 9.0 and later): the most blocks one cluster may hold
+    # (non-portable sizes included; 0: no clusters), and how many clusters of that size, one block
+    # an SM, are resident at once (cuOccupancyMaxActiveClusters; a launch checks it again).
+    cluster_blocks: Annotated[int, Field(strict=True, ge=0)] = 0
+    max_clusters: Annotated[int, Field(strict=True, ge=0)] = 0
 
 
 # What `lowering="persistent"` sizes its blocks for when no device is described and no GPU is found.
-H200 = DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448)
+# Clusters: 16 blocks (non-portable), 7 resident at once at one block an SM (measured on an H200 with
+# cuOccupancyMaxActiveClusters at 200 KiB of shared memory a block; 14 at 100 KiB).
+H200 = DeviceShape(name="NVIDIA H200", sms=132, smem_per_block=232_448, cluster_blocks=16, max_clusters=7)
 
 
 class PlanOptions(BaseModel):

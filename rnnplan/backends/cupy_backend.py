@@ -30,6 +30,7 @@ import numpy as np
 
 from rnnplan.backends.cublas import WORKSPACE_BYTES, Cublas
 from rnnplan.backends.device import describe_device
+from rnnplan.backends.driver_launch import check_clusters
 from rnnplan.backends.kernels import THREADS, kernel_key, kernel_source, launch_grid
 from rnnplan.backends.outputs import pack_outputs
 from rnnplan.backends.shared import SharedResources
@@ -180,6 +181,8 @@ class CupyExecutor:
                                                             options=("-std=c++17",), enable_cooperative_groups=True)
         kernel = _KERNELS[(self.device.id, name)]
         kernel.max_dynamic_shared_size_bytes = smem
+        if k.cluster:  # (clusters of more than 8 blocks need the driver's leave; all must be resident)
+            check_clusters(kernel, blocks, PERSISTENT_THREADS, smem, k.blocks_per_chain, len(k.chains))
         ptrs = cp.asarray([self._ptr(v) for v in step.inputs + step.outputs], dtype=np.uint64)
         # Where blocks hand h to each other (layout: PersistentKernel.exchange_bytes); its head is
         # zeroed before each run. Profiling adds the blocks' clock sums after it.

@@ -30,8 +30,12 @@ def describe_device(device: int = 0) -> DeviceShape:
 
     props = cupy.cuda.runtime.getDeviceProperties(device)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    clusters = props["major"] >= 9  # thread-block clusters, 16 blocks where non-portable sizes are allowed
+    # Resident clusters of 16 at one block an SM: one a GPC, of up to 18 SMs on Hopper (7 on an H200's
+    # 132, as cuOccupancyMaxActiveClusters says); the launch asks the driver again for its own kernel.
     return DeviceShape(name=name, sms=props["multiProcessorCount"], smem_per_block=props["sharedMemPerBlockOptin"],
-                       cooperative_launch=bool(props.get("cooperativeLaunch", 1)))
+                       cooperative_launch=bool(props.get("cooperativeLaunch", 1)),
+                       cluster_blocks=16 if clusters else 0, max_clusters=props["multiProcessorCount"] // 18 if clusters else 0)
 
 
 @functools.cache

@@ -35,7 +35,8 @@ def _load() -> ctypes.CDLL | None:
             lib.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
             lib.cuGetErrorName.restype = ctypes.c_int
             # (the unversioned symbols: the CUDA 11 ABI of each, which every later driver keeps)
-            for name, args in (("cuGraphClone", [p, p]), ("cuGraphGetNodes", [p, p, p]), ("cuGraphGetRootNodes", [p, p, p]),
+            for name, args in (("cuFuncSetAttribute", [p, ctypes.c_int, ctypes.c_int]),
+                               ("cuOccupancyMaxActiveClusters", [p, p, p]), ("cuGraphClone", [p, p]), ("cuGraphGetNodes", [p, p, p]), ("cuGraphGetRootNodes", [p, p, p]),
                                ("cuGraphAddKernelNode", [p, p, p, ctypes.c_size_t, p]),
                                ("cuGraphAddDependencies", [p, p, p, ctypes.c_size_t]),
                                ("cuGraphInstantiateWithFlags", [p, p, ctypes.c_ulonglong]),
@@ -108,6 +109,39 @@ class FixedLaunch:
         self.write(values)
         _check(self._launch(self.function, grid[0], grid[1], 1, self.block, 1, 1, 0, stream, self.params, None),
                "cuLaunchKernel")
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig, no attributes (the kernel's own cluster dims)
+    _fields_ = [("grid_x", ctypes.c_uint), ("grid_y", ctypes.c_uint), ("grid_z", ctypes.c_uint),
+                ("block_x", ctypes.c_uint), ("block_y", ctypes.c_uint), ("block_z", ctypes.c_uint),
+                ("shared_bytes", ctypes.c_uint), ("stream", ctypes.c_void_p), ("attrs", ctypes.c_void_p),
+                ("num_attrs", ctypes.c_uint)]
+
+
+NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute: clusters of more than 8 blocks
+PORTABLE_CLUSTER_BLOCKS = 8
+
+
+def check_clusters(kernel, blocks: int, threads: int, shared_bytes: int, cluster_blocks: int, clusters: int) -> None:
+    """Let the CuPy RawKernel `kernel`, compiled with `__cluster_dims__(cluster_blocks)`, run clusters of
+    more than 8 blocks, and check that `clusters` of them, `blocks` blocks of `threads` with
+    `shared_bytes` each, are resident at once (cuOccupancyMaxActiveClusters): a persistent kernel's
+    blocks wait on each other, so a cluster left waiting for an SM would never start. RuntimeError
+    naming both counts where they are not (or where the driver cannot be asked)."""
+    function, lib = function_handle(kernel), _load()
+    if function is None or lib is None:
+        raise RuntimeError(f"the cluster hand-off needs the CUDA driver's API: {_MISSING or 'no CUfunction from CuPy'}")
+    if cluster_blocks > PORTABLE_CLUSTER_BLOCKS:
+        _check(lib.cuFuncSetAttribute(ctypes.c_void_p(function), NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
+               "cuFuncSetAttribute(NON_PORTABLE_CLUSTER_SIZE_ALLOWED)")
+    found = ctypes.c_int()
+    config = _LaunchConfig(blocks, 1, 1, threads, 1, 1, shared_bytes, None, None, 0)
+    _check(lib.cuOccupancyMaxActiveClusters(ctypes.byref(found), ctypes.c_void_p(function), ctypes.byref(config)),
+           "cuOccupancyMaxActiveClusters")
+    if found.value < clusters:
+        raise RuntimeError(f"the persistent kernel's {clusters} clusters of {cluster_blocks} blocks "
+                           f"({shared_bytes / 1024:.0f} KiB of shared memory a block) cannot all be resident: "
+                           f"the device holds {found.value} at once")
 
 
 def launch_graph(graph_exec: int, stream: int) -> None:

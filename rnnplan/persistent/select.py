@@ -1,6 +1,7 @@
 """Choosing the persistent kernel for a spec and a device, and whether `lowering="auto"` takes it.
 
-`choose_recurrence` picks the kernel: FFMA dot products (fp32 math, and any storage at batch <=
+`choose_recurrence` picks the kernel: at batch 3-8 and up to 2 layers, where a chain's blocks fit one
+thread-block cluster, the tensor-core kernel with the cluster hand-off (`cluster_recurrence`); else FFMA dot products (fp32 math, and any storage at batch <=
 FFMA_MAX_BATCH) or tensor-core mma (fp16 storage, or fp32 storage with `math="tf32"`; batch in tiles
 sized to fit shared memory), with its weights in registers where they fit the register budget, else
 in shared memory; hidden units per block such that all blocks fill the device once. LSTM
@@ -50,6 +51,16 @@ PROJ_AUTO_MAX_BATCH = 16
 # 2 (0.60 against 0.84) and 4 (0.70 against 1.01), LSTM 3x1024 proj 256 T100 (BENCHMARKS.md, sixth
 # session), though at batch 1 seven of an n-tile's 8 batch rows are padding (not profiled apart).
 PROJ_FFMA_MAX_BATCH = 0
+# The cluster hand-off (a chain's blocks in one thread-block cluster, h through distributed shared
+# memory) where it fits, above FFMA_MAX_BATCH, up to CLUSTER_MAX_BATCH and CLUSTER_MAX_LAYERS. Measured
+# on an H200 (BENCHMARKS.md, seventh session, `benchmarks/cluster_bench.py`, Executor.run, against the
+# hand-off through global memory): faster at LSTM 1x512 B8 (0.294 against 0.324 ms fp16, 0.301 / 0.329
+# bf16), 1x512 B8 bidirectional fp16 (0.285 / 0.330), GRU 1x512 B8 (0.281 / 0.315), LSTM 2x256 B8
+# (0.279 / 0.302) and GRU 2x256 B4 (0.230 / 0.253); slower at batch 16 (0.402 / 0.379) and 32 (0.639 /
+# 0.443), where a chain's 16 blocks do 8 times the mma work of 128, at batch 1 against the FFMA kernel
+# (1x512 0.218 / 0.166) and at 4 layers (4x256 B8 0.313 / 0.297).
+CLUSTER_MAX_BATCH = 8
+CLUSTER_MAX_LAYERS = 2
 
 
 def planning_device(options: PlanOptions | None) -> DeviceShape | None:
@@ -86,15 +97,16 @@ def choose_lowering(spec: RNNSpec, options: PlanOptions) -> tuple[str, str]:
 
 
 def recurrence_of(spec: RNNSpec, units: int, batch_tile: int = 0, registers: bool = False,
-                  math: str = "fp32") -> Recurrence:
+                  math: str = "fp32", cluster: bool = False) -> Recurrence:
     precision = Precision.of(spec.dtype, math)
     if batch_tile:
         precision = precision.on_tensor_cores()
     return Recurrence(**network_of(spec), units_per_block=units, batch_tile=batch_tile, weights_in_registers=registers,
-                      math=precision.math)
+                      math=precision.math, cluster=cluster)
 
 
-def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, registers: bool) -> Recurrence | None:
+def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, registers: bool,
+                           cluster: bool = False) -> Recurrence | None:
     """The tensor-core kernel with the widest batch tile (64 rows down to 8) that fits shared memory
     (and, with weights in registers, the register budget); None where even 8 rows do not fit registers."""
     def fits(r: Recurrence) -> bool:
@@ -102,10 +114,35 @@ def tensor_core_recurrence(spec: RNNSpec, units: int, device: DeviceShape, regis
         return k.shared_memory_bytes <= device.smem_per_block and (not registers or k.registers_fit)
 
     tile = min(64, -(-spec.batch // 8) * 8)
-    while tile > 8 and not fits(recurrence_of(spec, units, tile, registers)):
+    while tile > 8 and not fits(recurrence_of(spec, units, tile, registers, cluster=cluster)):
         tile = max(8, tile // 16 * 8)
-    r = recurrence_of(spec, units, tile, registers)
+    r = recurrence_of(spec, units, tile, registers, cluster=cluster)
     return r if not registers or kernel_of(r).registers_fit else None
+
+
+def cluster_recurrence(spec: RNNSpec, device: DeviceShape, math: str = "fp32") -> Recurrence | None:
+    """The tensor-core kernel with each chain's blocks in one thread-block cluster (h handed over
+    through distributed shared memory, `PersistentKernel.cluster_refusal`), with as many blocks a
+    chain as a cluster holds and whose units divide hidden in 16-byte runs, weights in registers
+    where they fit, else in shared memory; None where no such kernel fits `device`, or outside the
+    batches and layers where it measured faster (FFMA_MAX_BATCH < batch <= CLUSTER_MAX_BATCH, at most
+    CLUSTER_MAX_LAYERS layers)."""
+    if (not device.cluster_blocks or spec.proj_size or not FFMA_MAX_BATCH < spec.batch <= CLUSTER_MAX_BATCH
+            or spec.num_layers > CLUSTER_MAX_LAYERS or not Precision.of(spec.dtype, math).tensor_cores):
+        return None
+    for units in cluster_units(spec, device):
+        for registers in (True, False):
+            r = tensor_core_recurrence(spec, units, device, registers, cluster=True)
+            if r is not None and kernel_of(r).fit(device).ok:
+                return r
+    return None
+
+
+def cluster_units(spec: RNNSpec, device: DeviceShape) -> list[int]:
+    """Hidden units a block for the cluster hand-off, most blocks a chain first: those that divide
+    hidden into at most `device.cluster_blocks` blocks."""
+    H = spec.hidden_size
+    return [H // blocks for blocks in range(min(device.cluster_blocks, H), 0, -1) if H % blocks == 0]
 
 
 def ffma_recurrence(spec: RNNSpec, units: int, math: str = "fp32") -> Recurrence:
@@ -143,8 +180,9 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE,
     chains = spec.num_layers * spec.directions
     per_chain = max(1, device.sms // chains)
     units = -(-spec.hidden_size // per_chain)
-    trial = kernel_of(_fitting(spec, units, device, math))
-    if spec.proj_size and spec.hidden_size % units:
+    clustered = cluster_recurrence(spec, device, math)
+    trial = kernel_of(clustered or _fitting(spec, units, device, math))
+    if spec.proj_size and spec.hidden_size % units and not clustered:
         # Measured on an H200 (LSTM 3x1024 proj 256 B1 fp16, weights in shared memory, BENCHMARKS.md): the
         # dot products took 10.9 us a step at 24 units a block (1024 = 42 x 24 + 16) and 18.3 at 40, 2.3
         # at 32: units that divide hidden, where they fit.
@@ -160,6 +198,8 @@ def choose_recurrence(spec: RNNSpec, device: DeviceShape = DEFAULT_DEVICE,
     held = ", weights in registers" if trial.weights_in_registers else ""
     math_used = (f"tensor cores ({trial.precision.operands}), batch tiles of {trial.batch_tile}{held}"
                  if trial.batch_tile else f"FFMA{held}") + (", W_hr on-chip" if spec.proj_size else "")
+    if trial.cluster:
+        math_used += f", h handed over within clusters of {trial.blocks_per_chain} blocks"
     regs = f" {trial.weight_registers} registers a thread +" if trial.weights_in_registers else ""
     need = trial.shared_memory_bytes
     return trial.recurrence, (f"recurrent weights {mib:.1f} MiB fit on-chip: {trial.blocks} blocks x{regs} "

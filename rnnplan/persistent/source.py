@@ -94,8 +94,9 @@ def _mma(k: PersistentKernel) -> dict[str, object]:
         # PROJ: the projection on mma (m-tiles, n-tiles, k-slices; its rows' stride in shared memory)
         "PMT": max(1, k.proj_mma_split[0]), "PNT": max(1, k.proj_mma_split[1]), "PKSL": max(1, k.proj_mma_split[2]),
         "PSTRIDE": max(1, k.proj_stride),
-        "REG_A": int(held), "XPRE": int(k.prefetches_xproj), "NPARTS": k.mma_parts,
+        "REG_A": int(held), "XPRE": int(k.prefetches_xproj), "NPARTS": k.mma_parts, "CLUSTER": int(k.cluster),
         "KREG": k.register_ksteps if held else 1, "MG": k.mma_mgroup, "NC": k.mma_nchunk if held else 1,
+        "NACC": k.mma_accumulator_sets if held else 1,
     }
 
 
