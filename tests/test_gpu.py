@@ -271,12 +271,50 @@ def test_tensor_core_kernel_with_weights_in_registers_or_shared_memory(spec_kw, 
 
     spec = rp.RNNSpec(**spec_kw, dtype="float16" if precision == "fp16" else "float32")
     module, weights = module_and_weights(spec, 5)
-    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
+    # the hand-off through global memory: the units the planner takes on the device without clusters
+    without_clusters = describe_device().model_copy(update={"cluster_blocks": 0, "max_clusters": 0})
+    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32", device=without_clusters))
     chosen = next(s.recurrence for s in plan.steps if s.recurrence)
-    r = tensor_core_recurrence(spec, chosen.units_per_block, describe_device(), registers)
+    r = tensor_core_recurrence(spec, chosen.units_per_block, without_clusters, registers)
     assert r is not None and r.weights_in_registers == registers
     assert kernel_of(r).mma_kstep == (16 if precision == "fp16" else 8)
     assert_kernel_matches_torch(with_recurrence(plan, r), module, weights, 6, precision)
+
+
+CLUSTER = [  # the cluster hand-off (h through distributed shared memory), also outside the planner's batches
+    (dict(cell="lstm", input_size=64, hidden_size=512, num_layers=1, seq_len=9, batch=8), "fp16"),  # 16 blocks
+    (dict(cell="lstm", input_size=40, hidden_size=256, num_layers=2, seq_len=7, batch=1), "fp16"),  # a layer above
+    (dict(cell="gru", input_size=24, hidden_size=128, num_layers=2, seq_len=6, batch=13, bidirectional=True), "fp16"),
+    (dict(cell="rnn_tanh", input_size=16, hidden_size=64, num_layers=3, seq_len=5, batch=5), "fp16"),  # 8 blocks
+    (dict(cell="lstm", input_size=32, hidden_size=256, num_layers=2, seq_len=6, batch=8), "tf32"),
+    (dict(cell="lstm", input_size=32, hidden_size=512, num_layers=1, seq_len=6, batch=16), "fp16"),
+]
+
+
+@pytest.mark.parametrize("spec_kw, precision", CLUSTER,
+                         ids=lambda v: v if isinstance(v, str) else f"{v['cell']}-{v['num_layers']}x{v['hidden_size']}-B{v['batch']}")
+@pytest.mark.parametrize("registers", [True, False], ids=["registers", "shared"])
+@pytest.mark.parametrize("seed", [5, 6])
+def test_cluster_handoff_matches_torch(spec_kw, precision, registers, seed):
+    """The tensor-core kernel with each chain's blocks in one thread-block cluster, weights in registers
+    or shared memory, against torch (twice each, poisoned outputs, two seeds: a race in the hand-off
+    shows as an error that moves)."""
+    from rnnplan.backends import describe_device
+    from rnnplan.lowering.recurrent import with_recurrence
+    from rnnplan.persistent import kernel_of, tensor_core_recurrence
+    from rnnplan.persistent.select import cluster_units
+
+    spec = rp.RNNSpec(**spec_kw, dtype="float16" if precision == "fp16" else "float32")
+    device = describe_device()
+    found = [r for u in cluster_units(spec, device)
+             if (r := tensor_core_recurrence(spec, u, device, registers, cluster=True)) and kernel_of(r).fit(device).ok]
+    if not found:
+        pytest.skip(f"weights in {'registers' if registers else 'shared memory'} do not fit this shape")
+    r = found[0]  # the most blocks a chain (as the planner takes them, at any batch here)
+    assert r.cluster
+    module, weights = module_and_weights(spec, seed)
+    plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math="tf32"))
+    assert_kernel_matches_torch(with_recurrence(plan, r), module, weights, seed, precision)
 
 
 FFMA = [  # (spec, units a block): the FFMA kernel with its weights in registers and in shared memory

@@ -39,8 +39,8 @@ def choose(spec, device=DEFAULT_DEVICE, math="fp32"):
     return (None if r is None else kernel_of(r)), why
 
 
-def tensor_cores(spec, units, device, registers):
-    r = tensor_core_recurrence(spec, units, device, registers)
+def tensor_cores(spec, units, device, registers, cluster=False):
+    r = tensor_core_recurrence(spec, units, device, registers, cluster)
     return None if r is None else kernel_of(r)
 
 
@@ -347,6 +347,14 @@ def _variant(kind, **kw):
     if kind.startswith("ffma"):
         r = recurrence_of(spec, units, registers=kind != "ffma", math="tf32" if kind == "ffma_tf32" else "fp32")
         return r if kernel_of(r).registers_fit or not r.weights_in_registers else None
+    if kind.startswith("cluster"):  # the chain's blocks in one cluster (most blocks that fit), any batch
+        from rnnplan.persistent.select import cluster_units
+
+        for units in cluster_units(spec, DEFAULT_DEVICE):
+            r = tensor_cores(spec, units, DEFAULT_DEVICE, registers=kind == "cluster_registers", cluster=True)
+            if r is not None and r.fit(DEFAULT_DEVICE).ok:
+                return r
+        return None
     return tensor_cores(spec, units, DEFAULT_DEVICE, registers=kind == "registers")
 
 
@@ -387,6 +395,14 @@ def _variant(kind, **kw):
     ("registers", dict(cell="lstm", num_layers=2, hidden_size=100, proj_size=37, batch=9, bidirectional=True)),
     ("registers", dict(cell="lstm", num_layers=2, hidden_size=96, proj_size=32, batch=12, dtype="float16",
                        variable_lengths=True)),
+    # the cluster hand-off (h through distributed shared memory): one layer, a layer above, both
+    # directions, the masked cell, GRU's h_prev, tf32, weights in shared memory
+    ("cluster_registers", dict(cell="lstm", num_layers=1, hidden_size=512, batch=8, dtype="float16")),
+    ("cluster_registers", dict(cell="lstm", num_layers=2, hidden_size=256, batch=1, dtype="bfloat16")),
+    ("cluster_registers", dict(cell="gru", num_layers=2, hidden_size=128, batch=16, bidirectional=True,
+                               dtype="float16", variable_lengths=True)),
+    ("cluster_registers", dict(cell="lstm", num_layers=2, hidden_size=256, batch=8)),  # tf32
+    ("cluster_shared", dict(cell="lstm", num_layers=1, hidden_size=512, batch=16, dtype="float16")),
 ], ids=lambda v: v if isinstance(v, str) else f"{v['cell']}-{v['num_layers']}x{v['hidden_size']}-B{v['batch']}"
                                                 f"-{v.get('dtype', 'float32')}{'-varlen' * v.get('variable_lengths', 0)}"
                                                 f"{'-proj' * bool(v.get('proj_size'))}")
