@@ -9,8 +9,9 @@ tensor-core kernel: set-up (once: weights on-chip, biases), publish/loop (the pr
 publish and loop overhead; with projections, the projection's wait, staging and dot products), fill
 (gate sums from biases and layer 0's input projection), wait x (for the layer below's counters),
 wait h (issuing the layer input's copy, then waiting for this chain's counter), stage (the copy of h
-and waiting for all copies), mma (tensor cores and writing the gate sums), cell (the cell update); with the
-cluster hand-off publish/loop holds the DSMEM stores and the barrier's arrival, wait h its wait. Of the FFMA kernel (batch 1-2, or fp32 math): barrier/loop (the end of
+and waiting for all copies), mma (tensor cores and writing the gate sums), cell (the cell update);
+with the cluster hand-off publish/loop holds the DSMEM stores and the barrier's arrival, wait h its
+wait. Of the FFMA kernel (batch 1-2, or fp32 math): barrier/loop (the end of
 the previous step, issuing layer 0's projection loads), wait h+x (polling this chain's exchange words,
 then the layer input's, or both at once with MERGED_WAIT), barrier (layer 0's prefetched projection into
 the gate sums, a block barrier), dot+barrier (the dot products, their

@@ -36,7 +36,8 @@ def _load() -> ctypes.CDLL | None:
             lib.cuGetErrorName.restype = ctypes.c_int
             # (the unversioned symbols: the CUDA 11 ABI of each, which every later driver keeps)
             for name, args in (("cuFuncSetAttribute", [p, ctypes.c_int, ctypes.c_int]),
-                               ("cuOccupancyMaxActiveClusters", [p, p, p]), ("cuGraphClone", [p, p]), ("cuGraphGetNodes", [p, p, p]), ("cuGraphGetRootNodes", [p, p, p]),
+                               ("cuOccupancyMaxActiveClusters", [p, p, p]), ("cuGraphClone", [p, p]),
+                               ("cuGraphGetNodes", [p, p, p]), ("cuGraphGetRootNodes", [p, p, p]),
                                ("cuGraphAddKernelNode", [p, p, p, ctypes.c_size_t, p]),
                                ("cuGraphAddDependencies", [p, p, p, ctypes.c_size_t]),
                                ("cuGraphInstantiateWithFlags", [p, p, ctypes.c_ulonglong]),

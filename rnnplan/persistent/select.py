@@ -1,8 +1,8 @@
 """Choosing the persistent kernel for a spec and a device, and whether `lowering="auto"` takes it.
 
 `choose_recurrence` picks the kernel: at batch 3-8 and up to 2 layers, where a chain's blocks fit one
-thread-block cluster, the tensor-core kernel with the cluster hand-off (`cluster_recurrence`); else FFMA dot products (fp32 math, and any storage at batch <=
-FFMA_MAX_BATCH) or tensor-core mma (fp16 storage, or fp32 storage with `math="tf32"`; batch in tiles
+thread-block cluster, the tensor-core kernel with the cluster hand-off (`cluster_recurrence`); else
+FFMA dot products (fp32 math, and any storage at batch <= FFMA_MAX_BATCH) or tensor-core mma (fp16 storage, or fp32 storage with `math="tf32"`; batch in tiles
 sized to fit shared memory), with its weights in registers where they fit the register budget, else
 in shared memory; hidden units per block such that all blocks fill the device once. LSTM
 projections take the tensor-core kernel at every batch (PROJ_FFMA_MAX_BATCH = 0) where the precision
