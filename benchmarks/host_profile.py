@@ -49,9 +49,10 @@ def pieces() -> None:
             "torch.cuda.current_device": torch.cuda.current_device,
             "cuDNN eager m(x, state)": lambda: m(x, state),
         }
-        if run.call.copy_then_plan is not None:
-            timed["its copy-in and plan (GraphWithKernel)"] = lambda: run.call.copy_then_plan.launch(
-                raw_stream(x.device), x.data_ptr(), 0, 0, 0)
+        if run.call.one_launch is not None:
+            timed["its whole call, one launch (GraphWithKernels)"] = lambda: run.call.whole(
+                raw_stream(x.device), x.data_ptr(), (h.data_ptr(), c.data_ptr()), outs)
+            timed["its outputs made ahead (OutputsAhead.refill)"] = lambda: run.ahead.refill(x, raw_stream(x.device))
         for name, fn in timed.items():
             print(f"{name:<40} {host_us(fn):7.2f} us", flush=True)
         prof = cProfile.Profile()

@@ -19,6 +19,8 @@ import torch
 from rnnplan.timing import median_ms
 from rnnplan.torch_calls import (
     graph_replay,
+    graph_with_copies,
+    outputs_ahead,
     raw_stream,
     state_pointers,
     whole_tensor_copies,
@@ -79,11 +81,21 @@ def choose(factories: dict[str, Callable[[], Candidate]], args: tuple, tune: boo
     return Choice(best, f"autotuned, fastest of {len(built)}", {k: timings[k] for k in order})
 
 
+def _kept_graph() -> torch.cuda.CUDAGraph:
+    """A CUDA graph whose cudaGraph_t torch keeps after the capture (`keep_graph`, torch 2.6 on), so
+    that a copy of it can take the call's copies as nodes; a plain one on an older torch."""
+    try:
+        return torch.cuda.CUDAGraph(keep_graph=True)
+    except TypeError:
+        return torch.cuda.CUDAGraph()
+
+
 class CudnnGraph:
     """torch's own forward of the module (cuDNN on a GPU) for one (T, B), captured once in a CUDA
     graph on static inputs: a call copies its input and state in, replays, and returns copies of the
-    outputs (the graph's own are overwritten by the next call). It takes `module` over (its weights
-    are flattened for cuDNN in place)."""
+    outputs (the graph's own are overwritten by the next call): by one launch of a copy of the graph
+    with the copies as its first and last nodes where it has few nodes (`one_launch`), else by three.
+    It takes `module` over (its weights are flattened for cuDNN in place)."""
 
     def __init__(self, module: torch.nn.Module, x: torch.Tensor, lstm: bool, layers: int, hidden: int,
                  proj: int = 0):
@@ -101,14 +113,37 @@ class CudnnGraph:
                 for _ in range(2):  # cuDNN picks and allocates its workspace outside the capture
                     self.module(self.x, state)
             torch.cuda.current_stream(x.device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
+            self.graph = _kept_graph()
             with torch.cuda.graph(self.graph):
                 self.out, st = self.module(self.x, state)
+            if hasattr(self.graph, "instantiate"):
+                self.graph.instantiate()
         self.h_n, self.c_n = st if lstm else (st, None)
         held = [*self.module.parameters(), self.x, self.h0, self.c0, self.out, self.h_n, self.c_n]
         self.nbytes = sum(t.numel() * t.element_size() for t in held if t is not None)
-        self.copies = self._copy_jobs(x.device.index)
-        self.replay = graph_replay(self.graph, x.device.index)
+        self.device = x.device.index
+        self.copies = self._copy_jobs(self.device)
+        self.replay = graph_replay(self.graph, self.device)
+        self.one_launch, self.ahead = self._one_launch()
+        self.nbytes += self.ahead.nbytes if self.ahead is not None else 0
+
+    def _one_launch(self):
+        """(GraphWithKernels, OutputsAhead): the copies in and out as nodes of a copy of the captured
+        graph, one launch a call (`backends.pointer_call.between_copies`), where torch keeps the
+        cudaGraph_t (`keep_graph`) and the copies are copies.cu's; else (None, None)."""
+        raw = getattr(self.graph, "raw_cuda_graph", None)
+        if self.copies is None or raw is None:
+            return None, None
+        try:
+            graph = int(raw())
+        except RuntimeError:  # a torch that did not keep it
+            return None, None
+        with torch.cuda.device(self.device):
+            one = graph_with_copies(graph, self.copies) if graph else None
+        if one is None:
+            return None, None
+        shapes = (tuple(self.out.shape), tuple(self.h_n.shape), tuple(self.c_n.shape) if self.lstm else (0,))
+        return one, outputs_ahead(shapes, self.out.element_size())
 
     def _copy_jobs(self, device: int):
         """(in, out): the copies into the graph's inputs and out of its outputs, one launch of
@@ -127,6 +162,13 @@ class CudnnGraph:
             out, st = self.module(x, state)
             h_n, c_n = st if self.lstm else (st, st.new_empty(0))
             return out, h_n, c_n
+        if self.one_launch is not None and torch.cuda.current_device() == self.device:  # the driver's context
+            stream = raw_stream(x.device)
+            outs = self.ahead.take(x, stream)
+            self.one_launch.launch(stream, (x.data_ptr(), *state_pointers(h0, c0), 0),
+                                   (*(t.data_ptr() for t in outs), 0))
+            self.ahead.refill(x, stream)
+            return outs
         if self.copies is not None:
             copy_in, copy_out = self.copies
             stream = raw_stream(x.device)

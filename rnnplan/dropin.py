@@ -232,8 +232,9 @@ class CompiledRNN(torch.nn.Module):
             from rnnplan.backends.pointer_call import PointerCall, why_not
 
             if why_not(ex) is None:
-                run = by_pointers(PointerCall(ex), spec)
+                run = by_pointers(PointerCall(ex), spec, ex.impl.dtype.itemsize)
         apart = sum(b.size for b in plan.buffers if b.role != "param") * ex.impl.dtype.itemsize
+        apart += getattr(getattr(run, "ahead", None), "nbytes", 0)  # the next call's outputs, made ahead
         return Candidate(plan.lowering, run, 0 if backend == "numpy" else apart, why, ex)  # numpy: the workspace
 
     def torch_module(self, spec: RNNSpec, device: torch.device) -> torch.nn.Module:

@@ -20,28 +20,70 @@ def raw_stream(device: torch.device) -> int:
     return raw(device.index) if raw is not None else torch.cuda.current_stream(device).cuda_stream
 
 
-def by_pointers(call, spec: RNNSpec):
+class OutputsAhead:
+    """The tensors a call returns, for calls by one launch (`PointerCall.whole`, the cuDNN
+    candidate's), whose copy-out needs their addresses before the launch: `take(x, stream)` returns
+    the set made after the previous call's launch (while its GPU work ran, so that its allocations
+    do not delay this call's start) where it was made on `stream` (the caching allocator's blocks
+    belong to a stream), else a new one; `refill(x, stream)` then makes the next. So a compiled
+    module holds one output set more than its callers do (`nbytes`)."""
+
+    def __init__(self, shapes: tuple[tuple[int, ...], ...], nbytes: int):
+        self.shapes, self.nbytes = shapes, nbytes
+        self._ready, self._stream = None, None
+
+    def _make(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(x.new_empty(shape) for shape in self.shapes)
+
+    def take(self, x: torch.Tensor, stream: int) -> tuple[torch.Tensor, ...]:
+        ready = self._ready
+        if ready is None or self._stream != stream or ready[0].dtype != x.dtype or ready[0].device != x.device:
+            return self._make(x)
+        self._ready = None
+        return ready
+
+    def refill(self, x: torch.Tensor, stream: int) -> None:
+        self._ready, self._stream = self._make(x), stream
+
+
+def outputs_ahead(shapes: tuple[tuple[int, ...], ...], item: int) -> OutputsAhead:
+    """`OutputsAhead` of `shapes` in a dtype of `item` bytes."""
+    return OutputsAhead(shapes, sum(int(np.prod(s)) for s in shapes) * item)
+
+
+def by_pointers(call, spec: RNNSpec, item: int):
     """A call on CUDA tensors by device pointers (backends.pointer_call): the outputs are allocated by
-    torch on the caller's stream, filled there, and returned as they are."""
+    torch on the caller's stream, filled there, and returned as they are. By one launch
+    (`PointerCall.whole`) where the plan's graph takes its copies, else three (`start`, then the
+    outputs allocated while the plan runs, then `finish`). `item`: bytes of the plan's dtype."""
     lstm = spec.cell == "lstm"
     out_shape = (spec.seq_len, spec.batch, spec.directions * spec.output_size)
     state_shape = (spec.num_layers * spec.directions, spec.batch, spec.output_size)
     c_shape = (*state_shape[:2], spec.hidden_size)
     steps = torch.arange(spec.seq_len)[:, None]
+    ahead = outputs_ahead((out_shape, state_shape, c_shape if lstm else (0,)), item) \
+        if call.one_launch is not None else None
 
     def run(x, h0, c0, lengths):
         mask = lengths if isinstance(lengths, torch.Tensor) else None  # (T, B) on the device already
         if spec.variable_lengths and mask is None:  # made on the host from the lengths, one copy to the device
             mask = (steps < torch.as_tensor(lengths)[None, :]).to(x.dtype).pin_memory().to(x.device, non_blocking=True)
-        stream = raw_stream(x.device)
-        call.start(stream, x.data_ptr(), state_pointers(h0, c0), torch.cuda.is_current_stream_capturing(),
-                   None if mask is None else mask.data_ptr())
+        stream, states = raw_stream(x.device), state_pointers(h0, c0)
+        mask_ptr = None if mask is None else mask.data_ptr()
+        capturing = torch.cuda.is_current_stream_capturing()
+        if ahead is not None and not capturing:
+            outs = ahead.take(x, stream)
+            if call.whole(stream, x.data_ptr(), states, tuple(t.data_ptr() for t in outs), mask_ptr):
+                ahead.refill(x, stream)
+                return outs
+        call.start(stream, x.data_ptr(), states, capturing, mask_ptr)
         # Allocated while the plan runs (stream-ordered: nothing launched above touches new blocks).
         out, h_n = x.new_empty(out_shape), x.new_empty(state_shape)
         c_n = x.new_empty(c_shape if lstm else (0,))
         call.finish(stream, (out.data_ptr(), h_n.data_ptr(), c_n.data_ptr()))
         return out, h_n, c_n
     run.call = call  # (for inspection: which launches it takes)
+    run.ahead = ahead
     if call.packing is not None:  # PackedSequences by two launches of packed.cu (repeat calls at a shape)
         run.packed = packed_by_pointers(call, spec)
     return run
@@ -65,6 +107,14 @@ def whole_tensor_copies(device: int, ins: list, outs: list):
     def jobs(pairs):
         return [(t.data_ptr(), 0, 0, 0, 1, t.numel() * t.element_size(), which) for t, which in pairs]
     return CopyJobs(cupy, device, jobs(ins)), CopyJobs(cupy, device, jobs(outs))
+
+
+def graph_with_copies(graph: int, copies):
+    """The CUDA graph `graph` (a cudaGraph_t of the current device) between the copies
+    `whole_tensor_copies` made, as one launch (`backends.pointer_call.between_copies`), or None."""
+    from rnnplan.backends.pointer_call import between_copies
+
+    return between_copies(graph, *copies)
 
 
 def graph_replay(graph: torch.cuda.CUDAGraph, device: int):

@@ -384,15 +384,66 @@ def test_gpu_calls_by_pointers_give_and_omit_states(dtype, lowering, driver, mon
         for compiled in (fast, bucketed):
             assert close(compiled(packed, (h, h)), torch_call(m, packed, (h, h)), tol)
         # the padded calls above went by the CUDA driver's launches (after the first, which CuPy's took;
-        # the persistent plan's few nodes in one graph with the copy-in, GraphWithKernel, from the first)
+        # the persistent plan's few nodes in one graph with both copies, GraphWithKernels, from the first)
         fast(x, (h, h))
-        call = fast._executors[fast._key(4, 3, False, x.device)].chosen.run.call
-        plan_launch = call.copy_then_plan if lowering == "persistent" else call._graph_exec
-        assert lowering == "persistent" or call.copy_then_plan is None  # hundreds of nodes: not copied
+        run = fast._executors[fast._key(4, 3, False, x.device)].chosen.run
+        call = run.call
+        plan_launch = call.one_launch if lowering == "persistent" and driver else call._graph_exec
+        assert (lowering == "persistent" and driver) == (call.one_launch is not None)  # hundreds of nodes: not copied
+        assert (run.ahead is None) == (call.one_launch is None)
         taken = [plan_launch, call.copy_in.driver, call.copy_out.driver]
         packing = bucketed._executors[bucketed._key(8, 3, True, x.device)].chosen.run.call.packing
         taken += [k.driver for k in packing]
         assert all(t is not None for t in taken) if driver else all(t is None for t in taken), taken
+    torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("candidate", ["persistent", "cudnn"])
+def test_gpu_one_launch_calls_return_outputs_of_their_own_on_any_stream(cell, candidate):
+    """A call by one graph launch (copy-in, plan, copy-out: `PointerCall.whole`, the cuDNN
+    candidate's `one_launch`) returns the outputs made after the previous call's launch: every
+    call's own (earlier results stay as they were), states given and left out in turn, and a call
+    on another stream gets outputs made on that stream (not the set made on the first)."""
+    from rnnplan.autotune import CudnnGraph
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(2)
+    kind = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
+    m = kind(16, 32, num_layers=2).cuda().eval()
+    x = torch.randn(6, 4, 16, device="cuda")
+    h = torch.randn(2, 4, 32, device="cuda")
+    if candidate == "cudnn":
+        run = CudnnGraph(copy.deepcopy(m), x, cell == "lstm", 2, 32)
+        assert run.one_launch is not None
+    else:
+        fast = rp.compile(m, autotune=False, lowering="persistent")
+        fast(x)
+        run = fast._executors[fast._key(6, 4, False, x.device)].chosen.run
+        assert run.call.one_launch is not None and run.ahead is not None
+    side = torch.cuda.Stream()
+    results, wants = [], []
+    with torch.no_grad():
+        for i in range(6):
+            xi, state = (i + 1) * x / 3, (h, -h) if i % 2 else None
+            args = (xi, *(state if cell == "lstm" else (h, None))) if state else (xi, None, None)
+            if i == 4:  # on another stream, ordered after this one's work and back
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    got = run(*args, None)
+                torch.cuda.current_stream().wait_stream(side)
+            else:
+                got = run(*args, None)
+            results.append((got, [t.clone() for t in got]))
+            wants.append(m(xi, None if state is None else (state if cell == "lstm" else h)))
+    pointers = {t.data_ptr() for got, _ in results for t in got[:2]}
+    assert len(pointers) == 2 * len(results)  # no output set handed out twice
+    for (got, kept), want in zip(results, wants):
+        assert all(torch.equal(a, b) for a, b in zip(got, kept))
+        out, h_n, c_n = got
+        assert close((out, (h_n, c_n) if cell == "lstm" else h_n), want, 1e-5)
     torch.backends.cudnn.allow_tf32 = True
 
 

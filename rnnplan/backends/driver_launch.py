@@ -4,8 +4,8 @@ its arguments and builds stream objects (5-10 us of Python a launch), while a ct
 argument buffer built once costs 1-2 (BENCHMARKS.md, host time a call).
 
 `FixedLaunch` is one kernel whose arguments are 64-bit words: a call writes the words that change and
-launches it on a raw stream. `launch_graph` replays an instantiated CUDA graph; `GraphWithKernel`
-replays a copy of one with a kernel ahead of it, whose arguments a call sets. All act in the
+launches it on a raw stream. `launch_graph` replays an instantiated CUDA graph; `GraphWithKernels`
+replays a copy of one with kernels ahead of and after it, whose arguments a call sets. All act in the
 context current on the calling thread: callers check that it is their device's (`PointerCall` takes CuPy's launches when it is not). `why_not` says why the driver path
 is not there (no libcuda, a CuPy without the handles read here); callers then take CuPy's.
 Not thread-safe: a `FixedLaunch` has one argument buffer (an executor's calls are one at a time).
@@ -37,7 +37,7 @@ def _load() -> ctypes.CDLL | None:
             # (the unversioned symbols: the CUDA 11 ABI of each, which every later driver keeps)
             for name, args in (("cuFuncSetAttribute", [p, ctypes.c_int, ctypes.c_int]),
                                ("cuOccupancyMaxActiveClusters", [p, p, p]), ("cuGraphClone", [p, p]),
-                               ("cuGraphGetNodes", [p, p, p]), ("cuGraphGetRootNodes", [p, p, p]),
+                               ("cuGraphGetNodes", [p, p, p]), ("cuGraphGetEdges", [p, p, p, p]),
                                ("cuGraphAddKernelNode", [p, p, p, ctypes.c_size_t, p]),
                                ("cuGraphAddDependencies", [p, p, p, ctypes.c_size_t]),
                                ("cuGraphInstantiateWithFlags", [p, p, ctypes.c_ulonglong]),
@@ -163,37 +163,61 @@ def graph_nodes(graph: int) -> int:
     return n.value
 
 
-class GraphWithKernel:
-    """A copy of the CUDA graph `graph` (a CUgraph, which stays as it is) with the kernel of a
-    `FixedLaunch` at `grid` as a node ahead of all the graph's roots, instantiated:
-    `launch(stream, *values)` writes the changing arguments, sets them on the node
-    (cuGraphExecKernelNodeSetParams reads them then) and launches the copy: one launch in the stream
-    instead of two (a call's copy-in kernel and its plan), so that the plan starts a launch sooner."""
+def _ends(lib, graph) -> tuple[list[int], list[int]]:
+    """The roots (no dependencies) and leaves (no dependents) of the CUgraph `graph`."""
+    ref, n, e = ctypes.byref, ctypes.c_size_t(), ctypes.c_size_t()
+    _check(lib.cuGraphGetNodes(graph, None, ref(n)), "cuGraphGetNodes")
+    nodes = (ctypes.c_void_p * n.value)()
+    _check(lib.cuGraphGetNodes(graph, nodes, ref(n)), "cuGraphGetNodes")
+    _check(lib.cuGraphGetEdges(graph, None, None, ref(e)), "cuGraphGetEdges")
+    froms, tos = (ctypes.c_void_p * e.value)(), (ctypes.c_void_p * e.value)()
+    if e.value:
+        _check(lib.cuGraphGetEdges(graph, froms, tos, ref(e)), "cuGraphGetEdges")
+    has_in, has_out = set(tos), set(froms)
+    return [v for v in nodes if v not in has_in], [v for v in nodes if v not in has_out]
 
-    def __init__(self, graph: int, kernel: FixedLaunch, grid: tuple[int, int]):
+
+class GraphWithKernels:
+    """A copy of the CUDA graph `graph` (a CUgraph, which stays as it is) with the kernel of a
+    `FixedLaunch` as a node ahead of all the graph's roots (`before`) and/or one after all its leaves
+    (`after`), each given as (FixedLaunch, grid), instantiated: `launch(stream, before_values,
+    after_values)` writes the changing arguments, sets them on the nodes
+    (cuGraphExecKernelNodeSetParams reads them then) and launches the copy: one launch in the stream
+    instead of three (a call's copy-in kernel, its plan, its copy-out kernel), so that the plan starts
+    a launch sooner and a call costs two launches less of host time."""
+
+    def __init__(self, graph: int, before: tuple[FixedLaunch, tuple[int, int]] | None,
+                 after: tuple[FixedLaunch, tuple[int, int]] | None = None):
         lib, ref = _load(), ctypes.byref
-        self._lib, self.kernel = lib, kernel
+        self._lib = lib
         self.graph, self.exec = ctypes.c_void_p(), ctypes.c_void_p()
         _check(lib.cuGraphClone(ref(self.graph), graph), "cuGraphClone")
-        n = ctypes.c_size_t()
-        _check(lib.cuGraphGetRootNodes(self.graph, None, ref(n)), "cuGraphGetRootNodes")
-        roots = (ctypes.c_void_p * n.value)()
-        _check(lib.cuGraphGetRootNodes(self.graph, roots, ref(n)), "cuGraphGetRootNodes")
-        self.node_params = _KernelNodeParams(kernel.function, grid[0], grid[1], 1, kernel.block, 1, 1, 0,
-                                             ctypes.addressof(kernel.params), None)
-        self.node = ctypes.c_void_p()
-        _check(lib.cuGraphAddKernelNode(ref(self.node), self.graph, None, 0, ref(self.node_params)),
-               "cuGraphAddKernelNode")
-        if n.value:
-            before = (ctypes.c_void_p * n.value)(*[self.node.value] * n.value)
-            _check(lib.cuGraphAddDependencies(self.graph, before, roots, n.value), "cuGraphAddDependencies")
+        roots, leaves = _ends(lib, self.graph)
+        self.nodes = []  # (node, its CUDA_KERNEL_NODE_PARAMS, the FixedLaunch), before then after
+        for end, linked, ahead in ((before, roots, True), (after, leaves, False)):
+            if end is None:
+                self.nodes.append(None)
+                continue
+            kernel, grid = end
+            params = _KernelNodeParams(kernel.function, grid[0], grid[1], 1, kernel.block, 1, 1, 0,
+                                       ctypes.addressof(kernel.params), None)
+            node = ctypes.c_void_p()
+            _check(lib.cuGraphAddKernelNode(ref(node), self.graph, None, 0, ref(params)), "cuGraphAddKernelNode")
+            if linked:
+                ours = (ctypes.c_void_p * len(linked))(*[node.value] * len(linked))
+                theirs = (ctypes.c_void_p * len(linked))(*linked)
+                _check(lib.cuGraphAddDependencies(self.graph, *((ours, theirs) if ahead else (theirs, ours)),
+                                                  len(linked)), "cuGraphAddDependencies")
+            self.nodes.append((node, params, ref(params), kernel))
         _check(lib.cuGraphInstantiateWithFlags(ref(self.exec), self.graph, 0), "cuGraphInstantiateWithFlags")
-        self._params = ref(self.node_params)
 
-    def launch(self, stream: int, *values: int) -> None:
-        self.kernel.write(values)
-        _check(self._lib.cuGraphExecKernelNodeSetParams(self.exec, self.node, self._params),
-               "cuGraphExecKernelNodeSetParams")
+    def launch(self, stream: int, before_values=(), after_values=()) -> None:
+        for end, values in zip(self.nodes, (before_values, after_values)):
+            if end is not None:
+                node, _, params, kernel = end
+                kernel.write(values)
+                _check(self._lib.cuGraphExecKernelNodeSetParams(self.exec, node, params),
+                       "cuGraphExecKernelNodeSetParams")
         _check(self._lib.cuGraphLaunch(self.exec, stream), "cuGraphLaunch")
 
     def __del__(self):

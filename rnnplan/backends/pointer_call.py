@@ -10,8 +10,9 @@ contiguous (`why_not` says which of these fails). `PointerCall.packed` takes a t
 rows, indices and layout instead of a padded input, for a masked plan whose output sequence is one
 view: one launch of `cuda/packed.cu` fills the padded input and the mask, another writes the packed
 output rows. Outside a stream capture a padded call's launches go through the CUDA driver's C API
-(`driver_launch`) where it is there, else through CuPy: three (copy in, plan, copy out), or two
-where the plan's graph is small enough to take the copy-in as a node of a copy of it (`GraphWithKernel`).
+(`driver_launch`) where it is there, else through CuPy: three (copy in, plan, copy out), or one
+where the plan's graph is small enough to take both copies as nodes of a copy of it (`whole`,
+`GraphWithKernels`).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class PointerCall:
         self.states_in, self.states_out = (CopyJobs(cp, device, jobs) if jobs else None for jobs in (states_in, states_out))
         self.packing = self._packing_calls(executor) if packable(executor) is None else None
         self._graph_exec: int | None = None  # the graph's cudaGraphExec_t, once CuPy has instantiated it
-        self.copy_then_plan = self._copy_then_plan()
+        self.one_launch = self._one_launch()
 
     def _packing_calls(self, executor) -> tuple[KernelCall, KernelCall]:
         """packed.cu's two kernels as `KernelCall`s: their words for this plan, and which change a call
@@ -123,20 +124,13 @@ class PointerCall:
         return (KernelCall(cp, device, unpack, THREADS, unpack_words, (0, 3, 4, 5)),
                 KernelCall(cp, device, repack, THREADS, repack_words, (1, 2, 3, 4, 6)))
 
-    def _copy_then_plan(self) -> driver_launch.GraphWithKernel | None:
-        """The plan's graph with the copy-in kernel ahead of it, in one graph launch (the driver's), for
-        graphs of at most EMBED_MAX_NODES nodes: the plan starts one launch sooner (microseconds),
-        which counts in calls of a fraction of a millisecond; a graph of hundreds of kernels would pay
-        milliseconds of set-up for its copy. None where CuPy keeps no cudaGraph_t or the driver path
-        is not there."""
-        impl, driver = self.impl, self.copy_in.driver
-        graph = getattr(impl.graph, "graph", 0)
-        if not graph or driver is None:
-            return None
-        with impl.device:
-            if driver_launch.graph_nodes(graph) > EMBED_MAX_NODES:
-                return None
-            return driver_launch.GraphWithKernel(graph, driver, self.copy_in.grid)
+    def _one_launch(self) -> driver_launch.GraphWithKernels | None:
+        """The plan's graph between the copy-in and copy-out kernels, one graph launch (the driver's)
+        a call (`one_launch`), for graphs of at most EMBED_MAX_NODES nodes; None where CuPy keeps no
+        cudaGraph_t, the driver path is not there or the graph is larger."""
+        graph = getattr(self.impl.graph, "graph", 0)
+        with self.impl.device:
+            return between_copies(graph, self.copy_in, self.copy_out) if graph else None
 
     def _launch_graph(self, stream: int) -> None:
         """The plan's graph on `stream`: by the driver once CuPy has instantiated it (at its first launch)
@@ -188,9 +182,6 @@ class PointerCall:
         impl = self.impl
         h0, c0 = states
         impl._zeroed_states.clear()  # the state buffers now hold what this call gives (Executor.run's note)
-        if not capturing and self.copy_then_plan is not None and impl.cp.cuda.runtime.getDevice() == impl.device.id:
-            self.copy_then_plan.launch(stream, x, h0, c0, mask or 0)
-            return
         self.copy_in(stream, x, h0, c0, mask or 0)
         if capturing:
             handle = external_stream(impl.cp, stream)
@@ -206,6 +197,18 @@ class PointerCall:
     def finish(self, stream: int, outs) -> None:
         """The results into the caller's `outs` (pointers: out, h_n, c_n; 0 for one not taken)."""
         self.copy_out(stream, *outs, 0)
+
+    def whole(self, stream: int, x: int, states, outs, mask: int | None = None) -> bool:
+        """The whole call (`start` then `finish`) as one graph launch, where `one_launch` is there and
+        the executor's device is current (else False, nothing launched): the outputs' pointers are
+        needed before the launch, so the caller allocates them first (`torch_calls.OutputsAhead`
+        does that one call ahead)."""
+        one = self.one_launch
+        if one is None or self.impl.cp.cuda.runtime.getDevice() != self.impl.device.id:
+            return False
+        self.impl._zeroed_states.clear()
+        one.launch(stream, (x, *states, mask or 0), (*outs, 0))
+        return True
 
 
 class _RawStream:
@@ -246,10 +249,23 @@ def packable(executor) -> str | None:
 
 
 THREADS = 256
-EMBED_MAX_NODES = 16  # graphs that take the copy-in as a node of their own (`_copy_then_plan`)
+EMBED_MAX_NODES = 16  # graphs that take their copies as nodes of their own (`between_copies`)
 ONE_BITS = {"float32": 0x3F800000, "float16": 0x3C00, "bfloat16": 0x3F80}  # 1.0 in each storage type
 _KERNELS: dict[int, object] = {}  # device -> the compiled copy kernel
 _PACKED: dict[int, tuple] = {}  # device -> (unpack, repack)
+
+
+def between_copies(graph: int, copy_in: CopyJobs | None, copy_out: CopyJobs | None) -> driver_launch.GraphWithKernels | None:
+    """A copy of the CUDA graph `graph` (a cudaGraph_t of the current device) with `copy_in` ahead
+    of it and `copy_out` after it (either may be None), as one launch (`GraphWithKernels`); None
+    where the driver path is not there or the graph has more than EMBED_MAX_NODES nodes (one of
+    hundreds of kernels would pay milliseconds of set-up to save microseconds a call)."""
+    ends = [None if c is None else (c.driver, c.grid) for c in (copy_in, copy_out)]
+    if driver_launch.why_not() is not None or any(e is not None and e[0] is None for e in ends):
+        return None
+    if driver_launch.graph_nodes(graph) > EMBED_MAX_NODES:
+        return None
+    return driver_launch.GraphWithKernels(graph, *ends)
 
 
 def _packed_kernels(cp, device: int) -> tuple:
