@@ -207,27 +207,58 @@ __device__ __forceinline__ float gate_sum(const float* sums, const float* partia
 //   ks*16 + (ln%4)*2 (+1) (+8 for p >= 2), neighbours in one row (one 4-byte load where aligned);
 // - m16n8k8 (tf32): element p: row mt*16 + ln/4 (+8 for odd p), column ks*8 + ln%4 (+4 for p >= 2),
 //   rounded to tf32 once here (the weights stay in that form for the whole run).
-__device__ __forceinline__ unsigned int a_word(const st* whh, const st* first, int u0, int nu, int kin, int ks, int mt,
-                                               int ln, int p) {
+// Where word p of lane ln's fragment (ks, mt) lies in the weights: its first element and how many of its
+// elements lie inside the weight (0: a padding word).
+struct ASrc {
+    const st* src;
+    int n;
+};
+__device__ __forceinline__ ASrc a_src(const st* whh, const st* first, int u0, int nu, int kin, int ks, int mt, int ln,
+                                      int p) {
     const int row = mt * 16 + (ln >> 2) + (p & 1) * 8;
     const int k = TF32 ? ks * 8 + (ln & 3) + (p >> 1) * 4 : ks * 16 + (ln & 3) * 2 + (p >> 1) * 8;
     const int g = row / U, u = row % U;
-    const st* src = nullptr;
-    int n = 0;  // elements of the word inside the weight
+    ASrc a = {whh, 0};
     if (g < G && u < nu) {
-        if (k < KHP) { src = whh + (size_t)(g * H + u0 + u) * R + k; n = min(2, R - k); }
-        else if (k - KHP < kin) { src = first + (size_t)(g * H + u0 + u) * kin + (k - KHP); n = min(2, kin - (k - KHP)); }
+        if (k < KHP) a = {whh + (size_t)(g * H + u0 + u) * R + k, min(2, R - k)};
+        else if (k - KHP < kin) a = {first + (size_t)(g * H + u0 + u) * kin + (k - KHP), min(2, kin - (k - KHP))};
     }
+    if (a.n < 0) a.n = 0;
+    return a;
+}
+
+__device__ __forceinline__ unsigned int a_word(const st* whh, const st* first, int u0, int nu, int kin, int ks, int mt,
+                                               int ln, int p) {
+    const ASrc a = a_src(whh, first, u0, nu, kin, ks, mt, ln, p);
 #if TF32
     unsigned int w = 0u;
-    if (n > 0) asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(w) : "f"(to_f(src[0])));
+    if (a.n > 0) asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(w) : "f"(to_f(a.src[0])));
     return w;
 #else
-    if (n == 2 && ((size_t)src & 3) == 0) return *(const unsigned int*)src;
-    const unsigned int lo = n > 0 ? half_bits(to_f(src[0])) : 0u;
-    const unsigned int hi = n > 1 ? half_bits(to_f(src[1])) : 0u;
+    if (a.n == 2 && ((size_t)a.src & 3) == 0) return *(const unsigned int*)a.src;
+    const unsigned int lo = a.n > 0 ? half_bits(to_f(a.src[0])) : 0u;
+    const unsigned int hi = a.n > 1 ? half_bits(to_f(a.src[1])) : 0u;
     return lo | (hi << 16);
 #endif
+}
+
+// a_word for the common word (whole and aligned) with its load unconditional: a word not wanted, or a
+// padding word, loads from an address that is always valid (the 4-byte word holding whh's start) and
+// gives 0; a wanted word that is partial or unaligned sets `slow` (the caller takes it again with a_word).
+// Why: a load behind a branch is issued only when the branch resolves, so a lane's weight loads went one
+// after another; unconditional, they are all in flight at once (LSTM 1x512 B8: the kernel at T=2 took
+// 57 us before, 24 us after, by ncu; BENCHMARKS.md, "Branch-free weight loads").
+__device__ __forceinline__ unsigned int a_word_fast(const st* whh, const st* first, int u0, int nu, int kin, int ks,
+                                                    int mt, int ln, int p, bool wanted, bool& slow) {
+    const ASrc a = a_src(whh, first, u0, nu, kin, ks, mt, ln, p);
+    const bool whole = wanted && (TF32 ? a.n > 0 : a.n == 2 && ((size_t)a.src & 3) == 0);
+    slow |= wanted && a.n > 0 && !whole;
+    const unsigned int* at = whole ? (const unsigned int*)a.src : (const unsigned int*)((size_t)whh & ~(size_t)3);
+    unsigned int w = __ldg(at);
+#if TF32
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(w) : "f"(__uint_as_float(w)));
+#endif
+    return whole ? w : 0u;
 }
 
 // Shared-memory address of this lane's row for ldmatrix over the staged rows from `rows`: lanes 8m..8m+7
@@ -390,11 +421,18 @@ extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(NTHREADS, 1) KERNEL_NA
         const int words = kt * MT * 128;
         for (int w0 = tid; w0 < words; w0 += IN_FLIGHT * NTHREADS) {
             unsigned int v[IN_FLIGHT];
+            bool slow = false;
 #pragma unroll
             for (int q = 0; q < IN_FLIGHT; ++q) {
                 const int w = w0 + q * NTHREADS, f = w >> 7;
-                v[q] = w < words ? a_word(whh, first, u0, nu, kin, f / MT, f % MT, (w >> 2) & 31, w & 3) : 0u;
+                v[q] = a_word_fast(whh, first, u0, nu, kin, f / MT, f % MT, (w >> 2) & 31, w & 3, w < words, slow);
             }
+            if (slow)
+#pragma unroll
+                for (int q = 0; q < IN_FLIGHT; ++q) {
+                    const int w = w0 + q * NTHREADS, f = w >> 7;
+                    if (w < words) v[q] = a_word(whh, first, u0, nu, kin, f / MT, f % MT, (w >> 2) & 31, w & 3);
+                }
 #pragma unroll
             for (int q = 0; q < IN_FLIGHT; ++q)
                 if (w0 + q * NTHREADS < words) wsm[w0 + q * NTHREADS] = v[q];
@@ -405,18 +443,57 @@ extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(NTHREADS, 1) KERNEL_NA
     const int rmt = warp % MGROUPS * MG, rpart = (warp / MGROUPS) % NPARTS, rslice = warp / (MGROUPS * NPARTS);
     const int rkp = rpart == 0 ? KHT : (layer == 0 ? 0 : KXP / KSTEP);
     const int rk0 = rslice * rkp / KSPLIT, rkn = warp < RJOBS ? (rslice + 1) * rkp / KSPLIT - rk0 : 0;
+    // As a_word_fast says why: where all of a warp's words lie whole and aligned inside its part (`plain`),
+    // each is one unconditional load from a valid address (a padding row reads unit u0's row, a k-step past
+    // the job its last one) and a select, all in flight together; otherwise a_word word by word.
     uint4 areg[MG][KREG];
 #pragma unroll
     for (int m = 0; m < MG; ++m)
 #pragma unroll
-        for (int j = 0; j < KREG; ++j) {
-            unsigned int packed[4] = {0u, 0u, 0u, 0u};
-            if (REG_A && j < rkn)
+        for (int j = 0; j < KREG; ++j) areg[m][j] = make_uint4(0u, 0u, 0u, 0u);
+    const st* const pbase = rpart == 0 ? whh : first;
+    const int pstride = rpart == 0 ? R : kin;
+    const bool plain = (rk0 + rkn) * KSTEP <= pstride && (TF32 || (pstride % 2 == 0 && ((size_t)pbase & 3) == 0));
+    if (REG_A && rkn > 0 && plain) {
 #pragma unroll
-                for (int p = 0; p < 4; ++p)
-                    packed[p] = a_word(whh, first, u0, nu, kin, rpart * KHT + rk0 + j, rmt + m, lane, p);
-            areg[m][j] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        for (int m = 0; m < MG; ++m) {
+            const st* rowp[2];
+            bool rowok[2];
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int row = (rmt + m) * 16 + (lane >> 2) + half * 8, g = row / U, u = row % U;
+                rowok[half] = g < G && u < nu;
+                rowp[half] = pbase + (size_t)(rowok[half] ? g * H + u0 + u : u0) * pstride;
+            }
+#pragma unroll
+            for (int j = 0; j < KREG; ++j) {
+                const int k0 = (rk0 + min(j, rkn - 1)) * KSTEP + (TF32 ? (lane & 3) : (lane & 3) * 2);
+                unsigned int packed[4];
+#pragma unroll
+                for (int p = 0; p < 4; ++p) {
+                    const int k = k0 + (p >> 1) * (TF32 ? 4 : 8);
+                    unsigned int w = __ldg((const unsigned int*)(rowp[p & 1] + k));
+#if TF32
+                    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(w) : "f"(__uint_as_float(w)));
+#endif
+                    packed[p] = j < rkn && rowok[p & 1] ? w : 0u;
+                }
+                areg[m][j] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+            }
         }
+    } else if (REG_A && rkn > 0) {
+#pragma unroll
+        for (int m = 0; m < MG; ++m)
+#pragma unroll
+            for (int j = 0; j < KREG; ++j) {
+                unsigned int packed[4] = {0u, 0u, 0u, 0u};
+                if (j < rkn)
+#pragma unroll
+                    for (int p = 0; p < 4; ++p)
+                        packed[p] = a_word(whh, first, u0, nu, kin, rpart * KHT + rk0 + j, rmt + m, lane, p);
+                areg[m][j] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+            }
+    }
     float* bias_s = (float*)(smem + OFF_BIAS);  // [b_ih | b_hh] of this block's rows, fp32
     for (int i = tid; i < 2 * RP; i += blockDim.x) {
         const int row = i % RP, g = row / U, u = row % U;
