@@ -9,6 +9,7 @@ import rnnplan as rp
 from rnnplan.lowering import build_plan  # the planner itself: hardware-free
 from rnnplan.persistent import (
     AUTO_MAX_BATCH,
+    TF32_AUTO_MAX_BATCH,
     DEFAULT_DEVICE,
     FFMA_MAX_BATCH,
     FFMA_REGISTER_BUDGET,
@@ -98,6 +99,11 @@ def test_auto_lowering_decides_and_says_why():
     lowering, why = choose_lowering(wide, rp.PlanOptions(lowering="auto", device=h200))
     assert lowering == "graph" and "batch" in why
     assert choose_lowering(rp.PAPER_SPEC, rp.PlanOptions(lowering="auto", device=h200))[0] == "graph"
+    # tf32 operands run the tensor-core kernel, which measured faster up to batch 64 (crossover.py)
+    tf32 = rp.PlanOptions(lowering="auto", device=h200, math="tf32")
+    assert choose_lowering(wide, tf32)[0] == "persistent"
+    lowering, why = choose_lowering(small.model_copy(update={"batch": TF32_AUTO_MAX_BATCH + 1}), tf32)
+    assert lowering == "graph" and "(tf32)" in why
     no_coop = h200.model_copy(update={"cooperative_launch": False})
     assert "cooperative" in choose_lowering(small, rp.PlanOptions(lowering="auto", device=no_coop))[1]
     plan = build_plan(small, options=rp.PlanOptions(lowering="auto", device=h200))

@@ -8,7 +8,8 @@ in shared memory; hidden units per block such that all blocks fill the device on
 projections take the tensor-core kernel at every batch (PROJ_FFMA_MAX_BATCH = 0) where the precision
 allows it.
 `choose_lowering` resolves the lowering: persistent where the kernel fits the device and the batch
-is at most AUTO_MAX_BATCH for the dtype (where it measured faster), else graph, with the reason
+is at most AUTO_MAX_BATCH for the dtype (TF32_AUTO_MAX_BATCH with tf32 operands: where it measured
+faster, benchmarks/crossover.py), else graph, with the reason
 either way. The device arrives as data (`PlanOptions.device`); nothing here probes hardware.
 """
 
@@ -31,10 +32,15 @@ HOST = DeviceShape(name="the host (NumPy backend)", sms=4096, smem_per_block=2**
 # Measured on an H200 (BENCHMARKS.md, persistent lowering, third round): the FFMA kernel (fp32) beats
 # the graph lowering at every batch measured, up to 8 (LSTM 1x1024 B8 0.97 against 1.64 ms, the
 # closest); the tensor-core kernel (fp16) too, up to 64 (paper configuration 1.18 against 1.74 ms,
-# GRU 4x512 1.10 against 1.33), and with tf32 operands up to 8, the largest measured (LSTM 1x1024 B8
-# 0.52 against 1.28 ms). Larger batches are not measured.
+# GRU 4x512 1.10 against 1.33). Re-measured up to batch 256 (tenth session, benchmarks/crossover.py,
+# LSTM 1x512 / 4x512 and GRU 4x512 T100): fp16 wins up to 64 and loses from 96 in all three (LSTM 4x512
+# B64 1.17 against 1.75 ms, B96 2.10 against 1.66); with tf32 operands (fp32 storage, math="tf32", the
+# tensor-core kernel) likewise up to 64 (LSTM 1x512 B16 0.49 against 1.01, B64 0.95 against 1.28, B96
+# 1.39 against 1.30), where the limit was 8, the largest measured before. Strict fp32 (the FFMA
+# kernel): measured up to 8 only.
 # bf16 runs the fp16 kernels with bf16 mma operands (Hopper runs both at one rate): fp16's limit.
 AUTO_MAX_BATCH = {"float32": 8, "float16": 64, "bfloat16": 64}
+TF32_AUTO_MAX_BATCH = 64  # fp32 storage with math="tf32"
 # At batch 1-2 the FFMA kernel's tagged hand-off (one L2 round trip, no counter) beats the tensor-core
 # kernel, or ties it: at batch 1 in every row measured with tf32 operands (LSTM 2x256: 0.227 against
 # 0.266 ms) and with fp16 (0.196 against 0.243; LSTM 1x1024 0.266 against 0.285, RNN 2x512 0.235
@@ -90,9 +96,11 @@ def choose_lowering(spec: RNNSpec, options: PlanOptions) -> tuple[str, str]:
         return "graph", f"auto: {why}"
     if not device.cooperative_launch:
         return "graph", f"auto: {device.name} has no cooperative launch"
-    limit = PROJ_AUTO_MAX_BATCH if spec.proj_size else AUTO_MAX_BATCH[spec.dtype]
+    tf32 = spec.dtype == "float32" and options.math == "tf32"
+    limit = PROJ_AUTO_MAX_BATCH if spec.proj_size else TF32_AUTO_MAX_BATCH if tf32 else AUTO_MAX_BATCH[spec.dtype]
     if spec.batch > limit:
-        return "graph", f"auto: batch {spec.batch} > {limit}, where the persistent kernel loses ({spec.dtype}); {why}"
+        kind = "tf32" if tf32 else spec.dtype
+        return "graph", f"auto: batch {spec.batch} > {limit}, where the persistent kernel loses ({kind}); {why}"
     return "persistent", f"auto: {why}"
 
 

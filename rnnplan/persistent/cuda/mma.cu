@@ -444,8 +444,8 @@ extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(NTHREADS, 1) KERNEL_NA
     const int rkp = rpart == 0 ? KHT : (layer == 0 ? 0 : KXP / KSTEP);
     const int rk0 = rslice * rkp / KSPLIT, rkn = warp < RJOBS ? (rslice + 1) * rkp / KSPLIT - rk0 : 0;
     // As a_word_fast says why: where all of a warp's words lie whole and aligned inside its part (`plain`),
-    // each is one unconditional load from a valid address (a padding row reads unit u0's row, a k-step past
-    // the job its last one) and a select, all in flight together; otherwise a_word word by word.
+    // each is one unconditional load from a valid address (a padding row reads unit u0's row) and a
+    // select, a k-step's loads in flight together; otherwise a_word word by word.
     uint4 areg[MG][KREG];
 #pragma unroll
     for (int m = 0; m < MG; ++m)
@@ -467,7 +467,10 @@ extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(NTHREADS, 1) KERNEL_NA
             }
 #pragma unroll
             for (int j = 0; j < KREG; ++j) {
-                const int k0 = (rk0 + min(j, rkn - 1)) * KSTEP + (TF32 ? (lane & 3) : (lane & 3) * 2);
+                // A k-step past the job is skipped by one warp-uniform branch around its 4 x MG loads
+                // (issuing those too, clamped to valid addresses, spilled registers in some kernels).
+                if (j >= rkn) continue;
+                const int k0 = (rk0 + j) * KSTEP + (TF32 ? (lane & 3) : (lane & 3) * 2);
                 unsigned int packed[4];
 #pragma unroll
                 for (int p = 0; p < 4; ++p) {
@@ -476,7 +479,7 @@ extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(NTHREADS, 1) KERNEL_NA
 #if TF32
                     asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(w) : "f"(__uint_as_float(w)));
 #endif
-                    packed[p] = j < rkn && rowok[p & 1] ? w : 0u;
+                    packed[p] = rowok[p & 1] ? w : 0u;
                 }
                 areg[m][j] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
             }
