@@ -1,0 +1,61 @@
+"""The cost model against a measured matrix: every plan a results.json (`rnnplan bench --out DIR`)
+timed, planned again for the device as data and predicted by `rnnplan.lowering.cost`. Needs no GPU;
+`benchmarks/cost_fit.py` prints it, tests/test_cost.py keeps the model's constants honest with it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import rnnplan as rp
+from rnnplan.bench.harness import DTYPES, ROWS
+from rnnplan.lowering.cost import predicted_ms
+from rnnplan.spec import H200, DeviceShape
+
+MATH = {"fp32": "fp32", "tf32": "tf32", "fp16": "fp32", "bf16": "fp32"}  # PlanOptions.math of each precision
+
+
+class Prediction(NamedTuple):
+    row: str
+    precision: str
+    lowering: str
+    measured_ms: float
+    predicted_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.predicted_ms / self.measured_ms
+
+
+def predictions(results: dict, device: DeviceShape = H200) -> list[Prediction]:
+    """One Prediction per measured plan of a matrix's results (the graph lowering of every row, the
+    persistent lowering where it ran); rows not among `harness.ROWS` are skipped."""
+    specs = dict(ROWS)
+    out = []
+    for r in results["rows"]:
+        if r["row"] not in specs:
+            continue
+        spec = rp.RNNSpec(**specs[r["row"]], dtype=DTYPES[r["precision"]])
+        for lowering, measured in (("graph", r["rnnplan_ms"]), ("persistent", r.get("persistent_ms"))):
+            if measured is None:
+                continue
+            options = rp.PlanOptions(math=MATH[r["precision"]], lowering=lowering, device=device)
+            out.append(Prediction(r["row"], r["precision"], lowering, measured,
+                                  predicted_ms(rp.build_plan(spec, options=options))))
+    return out
+
+
+def within(preds: list[Prediction], lowering: str, tolerance: float = 0.25) -> tuple[int, int]:
+    """(how many of `lowering`'s predictions lie within `tolerance` of the measured time, how many)."""
+    sel = [p for p in preds if p.lowering == lowering]
+    return sum(abs(p.ratio - 1) <= tolerance for p in sel), len(sel)
+
+
+def ranked_right(preds: list[Prediction]) -> tuple[int, int]:
+    """Of the rows where both lowerings were measured: (how many the model ranks as measured, how many)."""
+    both: dict[tuple[str, str], dict[str, Prediction]] = {}
+    for p in preds:
+        both.setdefault((p.row, p.precision), {})[p.lowering] = p
+    pairs = [d for d in both.values() if len(d) == 2]
+    right = sum((d["persistent"].measured_ms < d["graph"].measured_ms)
+                == (d["persistent"].predicted_ms < d["graph"].predicted_ms) for d in pairs)
+    return right, len(pairs)
