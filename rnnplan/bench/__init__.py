@@ -1,5 +1,6 @@
-"""GPU benchmarks against cuDNN: `harness` (what every benchmark shares, public) and `matrix` (the
-`rnnplan bench` command). Nothing here is imported by the library itself."""
+"""GPU benchmarks against cuDNN: `harness` (what every benchmark shares, public), `matrix` (the
+`rnnplan bench` command) and `predictions` (the cost model against a matrix's measured times, on any
+machine). Nothing here is imported by the library itself."""
 
 from rnnplan.bench.harness import (
     CELL_LABELS,
