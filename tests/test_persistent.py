@@ -9,12 +9,12 @@ import rnnplan as rp
 from rnnplan.lowering import build_plan  # the planner itself: hardware-free
 from rnnplan.persistent import (
     AUTO_MAX_BATCH,
-    TF32_AUTO_MAX_BATCH,
     DEFAULT_DEVICE,
     FFMA_MAX_BATCH,
     FFMA_REGISTER_BUDGET,
     KERNEL_WARPS,
     REGISTER_BUDGET,
+    TF32_AUTO_MAX_BATCH,
     choose_lowering,
     choose_recurrence,
     kernel_name,
