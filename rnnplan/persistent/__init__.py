@@ -36,7 +36,7 @@ from rnnplan.persistent.select import (
 )
 from rnnplan.persistent.source import config_header, kernel_name, kernel_source
 
-__all__ = ["AUTO_MAX_BATCH", "DEFAULT_DEVICE", "FFMA_MAX_BATCH", "TF32_AUTO_MAX_BATCH", "FFMA_REGISTER_BUDGET", "KERNEL_WARPS",
-           "PROFILE_SLOTS", "REGISTER_BUDGET", "THREADS", "Fit", "PersistentKernel", "choose_lowering",
+__all__ = ["AUTO_MAX_BATCH", "DEFAULT_DEVICE", "FFMA_MAX_BATCH", "FFMA_REGISTER_BUDGET", "KERNEL_WARPS",
+           "TF32_AUTO_MAX_BATCH", "PROFILE_SLOTS", "REGISTER_BUDGET", "THREADS", "Fit", "PersistentKernel", "choose_lowering",
            "choose_recurrence", "config_header", "ffma_recurrence", "kernel_name", "kernel_of", "kernel_source",
            "planning_device", "recurrence_of", "tensor_core_recurrence", "wavefront"]
