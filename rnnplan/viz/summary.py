@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from rnnplan.lowering.cost import predicted_ms
 from rnnplan.lowering.plan import Plan
 from rnnplan.persistent.kernel import kernel_of
 
@@ -33,6 +34,7 @@ def summarize(plan: Plan) -> str:
         ("events", f"{s.events:,} recorded, {s.waits:,} waits"),
         ("flops", f"{s.flops:,} ({s.flops / 1e9:,.3f} GFLOP)"),
         ("critical path", f"{s.critical_path:,} dependent kernels"),
+        ("predicted", f"{predicted_ms(plan):.3f} ms a call (cost model fitted on an H200, graph replay)"),
         ("peak memory", f"{_human_bytes(s.peak_bytes)} ({_human_bytes(s.bytes_without_reuse)} without reuse)"),
         ("buffers", f"{len(plan.buffers):,}"),
     ]
