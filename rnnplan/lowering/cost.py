@@ -17,7 +17,9 @@ once, a set-up (launch, weights on-chip). The FFMA kernel's projection adds a la
 
 The constants were fitted to the H200 matrix of 2026-12-02 (`benchmarks/cost_fit.py`: 45 of 48 graph
 rows and 26 of 26 persistent rows within 25%; half the graph rows fitted, the other half predicted:
-19 of 24). A model for pictures and first choices, not a promise: measured times live in
+19 of 24). Not fitted to, measured later: the 2026-12-03 matrix 42/48 and 26/26, new shapes and batches
+up to 256 (`benchmarks/crossover.py`) 40/48 and 31/32; its misses are mostly tf32 graph plans (predicted
+0.70-0.74x). A model for pictures and first choices, not a promise: measured times live in
 BENCHMARKS.md.
 """
 
