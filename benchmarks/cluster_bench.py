@@ -19,6 +19,7 @@ import rnnplan as rp
 from rnnplan.backends import describe_device
 from rnnplan.bench.harness import (
     DTYPES,
+    MATHS,
     TOL,
     config,
     cudnn_module,
@@ -66,7 +67,7 @@ def main():
             continue
         for precision in args.precision:
             spec = rp.RNNSpec(**kw, dtype=DTYPES[precision])
-            math = "tf32" if precision == "tf32" else "fp32"
+            math = MATHS[precision]
             module = cudnn_module(torch, spec, precision)
             weights = rp.Weights.from_torch(module, spec)
             rng = np.random.default_rng(0)

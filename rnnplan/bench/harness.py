@@ -48,6 +48,7 @@ ROWS = [  # ANCHORS.md's configurations
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 TOL = {"fp32": 1e-5, "tf32": 1e-3, "fp16": 5e-3, "bf16": 1e-2}
 DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # storage of each
+MATHS = {"fp32": "fp32", "tf32": "tf32", "fp16": "fp32", "bf16": "fp32"}  # PlanOptions.math of each
 
 
 def rel_err(got, want) -> float:

@@ -16,6 +16,7 @@ import numpy as np
 import rnnplan as rp
 from rnnplan.bench.harness import (
     DTYPES,
+    MATHS,
     PRECISIONS,
     ROWS,
     TOL,
@@ -35,7 +36,7 @@ def bench_row(torch, label: str, kw: dict, precision: str, repeats: int) -> dict
     module = cudnn_module(torch, spec, precision)
     weights = rp.Weights.from_torch(module, spec)
     t0 = time.perf_counter()
-    math = "tf32" if precision == "tf32" else "fp32"
+    math = MATHS[precision]
     plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, lowering="graph"))
     plan_s = time.perf_counter() - t0
     ex = rp.Executor(plan, weights, backend="cupy", mode="graph")

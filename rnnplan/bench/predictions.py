@@ -7,11 +7,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import rnnplan as rp
-from rnnplan.bench.harness import DTYPES, ROWS
+from rnnplan.bench.harness import DTYPES, MATHS, ROWS
 from rnnplan.lowering.cost import predicted_ms
 from rnnplan.spec import H200, DeviceShape
-
-MATH = {"fp32": "fp32", "tf32": "tf32", "fp16": "fp32", "bf16": "fp32"}  # PlanOptions.math of each precision
 
 
 class Prediction(NamedTuple):
@@ -38,7 +36,7 @@ def predictions(results: dict, device: DeviceShape = H200) -> list[Prediction]:
         for lowering, measured in (("graph", r["rnnplan_ms"]), ("persistent", r.get("persistent_ms"))):
             if measured is None:
                 continue
-            options = rp.PlanOptions(math=MATH[r["precision"]], lowering=lowering, device=device)
+            options = rp.PlanOptions(math=MATHS[r["precision"]], lowering=lowering, device=device)
             out.append(Prediction(r["row"], r["precision"], lowering, measured,
                                   predicted_ms(rp.build_plan(spec, options=options))))
     return out
