@@ -1,14 +1,15 @@
 """The drop-in on a GPU: what `rnnplan.compile` costs where a server feels it, against cuDNN in the
 same run. Correctness first (each row compares with the module in strict fp32), then:
 
-- first call at a new length (planning, executor, CUDA-graph capture) and the repeat call;
+- first call at a new length (planning, executor, CUDA-graph capture) and the repeat call; the same
+  with `build="background"` (the first call on torch's module while the executor builds);
 - a packed batch against the padded batch of the same longest length;
 - host time per call (Python until the call returns, with the GPU kept busy ahead so that no launch
   waits for it: `rnnplan.timing.host_us`) at one step, batch 1;
 - per-chunk latency for chunks of 1, 4 and 16 steps at batch 1, streaming the state, against cuDNN
   eager and cuDNN captured in a CUDA graph.
 
-    python3 benchmarks/dropin_bench.py [--out FILE.json] [--cpu] [--only set-up packed host chunk]
+    python3 benchmarks/dropin_bench.py [--out FILE.json] [--cpu] [--only set-up background packed host chunk]
 
 `--cpu`: only the set-up at new shapes on CPU tensors (the NumPy backend), wall time of the first call
 less the median of three repeats.
@@ -61,6 +62,54 @@ def first_calls(results: list) -> None:
             row = f"{label} {precision}{' autotuned' if autotune else ''}"
             results.append(dict(kind="set-up", row=row, ms=ms, runs=what))
             print(f"  set-up   {row:<40} {ms:9.1f} ms  {what[:90]}", flush=True)
+
+
+def _synced_ms(fn) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def background_set_up(results: list) -> None:
+    """`build="background"`, paper configuration: the first call at a new length (T 101 after T 100) or
+    a new batch (B 32: the persistent kernel is compiled for it), back-to-back calls at that shape
+    while its executor builds on the worker (each synchronized: the latency a caller sees), how long
+    until the executor is installed, the installing call (with autotune: the candidates' timing), and
+    the repeat call then, against torch's own call (the stand-in) at that shape."""
+    for precision, dtype, autotune in (("tf32", torch.float32, False), ("fp16", torch.float16, False),
+                                       ("tf32", torch.float32, True)):
+        m = lstm(4, 512, dtype)
+        fast = rp.compile(m, autotune=autotune, build="background")
+        x100 = torch.randn(100, 64, 512, device="cuda", dtype=dtype)
+        fast(x100)
+        fast.wait()
+        fast(x100)  # installed (timed, with autotune)
+        for label, shape in (("new length T101 B64", (101, 64)), ("new batch T100 B32", (100, 32))):
+            x = torch.randn(*shape, 512, device="cuda", dtype=dtype)
+            torch_ms = statistics.median(_synced_ms(lambda: m(x)) for _ in range(10))  # the stand-in's work
+            t0 = time.perf_counter()
+            first = _synced_ms(lambda: fast(x))
+            during = []
+            while fast.cache_info().building:
+                during.append(_synced_ms(lambda: fast(x)))
+            ready_ms = (time.perf_counter() - t0) * 1e3
+            installing = during.pop() if during else float("nan")  # the call that found the build done
+            repeat = median_ms(lambda i: fast(x), 30)
+            what = list(fast._executors.values())[-1].describe()
+            row = f"{label} {precision}{' autotuned' if autotune else ''}"
+            during.sort()
+            rec = dict(kind="background", row=row, first_call_ms=first, torch_call_ms=torch_ms, calls_during=len(during),
+                       during_median_ms=statistics.median(during) if during else None,
+                       during_max_ms=during[-1] if during else None, ready_after_ms=ready_ms,
+                       installing_call_ms=installing, repeat_ms=repeat, runs=what)
+            results.append(rec)
+            print(f"  background {row:<32} first {first:7.1f} ms (torch {torch_ms:.2f}); {len(during)} calls while "
+                  f"building, median {rec['during_median_ms'] or 0:.2f} max {rec['during_max_ms'] or 0:.1f} ms; "
+                  f"ready after {ready_ms:.0f} ms; installing call {installing:.1f} ms; repeat {repeat:.3f} ms; "
+                  f"{what[:70]}", flush=True)
 
 
 def cpu_set_up(results: list) -> None:
@@ -188,7 +237,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     ap.add_argument("--cpu", action="store_true", help="only the set-up on CPU tensors (no GPU needed)")
-    ap.add_argument("--only", nargs="+", choices=["set-up", "packed", "host", "chunk"], help="only these parts")
+    ap.add_argument("--only", nargs="+", choices=["set-up", "background", "packed", "host", "chunk"],
+                    help="only these parts")
     args = ap.parse_args()
     results: list = []
     if args.cpu:
@@ -198,7 +248,7 @@ def main() -> None:
                 json.dump(results, f, indent=1)
         return
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
-    parts = {"set-up": first_calls, "packed": packed_against_padded, "host": host_time, "chunk": chunk_latency}
+    parts = {"set-up": first_calls, "background": background_set_up, "packed": packed_against_padded, "host": host_time, "chunk": chunk_latency}
     for name, part in parts.items():
         if args.only is None or name in args.only:
             part(results)

@@ -59,19 +59,47 @@ def choose(factories: dict[str, Callable[[], Candidate]], args: tuple, tune: boo
     """Build the candidates (a factory may raise ValueError or RuntimeError: that one is not run and
     its reason is kept); with `tune`, time each on `args` and keep the fastest (the others are
     dropped, with their memory), else keep the first that builds."""
+    built, timings = build_candidates(factories, tune)
+    return pick(finish_candidates(built, timings), timings, args, tune)
+
+
+def build_candidates(factories: dict[str, Callable], all_of_them: bool) -> tuple[list[tuple[str, object]], dict]:
+    """([(name, what its factory made)], why each other was not built): every factory's, or up to the
+    first that builds. A factory makes a Candidate, or (off the calling thread: `rnnplan.background`)
+    a function that finishes it (its CUDA-graph captures) in the calling thread, `finish_candidates`."""
     built, timings = [], {}
     for name, make in factories.items():
         try:
-            built.append(make())
+            built.append((name, make()))
         except (ValueError, RuntimeError) as e:
             timings[name] = f"not run ({e})"
             continue
-        if not tune:
-            return Choice(built[0], "autotune off", {})
+        if not all_of_them:
+            break
+    return built, timings
+
+
+def finish_candidates(built: list[tuple[str, object]], timings: dict) -> list[Candidate]:
+    """The Candidates of `build_candidates`' result, each function among them called (in the calling
+    thread); one that fails is dropped and its reason kept in `timings`."""
+    done = []
+    for name, made in built:
+        try:
+            done.append(made if isinstance(made, Candidate) else made())
+        except (ValueError, RuntimeError) as e:
+            timings[name] = f"not run ({e})"
+    return done
+
+
+def pick(built: list[Candidate], timings: dict, args: tuple, tune: bool) -> Choice:
+    """The Choice among `built` (`build_candidates`' result): with `tune`, timed on `args`."""
     if not built:
         raise RuntimeError("no candidate can run this shape: " + "; ".join(f"{k}: {v}" for k, v in timings.items()))
+    if not tune:
+        return Choice(built[0], "autotune off", {})
     if len(built) == 1:
         return Choice(built[0], "the only candidate", timings)
+    timings = dict(timings)
     with torch.no_grad():
         for c in built:
             timings[c.name] = median_ms(lambda i, run=c.run: run(*args), REPEATS, warmup=2)
@@ -98,30 +126,42 @@ class CudnnGraph:
     It takes `module` over (its weights are flattened for cuDNN in place)."""
 
     def __init__(self, module: torch.nn.Module, x: torch.Tensor, lstm: bool, layers: int, hidden: int,
-                 proj: int = 0):
+                 proj: int = 0, capture: bool = True):
         self.module = module.eval()
         self.module.flatten_parameters()
         self.lstm = lstm
         self.x = torch.zeros_like(x)
         self.h0 = x.new_zeros((layers, x.shape[1], proj or hidden))  # (with a projection, h is narrower than c)
         self.c0 = x.new_zeros((layers, x.shape[1], hidden)) if lstm else None
-        state = (self.h0, self.c0) if lstm else self.h0
+        self.state = (self.h0, self.c0) if lstm else self.h0
         with torch.no_grad():
             side = torch.cuda.Stream(x.device)
             side.wait_stream(torch.cuda.current_stream(x.device))
             with torch.cuda.stream(side):
                 for _ in range(2):  # cuDNN picks and allocates its workspace outside the capture
-                    self.module(self.x, state)
+                    self.module(self.x, self.state)
             torch.cuda.current_stream(x.device).wait_stream(side)
-            self.graph = _kept_graph()
-            with torch.cuda.graph(self.graph):
-                self.out, st = self.module(self.x, state)
-            if hasattr(self.graph, "instantiate"):
-                self.graph.instantiate()
-        self.h_n, self.c_n = st if lstm else (st, None)
+        self.graph = None
+        if capture:
+            self.capture()
+
+    def capture(self) -> None:
+        """The capture of torch's call, and what depends on it (`capture=False` leaves it to this: a
+        build off the calling thread must not capture, `rnnplan.background`)."""
+        if self.graph is not None:
+            return
+        with torch.no_grad():
+            graph = _kept_graph()
+            # thread_local: calls on other threads may go on while torch's call is captured.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.out, st = self.module(self.x, self.state)
+            if hasattr(graph, "instantiate"):
+                graph.instantiate()
+        self.graph = graph
+        self.h_n, self.c_n = st if self.lstm else (st, None)
         held = [*self.module.parameters(), self.x, self.h0, self.c0, self.out, self.h_n, self.c_n]
         self.nbytes = sum(t.numel() * t.element_size() for t in held if t is not None)
-        self.device = x.device.index
+        self.device = self.x.device.index
         self.copies = self._copy_jobs(self.device)
         self.replay = graph_replay(self.graph, self.device)
         self.one_launch, self.ahead = self._one_launch()

@@ -39,19 +39,16 @@ from typing import NamedTuple
 
 import torch
 
-from rnnplan.api import build_plan
-from rnnplan.autotune import Candidate, Choice, CudnnGraph, choose
+from rnnplan.autotune import Choice, finish_candidates, pick
 from rnnplan.backends.shared import SharedResources
+from rnnplan.background import BUILDS, Builds
+from rnnplan.candidates import CandidateBuilds
 from rnnplan.executor import Executor
 from rnnplan.packing import host_lengths, packed_layout
-from rnnplan.persistent.select import HOST
-from rnnplan.spec import DeviceShape, PlanOptions, RNNSpec, torch_cell
-from rnnplan.torch_calls import by_pointers, run_executor
-from rnnplan.weights import ARCH_FIELDS, Weights
+from rnnplan.spec import PlanOptions, RNNSpec, torch_cell
+from rnnplan.weights import Weights
 
 PARAMETER_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-# A new length reuses the autotuned choice of a cached length at most this many times longer or shorter.
-RETUNE_RATIO = 2
 _HANDLES = itertools.count()
 _LIVE: weakref.WeakValueDictionary[int, CompiledRNN] = weakref.WeakValueDictionary()
 
@@ -66,18 +63,22 @@ class CacheInfo(NamedTuple):
     max_bytes: int
     hits: int
     misses: int
+    building: int = 0  # shapes whose executor builds in the background (build="background")
 
 
 def compile(module, *, lowering: str = "auto", bucket: int | None = None, cache_bytes: int = 2**31,
-            cast: bool = False, debug: bool = False, autotune: bool = True) -> CompiledRNN:  # noqa: A001 (torch's name)
+            cast: bool = False, debug: bool = False, autotune: bool = True,
+            build: str = "blocking") -> CompiledRNN:  # noqa: A001 (torch's name)
     """`module` (a torch.nn.LSTM, GRU or RNN in eval mode) as a CompiledRNN. `lowering` as in
     PlanOptions; `bucket` pads lengths up to a multiple of that many steps (masked); `cache_bytes`
     bounds the cached executors' memory; `cast` lets inputs of another dtype be cast (else named);
     `debug` poisons what each call writes first (Executor's debug). `autotune` (GPU): the first call
     at a shape times the candidates (the lowerings `lowering` allows, and for fixed lengths torch's
-    own cuDNN call captured in a CUDA graph) and keeps the fastest; False keeps the planner's choice."""
+    own cuDNN call captured in a CUDA graph) and keeps the fastest; False keeps the planner's choice.
+    `build="background"` (for servers): a new shape's executor builds on a worker thread while its
+    calls run torch's own module (`rnnplan.background`); "blocking" builds it in the first call."""
     return CompiledRNN(module, lowering=lowering, bucket=bucket, cache_bytes=cache_bytes, cast=cast, debug=debug,
-                       autotune=autotune)
+                       autotune=autotune, build=build)
 
 
 def _refuse(module) -> None:
@@ -91,19 +92,21 @@ def _refuse(module) -> None:
                            f"{', '.join(str(d) for d in PARAMETER_DTYPES)}")
 
 
-class CompiledRNN(torch.nn.Module):
+class CompiledRNN(torch.nn.Module, CandidateBuilds):
     def __init__(self, module, *, lowering: str = "auto", bucket: int | None = None, cache_bytes: int = 2**31,
-                 cast: bool = False, debug: bool = False, autotune: bool = True):
+                 cast: bool = False, debug: bool = False, autotune: bool = True, build: str = "blocking"):
         super().__init__()
         _refuse(module)
         if bucket is not None and (type(bucket) is not int or bucket < 1):
             raise CompileError(f"bucket must be a number of steps >= 1, or None; got {bucket!r}")
         if not isinstance(autotune, bool):
             raise CompileError(f"autotune must be True or False, got {autotune!r}")
+        if build not in BUILDS:
+            raise CompileError(f"build must be one of {BUILDS}, got {build!r}")
         self.template = RNNSpec.from_torch(module, seq_len=1, batch=1)
         PlanOptions(lowering=lowering)  # named now, not at the first call
         self.lowering, self.bucket, self.max_bytes, self.cast, self.debug = lowering, bucket, cache_bytes, cast, debug
-        self.autotune = autotune
+        self.autotune, self.build = autotune, build
         for name, tensor in module.state_dict().items():
             self.register_buffer(name, tensor.detach().clone())
         self._executors: OrderedDict[tuple, Choice] = OrderedDict()
@@ -112,6 +115,8 @@ class CompiledRNN(torch.nn.Module):
         self._weights: Weights | None = None
         self._shared = SharedResources()
         self._counts = [0, 0]  # hits, misses (a list: nn.Module.__setattr__ costs microseconds a call)
+        self._builds = Builds()  # build="background": the shapes whose executor builds on the worker
+        self._stand_ins: dict[tuple, Choice] = {}  # (device, dtype) -> torch's own module, meanwhile
         self.handle = next(_HANDLES)
         _LIVE[self.handle] = self
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear())
@@ -122,12 +127,20 @@ class CompiledRNN(torch.nn.Module):
         """`bytes`: what the executors hold apart (their activations; cuDNN candidates all they hold),
         plus the weights and workspace they share."""
         return CacheInfo(len(self._executors), sum(c.nbytes for c in self._executors.values()) + self._shared.nbytes,
-                         self.max_bytes, *self._counts)
+                         self.max_bytes, *self._counts, len(self._builds))
 
     def clear(self) -> None:
-        """Drop every cached executor and the copies of the buffers they share (on the device)."""
+        """Drop every cached executor and the copies of the buffers they share (on the device), and
+        forget the builds under way."""
         self._executors.clear()
+        self._builds.clear()
+        self._stand_ins.clear()
         self._weights, self._shared = None, SharedResources()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """With build="background": wait until the builds under way are done (or `timeout` seconds);
+        whether they all are. Each is installed by the next call at its shape."""
+        return self._builds.wait(timeout)
 
     def _apply(self, fn, *args, **kwargs):  # to(), cuda(), half() ...: the buffers change, executors go
         self.clear()
@@ -138,9 +151,14 @@ class CompiledRNN(torch.nn.Module):
         proj = f" proj {self.template.proj_size}" if self.template.proj_size else ""
         lines = [f"rnnplan.compile of {self.template.cell} {self.template.num_layers}x{self.template.hidden_size}{proj}: "
                  f"{len(self._executors)} shape(s) cached, {self.cache_info().bytes / 2**20:.1f} MiB"]
-        for (steps, batch, varlen, device, dtype, math), choice in self._executors.items():
-            lines.append(f"  T={steps} B={batch}{' masked' if varlen else ''} on {str(device)} ({dtype}, {math}): "
-                         f"{choice.describe()}")
+        shape = lambda steps, batch, varlen, device, dtype, math: (  # noqa: E731
+            f"  T={steps} B={batch}{' masked' if varlen else ''} on {str(device)} ({dtype}, {math}): ")
+        for key, choice in self._executors.items():
+            lines.append(shape(*key) + choice.describe())
+        for key, seconds, done in self._builds.under_way():
+            lines.append(shape(*key) + ("built in the background, installed by its next call" if done else
+                                        f"building in the background for {seconds * 1e3:.0f} ms; its calls run "
+                                        "torch's own module meanwhile"))
         return "\n".join(lines)
 
     def executor(self, steps: int, batch: int, varlen: bool, device: torch.device) -> Executor | None:
@@ -150,103 +168,31 @@ class CompiledRNN(torch.nn.Module):
 
     def _choice(self, steps: int, batch: int, varlen: bool, device: torch.device, args) -> Choice:
         """What runs calls of `steps` x `batch` on `device`: from the cache, or chosen now (timed on
-        `args` with autotune on a GPU)."""
+        `args` with autotune on a GPU); in background mode, while its build runs, the stand-in."""
         key = self._key(steps, batch, varlen, device)
-        _, _, _, _, dtype, math = key
         found = self._executors.get(key)
         if found is not None:
             self._counts[0] += 1
             self._executors.move_to_end(key)
             return found
-        self._counts[1] += 1
-        spec = self.template.model_copy(update={"seq_len": steps, "batch": batch, "variable_lengths": varlen,
-                                                "dtype": dtype, "batch_first": False})
-        if device.type == "cpu":
-            choice = Choice(self._host_candidate(spec), "CPU tensors run the NumPy backend")
+        tune = self.autotune and args is not None and device.type == "cuda"
+        if self.build == "background" and args is not None and not _capturing(device):
+            made = self._builds.finished(key)  # (raises the build's error)
+            if made is None:
+                if key not in self._builds:
+                    self._counts[1] += 1
+                    self._builds.start(key, self._build_of(key, args, tune, later=True), device)
+                return self._stand_in(device, key)
         else:
-            tune = self.autotune and args is not None
-            lowerings = (("persistent", "graph") if tune else ("auto",)) if self.lowering == "auto" else (self.lowering,)
-            factories = {name: (lambda name=name: self._candidate(spec, name, math, device)) for name in lowerings}
-            if tune and not varlen:  # a packed call cannot be captured: its lengths change between calls
-                factories["cudnn"] = lambda: self._cudnn(spec, device, args[0])
-            choice = self._as_before(key, factories) if tune else None
-            if choice is None:
-                choice = choose(factories, args, tune)
+            self._counts[1] += 1
+            made = self._build_of(key, args, tune)()
+        built, timings, how = made
+        built = finish_candidates(built, timings)  # a background build's captures, here
+        choice = Choice(built[0], how, {}) if how and built else pick(built, timings, args, tune)
         self._executors[key] = choice
         while len(self._executors) > 1 and self.cache_info().bytes > self.max_bytes:
             self._executors.popitem(last=False)
         return choice
-
-    def _as_before(self, key: tuple, factories: dict) -> Choice | None:
-        """At a new length, what was timed and kept at the nearest cached length of the same batch,
-        masking, device and dtype, within a factor of `RETUNE_RATIO`: a step's cost, which decides
-        the ranking, does not depend on the length (the set-up of a call does, and shifts it only
-        between lengths far apart). That candidate alone is built and nothing is timed, so a new
-        length costs one build (milliseconds for the persistent lowering and cuDNN's graph) instead
-        of three and their timing. None where no such length is cached, or its choice does not build."""
-        steps, rest = key[0], key[1:]
-        near = [(abs(k[0] - steps), k[0], c) for k, c in self._executors.items()
-                if k[1:] == rest and k[0] <= steps * RETUNE_RATIO and steps <= k[0] * RETUNE_RATIO
-                and c.how.startswith("autotuned")]  # (not a reused choice: lengths would drift from the timed one)
-        if not near:
-            return None
-        _, before, found = min(near, key=lambda n: n[:2])
-        make = factories.get(found.chosen.name)
-        if make is None:
-            return None
-        try:
-            chosen = make()
-        except (ValueError, RuntimeError):
-            return None
-        return Choice(chosen, f"as at T={before}, where it was autotuned", {})
-
-    def _host_candidate(self, spec: RNNSpec) -> Candidate:
-        """The NumPy backend's executor: of the recurrence plan (one recurrent step, planned from one
-        step of the network in milliseconds for any length: a new length costs little more than its
-        first call), or of the graph lowering where no recurrent step runs the spec."""
-        try:
-            found = self._candidate(spec, "persistent", "fp32", torch.device("cpu"), HOST)
-        except ValueError:
-            return self._candidate(spec, "graph", "fp32", torch.device("cpu"))
-        return found._replace(name="recurrence", why="")
-
-    def _candidate(self, spec: RNNSpec, lowering: str, math: str, device: torch.device,
-                   planned_for: DeviceShape | None = None) -> Candidate:
-        """rnnplan's executor of `spec` in `lowering` on `device`, planned for the GPU `device` is or
-        `planned_for` (ValueError where it does not fit)."""
-        options = PlanOptions(lowering=lowering, math=math, device=planned_for)
-        if device.type == "cuda" and device.index:  # another GPU than the first: describe it
-            from rnnplan.backends import describe_device
-
-            options = options.model_copy(update={"device": describe_device(device.index)})
-        plan = build_plan(spec, options=options)
-        if self._weights is None:
-            self._weights = Weights({k: v.detach().float().cpu().numpy() for k, v in self._buffers.items()},
-                                    {f: getattr(spec, f) for f in ARCH_FIELDS})  # the module's hyper-parameters
-        backend = "cupy" if device.type == "cuda" else "numpy"
-        ex = Executor(plan, self._weights, backend=backend, device=device.index if backend == "cupy" else None,
-                      debug=self.debug, shared=self._shared)
-        why = "" if backend == "numpy" else plan.lowering_reason
-        run = (lambda x, h0, c0, lengths: run_executor(ex, x, h0, c0, lengths))
-        if backend == "cupy":
-            from rnnplan.backends.pointer_call import PointerCall, why_not
-
-            if why_not(ex) is None:
-                run = by_pointers(PointerCall(ex), spec, ex.impl.dtype.itemsize)
-        apart = sum(b.size for b in plan.buffers if b.role != "param") * ex.impl.dtype.itemsize
-        apart += getattr(getattr(run, "ahead", None), "nbytes", 0)  # the next call's outputs, made ahead
-        return Candidate(plan.lowering, run, 0 if backend == "numpy" else apart, why, ex)  # numpy: the workspace
-
-    def torch_module(self, spec: RNNSpec, device: torch.device) -> torch.nn.Module:
-        """A torch module of `spec`'s network on `device` holding these buffers as its weights."""
-        return spec.to_torch(device=device, state_dict=self.state_dict())
-
-    def _cudnn(self, spec: RNNSpec, device: torch.device, x: torch.Tensor) -> Candidate:
-        graph = CudnnGraph(self.torch_module(spec, device), x, spec.cell == "lstm", spec.num_layers * spec.directions,
-                           spec.hidden_size, spec.proj_size)
-        return Candidate("cudnn", graph, graph.nbytes, "torch's own forward, as the module would run it")
-
-    # ---- calls ----------------------------------------------------------------------------------
 
     def _check(self, name: str, t) -> torch.Tensor:
         want = self._buffers["weight_hh_l0"]  # (not self.weight_hh_l0: nn.Module's __getattr__ costs 0.4 us)
@@ -358,6 +304,12 @@ class CompiledRNN(torch.nn.Module):
         args = (x, h0, c0, lengths)
         out, h_n, c_n = self._choice(padded_steps, batch, varlen, x.device, args).chosen.run(*args)
         return (out if padded_steps == steps else out[:steps]), h_n, c_n
+
+
+def _capturing(device: torch.device) -> bool:
+    """Is the caller tracing (torch.compile) or capturing a CUDA graph? Then a build runs now: what the
+    call records must be rnnplan's executor, not the stand-in."""
+    return torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 @torch.library.custom_op("rnnplan::forward", mutates_args=())

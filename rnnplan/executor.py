@@ -38,12 +38,15 @@ class Executor:
     does not write can never carry an earlier call's value unnoticed. `shared`
     (`rnnplan.backends.shared.SharedResources`) lets executors of one network share their uploaded
     weights (and on numpy one workspace), so that an executor for a new shape costs little more than
-    its plan; the caller keeps it for one set of weights only.
+    its plan; the caller keeps it for one set of weights only. `defer_capture=True` (cupy, "graph")
+    leaves the CUDA-graph capture to `capture()`: a build off the calling thread (`rnnplan.background`)
+    must not capture, since a capture fails any device-wide synchronization another thread makes
+    meanwhile (torch.cuda.synchronize()) and is failed by it; until then calls launch step by step.
     """
 
     def __init__(self, plan: Plan, weights: Weights, backend: str = "auto", mode: str = "graph", *,
                  allow_edits: bool = False, debug: bool = False, device: int | None = None,
-                 profile: bool = False, shared: SharedResources | None = None):
+                 profile: bool = False, shared: SharedResources | None = None, defer_capture: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if mode not in MODES:
@@ -78,8 +81,14 @@ class Executor:
             from rnnplan.backends.cupy_backend import CupyExecutor
 
             self.impl = CupyExecutor(plan, weights, mode=mode, device=device, profile=profile, debug=debug,
-                                     shared=shared)
+                                     shared=shared, capture=not _flag("defer_capture", defer_capture))
         self.backend = backend
+
+    def capture(self) -> None:
+        """The CUDA-graph capture that `defer_capture=True` left out (nothing on numpy, in "streams"
+        mode, or once captured)."""
+        if self.backend == "cupy":
+            self.impl.capture()
 
     def run(self, x, state=None, lengths=None, *, interleave_seed: int | None = None):
         """Forward the whole sequence. Returns what torch returns: LSTM `(out, (h_n, c_n))`,

@@ -481,7 +481,7 @@ def test_a_new_length_near_an_autotuned_one_builds_its_choice_alone():
     """`_as_before` (the GPU tests run it for real): the nearest autotuned length of the same batch,
     masking, device and dtype within RETUNE_RATIO, never a reused choice, nor other batches."""
     from rnnplan.autotune import Candidate, Choice
-    from rnnplan.dropin import RETUNE_RATIO
+    from rnnplan.candidates import RETUNE_RATIO
 
     fast = rp.compile(module("lstm", 1))
     gpu = torch.device("cuda", 0)

@@ -31,7 +31,7 @@ import numpy as np
 from rnnplan.backends.cublas import WORKSPACE_BYTES, Cublas
 from rnnplan.backends.device import describe_device
 from rnnplan.backends.driver_launch import check_clusters
-from rnnplan.backends.kernels import THREADS, kernel_key, kernel_source, launch_grid
+from rnnplan.backends.kernels import THREADS, compiled_pointwise, launch_grid
 from rnnplan.backends.outputs import pack_outputs
 from rnnplan.backends.shared import SharedResources
 from rnnplan.lowering.plan import DEVICE_WRITTEN, BufferView, Plan, Step
@@ -65,22 +65,15 @@ class DeviceMemoryError(NotEnoughMemory):
     """The plan does not fit in the device memory that is free (or a call ran out of it)."""
 
 
-def _compiled(cp, device_id: int, step: Step, dtype: str):
-    key = kernel_key(step, dtype)
-    cache_key = (device_id, key.name)
-    if cache_key not in _KERNELS:
-        _KERNELS[cache_key] = cp.RawKernel(kernel_source(key), key.name, options=("-std=c++17",))
-    return _KERNELS[cache_key], key.vec
-
-
 class CupyExecutor:
     def __init__(self, plan: Plan, weights: Weights, mode: str = "graph", device: int | None = None,
-                 profile: bool = False, debug: bool = False, shared: SharedResources | None = None):
+                 profile: bool = False, debug: bool = False, shared: SharedResources | None = None,
+                 capture: bool = True):
         import cupy as cp
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.cp, self.plan, self.profile, self.debug = cp, plan, profile, debug
+        self.cp, self.plan, self.profile, self.debug, self.mode = cp, plan, profile, debug, mode
         self.unusable: str | None = None  # why this executor cannot run any more, after a CUDA error
         self._profiled: list = []  # (kernel, exchange buffer) of each profiled persistent kernel
         self.dtype = np.dtype(plan.spec.dtype)
@@ -107,8 +100,23 @@ class CupyExecutor:
             self.graph = None
             self._issue()  # one run outside capture, so that loading modules and cuBLAS set-up happen now
             self.streams[0].synchronize()
-            if mode == "graph":
-                self.graph = self._capture()
+            if capture:
+                self.capture()
+
+    def capture(self) -> None:
+        """In "graph" mode, capture the plan's issue sequence once (until then, or in "streams" mode,
+        calls launch every step)."""
+        if self.mode != "graph" or self.graph is not None:
+            return
+        first = self.streams[0]
+        mode = getattr(self.cp.cuda.runtime, "streamCaptureModeRelaxed", None)
+        with self.device:
+            first.begin_capture(mode) if mode is not None else first.begin_capture()
+            try:
+                self._issue()
+            finally:
+                graph = first.end_capture()
+            self.graph = graph
 
     # ---- set-up ---------------------------------------------------------------------------------
 
@@ -154,7 +162,7 @@ class CupyExecutor:
             def launch():
                 gemm(*args)
         else:
-            kernel, vec = _compiled(self.cp, self.device.id, step, self.plan.spec.dtype)
+            kernel, vec = compiled_pointwise(self.cp, self.device.id, step, self.plan.spec.dtype, _KERNELS)
             out = step.outputs[0]
             args = []
             for v in step.inputs + step.outputs:
@@ -231,16 +239,6 @@ class CupyExecutor:
         for s, ev in zip(self.streams[1:], self.joins):
             ev.record(s)
             first.wait_event(ev)
-
-    def _capture(self):
-        first = self.streams[0]
-        mode = getattr(self.cp.cuda.runtime, "streamCaptureModeRelaxed", None)
-        first.begin_capture(mode) if mode is not None else first.begin_capture()
-        try:
-            self._issue()
-        finally:
-            graph = first.end_capture()
-        return graph
 
     # ---- calls ----------------------------------------------------------------------------------
 

@@ -133,3 +133,12 @@ def plan_kernels(plan: Plan) -> dict[str, str]:
 def launch_grid(rows: int, cols: int, vec: int, max_blocks: int = 132 * 16) -> int:
     work = rows * (cols // vec)
     return max(1, min(max_blocks, -(-work // THREADS)))
+
+
+def compiled_pointwise(cp, device_id: int, step: Step, dtype: str, cache: dict):
+    """(the CuPy RawKernel of a pointwise or fused step, its vector width), compiled once per device
+    and kernel into `cache` ((device, kernel name) -> kernel)."""
+    key = kernel_key(step, dtype)
+    if (device_id, key.name) not in cache:
+        cache[(device_id, key.name)] = cp.RawKernel(kernel_source(key), key.name, options=("-std=c++17",))
+    return cache[(device_id, key.name)], key.vec

@@ -48,4 +48,5 @@ class SharedResources:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.params.values()) + sum(self._touched.values())
+        # (lists: a build on `rnnplan.background`'s worker may add to the dicts meanwhile)
+        return sum(a.nbytes for a in list(self.params.values())) + sum(list(self._touched.values()))
