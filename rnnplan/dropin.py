@@ -7,7 +7,9 @@ stream (no host round trip). Calling again with the state a call returned contin
 It is a `torch.nn.Module` whose buffers are the module's parameters (`to()`, `state_dict` and
 `load_state_dict` work; changing them drops the cached executors). One executor per call shape is
 kept, least recently used dropped first, under a byte budget (`cache_info()`, `clear()`); with
-`bucket=N` lengths are padded to a multiple of N steps and masked, so that a server sees few shapes.
+`bucket=N` lengths are padded to a multiple of N steps and masked, so that a server sees few shapes;
+with `build="background"` a new shape's executor builds on a worker thread while its calls run
+torch's own module (`rnnplan.background`), so that no call waits for a set-up.
 With fp32 parameters on a GPU it follows torch's numerics: tf32 where `torch.backends.cudnn.allow_tf32`
 is set (torch's default), as `nn.LSTM` on cuDNN would. Needs PyTorch (`rnnplan[torch]`); the rest of
 rnnplan imports without it.
