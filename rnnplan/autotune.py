@@ -21,8 +21,8 @@ from rnnplan.torch_calls import (
     graph_replay,
     graph_with_copies,
     outputs_ahead,
-    raw_stream,
     state_pointers,
+    stream_of,
     whole_tensor_copies,
 )
 
@@ -203,15 +203,14 @@ class CudnnGraph:
             h_n, c_n = st if self.lstm else (st, st.new_empty(0))
             return out, h_n, c_n
         if self.one_launch is not None and torch.cuda.current_device() == self.device:  # the driver's context
-            stream = raw_stream(x.device)
+            stream = stream_of(x)
             outs = self.ahead.take(x, stream)
-            self.one_launch.launch(stream, (x.data_ptr(), *state_pointers(h0, c0), 0),
-                                   (*(t.data_ptr() for t in outs), 0))
+            self.one_launch.launch(stream, (x.data_ptr(), *state_pointers(h0, c0), 0, *(t.data_ptr() for t in outs)))
             self.ahead.refill(x, stream)
             return outs
         if self.copies is not None:
             copy_in, copy_out = self.copies
-            stream = raw_stream(x.device)
+            stream = stream_of(x)
             copy_in(stream, x.data_ptr(), *state_pointers(h0, c0), 0)
             self.replay(stream)
             out, h_n = x.new_empty(self.out.shape), x.new_empty(self.h_n.shape)  # while the graph runs

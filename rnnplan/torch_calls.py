@@ -12,12 +12,19 @@ from rnnplan.executor import Executor
 from rnnplan.packing import host_lengths
 from rnnplan.spec import RNNSpec
 
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
 
 def raw_stream(device: torch.device) -> int:
     """torch's current stream on `device`, as a pointer (torch's own C call, as Triton uses it, where
     it exists: a tenth of the microseconds of building a torch.cuda.Stream)."""
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    return raw(device.index) if raw is not None else torch.cuda.current_stream(device).cuda_stream
+    return _RAW_STREAM(device.index) if _RAW_STREAM is not None else torch.cuda.current_stream(device).cuda_stream
+
+
+def stream_of(x: torch.Tensor) -> int:
+    """torch's current stream on the device of the CUDA tensor `x`, as a pointer (`raw_stream`, with
+    no torch.device made: a call's hot path)."""
+    return _RAW_STREAM(x.get_device()) if _RAW_STREAM is not None else raw_stream(x.device)
 
 
 class OutputsAhead:
@@ -31,13 +38,39 @@ class OutputsAhead:
     def __init__(self, shapes: tuple[tuple[int, ...], ...], nbytes: int):
         self.shapes, self.nbytes = shapes, nbytes
         self._ready, self._stream = None, None
+        # One allocation a set (a CUDA tensor costs about 4 us of host time to allocate, a view of one
+        # about 1): where the non-empty shapes differ in their first size alone, one split of a tensor
+        # stacking them makes the set (LSTMs and GRUs without a second direction or a projection);
+        # else views of one flat tensor. An empty shape (c_n but for LSTMs) is one empty tensor, the
+        # same every call: it holds nothing to overwrite.
+        sizes = [int(np.prod(s)) for s in shapes]
+        sized = [s for s, n in zip(shapes, sizes) if n]
+        trailing = {s[1:] for s in sized}
+        self._stacked = ((sum(s[0] for s in sized), *trailing.pop()), [s[0] for s in sized]) \
+            if len(trailing) == 1 and all(len(s) > 1 for s in sized) else None
+        offsets = np.cumsum([0] + sizes).tolist()
+        self._total = offsets[-1]
+        self._views = [(s, tuple(int(np.prod(s[i + 1:])) for i in range(len(s))), o)
+                       for s, o, n in zip(shapes, offsets, sizes) if n]
+        self._empty_at = [i for i, n in enumerate(sizes) if not n]
+        self._empty = None
 
     def _make(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(x.new_empty(shape) for shape in self.shapes)
+        if self._stacked is not None:
+            made = list(x.new_empty(self._stacked[0]).split_with_sizes(self._stacked[1]))
+        else:
+            flat = x.new_empty(self._total)
+            made = [flat.as_strided(s, stride, o) for s, stride, o in self._views]
+        if self._empty_at:  # (a set's dtype and device are the candidate's, every call)
+            if self._empty is None:
+                self._empty = x.new_empty((0,))
+            for i in self._empty_at:
+                made.insert(i, self._empty)
+        return tuple(made)
 
     def take(self, x: torch.Tensor, stream: int) -> tuple[torch.Tensor, ...]:
-        ready = self._ready
-        if ready is None or self._stream != stream or ready[0].dtype != x.dtype or ready[0].device != x.device:
+        ready = self._ready  # (made like x: a candidate's calls all have its dtype and device)
+        if ready is None or self._stream != stream:
             return self._make(x)
         self._ready = None
         return ready
@@ -68,12 +101,13 @@ def by_pointers(call, spec: RNNSpec, item: int):
         mask = lengths if isinstance(lengths, torch.Tensor) else None  # (T, B) on the device already
         if spec.variable_lengths and mask is None:  # made on the host from the lengths, one copy to the device
             mask = (steps < torch.as_tensor(lengths)[None, :]).to(x.dtype).pin_memory().to(x.device, non_blocking=True)
-        stream, states = raw_stream(x.device), state_pointers(h0, c0)
+        stream, states = stream_of(x), state_pointers(h0, c0)
         mask_ptr = None if mask is None else mask.data_ptr()
         capturing = torch.cuda.is_current_stream_capturing()
         if ahead is not None and not capturing:
             outs = ahead.take(x, stream)
-            if call.whole(stream, x.data_ptr(), states, tuple(t.data_ptr() for t in outs), mask_ptr):
+            o, h, c = outs
+            if call.whole(stream, x.data_ptr(), states, (o.data_ptr(), h.data_ptr(), c.data_ptr()), mask_ptr):
                 ahead.refill(x, stream)
                 return outs
         call.start(stream, x.data_ptr(), states, capturing, mask_ptr)

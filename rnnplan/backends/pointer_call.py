@@ -66,17 +66,27 @@ class CopyJobs:
     """One launch of `cuda/copies.cu` over a job table made once (7 words a job: the fixed side's
     address, its row stride, the caller's offset and row stride, rows, bytes a row, which of the
     caller's four pointers and the direction): `jobs(stream, p0, p1, p2, p3)`, a caller's pointer of
-    0 meaning zeros in, nothing out."""
+    0 meaning zeros in, nothing out. `relayed(relay_out, relay_in)`: its launch as a graph node
+    that writes the caller's output pointers to `relay_out`, or reads its own from `relay_in`."""
 
     def __init__(self, cp, device: int, jobs: list[tuple[int, ...]]):
         with cp.cuda.Device(device):
             self.table, self.grid = cp.asarray(jobs, dtype=np.uint64), _grid(jobs)
-            kernel = _copy_kernel(cp, device)
-        self.call = KernelCall(cp, device, kernel, THREADS, [self.table.data.ptr, 0, 0, 0, 0], (1, 2, 3, 4))
+            self.kernel = _copy_kernel(cp, device)
+        self.call = KernelCall(cp, device, self.kernel, THREADS, [self.table.data.ptr, 0, 0] + [0] * 7, (3, 4, 5, 6))
         self.driver = self.call.driver
 
     def __call__(self, stream: int, p0: int, p1: int, p2: int, p3: int) -> None:
         self.call(stream, self.grid, p0, p1, p2, p3)
+
+    def relayed(self, relay_out: int, relay_in: int) -> driver_launch.FixedLaunch | None:
+        """The driver's launch of these copies with the relay's pointers set (changing a call: p0-p3
+        and r0-r2 where it writes the relay, nothing where it reads it); None without the driver path."""
+        if self.driver is None:
+            return None
+        changing = (3, 4, 5, 6, 7, 8, 9) if relay_out else ()
+        return driver_launch.FixedLaunch(self.driver.function, THREADS,
+                                         [self.table.data.ptr, relay_out, relay_in] + [0] * 7, changing)
 
 
 class PointerCall:
@@ -107,6 +117,7 @@ class PointerCall:
         self.packing = self._packing_calls(executor) if packable(executor) is None else None
         self._graph_exec: int | None = None  # the graph's cudaGraphExec_t, once CuPy has instantiated it
         self.one_launch = self._one_launch()
+        self._current_device, self._device = cp.cuda.runtime.getDevice, impl.device.id  # (a call's check, bound once)
 
     def _packing_calls(self, executor) -> tuple[KernelCall, KernelCall]:
         """packed.cu's two kernels as `KernelCall`s: their words for this plan, and which change a call
@@ -204,10 +215,10 @@ class PointerCall:
         needed before the launch, so the caller allocates them first (`torch_calls.OutputsAhead`
         does that one call ahead)."""
         one = self.one_launch
-        if one is None or self.impl.cp.cuda.runtime.getDevice() != self.impl.device.id:
+        if one is None or self._current_device() != self._device:
             return False
         self.impl._zeroed_states.clear()
-        one.launch(stream, (x, *states, mask or 0), (*outs, 0))
+        one.launch(stream, (x, *states, mask or 0, *outs))
         return True
 
 
@@ -255,17 +266,23 @@ _KERNELS: dict[int, object] = {}  # device -> the compiled copy kernel
 _PACKED: dict[int, tuple] = {}  # device -> (unpack, repack)
 
 
-def between_copies(graph: int, copy_in: CopyJobs | None, copy_out: CopyJobs | None) -> driver_launch.GraphWithKernels | None:
+def between_copies(graph: int, copy_in: CopyJobs, copy_out: CopyJobs) -> driver_launch.GraphWithKernels | None:
     """A copy of the CUDA graph `graph` (a cudaGraph_t of the current device) with `copy_in` ahead
-    of it and `copy_out` after it (either may be None), as one launch (`GraphWithKernels`); None
-    where the driver path is not there or the graph has more than EMBED_MAX_NODES nodes (one of
-    hundreds of kernels would pay milliseconds of set-up to save microseconds a call)."""
-    ends = [None if c is None else (c.driver, c.grid) for c in (copy_in, copy_out)]
-    if driver_launch.why_not() is not None or any(e is not None and e[0] is None for e in ends):
+    of it and `copy_out` after it, as one launch (`GraphWithKernels`: `launch(stream, (p0, p1, p2,
+    p3, out, h_n, c_n))`, the copy-out's pointers handed over by the relay, copies.cu); None where the
+    driver path is not there or the graph has more than EMBED_MAX_NODES nodes (one of hundreds of
+    kernels would pay milliseconds of set-up to save microseconds a call)."""
+    if driver_launch.why_not() is not None or copy_in.driver is None or copy_out.driver is None:
         return None
     if driver_launch.graph_nodes(graph) > EMBED_MAX_NODES:
         return None
-    return driver_launch.GraphWithKernels(graph, *ends)
+    cp = copy_in.call.cp
+    with cp.cuda.Device(copy_in.call.device):
+        relay = cp.zeros(4, dtype=np.uint64)
+    one = driver_launch.GraphWithKernels(graph, (copy_in.relayed(relay.data.ptr, 0), copy_in.grid),
+                                         (copy_out.relayed(0, relay.data.ptr), copy_out.grid))
+    one.keep = relay  # the graph's nodes point to it
+    return one
 
 
 def _packed_kernels(cp, device: int) -> tuple:

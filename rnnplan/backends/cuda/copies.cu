@@ -3,6 +3,11 @@
 // kernel argument, different every call), with row strides in bytes. A caller's pointer of 0 as the
 // source means zeros (a state left out). Blocks of blockIdx.y take job y; 16-byte words where every
 // address and stride allows, else 2-byte ones (every storage type is a multiple of 2 bytes).
+//
+// The relay (one launch a call, backends/pointer_call.between_copies): the copy-in node of a graph
+// writes the caller's output pointers r0..r2 to `relay_out`, and the copy-out node, launched after
+// the plan in the same graph, reads its pointers from `relay_in`; so a call sets one node's
+// arguments, not two. Launches of one graph are ordered behind each other, so one relay serves all.
 
 struct CopyJob {  // 7 words, as backends/pointer_call.py writes them
     unsigned long long fixed;  // the plan buffer's address
@@ -10,8 +15,21 @@ struct CopyJob {  // 7 words, as backends/pointer_call.py writes them
     unsigned long long which;  // the caller's pointer (0 to 3) + 4 if the copy goes to the caller
 };
 
-extern "C" __global__ void rnnplan_copy_jobs(const CopyJob* jobs, unsigned long long p0, unsigned long long p1,
-                                             unsigned long long p2, unsigned long long p3) {
+extern "C" __global__ void rnnplan_copy_jobs(const CopyJob* jobs, unsigned long long* relay_out,
+                                             const unsigned long long* relay_in, unsigned long long p0,
+                                             unsigned long long p1, unsigned long long p2, unsigned long long p3,
+                                             unsigned long long r0, unsigned long long r1, unsigned long long r2) {
+    if (relay_out != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
+        relay_out[0] = r0;
+        relay_out[1] = r1;
+        relay_out[2] = r2;
+    }
+    if (relay_in != nullptr) {
+        p0 = relay_in[0];
+        p1 = relay_in[1];
+        p2 = relay_in[2];
+        p3 = 0;
+    }
     const CopyJob j = jobs[blockIdx.y];
     const unsigned long long which = j.which & 3;
     const unsigned long long base = which == 0 ? p0 : (which == 1 ? p1 : (which == 2 ? p2 : p3));
