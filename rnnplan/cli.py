@@ -240,7 +240,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
             from None
     serve_forever(a.model, address=a.address, host=a.host, port=a.port, backend=a.backend, replicas=a.replicas,
                   max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, max_body_mb=a.max_body_mb, bucket=a.bucket,
-                  batch_buckets=buckets, warm_up_steps=a.warm_up_steps)
+                  batch_buckets=buckets, warm_up_steps=a.warm_up_steps, build=a.build)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -293,6 +293,8 @@ def parser() -> argparse.ArgumentParser:
                     "(default on a GPU: 8 and --max-batch)")
     ps.add_argument("--warm-up-steps", type=int, default=0, metavar="T",
                     help="build every shape up to T steps before serving (needs --bucket)")
+    ps.add_argument("--build", default="blocking", choices=["blocking", "background"],
+                    help="background: a new shape builds on a worker thread while its calls run torch's module")
     ps.set_defaults(func=cmd_serve)
     return p
 

@@ -175,11 +175,13 @@ def test_serve_options_are_checked_by_field():
             ServeOptions(**bad)
 
 
-def test_warm_up_builds_every_shape_before_the_first_request(tmp_path):
+@pytest.mark.parametrize("build", ["blocking", "background"])
+def test_warm_up_builds_every_shape_before_the_first_request(tmp_path, build):
     m, path = _saved(tmp_path)
-    model = load_model(path, "numpy", bucket=16)
+    model = load_model(path, "numpy", bucket=16, build=build)
     model.batch_buckets = (1, 4)
     assert model.warm_up(48, 16) >= 0 and model.module.cache_info().executors == 6  # 3 lengths x 2 batch sizes
+    assert model.module.cache_info().building == 0  # (in the background: waited for, and installed)
     model.run_batch([Request(np.zeros((20, 6), np.float32)), Request(np.zeros((33, 6), np.float32))])
     assert model.module.cache_info().executors == 6  # nothing new built: (48 steps, 4 sequences) was warm
 

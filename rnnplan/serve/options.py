@@ -17,6 +17,8 @@ class ServeOptions(BaseModel):
     batch_buckets: tuple[int, ...] | None = None
     bucket: int | None = Field(None, ge=1, description="lengths padded to multiples of this many steps")
     warm_up_steps: int = Field(0, ge=0, description="build every shape up to this length at start (needs bucket)")
+    # "background": a new shape's executor builds on a worker thread, its calls run torch's module meanwhile
+    build: str = Field("blocking", pattern="^(blocking|background)$")
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeOptions:

@@ -30,7 +30,7 @@ class RNNServer:
             path = Path(tmp) / Path(name).name
             path.write_bytes(data)
             bucket = {"bucket": options.bucket} if options.bucket else {}
-            self.model = load_model(path, options.backend, **bucket, **compile_options)
+            self.model = load_model(path, options.backend, **bucket, build=options.build, **compile_options)
         self.model.batch_buckets = options.buckets_on(self.model.device)  # few batch sizes: few executors
         if options.warm_up_steps:  # every shape built before the replica takes requests
             self.model.warm_up(options.warm_up_steps, options.bucket)
