@@ -18,15 +18,11 @@ import numpy as np
 
 import rnnplan as rp
 from rnnplan.bench import median_ms
+from rnnplan.bench.predictions import CROSSOVER_CONFIGS, CROSSOVER_PRECISIONS
 from rnnplan.lowering.cost import predicted_ms
 
-CONFIGS = {
-    "LSTM 1x512": dict(cell="lstm", num_layers=1, input_size=512, hidden_size=512),
-    "LSTM 4x512": dict(cell="lstm", num_layers=4, input_size=512, hidden_size=512),
-    "GRU 4x512": dict(cell="gru", num_layers=4, input_size=512, hidden_size=512),
-}
+CONFIGS, PRECISIONS = CROSSOVER_CONFIGS, CROSSOVER_PRECISIONS
 BATCHES = (8, 16, 32, 64, 96, 128, 192, 256)
-PRECISIONS = {"fp16": ("float16", "fp32"), "tf32": ("float32", "tf32")}
 
 
 def timed(spec: rp.RNNSpec, lowering: str, math: str, repeats: int):

@@ -6,11 +6,19 @@ import json
 from pathlib import Path
 
 import rnnplan as rp
-from rnnplan.bench.predictions import predictions, ranked_right, within
+from rnnplan.bench.predictions import (
+    crossover_predictions,
+    predictions,
+    ranked_right,
+    within,
+)
 from rnnplan.lowering.cost import CostModel, durations, predicted_ms, simulate
 from rnnplan.spec import H200
 
-MATRIX = Path(__file__).parent.parent / "benchmarks/results/2026-12-02-h200/issue19-cluster/results.json"
+RESULTS = Path(__file__).parent.parent / "benchmarks/results"
+MATRIX = RESULTS / "2026-12-02-h200/issue19-cluster/results.json"
+LATER_MATRIX = RESULTS / "2026-12-03-h200/matrix-tenth/results.json"
+CROSSOVER = RESULTS / "2026-12-03-h200/issue19-cost-model/crossover.json"
 
 
 def test_the_model_predicts_the_measured_matrix():
@@ -19,10 +27,24 @@ def test_the_model_predicts_the_measured_matrix():
     preds = predictions(json.loads(MATRIX.read_text()))
     graph, persistent = within(preds, "graph"), within(preds, "persistent")
     assert graph[1] == 48 and persistent[1] == 26
-    assert graph[0] >= 45, [p for p in preds if p.lowering == "graph" and abs(p.ratio - 1) > 0.25]
+    assert graph[0] >= 46, [p for p in preds if p.lowering == "graph" and abs(p.ratio - 1) > 0.25]
     assert persistent[0] == persistent[1], [p for p in preds if p.lowering == "persistent" and abs(p.ratio - 1) > 0.25]
     right, pairs = ranked_right(preds)
     assert right == pairs == 26
+
+
+def test_the_model_predicts_the_later_matrix_and_the_crossover_rows():
+    """The same on a matrix measured a day later and on batches 8-256 (the operand-type GEMM terms
+    were fitted with these too): 44 of 48 and 26 of 26 there, 48 of 48 and 31 of 32 here; the faster
+    lowering named right on every pair but one crossover row (LSTM 1x512 B96 fp16: persistent predicted
+    0.79 ms against 0.87, measured 1.01 against 0.82)."""
+    later = predictions(json.loads(LATER_MATRIX.read_text()))
+    assert within(later, "graph") >= (44, 48) and within(later, "persistent") == (26, 26)
+    assert ranked_right(later) == (26, 26)
+    cross = crossover_predictions(json.loads(CROSSOVER.read_text()))
+    assert within(cross, "graph") == (48, 48) and within(cross, "persistent") >= (31, 32)
+    right, pairs = ranked_right(cross)
+    assert pairs == 32 and right >= pairs - 1, [p for p in cross]
 
 
 def _plan(lowering, **kw):

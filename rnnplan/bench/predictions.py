@@ -42,6 +42,30 @@ def predictions(results: dict, device: DeviceShape = H200) -> list[Prediction]:
     return out
 
 
+# benchmarks/crossover.py's configurations and precisions (its rows: each at T 100 and several batches)
+CROSSOVER_CONFIGS = {
+    "LSTM 1x512": dict(cell="lstm", num_layers=1, input_size=512, hidden_size=512),
+    "LSTM 4x512": dict(cell="lstm", num_layers=4, input_size=512, hidden_size=512),
+    "GRU 4x512": dict(cell="gru", num_layers=4, input_size=512, hidden_size=512),
+}
+CROSSOVER_PRECISIONS = {"fp16": ("float16", "fp32"), "tf32": ("float32", "tf32")}  # -> (dtype, math)
+
+
+def crossover_predictions(rows: list[dict], device: DeviceShape = H200) -> list[Prediction]:
+    """One Prediction per lowering measured in `benchmarks/crossover.py`'s rows (its --out JSON),
+    planned again for `device` and predicted now (not the predictions the file recorded)."""
+    out = []
+    for r in rows:
+        dtype, math = CROSSOVER_PRECISIONS[r["precision"]]
+        spec = rp.RNNSpec(**CROSSOVER_CONFIGS[r["config"]], seq_len=100, batch=r["batch"], dtype=dtype)
+        for lowering in ("graph", "persistent"):
+            if r.get(f"{lowering}_ms") is not None:
+                plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, lowering=lowering, device=device))
+                out.append(Prediction(f"{r['config']} B{r['batch']}", r["precision"], lowering, r[f"{lowering}_ms"],
+                                      predicted_ms(plan)))
+    return out
+
+
 def within(preds: list[Prediction], lowering: str, tolerance: float = 0.25) -> tuple[int, int]:
     """(how many of `lowering`'s predictions lie within `tolerance` of the measured time, how many)."""
     sel = [p for p in preds if p.lowering == lowering]

@@ -17,16 +17,19 @@ once, a set-up (launch, weights on-chip). The FFMA kernel's projection adds a la
 
 The constants were fitted to the H200 matrix of 2026-12-02 (`benchmarks/cost_fit.py`: 45 of 48 graph
 rows and 26 of 26 persistent rows within 25%; half the graph rows fitted, the other half predicted:
-19 of 24). Not fitted to, measured later: the 2026-12-03 matrix 42/48 and 26/26, new shapes and batches
-up to 256 (`benchmarks/crossover.py`) 40/48 and 31/32; its misses are mostly tf32 graph plans (predicted
-0.70-0.74x). A model for pictures and first choices, not a promise: measured times live in
-BENCHMARKS.md.
+19 of 24). Then (eleventh session) two GEMM terms by operand type, fitted on all three measured sets:
+strict fp32's SIMT GEMMs fill the GPU with tiles of 128 x 64, and tf32 GEMMs of few tiles reach 0.12
+of the tf32 ceiling instead of 0.41: 46/48 and 26/26 on that matrix, 44/48 and 26/26 on the
+2026-12-03 matrix, 48/48 and 31/32 on the crossover rows (batches up to 256, `benchmarks/crossover.py`).
+Left: LSTM 1x2048 B32 T200 fp16/bf16 (1.41-1.43x: its 67 MB of weights count as read from HBM, but
+the 34 MB a step reads mostly stay in L2; a test on those alone made other rows worse). A model for
+pictures and first choices, not a promise: measured times live in BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rnnplan.ir.recurrence import wavefront
 from rnnplan.lowering.plan import Plan, Step
@@ -41,6 +44,9 @@ class CostModel:
     l2_bandwidth_gbs: float = 12000.0    # weights read again while they stay in L2
     l2_resident_bytes: float = 25e6      # a plan's weights up to this stay in L2 between steps
     small_gemm_efficiency: float = 0.41  # a GEMM of few tiles reaches at least this share of the ceiling
+    tile_elements: float = 128 * 128     # a GEMM tile's outputs, for the fill (for_plan sets fp32's)
+    fp32_tile_elements: float = 128 * 64  # strict fp32 GEMMs (SIMT): smaller tiles, fuller grids
+    tf32_small_gemm_efficiency: float = 0.12  # tf32 GEMMs of few tiles: far below the ceiling (for_plan)
     contention: float = 0.72             # a kernel lasts at least this share of its level's summed work
     gemm_latency_us: float = 3.47        # a GEMM node of a replayed graph, before its work
     pointwise_latency_us: float = 3.8    # a pointwise / fused node of a replayed graph
@@ -58,8 +64,13 @@ class CostModel:
 
     @classmethod
     def for_plan(cls, plan: Plan, graph_replay: bool = True) -> CostModel:
-        rate = Precision.of(plan.spec.dtype, plan.options.math).gemm_tflops
-        return cls(gemm_tflops=rate, launch_us=None if graph_replay else 7.0)
+        precision = Precision.of(plan.spec.dtype, plan.options.math)
+        model = cls(gemm_tflops=precision.gemm_tflops, launch_us=None if graph_replay else 7.0)
+        if precision.operands == "fp32":
+            model = replace(model, tile_elements=model.fp32_tile_elements)
+        if precision.operands == "tf32":
+            model = replace(model, small_gemm_efficiency=model.tf32_small_gemm_efficiency)
+        return model
 
     def work_us(self, step: Step, itemsize: int, is_param, weights_in_l2: bool) -> tuple[float, float]:
         """(compute, memory) microseconds of a graph step's work, without its latency (`is_param`:
@@ -71,7 +82,7 @@ class CostModel:
         compute = 0.0
         if step.gemm is not None:
             g = step.gemm
-            fill = min(1.0, max(self.small_gemm_efficiency, g.m * g.n / (132 * 128 * 128)))
+            fill = min(1.0, max(self.small_gemm_efficiency, g.m * g.n / (132 * self.tile_elements)))
             compute = step.flops / (self.gemm_tflops * 1e6 * fill)
         return compute, memory
 
