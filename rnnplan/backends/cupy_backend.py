@@ -11,7 +11,8 @@ kernel, cached per process); GEMMs go to cuBLAS through one handle per stream (`
 Each call issues the plan on its streams: a fork event lets every stream start after the input is
 copied in, each step waits on its plan events and records its own, and a join brings all streams
 back before the outputs are copied out. `mode="graph"` (default) captures that issue sequence once
-into a CUDA graph and replays it per call; `mode="streams"` issues it from Python every call. Copies
+into a CUDA graph and replays it per call (`capture=False` leaves the capture to `capture()`, for a
+build off the calling thread); `mode="streams"` issues it from Python every call. Copies
 in and out are cudaMemcpy(2D)Async calls where the layouts allow (a CuPy kernel costs several times
 their Python time, which at small sizes is a large part of a call).
 
