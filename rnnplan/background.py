@@ -136,6 +136,14 @@ class Builds:
         now = time.perf_counter()
         return [(key, now - self._started[key], f.done()) for key, f in self._futures.items()]
 
+    def forget(self, key: tuple) -> None:
+        """Forget `key`'s build (cancelled if not started; its result dropped if running): its shape
+        was built another way (in a stream capture, which builds in the calling thread)."""
+        future = self._futures.pop(key, None)
+        if future is not None:
+            future.cancel()
+            del self._started[key]
+
     def clear(self) -> None:
         """Forget every build: those not started are cancelled, a running one's result is dropped."""
         for future in self._futures.values():

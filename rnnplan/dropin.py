@@ -187,6 +187,7 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
                 return self._stand_in(device, key)
         else:
             self._counts[1] += 1
+            self._builds.forget(key)  # (one under way since a call outside a capture: this one counts)
             made = self._build_of(key, args, tune)()
         built, timings, how = made
         built = finish_candidates(built, timings)  # a background build's captures, here

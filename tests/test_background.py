@@ -118,6 +118,21 @@ def test_clear_forgets_builds_under_way(monkeypatch, gates):
     assert fast.cache_info().executors == 1 and fast.cache_info().misses == 2
 
 
+def test_a_shape_built_in_the_calling_thread_forgets_its_build_under_way(monkeypatch, gates):
+    """A call that must build in the calling thread (as one inside a stream capture does) while the
+    shape's build runs on the worker: the shape is built once more there, and the worker's is dropped."""
+    m = module("gru", 1)
+    fast = rp.compile(m, build="background")
+    gate = held_back(fast, monkeypatch, gates)
+    x = torch.randn(3, 1, 3)
+    fast(x)
+    assert fast.cache_info().building == 1
+    monkeypatch.setattr("rnnplan.dropin._capturing", lambda device: True)
+    gate.set()  # (both builds may now run; the worker's result is dropped)
+    assert close(fast(x), torch_call(m, x)) and fast.cache_info().executors == 1
+    assert fast.cache_info().building == 0 and fast.cache_info().misses == 2
+
+
 def test_blocking_is_the_default_and_build_is_checked():
     m = module("lstm", 1)
     fast = rp.compile(m)
