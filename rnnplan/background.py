@@ -5,7 +5,8 @@ lowering plans one Python object a kernel, 0.1-0.3 s at 100 steps of the paper c
 for a new batch of the persistent lowering a kernel compile (seconds); autotuning builds every
 candidate. A server cannot hold its stream of requests for that. In background mode the first call
 at a shape hands its build to one worker thread and runs on a `StandIn`: the network as torch runs
-it (cuDNN on a GPU), which needs no set-up at any shape and returns torch's own results. So does
+it (cuDNN on a GPU), which needs no set-up at any shape and returns torch's own results, at torch
+eager's speed (on the H200 8.5-12 ms a call of the paper configuration, rnnplan's 1.2-2.2). So does
 every call at that shape until the build is done; the first call after it installs the executor:
 it makes the build's CUDA-graph captures (a capture on another thread fails any device-wide
 synchronization the caller makes meanwhile, `torch.cuda.synchronize()`, and is failed by it; the
