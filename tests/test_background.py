@@ -133,6 +133,33 @@ def test_a_shape_built_in_the_calling_thread_forgets_its_build_under_way(monkeyp
     assert fast.cache_info().building == 0 and fast.cache_info().misses == 2
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_shapes_clears_and_waits_always_give_torch_results(seed):
+    """A server's life in background mode: calls of random lengths, batches and states, some packed,
+    with waits and clears at random between them; every call agrees with torch (the stand-in's bit
+    for bit, rnnplan's to fp32 rounding) and no build is left running at the end."""
+    rng = torch.Generator().manual_seed(seed)
+    m = module("lstm", 2, bidirectional=True)
+    fast = rp.compile(m, build="background", bucket=3 if seed else None)
+    for i in range(40):
+        steps, batch = (int(v) for v in torch.randint(1, 6, (2,), generator=rng))
+        x = torch.randn(steps, batch, 3, generator=rng)
+        h0 = torch.randn(4, batch, 5, generator=rng)
+        hx = (h0, torch.randn(4, batch, 5, generator=rng))
+        if i % 5 == 4:
+            lengths = sorted((int(v) for v in torch.randint(1, steps + 1, (batch,), generator=rng)), reverse=True)
+            x = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        assert close(fast(x, hx), torch_call(m, x, hx), 1e-5), i
+        action = int(torch.randint(0, 10, (1,), generator=rng))
+        if action == 0:
+            fast.clear()
+        elif action < 3:
+            assert fast.wait(timeout=30)
+    assert fast.wait(timeout=30)
+    assert all(done for _, _, done in fast._builds.under_way())  # none stuck: each waits for its next call
+    assert fast.cache_info().executors + fast.cache_info().building >= 1
+
+
 def test_blocking_is_the_default_and_build_is_checked():
     m = module("lstm", 1)
     fast = rp.compile(m)
