@@ -39,6 +39,16 @@ def lstm(layers: int, hidden: int, dtype=torch.float32):
     return torch.nn.LSTM(hidden, hidden, num_layers=layers).cuda().eval().to(dtype)
 
 
+def _synced_ms(fn) -> float:
+    """Wall milliseconds of `fn()` (no grad) between two device synchronizations: what a caller waits."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def first_calls(results: list) -> None:
     """Paper configuration: the first call at T 100, the repeat, a new length T 101, a new batch; in
     tf32 (graph lowering: fp32 weights do not fit on-chip) and fp16 (persistent), without autotuning
@@ -52,25 +62,11 @@ def first_calls(results: list) -> None:
                              ("new length T101 B64", (101, 64)), ("new length T57 B64", (57, 64)),
                              ("new batch T100 B32", (100, 32))):
             x = torch.randn(*shape, 512, device="cuda", dtype=dtype)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                fast(x)
-            torch.cuda.synchronize()
-            ms = (time.perf_counter() - t0) * 1e3
+            ms = _synced_ms(lambda: fast(x))
             what = list(fast._executors.values())[-1].describe()
             row = f"{label} {precision}{' autotuned' if autotune else ''}"
             results.append(dict(kind="set-up", row=row, ms=ms, runs=what))
             print(f"  set-up   {row:<40} {ms:9.1f} ms  {what[:90]}", flush=True)
-
-
-def _synced_ms(fn) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def background_set_up(results: list) -> None:

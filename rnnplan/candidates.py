@@ -70,13 +70,6 @@ class CandidateBuilds:
         _, length, name = min(near)
         return name, length
 
-    def _as_before(self, key: tuple, factories: dict) -> Choice | None:
-        """The Choice `_nearest_tuned` gives, built; None where there is none or it does not build
-        (then every candidate is built and timed)."""
-        near = self._nearest_tuned(key)
-        found = _built_alone(factories, near) if near is not None else None
-        return None if found is None else Choice(found[0][0][1], found[2], {})
-
     def _stand_in(self, device: torch.device, key: tuple) -> Choice:
         """Torch's own module on `device` in the compiled dtype (one per device and dtype, any shape),
         for calls whose build runs in the background."""

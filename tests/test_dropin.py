@@ -478,10 +478,11 @@ def test_gpu_the_cudnn_candidate_copies_by_one_launch_each_way(cell):
 
 
 def test_a_new_length_near_an_autotuned_one_builds_its_choice_alone():
-    """`_as_before` (the GPU tests run it for real): the nearest autotuned length of the same batch,
-    masking, device and dtype within RETUNE_RATIO, never a reused choice, nor other batches."""
+    """`_nearest_tuned` and `_built_alone`, what a build at a new length does first (the GPU tests run
+    it for real): the nearest autotuned length of the same batch, masking, device and dtype within
+    RETUNE_RATIO, never a reused choice, nor other batches; that candidate alone built."""
     from rnnplan.autotune import Candidate, Choice
-    from rnnplan.candidates import RETUNE_RATIO
+    from rnnplan.candidates import RETUNE_RATIO, _built_alone
 
     fast = rp.compile(module("lstm", 1))
     gpu = torch.device("cuda", 0)
@@ -494,13 +495,16 @@ def test_a_new_length_near_an_autotuned_one_builds_its_choice_alone():
     factories = {name: (lambda name=name: built.append(name) or Candidate(name, None, 0, "")) for name in
                  ("persistent", "graph", "cudnn")}
     key = lambda steps, batch=4, varlen=False: (steps, batch, varlen, gpu, "float32", "tf32")  # noqa: E731
-    assert fast._as_before(key(120), factories).how == "as at T=100, where it was autotuned" and built == ["cudnn"]
-    assert fast._as_before(key(45), factories).chosen.name == "persistent"  # 30 is nearer than 100; 50 was not timed
-    assert fast._as_before(key(100 * RETUNE_RATIO + 1), factories) is None  # too far from every timed length
-    assert fast._as_before(key(14), factories) is None and fast._as_before(key(100, batch=8), factories).chosen.name == "graph"
-    assert fast._as_before(key(100, varlen=True), factories) is None
+    near = fast._nearest_tuned
+    assert near(key(120)) == ("cudnn", 100)
+    [(name, chosen)], _, how = _built_alone(factories, near(key(120)))
+    assert how == "as at T=100, where it was autotuned" and chosen.name == name == "cudnn" and built == ["cudnn"]
+    assert near(key(45)) == ("persistent", 30)  # 30 is nearer than 100; 50 was not timed
+    assert near(key(100 * RETUNE_RATIO + 1)) is None  # too far from every timed length
+    assert near(key(14)) is None and near(key(100, batch=8)) == ("graph", 64)
+    assert near(key(100, varlen=True)) is None
     failing = dict(factories, cudnn=lambda: (_ for _ in ()).throw(RuntimeError("capture failed")))
-    assert fast._as_before(key(120), failing) is None  # then every candidate is built and timed
+    assert _built_alone(failing, near(key(120))) is None  # then every candidate is built and timed
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])

@@ -110,9 +110,9 @@ class CupyExecutor:
         if self.mode != "graph" or self.graph is not None:
             return
         first = self.streams[0]
-        mode = getattr(self.cp.cuda.runtime, "streamCaptureModeRelaxed", None)
+        relaxed = getattr(self.cp.cuda.runtime, "streamCaptureModeRelaxed", None)
         with self.device:
-            first.begin_capture(mode) if mode is not None else first.begin_capture()
+            first.begin_capture(relaxed) if relaxed is not None else first.begin_capture()
             try:
                 self._issue()
             finally:

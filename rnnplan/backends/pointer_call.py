@@ -72,8 +72,8 @@ class CopyJobs:
     def __init__(self, cp, device: int, jobs: list[tuple[int, ...]]):
         with cp.cuda.Device(device):
             self.table, self.grid = cp.asarray(jobs, dtype=np.uint64), _grid(jobs)
-            self.kernel = _copy_kernel(cp, device)
-        self.call = KernelCall(cp, device, self.kernel, THREADS, [self.table.data.ptr, 0, 0] + [0] * 7, (3, 4, 5, 6))
+            kernel = _copy_kernel(cp, device)
+        self.call = KernelCall(cp, device, kernel, THREADS, [self.table.data.ptr, 0, 0] + [0] * 7, (3, 4, 5, 6))
         self.driver = self.call.driver
 
     def __call__(self, stream: int, p0: int, p1: int, p2: int, p3: int) -> None:
