@@ -18,6 +18,8 @@ import rnnplan as rp
 CONFIGS = {
     "1x512b8": dict(cell="lstm", input_size=512, hidden_size=512, num_layers=1, batch=8, dtype="float16"),
     "1x1024b8": dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, batch=8, dtype="float16"),
+    "2x256b8": dict(cell="lstm", input_size=256, hidden_size=256, num_layers=2, batch=8, dtype="float16"),
+    "gru1x512b8": dict(cell="gru", input_size=512, hidden_size=512, num_layers=1, batch=8, dtype="float16"),
     "paper16": dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, batch=64, dtype="float16"),
 }
 

@@ -32,12 +32,14 @@
 //   of the tile follows.
 // CLUSTER: a chain's blocks (NBC <= 16) form one thread-block cluster and hand h over through
 // distributed shared memory instead: after its cell update a block writes its units of h straight
-// into the staging rows of every block of the cluster (16-byte DSMEM stores, `hand_to_cluster`), into
-// the other of two staging buffers (step parity), and all meet at the cluster barrier (release /
-// acquire), after which each block's staging holds the whole h of the step; no L2 round trip, no
-// counter, no staging copy of h. The layer above still reads h from global memory by counters. Needs
-// the batch in one tile and whole 16-byte runs of units. (Measured on an H200: a 16-block hand-off of
-// 8 KiB a block and the barrier 0.75 us a step, against 1.4-1.9 us for publish, wait and stage.)
+// into the staging rows of every block of the cluster (16-byte st.async DSMEM stores,
+// `hand_to_cluster`), into the other of two staging buffers (step parity); each store counts its bytes
+// off the receiving block's mbarrier of that buffer, and a block waits at its own mbarrier, not at a
+// barrier of the whole cluster, until the step's h has landed; no L2 round trip, no counter, no
+// staging copy of h. The layer above still reads h from global memory by counters. Needs the batch in
+// one tile and whole 16-byte runs of units. (Measured on an H200: a 16-block hand-off of 8 KiB a block
+// and the cluster barrier that the mbarriers replaced 0.75 us a step, against 1.4-1.9 us for publish,
+// wait and stage.)
 // PROJ (LSTM projections): h is R = proj_size wide (the staged rows, the exchange, W_hh's columns).
 // After the cell updates of every tile, a block hands its units of the cell's h (H wide) to its chain's
 // other blocks (a second region of the exchange, with a second array of counters), waits for the whole
@@ -139,7 +141,8 @@ __device__ __forceinline__ void staged_but_last() {
 #if CLUSTER
 // The cluster barrier, in halves: every thread of every block arrives (release: its writes to shared
 // memory, its own block's and its peers', are ordered before), and after the wait (acquire) they are
-// visible to the cluster's threads. Between the halves a block does work that needs no peer's data.
+// visible to the cluster's threads. Used once before the first step (staging cleared, mbarriers made)
+// and once after the last.
 __device__ __forceinline__ void cluster_arrive() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
 }
@@ -148,19 +151,48 @@ __device__ __forceinline__ void cluster_wait() {
     asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 
+// The hand-off's arrival count is one: this block's thread 0 arms a staging buffer's mbarrier for the
+// bytes its peers will write there (one phase per step that reads the buffer); each peer's st.async
+// counts its bytes off (complete_tx, release at cluster scope), and the phase completes when all
+// have landed.
+__device__ __forceinline__ void bar_init(unsigned int bar) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" :: "r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void bar_arm(unsigned int bar, unsigned int bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(bar), "r"(bytes) : "memory");
+}
+
+// Until the phase of parity `parity` has completed (acquire at cluster scope: the peers' bytes seen).
+__device__ __forceinline__ void bar_wait(unsigned int bar, unsigned int parity) {
+    unsigned int done;
+    do {
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+}
+
 // This block's units of h (hs, [B][U]) into the staging rows `next` of every block of the cluster
 // (block rank p is the chain's block p, so every block's rows take the slice at columns u0 ...), one
-// 16-byte DSMEM store per (block, batch row, run of VEC units); the caller then meets the others at
-// the cluster barrier.
-__device__ __forceinline__ void hand_to_cluster(const st* hs, st* next, int u0) {
+// 16-byte store per (block, batch row, run of VEC units): to a peer by st.async, which counts its
+// bytes off that peer's mbarrier `bar` (the same offset in every block), to this block by a plain
+// store (seen after the block barriers before the next step's mma). No block waits for the others
+// here: each waits at its own mbarrier for the bytes it needs, when it needs them.
+__device__ __forceinline__ void hand_to_cluster(const st* hs, st* next, unsigned int bar, int u0, int rank) {
     for (int i = threadIdx.x; i < NBC * B * (U / VEC); i += blockDim.x) {
         const int peer = i / (B * (U / VEC)), b = i / (U / VEC) % B, c = i % (U / VEC);
         const uint4 v = *(const uint4*)(hs + b * U + c * VEC);
-        const unsigned int local = (unsigned int)__cvta_generic_to_shared(next + b * KS + u0 + c * VEC);
-        unsigned int remote;
+        st* at = next + b * KS + u0 + c * VEC;
+        if (peer == rank) {
+            *(uint4*)at = v;
+            continue;
+        }
+        const unsigned int local = (unsigned int)__cvta_generic_to_shared(at);
+        unsigned int remote, remote_bar;
         asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(peer));
-        asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};\n"
-                     :: "r"(remote), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_bar) : "r"(bar), "r"(peer));
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n"
+                     :: "r"(remote), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(remote_bar) : "memory");
     }
 }
 #endif
@@ -407,6 +439,18 @@ extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(NTHREADS, 1) KERNEL_NA
     st* const stage0 = (st*)(smem + OFF_STAGE);
 #if CLUSTER
     st* hs = (st*)(smem + OFF_HSLICE);  // this block's units of h of the step, [B][U], for hand_to_cluster
+    // handbar + 8 * p: the mbarrier of staging buffer p, whose phase k completes when the peers' h of the
+    // step before its (k+1)-th reader has landed; (NBC - 1) slices of B x U values a phase
+    const unsigned int handbar = (unsigned int)__cvta_generic_to_shared(smem + OFF_HANDBAR);
+    const unsigned int hand_bytes = (NBC - 1) * B * U * (unsigned int)sizeof(st);
+    const int rank = blockIdx.x % NBC;
+    if (tid == 0) {
+        bar_init(handbar);
+        bar_init(handbar + 8);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        bar_arm(handbar, hand_bytes);
+        bar_arm(handbar + 8, hand_bytes);
+    }
 #endif
     float* gx_s = (float*)(smem + OFF_GX);
     float* gh_s = (float*)(smem + OFF_GH);
@@ -509,7 +553,7 @@ extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(NTHREADS, 1) KERNEL_NA
     staged();
     __syncthreads();
 #if CLUSTER
-    cluster_arrive();  // every block's staging cleared before any peer writes h into it
+    cluster_arrive();  // every block's staging cleared and mbarriers armed before any peer writes h into it
     cluster_wait();
 #endif
 
@@ -553,7 +597,13 @@ extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(NTHREADS, 1) KERNEL_NA
             PROF(2);
                 stage_x(stage, hx, b0, t, layer, T);
 #if CLUSTER
-                if (s > 0) cluster_wait();  // the cluster's blocks wrote h of step s-1 into `stage`
+                if (s > 0) {  // the cluster's blocks wrote h of step s-1 into `stage` (buffer s & 1)
+                    const unsigned int bar = handbar + 8 * (s & 1);
+                    bar_wait(bar, ((s - 1) >> 1) & 1);
+                    // arm the buffer's next phase: its peers write it again only after this block's h of
+                    // step s reached them, which is after this (block barriers below)
+                    if (tid == 0) bar_arm(bar, hand_bytes);
+                }
 #else
                 if (tid == 0 && s > 0) await_count(&counters[chain * T + tprev]);
                 __syncthreads();
@@ -683,18 +733,19 @@ extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(NTHREADS, 1) KERNEL_NA
         __syncthreads();
 #endif
 #if CLUSTER
-        // h of step s (hs, complete after the barrier above) into every block's other staging buffer;
-        // after the cluster barrier each block holds the whole of it, and no peer still reads the
-        // buffer the next step's hand-off writes (they read it during this step, before arriving).
-        hand_to_cluster(hs, stage0 + ((s + 1) & 1) * BT * KS, u0);
-        cluster_arrive();  // (the next step waits where it needs h, after its fill)
+        // h of step s (hs, complete after the barrier above) into every block's other staging buffer,
+        // whose mbarrier each block waits at in step s + 1 (none after the last step: no one reads it).
+        // No peer still reads that buffer: it did in step s - 1, before it handed over the h of step
+        // s - 1 that this block needed for step s.
+        if (s + 1 < T) hand_to_cluster(hs, stage0 + ((s + 1) & 1) * BT * KS, handbar + 8 * ((s + 1) & 1), u0, rank);
         if (tid == 0 && layer < L - 1) publish_count(&counters[chain * T + t]);  // for the layer above (barrier above)
 #else
         if (tid == 0) publish_count(&counters[chain * T + t]);  // every thread's h of step s is written (barrier above)
 #endif
     }
 #if CLUSTER
-    cluster_wait();  // no block leaves while a peer may still write into its shared memory
+    cluster_arrive();  // no block leaves while a peer's stores into it may be in flight
+    cluster_wait();
 #endif
     PROF_END
 }
