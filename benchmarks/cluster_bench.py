@@ -2,7 +2,7 @@
 cluster, h through distributed shared memory) against the same kernel handing h over through global
 memory (the planner's choice on a device described without clusters), and cuDNN, in one run.
 
-    python3 benchmarks/cluster_bench.py [--out OUT.json] [--precision fp16 bf16 tf32] [--only TEXT ...]
+    python3 benchmarks/cluster_bench.py [--out OUT.json] [--precision fp16 bf16 tf32] [--only TEXT ...] [--any-shape]
 
 Each kernel is checked against strict fp32 torch before it is timed (Executor.run on device tensors,
 median of 30 after warm-up, CUDA events); cuDNN eager and cuDNN replayed from a CUDA graph are timed
@@ -31,13 +31,14 @@ from rnnplan.bench.harness import (
     rel_err,
     strict_reference,
 )
-from rnnplan.persistent import kernel_of
+from rnnplan.persistent import kernel_of, select
 
 ROWS = [
     config("lstm", 1, 512, 1), config("lstm", 1, 512, 8), config("lstm", 1, 512, 16), config("lstm", 1, 512, 32),
     config("lstm", 1, 256, 8), config("lstm", 2, 256, 1), config("lstm", 2, 256, 8), config("lstm", 4, 256, 8),
     config("lstm", 1, 512, 8, bidirectional=True), config("gru", 1, 512, 8), config("gru", 2, 256, 4),
-    config("rnn_tanh", 2, 512, 1), config("lstm", 2, 512, 8),
+    config("rnn_tanh", 2, 512, 1), config("lstm", 2, 512, 8), config("lstm", 1, 512, 64), config("lstm", 1, 256, 32),
+    config("lstm", 4, 256, 16), config("gru", 2, 256, 16), config("lstm", 3, 128, 16),
 ]
 
 
@@ -58,7 +59,11 @@ def main():
     ap.add_argument("--precision", nargs="*", default=["fp16", "bf16"])
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--any-shape", action="store_true",
+                    help="plan the cluster kernel past the planner's batch and layer limits (to re-measure them)")
     args = ap.parse_args()
+    if args.any_shape:
+        select.CLUSTER_MAX_BATCH = select.CLUSTER_MAX_LAYERS = 10**6
     device = describe_device()
     plain = device.model_copy(update={"cluster_blocks": 0, "max_clusters": 0})
     results = []

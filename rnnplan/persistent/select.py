@@ -59,14 +59,15 @@ PROJ_AUTO_MAX_BATCH = 16
 PROJ_FFMA_MAX_BATCH = 0
 # The cluster hand-off (a chain's blocks in one thread-block cluster, h through distributed shared
 # memory) where it fits, above FFMA_MAX_BATCH, up to CLUSTER_MAX_BATCH and CLUSTER_MAX_LAYERS. Measured
-# on an H200 (BENCHMARKS.md, seventh session, `benchmarks/cluster_bench.py`, Executor.run, against the
-# hand-off through global memory): faster at LSTM 1x512 B8 (0.294 against 0.324 ms fp16, 0.301 / 0.329
-# bf16), 1x512 B8 bidirectional fp16 (0.285 / 0.330), GRU 1x512 B8 (0.281 / 0.315), LSTM 2x256 B8
-# (0.279 / 0.302) and GRU 2x256 B4 (0.230 / 0.253); slower at batch 16 (0.402 / 0.379) and 32 (0.639 /
-# 0.443), where a chain's 16 blocks do 8 times the mma work of 128, at batch 1 against the FFMA kernel
-# (1x512 0.218 / 0.166) and at 4 layers (4x256 B8 0.313 / 0.297).
-CLUSTER_MAX_BATCH = 8
-CLUSTER_MAX_LAYERS = 2
+# on an H200 (BENCHMARKS.md, twelfth session, `benchmarks/cluster_bench.py --any-shape`, Executor.run,
+# against the hand-off through global memory), with the st.async / mbarrier hand-off: faster at LSTM
+# 1x512 B8 (0.221 against 0.303 ms fp16, 0.221 / 0.307 bf16), B16 (0.319 / 0.396, 0.321 / 0.406),
+# 1x256 B32 (0.370 / 0.393 fp16, tf32 even), 2x256 B8, 4x256 B8 (0.291 / 0.321 fp16, 0.330 / 0.344
+# tf32), GRU 1x512 B8 and 2x256 B4, bidirectional 1x512 B8; slower at LSTM 1x512 B32 (0.647 / 0.488 fp16,
+# 0.578 / 0.457 bf16: a chain's 16 blocks do 8 times the mma work of 128). (With the cluster barrier
+# before it, batch 16 and 4 layers were slower, so the limits were 8 and 2.)
+CLUSTER_MAX_BATCH = 16
+CLUSTER_MAX_LAYERS = 4
 
 
 def planning_device(options: PlanOptions | None) -> DeviceShape | None:
