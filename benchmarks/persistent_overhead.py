@@ -13,6 +13,7 @@ import rnnplan as rp
 from rnnplan.bench import median_ms
 
 CONFIGS = [
+    dict(cell="lstm", input_size=512, hidden_size=512, num_layers=1, batch=8, dtype="float16"),
     dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, batch=1, dtype="float32"),
     dict(cell="lstm", input_size=256, hidden_size=256, num_layers=4, batch=8, dtype="float16"),
     dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, batch=8, dtype="float16"),

@@ -3,6 +3,7 @@ each block and summed over the steps, for the first block of layer 0 and of the 
 
     python3 benchmarks/persistent_profile.py [--weights chosen|registers|shared] [--precision fp16|tf32|fp32]
                                              [--config paper 4x256b8 1x1024b8 1x256b1 ...] [--units N]
+                                             [--seq-len T]
 
 The kernel is the one the planner picks (math="tf32" for the tf32 precision). Phases of the
 tensor-core kernel: set-up (once: weights on-chip, biases), publish/loop (the previous step's
@@ -10,8 +11,9 @@ publish and loop overhead; with projections, the projection's wait, staging and 
 (gate sums from biases and layer 0's input projection), wait x (for the layer below's counters),
 wait h (issuing the layer input's copy, then waiting for this chain's counter), stage (the copy of h
 and waiting for all copies), mma (tensor cores and writing the gate sums), cell (the cell update);
-with the cluster hand-off publish/loop holds the DSMEM stores and the barrier's arrival, wait h its
-wait. Of the FFMA kernel (batch 1-2, or fp32 math): barrier/loop (the end of
+with the cluster hand-off publish/loop holds the DSMEM stores, wait h the wait at the mbarrier.
+Then the kernel's timeline by the GPU's global timer: when the blocks started, when all were set
+up, the steps, when the last block left (what a kernel's time holds outside its steps). Of the FFMA kernel (batch 1-2, or fp32 math): barrier/loop (the end of
 the previous step, issuing layer 0's projection loads), wait h+x (polling this chain's exchange words,
 then the layer input's, or both at once with MERGED_WAIT), barrier (layer 0's prefetched projection into
 the gate sums, a block barrier), dot+barrier (the dot products, their
@@ -80,11 +82,13 @@ def main() -> None:
     ap.add_argument("--precision", choices=["fp16", "tf32", "fp32"], default="fp16")
     ap.add_argument("--config", nargs="*", choices=sorted(CONFIGS), default=["paper", "4x256b8"])
     ap.add_argument("--units", type=int, help="hidden units per block instead of the planner's (FFMA kernel)")
+    ap.add_argument("--seq-len", type=int, help="the sequence's length instead of the configuration's")
     args = ap.parse_args()
 
     clock_hz = cp.cuda.runtime.getDeviceProperties(0)["clockRate"] * 1e3
     for name in args.config:
-        spec = rp.RNNSpec(**CONFIGS[name], dtype="float16" if args.precision == "fp16" else "float32")
+        spec = rp.RNNSpec(**CONFIGS[name] | ({"seq_len": args.seq_len} if args.seq_len else {}),
+                          dtype="float16" if args.precision == "fp16" else "float32")
         plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math=args.precision.replace("fp16", "fp32")))
         r = next(s.recurrence for s in plan.steps if s.recurrence)
         if args.weights != "chosen" and r.weights_in_registers != (args.weights == "registers"):
@@ -110,6 +114,11 @@ def main() -> None:
             print(f"  block {block:3d} (layer {block // k.blocks_per_chain // k.directions}), us per step: "
                   + ", ".join(f"{n} {u:.2f}" for n, u in zip(phases, us)) + f"; total {us.sum():.2f}; "
                   f"set-up before the first step {cycles[block, 7] / clock_hz * 1e6:.1f} us")
+        entry, ready, leave = (cycles[:, 8:11].astype(np.int64) - int(cycles[:, 8].min())).T / 1e3
+        print(f"  timeline (global timer, us from the first block's start): blocks start within {entry.max():.1f}; "
+              f"all set up at {ready.max():.1f} (each block's own set-up {(ready - entry).min():.1f}-"
+              f"{(ready - entry).max():.1f}); steps {leave.max() - ready.max():.1f} "
+              f"({(leave.max() - ready.max()) / spec.seq_len:.2f} a step); last block leaves at {leave.max():.1f}")
 
 
 if __name__ == "__main__":

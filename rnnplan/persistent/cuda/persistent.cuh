@@ -26,13 +26,22 @@ __device__ __forceinline__ unsigned int half_bits(float v) {
 }
 
 // Profiling (PROFILE 1): thread 0 of each block sums clock64() between the PROF(k) marks of its
-// phases and, at the end, writes the PROFILE_SLOTS sums past the exchange buffer (PROFILE_OFFSET).
-// Otherwise the marks are empty statements and cost nothing.
+// phases (slots 0-7) and stamps the GPU's global timer (ns) at its start, at the end of its set-up
+// (PROF(7)) and at its end (slots 8-10: where a kernel's time goes outside its steps); at the end it
+// writes the PROFILE_SLOTS words past the exchange buffer (PROFILE_OFFSET). Otherwise the marks are
+// empty statements and cost nothing.
 #if PROFILE
-#define PROF_START unsigned long long prof_acc[PROFILE_SLOTS] = {0}, prof_t = clock64();
-#define PROF(k) if (tid == 0) { unsigned long long now = clock64(); prof_acc[k] += now - prof_t; prof_t = now; }
-#define PROF_END if (tid == 0) for (int k = 0; k < PROFILE_SLOTS; ++k) \
-    ((unsigned long long*)((unsigned char*)xch + PROFILE_OFFSET))[blockIdx.x * PROFILE_SLOTS + k] = prof_acc[k];
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#define PROF_START unsigned long long prof_acc[PROFILE_SLOTS] = {0}, prof_t = clock64(); \
+    if (tid == 0) prof_acc[8] = global_ns();
+#define PROF(k) if (tid == 0) { unsigned long long now = clock64(); prof_acc[k] += now - prof_t; prof_t = now; \
+    if ((k) == 7) prof_acc[9] = global_ns(); }
+#define PROF_END if (tid == 0) { prof_acc[10] = global_ns(); for (int k = 0; k < PROFILE_SLOTS; ++k) \
+    ((unsigned long long*)((unsigned char*)xch + PROFILE_OFFSET))[blockIdx.x * PROFILE_SLOTS + k] = prof_acc[k]; }
 #else
 #define PROF_START
 #define PROF(k)
