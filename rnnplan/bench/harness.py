@@ -8,6 +8,7 @@ no CuPy itself: inputs go to rnnplan as torch CUDA tensors.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from importlib import metadata
@@ -29,6 +30,17 @@ def config(cell: str, layers: int, hidden: int, batch: int, seq_len: int = 100, 
     kw = dict(cell=cell, input_size=hidden, hidden_size=hidden, num_layers=layers, seq_len=seq_len, batch=batch)
     kw |= ({"bidirectional": True} if bidirectional else {}) | ({"proj_size": proj} if proj else {})
     return label + (f" ({note})" if note else ""), kw
+
+
+def config_of_label(label: str) -> dict:
+    """The RNNSpec keywords of a row label `config` made (its note dropped): results files name their
+    rows by label alone."""
+    m = re.fullmatch(r"(\S+) (\d+)x(\d+)(?: proj (\d+))? B(\d+) T(\d+)( bidir)?(?: \(.*\))?", label)
+    if m is None:
+        raise ValueError(f"not a benchmark row label: {label!r}")
+    cell, layers, hidden, proj, batch, seq_len, bidir = m.groups()
+    cells = {v: k for k, v in CELL_LABELS.items()}
+    return config(cells[cell], int(layers), int(hidden), int(batch), int(seq_len), bool(bidir), proj=int(proj or 0))[1]
 
 
 ROWS = [  # ANCHORS.md's configurations

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import rnnplan as rp
-from rnnplan.bench.harness import DTYPES, MATHS, ROWS
+from rnnplan.bench.harness import DTYPES, MATHS, ROWS, config_of_label
 from rnnplan.lowering.cost import predicted_ms
 from rnnplan.spec import H200, DeviceShape
 
@@ -63,6 +63,23 @@ def crossover_predictions(rows: list[dict], device: DeviceShape = H200) -> list[
                 plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, lowering=lowering, device=device))
                 out.append(Prediction(f"{r['config']} B{r['batch']}", r["precision"], lowering, r[f"{lowering}_ms"],
                                       predicted_ms(plan)))
+    return out
+
+
+def cluster_bench_predictions(results: dict, device: DeviceShape = H200) -> list[Prediction]:
+    """One Prediction per kernel `benchmarks/cluster_bench.py` timed (its --out JSON) that the
+    planner itself picks: the cluster hand-off ("cluster") where the planner takes it on `device`,
+    the hand-off through global memory ("global") on `device` described without clusters."""
+    plain = device.model_copy(update={"cluster_blocks": 0, "max_clusters": 0})
+    out = []
+    for r in results["rows"]:
+        spec = rp.RNNSpec(**config_of_label(r["row"]), dtype=DTYPES[r["precision"]])
+        for name, on in (("cluster", device), ("global", plain)):
+            if r.get(f"{name}_ms") is None:
+                continue
+            plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent", math=MATHS[r["precision"]], device=on))
+            if next(s.recurrence for s in plan.steps if s.recurrence).cluster == (name == "cluster"):
+                out.append(Prediction(r["row"], r["precision"], name, r[f"{name}_ms"], predicted_ms(plan)))
     return out
 
 

@@ -21,6 +21,9 @@ rows and 26 of 26 persistent rows within 25%; half the graph rows fitted, the ot
 strict fp32's SIMT GEMMs fill the GPU with tiles of 128 x 64, and tf32 GEMMs of few tiles reach 0.12
 of the tf32 ceiling instead of 0.41: 46/48 and 26/26 on that matrix, 44/48 and 26/26 on the
 2026-12-03 matrix, 48/48 and 31/32 on the crossover rows (batches up to 256, `benchmarks/crossover.py`).
+Then (twelfth session) the cluster hand-off's terms, refitted after its mbarriers: 20 of 20 cluster and
+44 of 45 global-hand-off kernels within 25% (`benchmarks/cluster_bench.py --any-shape`), 26/26 persistent
+rows on the matrix measured with it.
 Left: LSTM 1x2048 B32 T200 fp16/bf16 (1.41-1.43x: its 67 MB of weights count as read from HBM, but
 the 34 MB a step reads mostly stay in L2; a test on those alone made other rows worse). A model for
 pictures and first choices, not a promise: measured times live in BENCHMARKS.md.
@@ -53,7 +56,8 @@ class CostModel:
     launch_us: float | None = None       # kernels launched from Python instead (about 7 us); None: graph replay
     # the persistent kernel
     handoff_us: float = 2.52             # tensor-core kernel, h through global memory and counters
-    cluster_handoff_us: float = 1.839    # tensor-core kernel, h through the cluster's shared memory
+    cluster_handoff_us: float = 1.2      # tensor-core kernel, h through the cluster's shared memory (st.async)
+    cluster_layer_wait_us: float = 0.45  # and above layer 0, the layer below's h by counters in global memory
     ffma_handoff_us: float = 1.3         # FFMA kernel (batch 1-2, strict fp32)
     mma_tflops_per_sm: float = 2.095     # mma.sync on fp16 / bf16
     tf32_tflops_per_sm: float = 0.4553   # mma.sync on tf32
@@ -102,6 +106,8 @@ class CostModel:
         else:
             rate = self.tf32_tflops_per_sm if k.precision.math == "tf32" else self.mma_tflops_per_sm
             handoff = self.cluster_handoff_us if r.cluster else self.handoff_us
+            if r.cluster and r.num_layers > 1:
+                handoff += self.cluster_layer_wait_us
         per_block = step.flops / (r.seq_len * k.blocks)
         staged = r.batch * k.element_bytes * ((0 if r.cluster else r.h_width)
                                               + (r.h_width * r.directions if r.num_layers > 1 else 0))
