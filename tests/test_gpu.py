@@ -378,7 +378,8 @@ def test_auto_lowering_with_the_real_device():
 ], ids=["ffma", "mma"])
 def test_profiled_kernel_computes_the_same_and_counts_its_phases(spec_kw, precision):
     """profile=True compiles the persistent kernel with its PROF marks on: the same results, and every
-    block's clock sums of its phases (set-up, and at least one phase per step) are filled in."""
+    block's clock sums of its phases (set-up, and at least one phase per step) and its three global-timer
+    stamps are filled in."""
     spec = rp.RNNSpec(**spec_kw, dtype="float16" if precision == "fp16" else "float32")
     plan = rp.build_plan(spec, options=rp.PlanOptions(lowering="persistent"))
     w = rp.Weights.random(spec, seed=3)
@@ -391,6 +392,12 @@ def test_profiled_kernel_computes_the_same_and_counts_its_phases(spec_kw, precis
     r = plan.steps[-1].recurrence
     from rnnplan.persistent import kernel_of
 
-    assert cycles.shape == (kernel_of(r).blocks, 8)
+    from rnnplan.persistent import PROFILE_SLOTS
+
+    assert cycles.shape == (kernel_of(r).blocks, PROFILE_SLOTS) == (kernel_of(r).blocks, 11)
     assert (cycles[:, 7] > 0).all() and (cycles[:, :5].sum(axis=1) > 0).all()
+    # the global timer's stamps a block: start <= set-up done <= end, all blocks within one run
+    start, ready, end = cycles[:, 8].astype(np.int64), cycles[:, 9].astype(np.int64), cycles[:, 10].astype(np.int64)
+    assert (start > 0).all() and (start <= ready).all() and (ready <= end).all()
+    assert end.max() - start.min() < 10**9  # ns: one run, not stamps of different runs
     assert plain.impl.persistent_profile() == []
