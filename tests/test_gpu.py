@@ -390,9 +390,7 @@ def test_profiled_kernel_computes_the_same_and_counts_its_phases(spec_kw, precis
         assert rel_err(profiled.run(x, state)[0].get(), plain.run(x, state)[0].get()) == 0.0
     (cycles,) = profiled.impl.persistent_profile()
     r = plan.steps[-1].recurrence
-    from rnnplan.persistent import kernel_of
-
-    from rnnplan.persistent import PROFILE_SLOTS
+    from rnnplan.persistent import PROFILE_SLOTS, kernel_of
 
     assert cycles.shape == (kernel_of(r).blocks, PROFILE_SLOTS) == (kernel_of(r).blocks, 11)
     assert (cycles[:, 7] > 0).all() and (cycles[:, :5].sum(axis=1) > 0).all()
