@@ -37,8 +37,7 @@ REGISTER_BUDGET = 168
 FFMA_REGISTER_BUDGET = 192
 IN_FLIGHT = 8  # global loads a thread issues before it waits on the first
 XPF_MAX = 8  # FFMA kernel: prefetch layer 0's input projection into registers when it needs at most this many a thread
-PROFILE_SLOTS = 11  # profiling: a block's 8 clock sums (phases; slot 7 the set-up), then 3 globaltimer
-# stamps, ns: entry, set-up done, exit (8-byte words after the exchange buffer)
+PROFILE_SLOTS = 11  # profiling, 8-byte words a block: 8 clock sums (phases), 3 global-timer stamps (persistent.cuh)
 
 
 def _ceil_div(n: int, d: int) -> int:
@@ -259,8 +258,8 @@ class PersistentKernel(Recurrence):
                      ("whr", self.proj_rows_per_block * self.proj_stride * size),
                      ("hfull", _round_up(B, 8) * self.proj_stride * size if self.proj_size else 0),
                      ("projsum", prod(self.proj_mma_split) * 16 * 8 * 4),
-                     ("hslice", B * U * size if self.cluster else 0),  # cluster: this block's h of a step
-                     ("handbar", 16 if self.cluster else 0)]  # cluster: an mbarrier per staging buffer
+                     # cluster: this block's h of a step, an mbarrier per staging buffer
+                     ("hslice", B * U * size if self.cluster else 0), ("handbar", 16 if self.cluster else 0)]
         else:  # weights in the storage dtype, fp32 staging of h and the layer input for the whole batch
             R, P = self.h_width, self.proj_rows_per_block  # with projections h is R = proj_size wide
             held = 0 if self.weights_in_registers else G * U * (R + K) * self.element_bytes
@@ -368,8 +367,6 @@ class PersistentKernel(Recurrence):
         if len(self.chains) > device.max_clusters:
             return f"{len(self.chains)} chains; {device.name} keeps {device.max_clusters} clusters of {nb} resident"
         return None
-
-    # ---- fit
 
     def fit(self, device: DeviceShape, smem_per_sm: int | None = None) -> Fit:
         """Does the kernel fit `device`: every layer-direction gets blocks, each block's shared memory
