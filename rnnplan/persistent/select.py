@@ -64,8 +64,8 @@ PROJ_FFMA_MAX_BATCH = 0
 # 1x512 B8 (0.221 against 0.303 ms fp16, 0.221 / 0.307 bf16), B16 (0.319 / 0.396, 0.321 / 0.406),
 # 1x256 B32 (0.370 / 0.393 fp16, tf32 even), 2x256 B8, 4x256 B8 (0.291 / 0.321 fp16, 0.330 / 0.344
 # tf32), GRU 1x512 B8 and 2x256 B4, bidirectional 1x512 B8; slower at LSTM 1x512 B32 (0.647 / 0.488 fp16,
-# 0.578 / 0.457 bf16: a chain's 16 blocks do 8 times the mma work of 128). (With the cluster barrier
-# before it, batch 16 and 4 layers were slower, so the limits were 8 and 2.)
+# 0.578 / 0.457 bf16: a chain's 16 blocks do 8 times the mma work of 128), so batch 32 stays out though
+# 1x256 B32 gained. (With the cluster barrier before it, batch 16 and 4 layers were slower: 8 and 2.)
 CLUSTER_MAX_BATCH = 16
 CLUSTER_MAX_LAYERS = 4
 
