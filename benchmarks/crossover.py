@@ -18,6 +18,7 @@ import numpy as np
 
 import rnnplan as rp
 from rnnplan.bench import median_ms
+from rnnplan.bench.harness import DTYPES, MATHS
 from rnnplan.bench.predictions import CROSSOVER_CONFIGS, CROSSOVER_PRECISIONS
 from rnnplan.lowering.cost import predicted_ms
 
@@ -43,9 +44,10 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for name, kw in CONFIGS.items():
-        for prec, (dtype, math) in PRECISIONS.items():
+        for prec in PRECISIONS:
+            math = MATHS[prec]
             for batch in BATCHES:
-                spec = rp.RNNSpec(**kw, batch=batch, seq_len=100, dtype=dtype)
+                spec = rp.RNNSpec(**kw, batch=batch, seq_len=100, dtype=DTYPES[prec])
                 g, gp, _ = timed(spec, "graph", math, args.repeats)
                 p, pp, why = timed(spec, "persistent", math, args.repeats)
                 auto = rp.build_plan(spec, options=rp.PlanOptions(math=math)).lowering

@@ -141,8 +141,6 @@ class CandidateBuilds:
             return Candidate("cudnn", graph, graph.nbytes, "torch's own forward, as the module would run it")
         return finish if later else finish()
 
-    # ---- calls ----------------------------------------------------------------------------------
-
 
 def _built_alone(factories: dict, near: tuple[str, int]):
     """`near`'s candidate (`_nearest_tuned`) built alone, as a build's result; None where it does not build."""

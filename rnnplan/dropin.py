@@ -197,6 +197,8 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
             self._executors.popitem(last=False)
         return choice
 
+    # ---- calls ----------------------------------------------------------------------------------
+
     def _check(self, name: str, t) -> torch.Tensor:
         want = self._buffers["weight_hh_l0"]  # (not self.weight_hh_l0: nn.Module's __getattr__ costs 0.4 us)
         if not isinstance(t, torch.Tensor):

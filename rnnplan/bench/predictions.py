@@ -48,7 +48,7 @@ CROSSOVER_CONFIGS = {
     "LSTM 4x512": dict(cell="lstm", num_layers=4, input_size=512, hidden_size=512),
     "GRU 4x512": dict(cell="gru", num_layers=4, input_size=512, hidden_size=512),
 }
-CROSSOVER_PRECISIONS = {"fp16": ("float16", "fp32"), "tf32": ("float32", "tf32")}  # -> (dtype, math)
+CROSSOVER_PRECISIONS = ("fp16", "tf32")  # (storage and math: harness.DTYPES, MATHS)
 
 
 def crossover_predictions(rows: list[dict], device: DeviceShape = H200) -> list[Prediction]:
@@ -56,8 +56,8 @@ def crossover_predictions(rows: list[dict], device: DeviceShape = H200) -> list[
     planned again for `device` and predicted now (not the predictions the file recorded)."""
     out = []
     for r in rows:
-        dtype, math = CROSSOVER_PRECISIONS[r["precision"]]
-        spec = rp.RNNSpec(**CROSSOVER_CONFIGS[r["config"]], seq_len=100, batch=r["batch"], dtype=dtype)
+        math = MATHS[r["precision"]]
+        spec = rp.RNNSpec(**CROSSOVER_CONFIGS[r["config"]], seq_len=100, batch=r["batch"], dtype=DTYPES[r["precision"]])
         for lowering in ("graph", "persistent"):
             if r.get(f"{lowering}_ms") is not None:
                 plan = rp.build_plan(spec, options=rp.PlanOptions(math=math, lowering=lowering, device=device))
