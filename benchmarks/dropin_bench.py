@@ -5,7 +5,8 @@ same run. Correctness first (each row compares with the module in strict fp32), 
   with `build="background"` (the first call on torch's module while the executor builds);
 - a packed batch against the padded batch of the same longest length;
 - host time per call (Python until the call returns, with the GPU kept busy ahead so that no launch
-  waits for it: `rnnplan.timing.host_us`) at one step, batch 1;
+  waits for it: `rnnplan.timing.host_us`) at one step, batch 1, on the compiled call path
+  (`rnnplan.compiled_calls`, built first) and on the Python path;
 - per-chunk latency for chunks of 1, 4 and 16 steps at batch 1, streaming the state, against cuDNN
   eager and cuDNN captured in a CUDA graph.
 
@@ -179,13 +180,17 @@ def _graph_ms(ex) -> float:
 def host_time(results: list) -> None:
     m = lstm(2, 256)
     fast, tuned = rp.compile(m, autotune=False), rp.compile(m)
+    python_path = rp.compile(m, autotune=False, fast_call=False)
     x = torch.randn(1, 1, 256, device="cuda")
     with torch.no_grad():
         out, state = fast(x)
         tuned(x, state)
+        python_path(x, state)
         ex = fast.executor(1, 1, False, x.device)
         choice = list(tuned._executors.values())[-1].chosen.name
-        for label, call in (("rnnplan.compile call", lambda: fast(x, state)),
+        path = "compiled call path" if fast._fast is not None else "Python path"
+        for label, call in ((f"rnnplan.compile call ({path})", lambda: fast(x, state)),
+                            ("rnnplan.compile call (Python path)", lambda: python_path(x, state)),
                             (f"compiled, autotuned ({choice})", lambda: tuned(x, state)),
                             ("Executor.run", lambda: ex.run(x, state)),
                             ("cuDNN eager", lambda: m(x, state))):
@@ -198,6 +203,7 @@ def chunk_latency(results: list) -> None:
     for layers, hidden in ((2, 256), (4, 512)):
         m = lstm(layers, hidden)
         fast, tuned = rp.compile(m, autotune=False), rp.compile(m)
+        python_path = rp.compile(m, autotune=False, fast_call=False)
         for chunk in (1, 4, 16):
             x = torch.randn(chunk, 1, hidden, device="cuda")
             h0 = torch.zeros(layers, 1, hidden, device="cuda")
@@ -205,6 +211,8 @@ def chunk_latency(results: list) -> None:
             with torch.no_grad():
                 err = rel_err(fast(x, state)[0], m(x, state)[0])
                 ours = median_ms(lambda i: fast(x, state), 30)
+                python_path(x, state)
+                python_ms = median_ms(lambda i: python_path(x, state), 30)
                 tuned_err = rel_err(tuned(x, state)[0], m(x, state)[0])
                 tuned_ms = median_ms(lambda i: tuned(x, state), 30)
                 choice = list(tuned._executors.values())[-1].chosen.name
@@ -223,9 +231,10 @@ def chunk_latency(results: list) -> None:
             lowering = fast.executor(chunk, 1, False, x.device).plan.lowering
             row = dict(kind="chunk", row=f"LSTM {layers}x{hidden} B1 chunk {chunk}", rnnplan_ms=ours, cudnn_eager_ms=eager,
                        cudnn_graph_ms=captured, rel_err=err, lowering=lowering, autotuned_ms=tuned_ms,
-                       autotuned_choice=choice, autotuned_rel_err=tuned_err)
+                       autotuned_choice=choice, autotuned_rel_err=tuned_err, python_path_ms=python_ms,
+                       compiled_path=fast._fast is not None)
             results.append(row)
-            print(f"  chunk    {row['row']:<24} rnnplan {ours:7.3f} ({lowering})  autotuned {tuned_ms:7.3f} ({choice})  "
+            print(f"  chunk    {row['row']:<24} rnnplan {ours:7.3f} ({lowering}; Python path {python_ms:7.3f})  autotuned {tuned_ms:7.3f} ({choice})  "
                   f"cuDNN eager {eager:7.3f}  cuDNN graph {captured:7.3f}  err {err:.1e}", flush=True)
 
 
@@ -244,6 +253,10 @@ def main() -> None:
                 json.dump(results, f, indent=1)
         return
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
+    import rnnplan.compiled_calls as compiled_calls
+
+    compiled_calls.load()
+    print(f"compiled call path: {compiled_calls.why_not() or 'loaded'}", flush=True)
     parts = {"set-up": first_calls, "background": background_set_up, "packed": packed_against_padded, "host": host_time, "chunk": chunk_latency}
     for name, part in parts.items():
         if args.only is None or name in args.only:

@@ -1,7 +1,8 @@
 """Where a drop-in call's host time goes (issue 17, item 4), on the device machine: the median wall
 time of pieces of a call of `rnnplan.compile` at LSTM 2x256, batch 1, one step (persistent lowering,
 by pointers), timed by `rnnplan.timing.host_us` (the GPU kept busy ahead of the calls, so that none
-waits for it), and a cProfile of many calls. Then, for whole sequences, what the host adds to a call's
+waits for it), on the compiled call path (`rnnplan.compiled_calls`, built first) and on the Python
+path (`fast_call=False`), and a cProfile of many calls on the Python path. Then, for whole sequences, what the host adds to a call's
 time on the GPU: the call timed from an idle GPU (`median_ms`, as the benchmarks time it) against
 the same call queued behind a sleep kernel (its launches all issued before the GPU reaches them),
 for each candidate of `rnnplan.compile` and for cuDNN in a CUDA graph.
@@ -17,6 +18,7 @@ import statistics
 import torch
 
 import rnnplan as rp
+import rnnplan.compiled_calls as compiled_calls
 from rnnplan.autotune import CudnnGraph
 from rnnplan.timing import host_us, median_ms
 from rnnplan.torch_calls import raw_stream
@@ -25,9 +27,12 @@ from rnnplan.torch_calls import raw_stream
 def pieces() -> None:
     torch.manual_seed(0)
     m = torch.nn.LSTM(256, 256, num_layers=2).cuda().eval()
-    fast = rp.compile(m, autotune=False)
+    compiled = rp.compile(m, autotune=False)
+    fast = rp.compile(m, autotune=False, fast_call=False)
     x = torch.randn(1, 1, 256, device="cuda")
     with torch.no_grad():
+        compiled(x)
+        assert compiled._fast is not None, compiled_calls.why_not()
         out, state = fast(x)
         h, c = state
         (choice,) = fast._executors.values()
@@ -35,7 +40,9 @@ def pieces() -> None:
         out2, h2, c2 = run(x, h, c, None)
         outs = (out2.data_ptr(), h2.data_ptr(), c2.data_ptr())
         timed = {
-            "whole call fast(x, state)": lambda: fast(x, state),
+            "whole call, compiled call path": lambda: compiled(x, state),
+            "whole call, compiled path, no state": lambda: compiled(x),
+            "whole call fast(x, state), Python path": lambda: fast(x, state),
             "forward (no nn.Module.__call__)": lambda: fast.forward(x, state),
             "CompiledRNN.run (below forward)": lambda: fast.run(x, h, c, None),
             "the candidate's run (pointers)": lambda: run(x, h, c, None),
@@ -89,10 +96,15 @@ def gaps() -> None:
         x = torch.randn(100, batch, hidden, device="cuda", dtype=dtype)
         name = f"LSTM {layers}x{hidden} B{batch} T100 {str(dtype)[6:]}"
         with torch.no_grad():
-            for lowering in ("persistent", "graph"):
-                fast = rp.compile(m, autotune=False, lowering=lowering)
+            for lowering, fast_call in (("persistent", False), ("persistent", True), ("graph", False),
+                                        ("autotuned", False), ("autotuned", True)):
+                fast = rp.compile(m, autotune=lowering == "autotuned", fast_call=fast_call,
+                                  lowering="auto" if lowering == "autotuned" else lowering)
                 call = lambda: fast(x)  # noqa: E731
-                print(f"{name} {lowering:<10} idle {median_ms(lambda i: call(), 30):.3f} ms, "
+                call()
+                path = "compiled" if fast._fast is not None else "Python"
+                choice = next(iter(fast._executors.values())).chosen.name
+                print(f"{name} {lowering:<10} ({choice}, {path} path) idle {median_ms(lambda i: call(), 30):.3f} ms, "
                       f"queued {queued_ms(call):.3f} ms", flush=True)
             graph = CudnnGraph(m, x, True, layers, hidden)
             call = lambda: graph(x, None, None, None)  # noqa: E731
@@ -108,6 +120,8 @@ def gaps() -> None:
 
 
 def main() -> None:
+    if compiled_calls.load() is None:
+        raise SystemExit(compiled_calls.why_not())
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-pieces", action="store_true")
     if not ap.parse_args().no_pieces:

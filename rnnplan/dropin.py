@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import torch
 
+import rnnplan.compiled_calls as compiled_calls
 from rnnplan.autotune import Choice, finish_candidates, pick
 from rnnplan.backends.shared import SharedResources
 from rnnplan.background import BUILDS, Builds
@@ -70,7 +71,7 @@ class CacheInfo(NamedTuple):
 
 def compile(module, *, lowering: str = "auto", bucket: int | None = None, cache_bytes: int = 2**31,
             cast: bool = False, debug: bool = False, autotune: bool = True,
-            build: str = "blocking") -> CompiledRNN:  # noqa: A001 (torch's name)
+            build: str = "blocking", fast_call: bool = True) -> CompiledRNN:  # noqa: A001 (torch's name)
     """`module` (a torch.nn.LSTM, GRU or RNN in eval mode) as a CompiledRNN. `lowering` as in
     PlanOptions; `bucket` pads lengths up to a multiple of that many steps (masked); `cache_bytes`
     bounds the cached executors' memory; `cast` lets inputs of another dtype be cast (else named);
@@ -78,9 +79,11 @@ def compile(module, *, lowering: str = "auto", bucket: int | None = None, cache_
     at a shape times the candidates (the lowerings `lowering` allows, and for fixed lengths torch's
     own cuDNN call captured in a CUDA graph) and keeps the fastest; False keeps the planner's choice.
     `build="background"` (for servers): a new shape's executor builds on a worker thread while its
-    calls run torch's own module (`rnnplan.background`); "blocking" builds it in the first call."""
+    calls run torch's own module (`rnnplan.background`); "blocking" builds it in the first call.
+    `fast_call` (GPU): repeat calls of one graph launch go through the compiled call path
+    (`rnnplan.compiled_calls`, built once per machine on a worker thread) once it is loaded."""
     return CompiledRNN(module, lowering=lowering, bucket=bucket, cache_bytes=cache_bytes, cast=cast, debug=debug,
-                       autotune=autotune, build=build)
+                       autotune=autotune, build=build, fast_call=fast_call)
 
 
 def _refuse(module) -> None:
@@ -96,19 +99,25 @@ def _refuse(module) -> None:
 
 class CompiledRNN(torch.nn.Module, CandidateBuilds):
     def __init__(self, module, *, lowering: str = "auto", bucket: int | None = None, cache_bytes: int = 2**31,
-                 cast: bool = False, debug: bool = False, autotune: bool = True, build: str = "blocking"):
+                 cast: bool = False, debug: bool = False, autotune: bool = True, build: str = "blocking",
+                 fast_call: bool = True):
         super().__init__()
         _refuse(module)
         if bucket is not None and (type(bucket) is not int or bucket < 1):
             raise CompileError(f"bucket must be a number of steps >= 1, or None; got {bucket!r}")
         if not isinstance(autotune, bool):
             raise CompileError(f"autotune must be True or False, got {autotune!r}")
+        if not isinstance(fast_call, bool):
+            raise CompileError(f"fast_call must be True or False, got {fast_call!r}")
         if build not in BUILDS:
             raise CompileError(f"build must be one of {BUILDS}, got {build!r}")
         self.template = RNNSpec.from_torch(module, seq_len=1, batch=1)
         PlanOptions(lowering=lowering)  # named now, not at the first call
         self.lowering, self.bucket, self.max_bytes, self.cast, self.debug = lowering, bucket, cache_bytes, cast, debug
-        self.autotune, self.build = autotune, build
+        self.autotune, self.build, self.fast_call = autotune, build, fast_call
+        # The compiled call path's table of this module's one-launch shapes (rnnplan.compiled_calls), remade
+        # whenever the executor cache changes; pending while the extension is not loaded yet.
+        self._fast, self._fast_pending = None, False
         for name, tensor in module.state_dict().items():
             self.register_buffer(name, tensor.detach().clone())
         self._executors: OrderedDict[tuple, Choice] = OrderedDict()
@@ -138,6 +147,17 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
         self._builds.clear()
         self._stand_ins.clear()
         self._weights, self._shared = None, SharedResources()
+        self._refresh_fast()
+
+    def _refresh_fast(self) -> None:
+        """The compiled call path's table, remade from the executor cache; pending (remade by the next
+        call that takes the Python path) while the extension builds or a shape's graph is not yet
+        instantiated."""
+        self._fast, later = compiled_calls.table(self) if self.fast_call and self._executors else (None, False)
+        gpu = self.fast_call and any(key[3].type == "cuda" for key in self._executors)
+        if gpu and compiled_calls.module() is None:
+            compiled_calls.start()
+        self._fast_pending = gpu and (compiled_calls.module() is None or later)
 
     def wait(self, timeout: float | None = None) -> bool:
         """With build="background": wait until the builds under way are done (or `timeout` seconds);
@@ -157,6 +177,12 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
             f"  T={steps} B={batch}{' masked' if varlen else ''} on {str(device)} ({dtype}, {math}): ")
         for key, choice in self._executors.items():
             lines.append(shape(*key) + choice.describe())
+        if self._executors and self.fast_call:
+            why = compiled_calls.why_not()
+            shapes = self._fast.shapes() if self._fast is not None else []
+            lines.append(f"  repeat calls at fixed lengths: {'the compiled call path' if why is None else 'Python (' + why + ')'}"
+                         f", {len(shapes)} shape(s) in its table"
+                         + "".join(f"; T={t} B={b} by {n} launch{'es' if n > 1 else ''}" for t, b, n in shapes))
         for key, seconds, done in self._builds.under_way():
             lines.append(shape(*key) + ("built in the background, installed by its next call" if done else
                                         f"building in the background for {seconds * 1e3:.0f} ms; its calls run "
@@ -195,6 +221,7 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
         self._executors[key] = choice
         while len(self._executors) > 1 and self.cache_info().bytes > self.max_bytes:
             self._executors.popitem(last=False)
+        self._refresh_fast()
         return choice
 
     # ---- calls ----------------------------------------------------------------------------------
@@ -214,6 +241,15 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
         return t
 
     def forward(self, input, hx=None):
+        # A repeat call of one launch: checked, allocated and launched in C++ (rnnplan.compiled_calls); None
+        # for anything else. (is_compiling first: under torch.compile the op below is what is traced.)
+        if not torch.compiler.is_compiling():
+            if self._fast is not None:
+                done = self._fast(input, hx)
+                if done is not None:
+                    return done
+            if self._fast_pending and compiled_calls.module() is not None:
+                self._refresh_fast()
         packed = isinstance(input, torch.nn.utils.rnn.PackedSequence)
         if packed:
             data = self._check("input", input.data)

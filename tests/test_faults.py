@@ -3,6 +3,8 @@ not); no call returns outputs of an earlier call: with debug=True every buffer s
 before each call, so an element a call fails to write shows. CPU parts run everywhere; the GPU parts
 (marked gpu) provoke a real out-of-memory and an exception inside a run on the device."""
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,7 @@ def test_gpu_out_of_memory_during_a_call_leaves_the_executor_usable(mode):
     x, state = random_inputs(spec, 4)
     xs = cp.asarray(x)
     want = ex.run(xs, state)[0].get()
+    gc.collect()  # (garbage of earlier tests freed now, not back into the pool in the middle of this one)
     cp.get_default_memory_pool().free_all_blocks()
     hogs, size = [], 1 << 30  # take the device's memory in ever smaller blocks, down to 1 MiB left
     while size >= 1 << 20:

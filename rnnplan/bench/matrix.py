@@ -61,6 +61,7 @@ def bench_row(torch, label: str, kw: dict, precision: str, repeats: int) -> dict
         compiled_err = rel_err(compiled(xs_t[0])[0].float().cpu().numpy(), want)
         compiled_ms = median_ms(lambda i: compiled(xs_t[i % 4]), repeats)
     choice = next(iter(compiled._executors.values()))
+    path = "compiled" if compiled._fast is not None else "Python"
     compiled.clear()
     return dict(row=label, precision=precision, rnnplan_ms=ours, cudnn_eager_ms=eager, cudnn_graph_ms=cudnn_graph,
                 vs_cudnn_graph=cudnn_graph / ours, vs_cudnn_eager=eager / ours, rel_err=err, cudnn_rel_err=cudnn_err,
@@ -68,7 +69,7 @@ def bench_row(torch, label: str, kw: dict, precision: str, repeats: int) -> dict
                 plan_s=plan_s, kernels=plan.stats.kernels, streams=plan.stats.streams,
                 persistent_ms=persistent, persistent_rel_err=persistent_err, persistent_why=why,
                 compiled_ms=compiled_ms, compiled_rel_err=compiled_err, compiled_choice=choice.chosen.name,
-                compiled_timings=choice.timings, compiled_vs_cudnn_graph=cudnn_graph / compiled_ms)
+                compiled_timings=choice.timings, compiled_vs_cudnn_graph=cudnn_graph / compiled_ms, compiled_path=path)
 
 
 def _persistent(torch, spec, weights, math: str, xs_t: list, want, repeats: int):
@@ -113,8 +114,8 @@ def _markdown(env: dict, abl: list[dict], rows: list[dict]) -> str:
              "| ablation step (paper config, tf32) | ms | kernels | speed-up vs naive |", "|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['ms']:.3f} | {r['kernels']:,} | {abl[0]['ms'] / r['ms']:.1f}x |" for r in abl]
     lines += ["", "rnnplan's own lowerings in their own columns (graph, persistent: '-' where it does not fit), "
-              "then `rnnplan.compile` autotuned (its choice among them and cuDNN in a CUDA graph); ratios are "
-              "cuDNN graph's time over ours.", "",
+              "then `rnnplan.compile` autotuned (its choice among them and cuDNN in a CUDA graph; 'C++' where its "
+              "repeat calls took the compiled call path); ratios are cuDNN graph's time over ours.", "",
               "| config | precision | graph ms | persistent ms | compiled ms (choice) | cuDNN eager ms | cuDNN graph ms "
               "| graph vs cuDNN graph | persistent vs cuDNN graph | compiled vs cuDNN graph | rel. err (graph / "
               "persistent / compiled / cuDNN) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -122,7 +123,8 @@ def _markdown(env: dict, abl: list[dict], rows: list[dict]) -> str:
         p, g = r["persistent_ms"], r["cudnn_graph_ms"]
         pe = "-" if r["persistent_rel_err"] is None else f"{r['persistent_rel_err']:.1e}"
         lines.append(f"| {r['row']} | {r['precision']} | {r['rnnplan_ms']:.3f} | {'-' if p is None else f'{p:.3f}'} | "
-                     f"{r['compiled_ms']:.3f} ({r['compiled_choice']}) | {r['cudnn_eager_ms']:.3f} | {g:.3f} | "
+                     f"{r['compiled_ms']:.3f} ({r['compiled_choice']}{'; C++' if r.get('compiled_path') == 'compiled' else ''}) | "
+                     f"{r['cudnn_eager_ms']:.3f} | {g:.3f} | "
                      f"{r['vs_cudnn_graph']:.2f}x | {'-' if p is None else f'{g / p:.2f}x'} | "
                      f"{r['compiled_vs_cudnn_graph']:.2f}x | {r['rel_err']:.1e} / {pe} / {r['compiled_rel_err']:.1e} / "
                      f"{r['cudnn_rel_err']:.1e}{'' if r['ok'] else ' FAIL'} |")
@@ -155,7 +157,11 @@ def main(quick: bool = False, out: str | None = None, repeats: int = 30) -> None
     if not torch.cuda.is_available():
         raise RuntimeError("rnnplan bench needs a CUDA GPU visible to PyTorch")
     repeats = 10 if quick else repeats
-    env = environment(torch)
+    import rnnplan.compiled_calls as compiled_calls
+
+    print("building the compiled call path (once per machine) ...", flush=True)
+    compiled_calls.load()  # (else the compiled module's repeat calls take the Python path: said in the env)
+    env = {**environment(torch), "compiled_call_path": compiled_calls.why_not() or "loaded"}
     print(json.dumps(env), flush=True)
     abl = ablation(torch, repeats)
     rows = []

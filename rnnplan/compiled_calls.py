@@ -1,0 +1,152 @@
+"""The compiled call path of `rnnplan.compile` (`csrc/compiled_calls.cpp`, a torch C++ extension): a
+repeat call at a cached shape whose candidate is one CUDA-graph launch goes from forward into C++,
+which checks it, allocates its outputs, sets the copy-in node's pointers and launches the graph,
+with no Python between (issue 17, item 4: the Python path costs 18-25 us of host time a call, most
+of it interpreter work around one allocation and two driver calls).
+
+The extension is compiled once per machine by `torch.utils.cpp_extension` (about 20-40 s, ninja and
+a C++ compiler needed; kept in torch's extension directory, rebuilt when the source changes): on a
+worker thread started by the first GPU executor a compiled module installs (`start`), or ahead of
+time by `load()`; calls take the Python path until it is loaded, and where it cannot be built
+(`why_not` says why; `CompiledRNN.explain()` repeats it). `table(compiled)` makes the C++ side's
+list of a module's one-launch shapes; the module remakes it whenever its executor cache changes,
+so an entry never outlives the executor whose graph it launches.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from importlib.resources import files
+
+NAME = "rnnplan_compiled_calls"
+_lock = threading.Lock()
+_state: dict = {"module": None, "why": "not built yet", "thread": None, "started": None}
+
+
+def module():
+    """The loaded extension, or None."""
+    return _state["module"]
+
+
+def why_not() -> str | None:
+    """Why calls take the Python path (None: the compiled one is loaded)."""
+    if _state["module"] is not None:
+        return None
+    started = _state["started"]
+    if _state["thread"] is not None and _state["thread"].is_alive():
+        return f"the compiled call path is building ({time.monotonic() - started:.0f} s so far)"
+    return _state["why"]
+
+
+def load():
+    """Build (where it is not yet) and load the extension, in this thread; the module, or None with
+    `why_not()` saying why."""
+    with _lock:
+        if _state["module"] is not None:
+            return _state["module"]
+        from torch.utils import cpp_extension
+
+        if not cpp_extension.is_ninja_available():
+            _state["why"] = "the compiled call path needs ninja (pip install ninja) to build"
+            return None
+        source = files("rnnplan") / "csrc" / "compiled_calls.cpp"
+        try:
+            _state["module"] = cpp_extension.load(NAME, sources=[str(source)], extra_cflags=["-O2"], verbose=False)
+        except Exception as e:  # noqa: BLE001 (a compiler's failure takes many forms; the Python path stays)
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            said = next((line for line in lines if "error:" in line), lines[-1])  # (the compiler's first error)
+            _state["why"] = f"the compiled call path did not build: {said.strip()[:300]}"
+            return None
+        _state["why"] = None
+        return _state["module"]
+
+
+def start() -> None:
+    """`load()` on a worker thread, once."""
+    with _lock:
+        if _state["thread"] is not None or _state["module"] is not None:
+            return
+        _state["started"] = time.monotonic()
+        _state["thread"] = threading.Thread(target=load, name="rnnplan-fast-call-build", daemon=True)
+        _state["thread"].start()
+
+
+def driver_functions() -> tuple[int, ...] | None:
+    """The addresses of cuGraphExecKernelNodeSetParams, cuGraphLaunch, cuStreamIsCapturing and
+    cuLaunchKernel in libcuda, or None without it."""
+    from rnnplan.backends import driver_launch
+
+    if driver_launch.why_not() is not None:
+        return None
+    lib = driver_launch._load()
+    return tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in
+                 ("cuGraphExecKernelNodeSetParams", "cuGraphLaunch", "cuStreamIsCapturing", "cuLaunchKernel"))
+
+
+def _kernel(copies) -> list[int] | None:
+    """A CopyJobs launch as the C++ side takes it: (function, grid x, grid y, block, params, the
+    address of its four changing words p0-p3), or None without the driver's launch."""
+    launch = copies.driver
+    if launch is None or launch.changing != (3, 4, 5, 6):
+        return None
+    return [launch.function, *copies.grid, launch.block, ctypes.addressof(launch.params),
+            ctypes.addressof(launch.args) + 8 * 3]
+
+
+def launches(choice):
+    """How a cached choice's call is launched, as the C++ side takes it: (graph exec, copy-in node,
+    its params, its words, [copy-in kernel, copy-out kernel], the set its calls clear or None): one
+    graph launch with the copies as nodes (node set, no kernels), or the copy kernels around the
+    graph (node 0); "later" where the graph is not instantiated yet; None where neither holds
+    (the CPU, a masked plan, CuPy's launches)."""
+    run = choice.chosen.run
+    call = getattr(run, "call", None)  # by_pointers' PointerCall; else the cuDNN candidate itself
+    zeroed = getattr(getattr(call, "impl", None), "_zeroed_states", None)
+    one = getattr(call if call is not None else run, "one_launch", None)
+    if one is not None:
+        if one.nodes[0] is None or one.nodes[0][3].changing != tuple(range(3, 10)):
+            return None
+        node, params, _, kernel = one.nodes[0]
+        return one.exec.value, node.value, ctypes.addressof(params), ctypes.addressof(kernel.args) + 8 * 3, [], zeroed
+    if call is not None:  # three launches of a plan's graph (PointerCall.start, finish)
+        copies = (call.copy_in, call.copy_out)
+        if call._graph_exec is None:
+            return "later"  # (CuPy instantiates a graph at its first launch)
+        graph_exec = call._graph_exec
+    else:  # the cuDNN candidate's (CudnnGraph: copies, then torch's graph by the driver)
+        copies, raw = getattr(run, "copies", None), getattr(getattr(run, "graph", None), "raw_cuda_graph_exec", None)
+        if copies is None or raw is None:
+            return None
+        graph_exec = int(raw())
+    kernels = [_kernel(c) for c in copies]
+    if not graph_exec or None in kernels:
+        return None
+    return graph_exec, 0, 0, 0, kernels, zeroed
+
+
+def table(compiled):
+    """The C++ side's table of `compiled`'s fixed-length shapes on its buffers' CUDA device, with
+    whether some shape waits for its graph's instantiation (its first launch), or (None, whether
+    any would) where there are none or the extension is not loaded."""
+    t = compiled.template
+    want = compiled._buffers["weight_hh_l0"]
+    if t.batch_first or not want.is_cuda:
+        return None, False
+    found = [(key, launches(choice)) for key, choice in compiled._executors.items()
+             if not key[2] and key[3] == want.device]
+    later = any(got == "later" for _, got in found)
+    found = [(key, got) for key, got in found if got is not None and got != "later"]
+    ext, functions = module(), driver_functions()
+    if not found or ext is None or functions is None:
+        return None, later
+    lstm, layers = t.cell == "lstm", t.num_layers * t.directions
+    calls = ext.FastCalls(want.new_empty(0), lstm, layers, t.input_size, t.output_size, t.hidden_size, *functions,
+                          compiled._executors.move_to_end, compiled._counts)
+    for key, (graph_exec, node, params, words, kernels, zeroed) in found:
+        steps, batch = key[0], key[1]
+        shapes = [[steps, batch, t.directions * t.output_size], [layers, batch, t.output_size],
+                  [layers, batch, t.hidden_size] if lstm else [0]]
+        calls.add(steps, batch, graph_exec, node, params, words, kernels, key, compiled._executors[key], zeroed, shapes)
+    return calls, later
