@@ -91,8 +91,10 @@ def finish_candidates(built: list[tuple[str, object]], timings: dict) -> list[Ca
     return done
 
 
-def pick(built: list[Candidate], timings: dict, args: tuple, tune: bool) -> Choice:
-    """The Choice among `built` (`build_candidates`' result): with `tune`, timed on `args`."""
+def pick(built: list[Candidate], timings: dict, args: tuple, tune: bool, calls=None) -> Choice:
+    """The Choice among `built` (`build_candidates`' result): with `tune`, timed on `args`, each by
+    `calls(candidate)` where that gives a function of no arguments (how its calls will be made: the
+    compiled call path), else by its `run(*args)`."""
     if not built:
         raise RuntimeError("no candidate can run this shape: " + "; ".join(f"{k}: {v}" for k, v in timings.items()))
     if not tune:
@@ -102,7 +104,9 @@ def pick(built: list[Candidate], timings: dict, args: tuple, tune: bool) -> Choi
     timings = dict(timings)
     with torch.no_grad():
         for c in built:
-            timings[c.name] = median_ms(lambda i, run=c.run: run(*args), REPEATS, warmup=2)
+            call = calls(c) if calls is not None else None
+            timings[c.name] = median_ms((lambda i, run=c.run: run(*args)) if call is None else (lambda i: call()),
+                                        REPEATS, warmup=2)
     timed = sorted((c.name for c in built), key=timings.get)  # fastest first, then those not run
     best = next(c for c in built if c.name == timed[0])
     order = timed + [k for k in timings if k not in timed]

@@ -130,23 +130,46 @@ def table(compiled):
     """The C++ side's table of `compiled`'s fixed-length shapes on its buffers' CUDA device, with
     whether some shape waits for its graph's instantiation (its first launch), or (None, whether
     any would) where there are none or the extension is not loaded."""
+    found = [(key, choice) for key, choice in compiled._executors.items()]
+    return _table(compiled, found, compiled._executors.move_to_end, compiled._counts)
+
+
+def timed_call(compiled, key: tuple, candidate, args: tuple):
+    """A function of no arguments making `candidate`'s call of `args` (x, h0, c0, lengths) as the
+    compiled call path will make it once `candidate` is cached at `key` (autotune times that), or
+    None where that path would not take it."""
+    from rnnplan.autotune import Choice
+
+    x, h0, c0, lengths = args
+    if lengths is not None:
+        return None
+    candidate.run(*args)  # (a plan's CUDA graph is instantiated at its first launch)
+    calls, _ = _table(compiled, [(key, Choice(candidate, "timed"))], lambda key: None, [0, 0])
+    if calls is None:
+        return None
+    hx = None if h0 is None else ((h0, c0) if compiled.template.cell == "lstm" else h0)
+    if calls(x, hx) is None:
+        return None
+    return lambda: calls(x, hx)
+
+
+def _table(compiled, choices: list, move_to_end, counts):
     t = compiled.template
     want = compiled._buffers["weight_hh_l0"]
     if t.batch_first or not want.is_cuda:
         return None, False
-    found = [(key, launches(choice)) for key, choice in compiled._executors.items()
-             if not key[2] and key[3] == want.device]
-    later = any(got == "later" for _, got in found)
-    found = [(key, got) for key, got in found if got is not None and got != "later"]
+    found = [(key, choice, launches(choice)) for key, choice in choices if not key[2] and key[3] == want.device]
+    later = any(got == "later" for *_, got in found)
+    found = [(key, choice, got) for key, choice, got in found if got is not None and got != "later"]
     ext, functions = module(), driver_functions()
     if not found or ext is None or functions is None:
         return None, later
     lstm, layers = t.cell == "lstm", t.num_layers * t.directions
     calls = ext.FastCalls(want.new_empty(0), lstm, layers, t.input_size, t.output_size, t.hidden_size, *functions,
-                          compiled._executors.move_to_end, compiled._counts)
-    for key, (graph_exec, node, params, words, kernels, zeroed) in found:
+                          move_to_end, counts)
+    for key, choice, (graph_exec, node, params, words, kernels, zeroed) in found:
         steps, batch = key[0], key[1]
         shapes = [[steps, batch, t.directions * t.output_size], [layers, batch, t.output_size],
                   [layers, batch, t.hidden_size] if lstm else [0]]
-        calls.add(steps, batch, graph_exec, node, params, words, kernels, key, compiled._executors[key], zeroed, shapes)
+        calls.add(steps, batch, graph_exec, node, params, words, kernels, key, choice, zeroed, shapes)
     return calls, later

@@ -217,7 +217,8 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
             made = self._build_of(key, args, tune)()
         built, timings, how = made
         built = finish_candidates(built, timings)  # a background build's captures, here
-        choice = Choice(built[0], how, {}) if how and built else pick(built, timings, args, tune)
+        calls = (lambda c: compiled_calls.timed_call(self, key, c, args)) if tune and self.fast_call else None
+        choice = Choice(built[0], how, {}) if how and built else pick(built, timings, args, tune, calls)
         self._executors[key] = choice
         while len(self._executors) > 1 and self.cache_info().bytes > self.max_bytes:
             self._executors.popitem(last=False)

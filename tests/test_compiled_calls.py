@@ -200,6 +200,9 @@ def test_gpu_repeat_calls_go_through_the_compiled_path(ext, cell, dtype, lowerin
     for got, kept in results:  # outputs of their own: later calls overwrite nothing
         assert all(torch.equal(a, b) for a, b in zip((got[0], *(got[1] if cell == "lstm" else (got[1],))), kept))
     monkeypatch.undo()
+    key = fast._key(6, 4, False, x.device)  # what autotune times: the call as this path will make it
+    timed = compiled_calls.timed_call(fast, key, fast._executors[key].chosen, (x, None, None, None))
+    assert timed is not None and close(timed(), torch_call(m, x), tol)
     with pytest.raises(ValueError, match="has dtype"):  # declined in C++, named by forward
         fast(x.double())
     assert close(fast(x[:, :2].contiguous()), torch_call(m, x[:, :2]), tol)  # a new shape: Python, then the table
