@@ -16,7 +16,7 @@ import torch
 
 import rnnplan as rp
 import rnnplan.compiled_calls as compiled_calls
-from rnnplan.bench import median_ms
+from rnnplan.bench import captured_call, median_ms
 from rnnplan.bench.harness import cudnn_module
 
 ROWS = [("paper fp32", dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=100, batch=64), "fp32"),
@@ -29,19 +29,6 @@ ROWS = [("paper fp32", dict(cell="lstm", input_size=512, hidden_size=512, num_la
          "tf32")]
 
 
-def captured(module, static_x, state):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            module(static_x, state)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = module(static_x, state)
-    return graph, out
-
-
 def main() -> None:
     compiled_calls.load()
     for label, kw, precision in ROWS:
@@ -52,7 +39,7 @@ def main() -> None:
               for _ in range(4)]
         with torch.no_grad():
             static_x = xs[0].clone()
-            bare, (out, st) = captured(m, static_x, None)
+            bare, (out, st) = captured_call(torch, m, static_x, None)
 
             def replay(i, clone=False):
                 static_x.copy_(xs[i % 4])
@@ -60,7 +47,7 @@ def main() -> None:
                 if clone:
                     [t.clone() for t in (out, *(st if lstm else (st,)))]
             h0 = torch.zeros(spec.num_layers, spec.batch, spec.hidden_size, device="cuda", dtype=static_x.dtype)
-            given, _ = captured(m, static_x, (h0, torch.zeros_like(h0)) if lstm else h0)
+            given, _ = captured_call(torch, m, static_x, (h0, torch.zeros_like(h0)) if lstm else h0)
 
             def replay_given(i):
                 static_x.copy_(xs[i % 4])

@@ -27,7 +27,7 @@ import time
 import torch
 
 import rnnplan as rp
-from rnnplan.bench import median_ms
+from rnnplan.bench import captured_call, median_ms
 from rnnplan.timing import host_us
 
 
@@ -217,16 +217,7 @@ def chunk_latency(results: list) -> None:
                 tuned_ms = median_ms(lambda i: tuned(x, state), 30)
                 choice = list(tuned._executors.values())[-1].chosen.name
                 eager = median_ms(lambda i: m(x, state), 30)
-                static_x = x.clone()
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    for _ in range(3):
-                        m(static_x, state)
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    m(static_x, state)
+                graph, _ = captured_call(torch, m, x.clone(), state)
                 captured = median_ms(lambda i: graph.replay(), 30)
             lowering = fast.executor(chunk, 1, False, x.device).plan.lowering
             row = dict(kind="chunk", row=f"LSTM {layers}x{hidden} B1 chunk {chunk}", rnnplan_ms=ours, cudnn_eager_ms=eager,

@@ -7,6 +7,7 @@ from rnnplan.bench.harness import (
     PRECISIONS,
     ROWS,
     TOL,
+    captured_call,
     config,
     cudnn_module,
     cudnn_times,
@@ -16,5 +17,5 @@ from rnnplan.bench.harness import (
     strict_reference,
 )
 
-__all__ = ["CELL_LABELS", "PRECISIONS", "ROWS", "TOL", "config", "cudnn_times", "environment", "median_ms", "rel_err",
+__all__ = ["CELL_LABELS", "PRECISIONS", "ROWS", "TOL", "captured_call", "config", "cudnn_times", "environment", "median_ms", "rel_err",
            "strict_reference", "cudnn_module"]

@@ -69,21 +69,28 @@ def rel_err(got, want) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
+def captured_call(torch, module, *args):
+    """(CUDA graph, its outputs) of `module(*args)` captured once, after three warm-up calls on a side
+    stream (cuDNN picks and allocates its workspace outside the capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            module(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = module(*args)
+    return graph, out
+
+
 def cudnn_times(torch, module, xs_t: list, repeats: int) -> tuple[float, float]:
     """(eager ms, CUDA-graph ms) of the torch module over the rotated inputs; the graph is captured
     once on a static input, and each replay first copies the call's input into it."""
     with torch.no_grad():
         eager = median_ms(lambda i: module(xs_t[i % len(xs_t)]), repeats)
         static_x = xs_t[0].clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                module(static_x)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            module(static_x)
+        graph, _ = captured_call(torch, module, static_x)
 
         def replay(i):
             static_x.copy_(xs_t[i % len(xs_t)])
