@@ -18,10 +18,12 @@ On a GPU the first call at a shape may time the candidates (`rnnplan.autotune`: 
 and torch's own cuDNN call in a CUDA graph) and keep the fastest; `explain()` says what was timed. A
 new length within a factor of `RETUNE_RATIO` of an autotuned one builds that one's choice alone.
 Calls of rnnplan's executors go by device pointers on the caller's stream (`rnnplan.torch_calls`,
-`backends.pointer_call`); a packed call at a shape already cached moves its rows, mask and padding
-in two kernel launches (`backends/cuda/packed.cu`); calls of fixed lengths may be captured in the
-caller's own CUDA graph after a warm-up call at that shape (a packed call copies its layout from
-the host and cannot be).
+`backends.pointer_call`); a repeat call at a cached fixed-length shape goes through the compiled
+call path (`rnnplan.compiled_calls`: its checks, allocation and launches in C++) once that is
+built; a packed call at a shape already cached moves its rows, mask and padding in two kernel
+launches (`backends/cuda/packed.cu`); calls of fixed lengths may be captured in the caller's own
+CUDA graph after a warm-up call at that shape (a packed call copies its layout from the host and
+cannot be).
 
 One call at a time: an executor's buffers (and its launches' argument buffers) serve every call at
 its shape, so calls from several threads at once need the caller's lock, and calls on different
