@@ -1,16 +1,17 @@
 """The compiled call path of `rnnplan.compile` (`csrc/compiled_calls.cpp`, a torch C++ extension): a
-repeat call at a cached shape whose candidate is one CUDA-graph launch goes from forward into C++,
-which checks it, allocates its outputs, sets the copy-in node's pointers and launches the graph,
-with no Python between (issue 17, item 4: the Python path costs 18-25 us of host time a call, most
-of it interpreter work around one allocation and two driver calls).
+repeat call at a cached fixed-length GPU shape goes from forward into C++, which checks it,
+allocates its outputs and launches (one graph launch with the copy-in node's pointers set, or the
+copy kernels around the graph), with no Python between (issue 17, item 4: the Python path costs
+18-25 us of host time a call, most of it interpreter work around one allocation and the driver's calls).
 
 The extension is compiled once per machine by `torch.utils.cpp_extension` (about 20-40 s, ninja and
 a C++ compiler needed; kept in torch's extension directory, rebuilt when the source changes): on a
 worker thread started by the first GPU executor a compiled module installs (`start`), or ahead of
 time by `load()`; calls take the Python path until it is loaded, and where it cannot be built
 (`why_not` says why; `CompiledRNN.explain()` repeats it). `table(compiled)` makes the C++ side's
-list of a module's one-launch shapes; the module remakes it whenever its executor cache changes,
-so an entry never outlives the executor whose graph it launches.
+list of a module's fixed-length GPU shapes; the module remakes it whenever its executor cache
+changes, so an entry never outlives the executor whose graph it launches. `timed_call` is a
+candidate's call as this path will make it, for autotune to time.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def compile(module, *, lowering: str = "auto", bucket: int | None = None, cache_
     own cuDNN call captured in a CUDA graph) and keeps the fastest; False keeps the planner's choice.
     `build="background"` (for servers): a new shape's executor builds on a worker thread while its
     calls run torch's own module (`rnnplan.background`); "blocking" builds it in the first call.
-    `fast_call` (GPU): repeat calls of one graph launch go through the compiled call path
+    `fast_call` (GPU): repeat calls at cached fixed-length shapes go through the compiled call path
     (`rnnplan.compiled_calls`, built once per machine on a worker thread) once it is loaded."""
     return CompiledRNN(module, lowering=lowering, bucket=bucket, cache_bytes=cache_bytes, cast=cast, debug=debug,
                        autotune=autotune, build=build, fast_call=fast_call)
@@ -117,8 +117,8 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
         PlanOptions(lowering=lowering)  # named now, not at the first call
         self.lowering, self.bucket, self.max_bytes, self.cast, self.debug = lowering, bucket, cache_bytes, cast, debug
         self.autotune, self.build, self.fast_call = autotune, build, fast_call
-        # The compiled call path's table of this module's one-launch shapes (rnnplan.compiled_calls), remade
-        # whenever the executor cache changes; pending while the extension is not loaded yet.
+        # The compiled call path's table of this module's fixed-length GPU shapes (rnnplan.compiled_calls),
+        # remade whenever the executor cache changes; pending while the extension is not loaded yet.
         self._fast, self._fast_pending = None, False
         for name, tensor in module.state_dict().items():
             self.register_buffer(name, tensor.detach().clone())
@@ -179,11 +179,11 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
             f"  T={steps} B={batch}{' masked' if varlen else ''} on {str(device)} ({dtype}, {math}): ")
         for key, choice in self._executors.items():
             lines.append(shape(*key) + choice.describe())
-        if self._executors and self.fast_call:
+        if self.fast_call and any(key[3].type == "cuda" for key in self._executors):
             why = compiled_calls.why_not()
             shapes = self._fast.shapes() if self._fast is not None else []
-            lines.append(f"  repeat calls at fixed lengths: {'the compiled call path' if why is None else 'Python (' + why + ')'}"
-                         f", {len(shapes)} shape(s) in its table"
+            path = "the compiled call path" if why is None else f"Python ({why})"
+            lines.append(f"  repeat calls at fixed lengths: {path}, {len(shapes)} shape(s) in its table"
                          + "".join(f"; T={t} B={b} by {n} launch{'es' if n > 1 else ''}" for t, b, n in shapes))
         for key, seconds, done in self._builds.under_way():
             lines.append(shape(*key) + ("built in the background, installed by its next call" if done else
