@@ -5,6 +5,7 @@ against torch and against its Python path."""
 
 import ctypes
 from collections import OrderedDict
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -150,6 +151,46 @@ def test_a_failed_launch_raises_naming_the_call(ext):
     driver.launch_rc = 1
     with pytest.raises(RuntimeError, match="cuGraphLaunch failed: CUDA error 1"):
         calls(torch.randn(6, 2, 4), None)
+
+
+def _copies(function, grid):
+    """A CopyJobs stand-in: its driver launch (FixedLaunch's fields) and grid."""
+    driver = SimpleNamespace(function=function, block=256, changing=(3, 4, 5, 6), params=(ctypes.c_void_p * 10)(),
+                             args=(ctypes.c_uint64 * 10)())
+    return SimpleNamespace(driver=driver, grid=grid)
+
+
+def test_launches_reads_each_kind_of_candidate_and_declines_the_rest():
+    """What the table is made of (`compiled_calls.launches`), from stand-ins of the GPU objects: a
+    graph holding both copies (GraphWithKernels' nodes), a plan's graph between two copy kernels
+    (PointerCall, after its first launch), cuDNN's graph between them (CudnnGraph)."""
+    from rnnplan.compiled_calls import launches
+
+    def choice(run):
+        return SimpleNamespace(chosen=SimpleNamespace(run=run))
+    zeroed = set()
+    kernel = SimpleNamespace(args=(ctypes.c_uint64 * 10)(), changing=tuple(range(3, 10)))
+    params = (ctypes.c_uint64 * 8)()
+    one = SimpleNamespace(exec=ctypes.c_void_p(5), nodes=[(ctypes.c_void_p(6), params, None, kernel), None])
+    call = SimpleNamespace(one_launch=one, impl=SimpleNamespace(_zeroed_states=zeroed))
+    assert launches(choice(SimpleNamespace(call=call))) == (
+        5, 6, ctypes.addressof(params), ctypes.addressof(kernel.args) + 24, [], zeroed)
+    copy_in, copy_out = _copies(7, (3, 2)), _copies(8, (1, 3))
+    three = SimpleNamespace(one_launch=None, copy_in=copy_in, copy_out=copy_out, _graph_exec=None,
+                            impl=SimpleNamespace(_zeroed_states=zeroed))
+    assert launches(choice(SimpleNamespace(call=three))) == "later"  # (instantiated at its first launch)
+    three._graph_exec = 99
+    kernels = [[c.driver.function, *c.grid, 256, ctypes.addressof(c.driver.params), ctypes.addressof(c.driver.args) + 24]
+               for c in (copy_in, copy_out)]
+    assert launches(choice(SimpleNamespace(call=three))) == (99, 0, 0, 0, kernels, zeroed)
+    cudnn = SimpleNamespace(one_launch=None, copies=(copy_in, copy_out),
+                            graph=SimpleNamespace(raw_cuda_graph_exec=lambda: 77))
+    assert launches(choice(cudnn)) == (77, 0, 0, 0, kernels, None)
+    copy_out.driver = None  # CuPy's launches (no driver path): not for the table
+    assert launches(choice(SimpleNamespace(call=three))) is None and launches(choice(cudnn)) is None
+    kernel.changing = (3, 4, 5, 6)  # a graph whose copy-in node reads its pointers from the relay
+    assert launches(choice(SimpleNamespace(call=call))) is None
+    assert launches(choice(lambda *a: None)) is None  # the CPU's, or a debug executor's, run
 
 
 def test_on_the_cpu_a_compiled_module_has_no_table_and_refuses_a_bad_option():
