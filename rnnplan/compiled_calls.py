@@ -8,7 +8,9 @@ The extension is compiled once per machine by `torch.utils.cpp_extension` (about
 a C++ compiler needed; kept in torch's extension directory, rebuilt when the source changes): on a
 worker thread started by the first GPU executor a compiled module installs (`start`), or ahead of
 time by `load()`; calls take the Python path until it is loaded, and where it cannot be built
-(`why_not` says why; `CompiledRNN.explain()` repeats it). `table(compiled)` makes the C++ side's
+(`why_not` says why; `CompiledRNN.explain()` repeats it). `RNNPLAN_COMPILED_CALLS=0` in the
+environment turns it off for the process (no build is tried: for hosts without a compiler, or whose
+extension directory is not writable). `table(compiled)` makes the C++ side's
 list of a module's fixed-length GPU shapes; the module remakes it whenever its executor cache
 changes, so an entry never outlives the executor whose graph it launches. `timed_call` is a
 candidate's call as this path will make it, for autotune to time.
@@ -17,11 +19,13 @@ candidate's call as this path will make it, for autotune to time.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 from importlib.resources import files
 
 NAME = "rnnplan_compiled_calls"
+OFF = "RNNPLAN_COMPILED_CALLS"  # "0" turns the compiled call path off
 _lock = threading.Lock()
 _state: dict = {"module": None, "why": "not built yet", "thread": None, "started": None}
 
@@ -47,6 +51,9 @@ def load():
     with _lock:
         if _state["module"] is not None:
             return _state["module"]
+        if os.environ.get(OFF) == "0":
+            _state["why"] = f"the compiled call path is turned off ({OFF}=0)"
+            return None
         from torch.utils import cpp_extension
 
         if not cpp_extension.is_ninja_available():

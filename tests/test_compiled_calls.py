@@ -193,6 +193,14 @@ def test_launches_reads_each_kind_of_candidate_and_declines_the_rest():
     assert launches(choice(lambda *a: None)) is None  # the CPU's, or a debug executor's, run
 
 
+def test_the_environment_can_turn_it_off(monkeypatch):
+    monkeypatch.setattr(compiled_calls, "_state", {"module": None, "why": "not built yet", "thread": None,
+                                                   "started": None})
+    monkeypatch.setenv(compiled_calls.OFF, "0")
+    assert compiled_calls.load() is None
+    assert compiled_calls.why_not() == "the compiled call path is turned off (RNNPLAN_COMPILED_CALLS=0)"
+
+
 def test_on_the_cpu_a_compiled_module_has_no_table_and_refuses_a_bad_option():
     m = torch.nn.LSTM(3, 5).eval()
     fast = rp.compile(m)
