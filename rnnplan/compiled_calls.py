@@ -26,7 +26,8 @@ from importlib.resources import files
 
 NAME = "rnnplan_compiled_calls"
 OFF = "RNNPLAN_COMPILED_CALLS"  # "0" turns the compiled call path off
-_lock = threading.Lock()
+_lock = threading.Lock()  # held by a build
+_start_lock = threading.Lock()  # held while the worker is started
 _state: dict = {"module": None, "why": "not built yet", "thread": None, "started": None}
 
 
@@ -72,12 +73,13 @@ def load():
 
 
 def start() -> None:
-    """`load()` on a worker thread, once."""
-    with _lock:
+    """`load()` on a worker thread, once. Never waits for a build under way (which holds `load`'s
+    lock for its 20-40 s): a compiled module's call that caches a new shape calls this."""
+    with _start_lock:
         if _state["thread"] is not None or _state["module"] is not None:
             return
         _state["started"] = time.monotonic()
-        _state["thread"] = threading.Thread(target=load, name="rnnplan-fast-call-build", daemon=True)
+        _state["thread"] = threading.Thread(target=load, name="rnnplan-compiled-calls-build", daemon=True)
         _state["thread"].start()
 
 

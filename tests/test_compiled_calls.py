@@ -201,6 +201,35 @@ def test_the_environment_can_turn_it_off(monkeypatch):
     assert compiled_calls.why_not() == "the compiled call path is turned off (RNNPLAN_COMPILED_CALLS=0)"
 
 
+def test_a_build_under_way_keeps_no_caller_waiting(monkeypatch):
+    """start() (which a call caching a new GPU shape makes) returns at once while the worker's build
+    holds load()'s lock; why_not() says it is building; the build's failure is then said."""
+    import threading
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(compiled_calls, "_state", {"module": None, "why": "not built yet", "thread": None,
+                                                   "started": None})
+    monkeypatch.delenv(compiled_calls.OFF, raising=False)
+    building, release = threading.Event(), threading.Event()
+
+    def slow_build(*args, **kwargs):
+        building.set()
+        release.wait(10)
+        raise RuntimeError("g++: error: no such compiler")
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    monkeypatch.setattr(cpp_extension, "load", slow_build)
+    compiled_calls.start()
+    assert building.wait(10)
+    done = threading.Event()
+    threading.Thread(target=lambda: (compiled_calls.start(), done.set()), daemon=True).start()
+    assert done.wait(2), "start() waited for the build under way"
+    assert compiled_calls.why_not().startswith("the compiled call path is building")
+    release.set()
+    compiled_calls._state["thread"].join(10)
+    assert compiled_calls.why_not() == "the compiled call path did not build: g++: error: no such compiler"
+
+
 def test_on_the_cpu_a_compiled_module_has_no_table_and_refuses_a_bad_option():
     m = torch.nn.LSTM(3, 5).eval()
     fast = rp.compile(m)
