@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   rnnplan plan --view cell --max-steps 20 --svg cells.svg    # one box per cell-step
   rnnplan plan --png wavefront.png --trace timeline.json     # layer x step grid; Perfetto trace
   rnnplan serve model.npz --port 8000                        # HTTP on Ray Serve, requests batched
+  rnnplan build-calls                                        # the drop-in's C++ call path, ahead of time
 """
 
 
@@ -228,6 +229,22 @@ def cmd_bench(a: argparse.Namespace) -> None:
     bench_main(quick=a.quick, out=a.out, repeats=a.repeats)
 
 
+def cmd_build_calls(a: argparse.Namespace) -> None:
+    """Build the compiled call path now (a container image's build step), not on a first GPU call."""
+    try:
+        import torch  # noqa: F401 (the extension is torch's)
+    except ImportError:
+        raise CLIError('the compiled call path needs torch: pip install "rnnplan[torch]"') from None
+    import rnnplan.compiled_calls as compiled_calls
+
+    print("building the compiled call path (once per machine; 20-40 s) ...", flush=True)
+    t0 = time.perf_counter()
+    ext = compiled_calls.load()
+    if ext is None:
+        raise CLIError(compiled_calls.why_not())
+    print(f"ready in {time.perf_counter() - t0:.1f} s (kept for later processes): {ext.__file__}")
+
+
 def cmd_serve(a: argparse.Namespace) -> None:
     try:
         from rnnplan.serve.ray_app import serve_forever
@@ -278,6 +295,9 @@ def parser() -> argparse.ArgumentParser:
     pb.add_argument("--repeats", type=int, default=30)
     pb.add_argument("--out", metavar="DIR", default=None, help="write results.json, results.md and ablation.png here")
     pb.set_defaults(func=cmd_bench)
+    pc = sub.add_parser("build-calls", help="build the drop-in's compiled call path now (a C++ extension; needs "
+                        "torch, ninja and a C++ compiler), instead of on a worker thread at the first GPU call")
+    pc.set_defaults(func=cmd_build_calls)
     ps = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve, batching concurrent requests")
     ps.add_argument("model", metavar="MODEL", help="a Weights .npz (Weights.save, with its architecture) or an .onnx file")
     ps.add_argument("--address", help="an existing Ray cluster (default: start a local one)")

@@ -7,7 +7,7 @@ copy kernels around the graph), with no Python between (issue 17, item 4: the Py
 The extension is compiled once per machine by `torch.utils.cpp_extension` (about 20-40 s, ninja and
 a C++ compiler needed; kept in torch's extension directory, rebuilt when the source changes): on a
 worker thread started by the first GPU executor a compiled module installs (`start`), or ahead of
-time by `load()`; calls take the Python path until it is loaded, and where it cannot be built
+time by `load()` (`rnnplan build-calls`); calls take the Python path until it is loaded, and where it cannot be built
 (`why_not` says why; `CompiledRNN.explain()` repeats it). `RNNPLAN_COMPILED_CALLS=0` in the
 environment turns it off for the process (no build is tried: for hosts without a compiler, or whose
 extension directory is not writable). `table(compiled)` makes the C++ side's

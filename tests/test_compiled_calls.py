@@ -201,6 +201,19 @@ def test_the_environment_can_turn_it_off(monkeypatch):
     assert compiled_calls.why_not() == "the compiled call path is turned off (RNNPLAN_COMPILED_CALLS=0)"
 
 
+def test_the_command_line_builds_it_ahead_or_says_why_not(ext, monkeypatch, capsys):
+    from rnnplan.cli import main
+
+    assert main(["build-calls"]) == 0
+    assert "ready in" in capsys.readouterr().out
+    monkeypatch.setattr(compiled_calls, "_state", {"module": None, "why": "not built yet", "thread": None,
+                                                   "started": None})
+    monkeypatch.setenv(compiled_calls.OFF, "0")
+    assert main(["build-calls"]) == 2
+    assert capsys.readouterr().err.strip() == ("rnnplan build-calls: error: the compiled call path is turned off "
+                                              "(RNNPLAN_COMPILED_CALLS=0)")
+
+
 def test_a_build_under_way_keeps_no_caller_waiting(monkeypatch):
     """start() (which a call caching a new GPU shape makes) returns at once while the worker's build
     holds load()'s lock; why_not() says it is building; the build's failure is then said."""
