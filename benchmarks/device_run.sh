@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# One device call: install the carried pydantic wheels, run the GPU tests twice, then the benchmark.
-# Usage (repository root, on the GPU machine): bash benchmarks/device_run.sh [tests|bench|all] [--quick]
+# One device call: install the carried pydantic wheels (.whl/), build the drop-in's compiled call path,
+# run the whole GPU suite twice, then what is asked for.
+# Usage (repository root, on the GPU machine): bash benchmarks/device_run.sh [tests|matrix|dropin|all]
+#   tests: the GPU suite twice; matrix: `rnnplan bench` into $OUT/matrix; dropin: the drop-in's host
+#   time, chunk latency and packed calls (dropin_bench.py) and cudnn_gap.py; all: every one.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}
 OUT=${OUT:-/tmp/out}
-what=${1:-all}; shift || true
+what=${1:-all}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+python3 -m rnnplan.cli build-calls | tee "$OUT/build_calls.log"
 if [ "$what" = tests ] || [ "$what" = all ]; then
   for run in 1 2; do
-    python3 -m pytest -q -x -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests_$run.log" | tail -15
+    start=$(date +%s)
+    python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tail -15 > "$OUT/gpu_tests_$run.log"
+    echo "GPU suite, run $run: $(( $(date +%s) - start )) s"; tail -2 "$OUT/gpu_tests_$run.log"
   done
 fi
-if [ "$what" = bench ] || [ "$what" = all ]; then
-  python3 benchmarks/gpu_bench.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
+if [ "$what" = matrix ] || [ "$what" = all ]; then
+  python3 -m rnnplan.cli bench --out "$OUT/matrix" > "$OUT/matrix.log" 2>&1; echo "matrix rc $?"
+  grep "\[" "$OUT/matrix.log" | tail -48 | cut -c1-200
+fi
+if [ "$what" = dropin ] || [ "$what" = all ]; then
+  python3 benchmarks/dropin_bench.py --only host chunk packed --out "$OUT/dropin.json" 2>&1 | tee "$OUT/dropin.log" | tail -30
+  python3 benchmarks/cudnn_gap.py 2>&1 | grep -v Warning | tee "$OUT/cudnn_gap.log"
 fi
