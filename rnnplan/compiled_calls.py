@@ -140,8 +140,7 @@ def table(compiled):
     """The C++ side's table of `compiled`'s fixed-length shapes on its buffers' CUDA device, with
     whether some shape waits for its graph's instantiation (its first launch), or (None, whether
     any would) where there are none or the extension is not loaded."""
-    found = [(key, choice) for key, choice in compiled._executors.items()]
-    return _table(compiled, found, compiled._executors.move_to_end, compiled._counts)
+    return _table(compiled, list(compiled._executors.items()), compiled._executors.move_to_end, compiled._counts)
 
 
 def timed_call(compiled, key: tuple, candidate, args: tuple):

@@ -117,11 +117,17 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
         PlanOptions(lowering=lowering)  # named now, not at the first call
         self.lowering, self.bucket, self.max_bytes, self.cast, self.debug = lowering, bucket, cache_bytes, cast, debug
         self.autotune, self.build, self.fast_call = autotune, build, fast_call
+        for name, tensor in module.state_dict().items():
+            self.register_buffer(name, tensor.detach().clone())
+        self._new_caches()
+        self.register_load_state_dict_post_hook(_cleared_after_load)
+
+    def _new_caches(self) -> None:
+        """What the module holds besides its options and buffers, empty (at construction, and in a
+        copy: `copy.deepcopy`, pickling and `torch.save` carry the options and buffers alone)."""
         # The compiled call path's table of this module's fixed-length GPU shapes (rnnplan.compiled_calls),
         # remade whenever the executor cache changes; pending while the extension is not loaded yet.
         self._fast, self._fast_pending = None, False
-        for name, tensor in module.state_dict().items():
-            self.register_buffer(name, tensor.detach().clone())
         self._executors: OrderedDict[tuple, Choice] = OrderedDict()
         # Weights read from the buffers once, and laid out and uploaded once per device and dtype,
         # for every executor (a new shape costs its plan, not a copy of the weights): until they change.
@@ -130,9 +136,15 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
         self._counts = [0, 0]  # hits, misses (a list: nn.Module.__setattr__ costs microseconds a call)
         self._builds = Builds()  # build="background": the shapes whose executor builds on the worker
         self._stand_ins: dict[tuple, Choice] = {}  # (device, dtype) -> torch's own module, meanwhile
-        self.handle = next(_HANDLES)
+        self.handle = next(_HANDLES)  # the custom op's name for this module
         _LIVE[self.handle] = self
-        self.register_load_state_dict_post_hook(lambda module, keys: module.clear())
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in _CACHES}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._new_caches()
 
     # ---- the executor cache ---------------------------------------------------------------------
 
@@ -348,6 +360,15 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
         args = (x, h0, c0, lengths)
         out, h_n, c_n = self._choice(padded_steps, batch, varlen, x.device, args).chosen.run(*args)
         return (out if padded_steps == steps else out[:steps]), h_n, c_n
+
+
+_CACHES = frozenset({"_fast", "_fast_pending", "_executors", "_weights", "_shared", "_counts", "_builds", "_stand_ins",
+                     "handle"})
+
+
+def _cleared_after_load(module: CompiledRNN, keys) -> None:
+    """load_state_dict's post hook: new buffers, so the executors made from the old ones go."""
+    module.clear()
 
 
 def _capturing(device: torch.device) -> bool:

@@ -251,6 +251,30 @@ def test_a_module_from_a_spec_and_the_twin_autotuning_times(cell):
     assert close(torch_call(fast.torch_module(spec, torch.device("cpu")), x), torch_call(m, x), 0.0)
 
 
+def test_a_compiled_module_deep_copies_and_pickles_with_its_caches_empty():
+    """copy.deepcopy, pickle and torch.save carry the options and buffers; the copy's executor cache
+    starts empty, it has its own handle for the custom op, and loading a state dict still clears it."""
+    import io
+    import pickle
+
+    from rnnplan.dropin import _LIVE
+
+    fast = rp.compile(module("lstm", 2), bucket=4)
+    x = torch.randn(5, 2, 3)
+    want = torch_call(fast, x)
+    saved = io.BytesIO()
+    torch.save(fast, saved)
+    saved.seek(0)
+    for copied in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast)), torch.load(saved, weights_only=False)):
+        assert copied.cache_info().executors == 0 and copied.bucket == 4 and copied.handle != fast.handle
+        assert _LIVE[copied.handle] is copied
+        assert all(torch.equal(copied.state_dict()[k], v) for k, v in fast.state_dict().items())
+        assert close(torch_call(copied, x), want, 0.0)
+        copied.load_state_dict(fast.state_dict())
+        assert copied.cache_info().executors == 0
+    assert fast.cache_info().executors == 1  # the original keeps its own
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
 @pytest.mark.parametrize("cell", CELLS)
