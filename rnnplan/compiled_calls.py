@@ -7,13 +7,13 @@ copy kernels around the graph), with no Python between (issue 17, item 4: the Py
 The extension is compiled once per machine by `torch.utils.cpp_extension` (about 20-40 s, ninja and
 a C++ compiler needed; kept in torch's extension directory, rebuilt when the source changes): on a
 worker thread started by the first GPU executor a compiled module installs (`start`), or ahead of
-time by `load()` (`rnnplan build-calls`); calls take the Python path until it is loaded, and where it cannot be built
-(`why_not` says why; `CompiledRNN.explain()` repeats it). `RNNPLAN_COMPILED_CALLS=0` in the
-environment turns it off for the process (no build is tried: for hosts without a compiler, or whose
-extension directory is not writable). `table(compiled)` makes the C++ side's
-list of a module's fixed-length GPU shapes; the module remakes it whenever its executor cache
-changes, so an entry never outlives the executor whose graph it launches. `timed_call` is a
-candidate's call as this path will make it, for autotune to time.
+time by `load()` (`rnnplan build-calls`); calls take the Python path until it is loaded, and where
+it cannot be built (`why_not` says why; `CompiledRNN.explain()` repeats it).
+`RNNPLAN_COMPILED_CALLS=0` in the environment turns it off for the process (no build is tried: for
+hosts without a compiler, or whose extension directory is not writable). `table(compiled)` makes
+the C++ side's list of a module's fixed-length GPU shapes; the module remakes it whenever its
+executor cache changes, so an entry never outlives the executor whose graph it launches.
+`timed_call` is a candidate's call as this path will make it, for autotune to time.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def timed_call(compiled, key: tuple, candidate, args: tuple):
     from rnnplan.autotune import Choice
 
     x, h0, c0, lengths = args
-    if lengths is not None:
+    if lengths is not None or module() is None:  # (before the run below: nothing would take it)
         return None
     candidate.run(*args)  # (a plan's CUDA graph is instantiated at its first launch)
     calls, _ = _table(compiled, [(key, Choice(candidate, "timed"))], lambda key: None, [0, 0])
@@ -167,11 +167,13 @@ def _table(compiled, choices: list, move_to_end, counts):
     want = compiled._buffers["weight_hh_l0"]
     if t.batch_first or not want.is_cuda:
         return None, False
+    ext, functions = module(), driver_functions()
+    if ext is None or functions is None:  # (nothing to wait for: no graph is ever taken without these)
+        return None, False
     found = [(key, choice, launches(choice)) for key, choice in choices if not key[2] and key[3] == want.device]
     later = any(got == "later" for *_, got in found)
     found = [(key, choice, got) for key, choice, got in found if got is not None and got != "later"]
-    ext, functions = module(), driver_functions()
-    if not found or ext is None or functions is None:
+    if not found:
         return None, later
     lstm, layers = t.cell == "lstm", t.num_layers * t.directions
     calls = ext.FastCalls(want.new_empty(0), lstm, layers, t.input_size, t.output_size, t.hidden_size, *functions,
