@@ -225,8 +225,9 @@ def chunk_latency(results: list) -> None:
                        autotuned_choice=choice, autotuned_rel_err=tuned_err, python_path_ms=python_ms,
                        compiled_path=fast._fast is not None)
             results.append(row)
-            print(f"  chunk    {row['row']:<24} rnnplan {ours:7.3f} ({lowering}; Python path {python_ms:7.3f})  autotuned {tuned_ms:7.3f} ({choice})  "
-                  f"cuDNN eager {eager:7.3f}  cuDNN graph {captured:7.3f}  err {err:.1e}", flush=True)
+            print(f"  chunk    {row['row']:<24} rnnplan {ours:7.3f} ({lowering}; Python path {python_ms:7.3f})  "
+                  f"autotuned {tuned_ms:7.3f} ({choice})  cuDNN eager {eager:7.3f}  cuDNN graph {captured:7.3f}  "
+                  f"err {err:.1e}", flush=True)
 
 
 def main() -> None:

@@ -2,10 +2,11 @@
 time of pieces of a call of `rnnplan.compile` at LSTM 2x256, batch 1, one step (persistent lowering,
 by pointers), timed by `rnnplan.timing.host_us` (the GPU kept busy ahead of the calls, so that none
 waits for it), on the compiled call path (`rnnplan.compiled_calls`, built first) and on the Python
-path (`fast_call=False`), and a cProfile of many calls on the Python path. Then, for whole sequences, what the host adds to a call's
-time on the GPU: the call timed from an idle GPU (`median_ms`, as the benchmarks time it) against
-the same call queued behind a sleep kernel (its launches all issued before the GPU reaches them),
-for each candidate of `rnnplan.compile` and for cuDNN in a CUDA graph.
+path (`fast_call=False`), and a cProfile of many calls on the Python path. Then, for whole
+sequences, what the host adds to a call's time on the GPU: the call timed from an idle GPU
+(`median_ms`, as the benchmarks time it) against the same call queued behind a sleep kernel (its
+launches all issued before the GPU reaches them), for each candidate of `rnnplan.compile` and for
+cuDNN in a CUDA graph.
 
     python3 benchmarks/host_profile.py [--no-pieces]
 """

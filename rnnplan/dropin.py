@@ -256,8 +256,9 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
         return t
 
     def forward(self, input, hx=None):
-        # A repeat call of one launch: checked, allocated and launched in C++ (rnnplan.compiled_calls); None
-        # for anything else. (is_compiling first: under torch.compile the op below is what is traced.)
+        # A repeat call at a cached fixed-length shape: checked, allocated and launched in C++
+        # (rnnplan.compiled_calls); None for anything else. (is_compiling first: under torch.compile the
+        # op below is what is traced.)
         if not torch.compiler.is_compiling():
             if self._fast is not None:
                 done = self._fast(input, hx)

@@ -17,5 +17,5 @@ from rnnplan.bench.harness import (
     strict_reference,
 )
 
-__all__ = ["CELL_LABELS", "PRECISIONS", "ROWS", "TOL", "captured_call", "config", "cudnn_times", "environment", "median_ms", "rel_err",
-           "strict_reference", "cudnn_module"]
+__all__ = ["CELL_LABELS", "PRECISIONS", "ROWS", "TOL", "captured_call", "config", "cudnn_times", "environment",
+           "median_ms", "rel_err", "strict_reference", "cudnn_module"]

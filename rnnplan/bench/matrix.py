@@ -123,7 +123,8 @@ def _markdown(env: dict, abl: list[dict], rows: list[dict]) -> str:
         p, g = r["persistent_ms"], r["cudnn_graph_ms"]
         pe = "-" if r["persistent_rel_err"] is None else f"{r['persistent_rel_err']:.1e}"
         lines.append(f"| {r['row']} | {r['precision']} | {r['rnnplan_ms']:.3f} | {'-' if p is None else f'{p:.3f}'} | "
-                     f"{r['compiled_ms']:.3f} ({r['compiled_choice']}{'; C++' if r.get('compiled_path') == 'compiled' else ''}) | "
+                     f"{r['compiled_ms']:.3f} ({r['compiled_choice']}"
+                     f"{'; C++' if r.get('compiled_path') == 'compiled' else ''}) | "
                      f"{r['cudnn_eager_ms']:.3f} | {g:.3f} | "
                      f"{r['vs_cudnn_graph']:.2f}x | {'-' if p is None else f'{g / p:.2f}x'} | "
                      f"{r['compiled_vs_cudnn_graph']:.2f}x | {r['rel_err']:.1e} / {pe} / {r['compiled_rel_err']:.1e} / "

@@ -6,10 +6,10 @@
 // graph, the copy-out node), it writes the seven pointers the copy-in node takes, sets that node's
 // arguments and launches the graph; else (graphs too large to copy) the copy-in kernel, the graph and
 // the copy-out kernel, three launches. The work of torch_calls.by_pointers and PointerCall.whole /
-// start / finish (or the cuDNN candidate's), without Python between the driver calls. Anything else returns None, and forward takes its Python path, which raises the
-// errors and handles the rest. The driver's functions arrive as addresses (ctypes' view of libcuda),
-// so nothing here needs CUDA's headers; the CUDA graph objects belong to the Python objects an
-// entry keeps alive.
+// start / finish (or the cuDNN candidate's), without Python between the driver calls. Anything else
+// returns None, and forward takes its Python path, which raises the errors and handles the rest. The
+// driver's functions arrive as addresses (ctypes' view of libcuda), so nothing here needs CUDA's
+// headers; the CUDA graph objects belong to the Python objects an entry keeps alive.
 #include <torch/extension.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
