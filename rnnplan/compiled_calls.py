@@ -165,7 +165,7 @@ def timed_call(compiled, key: tuple, candidate, args: tuple):
 def _table(compiled, choices: list, move_to_end, counts):
     t = compiled.template
     want = compiled._buffers["weight_hh_l0"]
-    if t.batch_first or not want.is_cuda:
+    if not want.is_cuda:
         return None, False
     ext, functions = module(), driver_functions()
     if ext is None or functions is None:  # (nothing to wait for: no graph is ever taken without these)
@@ -176,8 +176,8 @@ def _table(compiled, choices: list, move_to_end, counts):
     if not found:
         return None, later
     lstm, layers = t.cell == "lstm", t.num_layers * t.directions
-    calls = ext.FastCalls(want.new_empty(0), lstm, layers, t.input_size, t.output_size, t.hidden_size, *functions,
-                          move_to_end, counts)
+    calls = ext.FastCalls(want.new_empty(0), lstm, t.batch_first, layers, t.input_size, t.output_size,
+                          t.hidden_size, *functions, move_to_end, counts)
     for key, choice, (graph_exec, node, params, words, kernels, zeroed) in found:
         steps, batch = key[0], key[1]
         shapes = [[steps, batch, t.directions * t.output_size], [layers, batch, t.output_size],

@@ -36,9 +36,11 @@ class FakeDriver:
     def __init__(self, kernel_words=()):
         self.log, self.launch_rc, self.capturing = [], 0, 0
         self.kernel_words = kernel_words  # {function: its words}: what a kernel launch finds written there
+        self.on_set = lambda: None  # what a test looks at when the node's arguments are set
 
         def set_params(graph_exec, node, params):
             self.log.append(("set", graph_exec, node, params))
+            self.on_set()
             return 0
 
         def launch(graph_exec, stream):
@@ -58,11 +60,11 @@ class FakeDriver:
         self.addresses = [ctypes.cast(c, ctypes.c_void_p).value for c in self.callbacks]
 
 
-def table(ext, lstm=True, steps=6, batch=2):
+def table(ext, lstm=True, steps=6, batch=2, batch_first=False):
     """A table of one entry (T=steps, B=batch) of a 2-layer module, input 4, h 3, c 5 wide, on the CPU."""
     driver, words = FakeDriver(), (ctypes.c_uint64 * 10)()
     cache, counts, zeroed = OrderedDict([("k", 1), ("other", 2)]), [0, 0], {"h0"}
-    calls = ext.FastCalls(torch.empty(0), lstm, 2, 4, 3, 5 if lstm else 3, *driver.addresses, cache.move_to_end,
+    calls = ext.FastCalls(torch.empty(0), lstm, batch_first, 2, 4, 3, 5 if lstm else 3, *driver.addresses, cache.move_to_end,
                           counts)
     c_shape = [2, batch, 5] if lstm else [0]
     calls.add(steps, batch, 111, 222, 333, ctypes.addressof(words) + 24, [], "k", object(), zeroed,
@@ -74,7 +76,8 @@ def test_three_launches_write_each_copy_kernels_words_around_the_graph(ext):
     words_in, words_out = (ctypes.c_uint64 * 10)(), (ctypes.c_uint64 * 10)()
     driver = FakeDriver({7: words_in, 8: words_out})
     counts = [0, 0]
-    calls = ext.FastCalls(torch.empty(0), True, 2, 4, 3, 5, *driver.addresses, OrderedDict(k=1).move_to_end, counts)
+    calls = ext.FastCalls(torch.empty(0), True, False, 2, 4, 3, 5, *driver.addresses, OrderedDict(k=1).move_to_end,
+                          counts)
     calls.add(6, 2, 111, 0, 0, 0, [[7, 3, 2, 256, 900, ctypes.addressof(words_in) + 24],
                                    [8, 1, 3, 256, 901, ctypes.addressof(words_out) + 24]],
               "k", object(), None, [[6, 2, 3], [2, 2, 3], [2, 2, 5]])
@@ -106,13 +109,29 @@ def test_a_call_writes_its_pointers_sets_the_node_and_launches(ext):
     assert counts == [2, 0] and len(driver.log) == 4
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_an_input_laid_out_otherwise_is_copied_time_major_first(ext, batch_first):
+    calls, driver, words, cache, counts, zeroed = table(ext, batch_first=batch_first)
+    x = torch.randn(6, 2, 4)  # time-major values, handed in batch-first or strided
+    given = x.transpose(0, 1).contiguous() if batch_first else torch.randn(2, 6, 4).transpose(0, 1).copy_(x)
+    assert given.is_contiguous() == batch_first
+    seen = []  # what the copy-in node would read, at the launch (the copy is freed after the call)
+    driver.on_set = lambda: seen.append(list((ctypes.c_float * x.numel()).from_address(words[3])))
+    out, (h_n, c_n) = calls(given, None)
+    assert seen == [x.flatten().tolist()] and words[3] not in (0, given.data_ptr()) and driver.log == [("set", 111, 222, 333), ("launch", 111, 0)]
+    assert out.shape == ((2, 6, 3) if batch_first else (6, 2, 3)) and h_n.shape == (2, 2, 3)
+    assert (out.transpose(0, 1) if batch_first else out).is_contiguous()  # a view, as forward returns it
+    assert words[7] == out.data_ptr() and counts == [1, 0]
+    assert calls(x if batch_first else x.transpose(0, 1).contiguous(), None) is None  # the other layout's shape
+
+
 def test_a_gru_call_returns_h_alone_and_no_c_pointer(ext):
     calls, driver, words, *_ = table(ext, lstm=False)
     out, h_n = calls(torch.randn(6, 2, 4), torch.randn(2, 2, 3))
     assert out.shape == (6, 2, 3) and h_n.shape == (2, 2, 3) and words[9] == 0
 
 
-@pytest.mark.parametrize("case", ["dtype", "steps", "batch", "width", "3-D", "strided", "subclass", "packed", "hx shape",
+@pytest.mark.parametrize("case", ["dtype", "steps", "batch", "width", "3-D", "subclass", "packed", "hx shape",
                                   "hx dtype", "hx not a pair", "h alone for an LSTM", "capturing"])
 def test_it_declines_what_forward_must_check_or_handle(ext, case):
     calls, driver, words, cache, counts, zeroed = table(ext)
@@ -126,8 +145,6 @@ def test_it_declines_what_forward_must_check_or_handle(ext, case):
         x = torch.randn(*{"steps": (5, 2, 4), "batch": (6, 3, 4), "width": (6, 2, 5)}[case])
     elif case == "3-D":
         x = x.reshape(12, 4)
-    elif case == "strided":
-        x = torch.randn(2, 6, 4).transpose(0, 1)
     elif case == "subclass":
         x = x.as_subclass(Sub)
     elif case == "packed":
@@ -298,6 +315,30 @@ def test_gpu_repeat_calls_go_through_the_compiled_path(ext, cell, dtype, lowerin
         fast(x.double())
     assert close(fast(x[:, :2].contiguous()), torch_call(m, x[:, :2]), tol)  # a new shape: Python, then the table
     assert len(fast._fast) == 2 or (lowering == "graph" and fast._fast_pending)  # (or at its next call)
+    torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
+@pytest.mark.parametrize("lowering", ["persistent", "graph"])
+def test_gpu_batch_first_and_strided_calls_go_through_the_compiled_path(ext, lowering, monkeypatch):
+    from tests.test_dropin import close, torch_call
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(5)
+    m = torch.nn.LSTM(16, 32, num_layers=2, batch_first=True, bidirectional=lowering == "graph").cuda().eval()
+    fast = rp.compile(m, autotune=False, lowering=lowering)
+    x = torch.randn(4, 6, 16, device="cuda")  # (B, T, I)
+    for _ in range(2):  # the first builds, by Python (the graph's CUDA graph is instantiated by the second)
+        assert close(fast(x), torch_call(m, x))
+    assert fast._fast.shapes()[0][:2] == [6, 4]
+    monkeypatch.setattr(type(fast), "run", lambda *a: pytest.fail("a repeat call took the Python path"))
+    state = None
+    for given in (x, x * 0.5, torch.randn(6, 4, 16, device="cuda").transpose(0, 1)):  # the last one strided
+        want = torch_call(m, given, state)
+        got = fast(given, state)
+        assert close(got, want)
+        state = got[1]
     torch.backends.cudnn.allow_tf32 = True
 
 

@@ -1,15 +1,16 @@
 // The compiled call path of `rnnplan.compile` (rnnplan/compiled_calls.py builds and loads it): a repeat
 // call at a cached shape of fixed length goes from the module's forward straight here. It checks the
-// call as forward would (exact tensors of the compiled dtype and device, the shape cached, contiguous,
-// no stream capture), allocates the outputs in one block on the caller's stream and launches: where
-// the candidate is one CUDA-graph launch (`GraphWithKernels`: the copy-in node, the plan or cuDNN's
-// graph, the copy-out node), it writes the seven pointers the copy-in node takes, sets that node's
-// arguments and launches the graph; else (graphs too large to copy) the copy-in kernel, the graph and
-// the copy-out kernel, three launches. The work of torch_calls.by_pointers and PointerCall.whole /
-// start / finish (or the cuDNN candidate's), without Python between the driver calls. Anything else
-// returns None, and forward takes its Python path, which raises the errors and handles the rest. The
-// driver's functions arrive as addresses (ctypes' view of libcuda), so nothing here needs CUDA's
-// headers; the CUDA graph objects belong to the Python objects an entry keeps alive.
+// call as forward would (exact tensors of the compiled dtype and device, the shape cached, no stream
+// capture), makes a batch-first or strided input time-major and contiguous as forward does,
+// allocates the outputs in one block on the caller's stream and launches: where the candidate is one
+// CUDA-graph launch (`GraphWithKernels`: the copy-in node, the plan or cuDNN's graph, the copy-out
+// node), it writes the seven pointers the copy-in node takes, sets that node's arguments and launches
+// the graph; else (graphs too large to copy) the copy-in kernel, the graph and the copy-out kernel,
+// three launches. The work of torch_calls.by_pointers and PointerCall.whole / start / finish (or the
+// cuDNN candidate's), without Python between the driver calls. Anything else returns None, and
+// forward takes its Python path, which raises the errors and handles the rest. The driver's functions
+// arrive as addresses (ctypes' view of libcuda), so nothing here needs CUDA's headers; the CUDA graph
+// objects belong to the Python objects an entry keeps alive.
 #include <torch/extension.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
@@ -66,13 +67,14 @@ std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& shape) {
 
 class FastCalls {
  public:
-  // `like`: an empty tensor of the compiled dtype on the compiled device; `layers`: layers x
-  // directions; `width`: h's size (the projection's where there is one); `hidden`: c's.
-  FastCalls(const at::Tensor& like, bool lstm, int64_t layers, int64_t input_size, int64_t width,
+  // `like`: an empty tensor of the compiled dtype on the compiled device; `batch_first`: inputs
+  // and outputs are (B, T, .); `layers`: layers x directions; `width`: h's size (the projection's
+  // where there is one); `hidden`: c's.
+  FastCalls(const at::Tensor& like, bool lstm, bool batch_first, int64_t layers, int64_t input_size, int64_t width,
             int64_t hidden, int64_t set_params, int64_t launch, int64_t is_capturing, int64_t launch_kernel,
             py::object move_to_end, py::list counts)
       : dtype_(like.scalar_type()), device_(like.device()), options_(like.options()), lstm_(lstm),
-        layers_(layers), input_size_(input_size), width_(width), hidden_(hidden),
+        batch_first_(batch_first), layers_(layers), input_size_(input_size), width_(width), hidden_(hidden),
         set_params_(reinterpret_cast<SetParams>(address(set_params))),
         launch_(reinterpret_cast<Launch>(address(launch))),
         is_capturing_(reinterpret_cast<IsCapturing>(address(is_capturing))),
@@ -115,11 +117,10 @@ class FastCalls {
   py::object call(py::handle input, py::handle hx) {
     PyObject* in = input.ptr();
     if (!THPVariable_CheckExact(in)) return py::none();
-    const at::Tensor& x = THPVariable_Unpack(in);
-    if (x.scalar_type() != dtype_ || x.device() != device_ || x.dim() != 3 || x.size(2) != input_size_ ||
-        !x.is_contiguous())
+    const at::Tensor& given = THPVariable_Unpack(in);
+    if (given.scalar_type() != dtype_ || given.device() != device_ || given.dim() != 3 || given.size(2) != input_size_)
       return py::none();
-    Entry* e = find(x.size(0), x.size(1));
+    Entry* e = batch_first_ ? find(given.size(1), given.size(0)) : find(given.size(0), given.size(1));
     if (e == nullptr) return py::none();
     uint64_t h0 = 0, c0 = 0;
     if (!hx.is_none() && !states(hx.ptr(), e->batch, &h0, &c0)) return py::none();
@@ -131,6 +132,10 @@ class FastCalls {
     }
     int capturing = 0;
     if (is_capturing_(stream, &capturing) != 0 || capturing != 0) return py::none();
+    // The plans and cuDNN's graph read time-major rows: a copy on the caller's stream where the input
+    // is not laid out so (its block goes back to that stream's pool, after the launches below read it).
+    at::Tensor x = batch_first_ ? given.transpose(0, 1) : given;
+    if (!x.is_contiguous()) x = x.contiguous();
 
     at::Tensor flat = at::empty({e->total}, options_);  // on the current stream, the one launched on
     at::Tensor outs[3];
@@ -155,7 +160,8 @@ class FastCalls {
     if (more == nullptr) throw py::error_already_set();
     PyList_SetItem(counts_.ptr(), 0, more);  // (steals `more`, releases the old count)
 
-    py::object out = py::reinterpret_steal<py::object>(THPVariable_Wrap(outs[0]));
+    at::Tensor y = batch_first_ ? outs[0].transpose(0, 1) : outs[0];  // (as forward returns it: a view)
+    py::object out = py::reinterpret_steal<py::object>(THPVariable_Wrap(y));
     py::object h_n = py::reinterpret_steal<py::object>(THPVariable_Wrap(outs[1]));
     if (!lstm_) return py::make_tuple(out, h_n);
     py::object c_n = py::reinterpret_steal<py::object>(THPVariable_Wrap(outs[2]));
@@ -200,7 +206,7 @@ class FastCalls {
   at::ScalarType dtype_;
   c10::Device device_;
   at::TensorOptions options_;
-  bool lstm_;
+  bool lstm_, batch_first_;
   int64_t layers_, input_size_, width_, hidden_;
   SetParams set_params_;
   Launch launch_;
@@ -216,7 +222,7 @@ class FastCalls {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<FastCalls>(m, "FastCalls")
-      .def(py::init<const at::Tensor&, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+      .def(py::init<const at::Tensor&, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                     int64_t, py::object, py::list>())
       .def("add", &FastCalls::add)
       .def("__len__", &FastCalls::size)
