@@ -84,18 +84,36 @@ def captured_call(torch, module, *args):
     return graph, out
 
 
-def cudnn_times(torch, module, xs_t: list, repeats: int) -> tuple[float, float]:
-    """(eager ms, CUDA-graph ms) of the torch module over the rotated inputs; the graph is captured
-    once on a static input, and each replay first copies the call's input into it."""
+def cudnn_replay(torch, module, xs_t: list):
+    """A function of the call index replaying torch's call of `module`, captured once in a CUDA graph
+    on a static input: each replay first copies the call's input (rotated among `xs_t`) into it, and
+    leaves its outputs in the graph's static buffers."""
+    static_x = xs_t[0].clone()
     with torch.no_grad():
-        eager = median_ms(lambda i: module(xs_t[i % len(xs_t)]), repeats)
-        static_x = xs_t[0].clone()
         graph, _ = captured_call(torch, module, static_x)
 
-        def replay(i):
-            static_x.copy_(xs_t[i % len(xs_t)])
-            graph.replay()
-        return eager, median_ms(replay, repeats)
+    def replay(i):
+        static_x.copy_(xs_t[i % len(xs_t)])
+        graph.replay()
+    return replay
+
+
+def cudnn_times(torch, module, xs_t: list, repeats: int) -> tuple[float, float]:
+    """(eager ms, CUDA-graph ms) of the torch module over the rotated inputs (`cudnn_replay`)."""
+    with torch.no_grad():
+        eager = median_ms(lambda i: module(xs_t[i % len(xs_t)]), repeats)
+        return eager, median_ms(cudnn_replay(torch, module, xs_t), repeats)
+
+
+def interleaved_ms(fns: dict, repeats: int, rounds: int = 3) -> dict[str, list[float]]:
+    """Each function's median ms (`median_ms` of `repeats` calls) in each of `rounds` rounds, the
+    functions taking turns within a round: two versions compared so share the GPU's drift, and the
+    spread of one version's rounds is the noise a difference must exceed (METHOD.md)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(median_ms(fn, repeats))
+    return times
 
 
 def cudnn_module(torch, spec: rp.RNNSpec, precision: str, seed: int = 0):

@@ -21,10 +21,11 @@ from rnnplan.bench.harness import (
     ROWS,
     TOL,
     cudnn_module,
-    cudnn_times,
+    cudnn_replay,
     device_tensor,
     environment,
     host_float32,
+    interleaved_ms,
     median_ms,
     rel_err,
     strict_reference,
@@ -55,11 +56,16 @@ def bench_row(torch, label: str, kw: dict, precision: str, repeats: int) -> dict
     ours = median_ms(lambda i: ex.run(xs_t[i % 4]), repeats)
     ex.impl.close()
     persistent, persistent_err, why = _persistent(torch, spec, weights, math, xs_t, want, repeats)
-    eager, cudnn_graph = cudnn_times(torch, module, xs_t, repeats)
+    with torch.no_grad():
+        eager = median_ms(lambda i: module(xs_t[i % 4]), repeats)
+    replay = cudnn_replay(torch, module, xs_t)
     compiled = rp.compile(module)  # autotuned on its first call: persistent, graph, cuDNN in a CUDA graph
     with torch.no_grad():
         compiled_err = rel_err(compiled(xs_t[0])[0].float().cpu().numpy(), want)
-        compiled_ms = median_ms(lambda i: compiled(xs_t[i % 4]), repeats)
+        # cuDNN graph and the compiled module taking turns: the spread of cuDNN's rounds is the noise
+        rounds = interleaved_ms({"cudnn_graph": replay, "compiled": lambda i: compiled(xs_t[i % 4])}, repeats)
+    cudnn_graph, compiled_ms = (float(np.median(rounds[k])) for k in ("cudnn_graph", "compiled"))
+    noise = (max(rounds["cudnn_graph"]) - min(rounds["cudnn_graph"])) / cudnn_graph
     choice = next(iter(compiled._executors.values()))
     path = "compiled" if compiled._fast is not None else "Python"
     compiled.clear()
@@ -69,7 +75,8 @@ def bench_row(torch, label: str, kw: dict, precision: str, repeats: int) -> dict
                 plan_s=plan_s, kernels=plan.stats.kernels, streams=plan.stats.streams,
                 persistent_ms=persistent, persistent_rel_err=persistent_err, persistent_why=why,
                 compiled_ms=compiled_ms, compiled_rel_err=compiled_err, compiled_choice=choice.chosen.name,
-                compiled_timings=choice.timings, compiled_vs_cudnn_graph=cudnn_graph / compiled_ms, compiled_path=path)
+                compiled_timings=choice.timings, compiled_vs_cudnn_graph=cudnn_graph / compiled_ms, compiled_path=path,
+                rounds=rounds, cudnn_graph_noise=noise)
 
 
 def _persistent(torch, spec, weights, math: str, xs_t: list, want, repeats: int):
@@ -115,21 +122,44 @@ def _markdown(env: dict, abl: list[dict], rows: list[dict]) -> str:
     lines += [f"| {r['step']} | {r['ms']:.3f} | {r['kernels']:,} | {abl[0]['ms'] / r['ms']:.1f}x |" for r in abl]
     lines += ["", "rnnplan's own lowerings in their own columns (graph, persistent: '-' where it does not fit), "
               "then `rnnplan.compile` autotuned (its choice among them and cuDNN in a CUDA graph; 'C++' where its "
-              "repeat calls took the compiled call path); ratios are cuDNN graph's time over ours.", "",
+              "repeat calls took the compiled call path); ratios are cuDNN graph's time over ours. The compiled "
+              "module and cuDNN graph are timed in three rounds, taking turns (medians of the rounds' medians; in "
+              "brackets the ratio's range over the rounds); the spread is cuDNN graph's (max - min) / median over its "
+              "rounds: the noise a difference must exceed.", "",
               "| config | precision | graph ms | persistent ms | compiled ms (choice) | cuDNN eager ms | cuDNN graph ms "
-              "| graph vs cuDNN graph | persistent vs cuDNN graph | compiled vs cuDNN graph | rel. err (graph / "
-              "persistent / compiled / cuDNN) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| spread | graph vs cuDNN graph | persistent vs cuDNN graph | compiled vs cuDNN graph | rel. err (graph / "
+              "persistent / compiled / cuDNN) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p, g = r["persistent_ms"], r["cudnn_graph_ms"]
         pe = "-" if r["persistent_rel_err"] is None else f"{r['persistent_rel_err']:.1e}"
         lines.append(f"| {r['row']} | {r['precision']} | {r['rnnplan_ms']:.3f} | {'-' if p is None else f'{p:.3f}'} | "
                      f"{r['compiled_ms']:.3f} ({r['compiled_choice']}"
                      f"{'; C++' if r.get('compiled_path') == 'compiled' else ''}) | "
-                     f"{r['cudnn_eager_ms']:.3f} | {g:.3f} | "
+                     f"{r['cudnn_eager_ms']:.3f} | {g:.3f} | {_spread(r)} | "
                      f"{r['vs_cudnn_graph']:.2f}x | {'-' if p is None else f'{g / p:.2f}x'} | "
-                     f"{r['compiled_vs_cudnn_graph']:.2f}x | {r['rel_err']:.1e} / {pe} / {r['compiled_rel_err']:.1e} / "
+                     f"{r['compiled_vs_cudnn_graph']:.2f}x{_round_ratios(r)} | {r['rel_err']:.1e} / {pe} / {r['compiled_rel_err']:.1e} / "
                      f"{r['cudnn_rel_err']:.1e}{'' if r['ok'] else ' FAIL'} |")
+    slower = [r for r in rows if r.get("cudnn_graph_noise") is not None
+              and r["compiled_vs_cudnn_graph"] < 1 - r["cudnn_graph_noise"]]
+    if any(r.get("cudnn_graph_noise") is not None for r in rows):
+        lines += ["", f"Rows where the compiled module is slower than cuDNN graph by more than cuDNN graph's spread: "
+                  f"{len(slower)} of {len(rows)}" + "".join(
+                      f"; {r['row']} {r['precision']} {r['compiled_vs_cudnn_graph']:.2f}x (spread "
+                      f"{r['cudnn_graph_noise']:.1%})" for r in slower) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _spread(row: dict) -> str:
+    noise = row.get("cudnn_graph_noise")  # (results files before the rounds have none)
+    return "-" if noise is None else f"{noise:.1%}"
+
+
+def _round_ratios(row: dict) -> str:
+    rounds = row.get("rounds")
+    if not rounds:
+        return ""
+    ratios = [g / c for g, c in zip(rounds["cudnn_graph"], rounds["compiled"])]
+    return f" ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def _chart(abl: list[dict], path: Path) -> None:
