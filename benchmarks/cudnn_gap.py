@@ -7,7 +7,9 @@ one process, median ms from an idle GPU over rotated inputs (`rnnplan.bench.medi
 - bare + clone: the same, with the outputs copied out (what a caller keeping them must do);
 - bare, state given: captured with zero states passed, as the candidate captures it;
 - candidate replay: the compiled module's CudnnGraph, its graph alone (no copies);
-- candidate call: the whole call through the compiled module (its copies, the compiled call path).
+- candidate call: the whole call through the compiled module (its copies, the compiled call path);
+- copies: the candidate's copy-in and copy-out kernels alone (backends/cuda/copies.cu), against
+  torch's copy of the input alone (what the bare replay does before it).
 
     python3 benchmarks/cudnn_gap.py
 """
@@ -25,6 +27,8 @@ ROWS = [("paper fp32", dict(cell="lstm", input_size=512, hidden_size=512, num_la
          "fp32"),
         ("LSTM 1x1024 B8 fp16", dict(cell="lstm", input_size=1024, hidden_size=1024, num_layers=1, seq_len=100, batch=8),
          "fp16"),
+        ("LSTM 1x2048 B32 T200 tf32", dict(cell="lstm", input_size=2048, hidden_size=2048, num_layers=1, seq_len=200,
+                                           batch=32), "tf32"),
         ("LSTM 4x512 B1 T4 tf32", dict(cell="lstm", input_size=512, hidden_size=512, num_layers=4, seq_len=4, batch=1),
          "tf32")]
 
@@ -60,6 +64,14 @@ def main() -> None:
             if choice.name == "cudnn":
                 times["candidate replay"] = median_ms(lambda i: choice.run.graph.replay(), 30)
             times["candidate call"] = median_ms(lambda i: fast(xs[i % 4]), 30)
+            times["torch's input copy"] = median_ms(lambda i: static_x.copy_(xs[i % 4]), 30)
+            copies = getattr(choice.run, "copies", None)
+            if choice.name == "cudnn" and copies is not None:
+                stream = torch.cuda.current_stream().cuda_stream
+                outs = [t.clone() for t in (out, *(st if lstm else (st, st[:0])))]
+                pointers = [t.data_ptr() for t in outs]
+                times["copy-in"] = median_ms(lambda i: copies[0](stream, xs[i % 4].data_ptr(), 0, 0, 0), 30)
+                times["copy-out"] = median_ms(lambda i: copies[1](stream, *pointers, 0), 30)
         path = "compiled" if fast._fast is not None else "Python"
         print(f"{label:<22} ({choice.name}, {path} path) " + "  ".join(f"{k} {v:.3f}" for k, v in times.items()),
               flush=True)

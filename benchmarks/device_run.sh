@@ -4,6 +4,8 @@
 # Usage (repository root, on the GPU machine): bash benchmarks/device_run.sh [tests|matrix|dropin|all]
 #   tests: the GPU suite twice; matrix: `rnnplan bench` into $OUT/matrix; dropin: the drop-in's host
 #   time, chunk latency and packed calls (dropin_bench.py) and cudnn_gap.py; all: every one.
+# At the end everything under $OUT is packed into $OUT/results.tgz: the device tool brings back at most
+# 8 files a call (a matrix alone writes three).
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}
@@ -26,3 +28,4 @@ if [ "$what" = dropin ] || [ "$what" = all ]; then
   python3 benchmarks/dropin_bench.py --only host chunk packed --out "$OUT/dropin.json" 2>&1 | tee "$OUT/dropin.log" | tail -30
   python3 benchmarks/cudnn_gap.py 2>&1 | grep -v Warning | tee "$OUT/cudnn_gap.log"
 fi
+(cd "$OUT" && tar czf /tmp/results.tgz . && find . -mindepth 1 -delete && mv /tmp/results.tgz .)

@@ -35,9 +35,9 @@ def rel_err(got, want) -> float:  # of torch tensors (rnnplan.bench's takes arra
     return float((got.float() - want.float()).norm() / want.float().norm())
 
 
-def lstm(layers: int, hidden: int, dtype=torch.float32):
+def lstm(layers: int, hidden: int, dtype=torch.float32, batch_first: bool = False):
     torch.manual_seed(0)
-    return torch.nn.LSTM(hidden, hidden, num_layers=layers).cuda().eval().to(dtype)
+    return torch.nn.LSTM(hidden, hidden, num_layers=layers, batch_first=batch_first).cuda().eval().to(dtype)
 
 
 def _synced_ms(fn) -> float:
@@ -181,17 +181,27 @@ def host_time(results: list) -> None:
     m = lstm(2, 256)
     fast, tuned = rp.compile(m, autotune=False), rp.compile(m)
     python_path = rp.compile(m, autotune=False, fast_call=False)
+    m_bf = lstm(2, 256, batch_first=True)
+    batch_first = rp.compile(m_bf, autotune=False)  # (B, T, I): transposed in the call
+    batch_first_python = rp.compile(m_bf, autotune=False, fast_call=False)
     x = torch.randn(1, 1, 256, device="cuda")
+    x_bf = torch.randn(2, 2, 256, device="cuda")  # (B2 T2: made time-major by a copy, not a view)
     with torch.no_grad():
         out, state = fast(x)
         tuned(x, state)
         python_path(x, state)
+        for _ in range(2):
+            batch_first(x_bf)
+            batch_first_python(x_bf)
+        bf_path = "compiled call path" if batch_first._fast is not None else "Python path"
         ex = fast.executor(1, 1, False, x.device)
         choice = list(tuned._executors.values())[-1].chosen.name
         path = "compiled call path" if fast._fast is not None else "Python path"
         for label, call in ((f"rnnplan.compile call ({path})", lambda: fast(x, state)),
                             ("rnnplan.compile call (Python path)", lambda: python_path(x, state)),
                             (f"compiled, autotuned ({choice})", lambda: tuned(x, state)),
+                            (f"batch-first B2 T2 ({bf_path})", lambda: batch_first(x_bf)),
+                            ("batch-first B2 T2 (Python path)", lambda: batch_first_python(x_bf)),
                             ("Executor.run", lambda: ex.run(x, state)),
                             ("cuDNN eager", lambda: m(x, state))):
             us = host_us(call)
