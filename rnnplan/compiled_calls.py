@@ -1,8 +1,12 @@
 """The compiled call path of `rnnplan.compile` (`csrc/compiled_calls.cpp`, a torch C++ extension): a
-repeat call at a cached fixed-length GPU shape goes from forward into C++, which checks it,
-allocates its outputs and launches (one graph launch with the copy-in node's pointers set, or the
-copy kernels around the graph), with no Python between (issue 17, item 4: the Python path costs
-18-25 us of host time a call, most of it interpreter work around one allocation and the driver's calls).
+repeat call at a cached GPU shape goes from forward into C++, which checks it, allocates its
+outputs and launches, with no Python between (issue 17, item 4: the Python path costs 18-25 us of
+host time a call, most of it interpreter work around one allocation and the driver's calls). A
+fixed-length call (time-major, batch-first or strided) is one graph launch with the copy-in node's
+pointers set, or the copy kernels around the graph; with cuDNN's graph captured twice
+(`autotune.CudnnGraph.twin`), calls with and without a state take their own entries; a
+PackedSequence at a cached masked shape is packed.cu's two kernels around the plan's graph and
+the states' copies, its layout made in C++ and copied from pinned memory.
 
 The extension is compiled once per machine by `torch.utils.cpp_extension` (about 20-40 s, ninja and
 a C++ compiler needed; kept in torch's extension directory, rebuilt when the source changes): on a
@@ -11,7 +15,7 @@ time by `load()` (`rnnplan build-calls`); calls take the Python path until it is
 it cannot be built (`why_not` says why; `CompiledRNN.explain()` repeats it).
 `RNNPLAN_COMPILED_CALLS=0` in the environment turns it off for the process (no build is tried: for
 hosts without a compiler, or whose extension directory is not writable). `table(compiled)` makes
-the C++ side's list of a module's fixed-length GPU shapes; the module remakes it whenever its
+the C++ side's list of a module's GPU shapes; the module remakes it whenever its
 executor cache changes, so an entry never outlives the executor whose graph it launches.
 `timed_call` is a candidate's call as this path will make it, for autotune to time.
 """
@@ -111,7 +115,10 @@ def launches(choice):
     graph launch with the copies as nodes (node set, no kernels), or the copy kernels around the
     graph (node 0); "later" where the graph is not instantiated yet; None where neither holds
     (the CPU, a masked plan, CuPy's launches)."""
-    run = choice.chosen.run
+    return _launches(choice.chosen.run)
+
+
+def _launches(run):
     call = getattr(run, "call", None)  # by_pointers' PointerCall; else the cuDNN candidate itself
     zeroed = getattr(getattr(call, "impl", None), "_zeroed_states", None)
     one = getattr(call if call is not None else run, "one_launch", None)
@@ -134,6 +141,35 @@ def launches(choice):
     if not graph_exec or None in kernels:
         return None
     return graph_exec, 0, 0, 0, kernels, zeroed
+
+
+def _whole(kernel_call, changing: tuple[int, ...], grid: tuple[int, int]) -> list[int] | None:
+    """A KernelCall as the C++ side takes a packed.cu kernel: (function, grid x, grid y, block,
+    params, the address of its first word), or None without the driver's launch or where the words
+    that change a call are not the ones the C++ side writes."""
+    launch = kernel_call.driver
+    if launch is None or launch.changing != changing:
+        return None
+    return [launch.function, *grid, launch.block, ctypes.addressof(launch.params), ctypes.addressof(launch.args)]
+
+
+def packed_launches(choice):
+    """How a cached masked choice's packed calls are launched (torch_calls.packed_by_pointers), as
+    the C++ side takes them: (graph exec, unpack, repack, states-in copy or [], states-out copy or
+    [], a packed output row's bytes, the set its calls clear); None where the choice takes no packed
+    calls by pointers, or its graph is not instantiated yet: CuPy does that at its first launch,
+    which a masked plan's padded calls by one launch never make, so the module remakes its table
+    after its first packed call instead (`CompiledRNN._packed_repeat`) of waiting for it."""
+    run = choice.chosen.run
+    call = getattr(run, "call", None)
+    if getattr(run, "packed", None) is None or call is None or call.packing is None or call._graph_exec is None:
+        return None
+    unpack, repack = call.packing
+    kernels = [_whole(unpack, (0, 3, 4, 5), call._unpack_grid), _whole(repack, (1, 2, 3, 4, 6), (0, 1))]
+    states = [[] if c is None else _kernel(c) for c in (call.states_in, call.states_out)]
+    if None in kernels or None in states:
+        return None
+    return call._graph_exec, *kernels, *states, call._out_row_bytes, call.impl._zeroed_states
 
 
 def table(compiled):
@@ -170,17 +206,36 @@ def _table(compiled, choices: list, move_to_end, counts):
     ext, functions = module(), driver_functions()
     if ext is None or functions is None:  # (nothing to wait for: no graph is ever taken without these)
         return None, False
-    found = [(key, choice, launches(choice)) for key, choice in choices if not key[2] and key[3] == want.device]
-    later = any(got == "later" for *_, got in found)
-    found = [(key, choice, got) for key, choice, got in found if got is not None and got != "later"]
-    if not found:
+    import torch  # (loaded: the extension is torch's)
+
+    # (key, choice, which calls: 0 every one, 1 those given a state, 2 those without; launches): a
+    # cuDNN candidate with a stateless twin (autotune.CudnnGraph) makes two entries of one shape.
+    found, packed = [], []
+    for key, choice in choices:
+        if key[3] != want.device:
+            continue
+        if key[2]:  # a masked plan: its packed calls
+            packed.append((key, choice, packed_launches(choice)))
+            continue
+        twin = getattr(choice.chosen.run, "twin", None)
+        found.append((key, choice, 0 if twin is None else 1, launches(choice)))
+        if twin is not None:
+            found.append((key, choice, 2, _launches(twin)))
+    later = any(entry[-1] == "later" for entry in found)
+    found = [entry for entry in found if entry[3] is not None and entry[3] != "later"]
+    packed = [entry for entry in packed if entry[2] is not None]
+    if not found and not packed:
         return None, later
     lstm, layers = t.cell == "lstm", t.num_layers * t.directions
     calls = ext.FastCalls(want.new_empty(0), lstm, t.batch_first, layers, t.input_size, t.output_size,
-                          t.hidden_size, *functions, move_to_end, counts)
-    for key, choice, (graph_exec, node, params, words, kernels, zeroed) in found:
+                          t.hidden_size, *functions, move_to_end, counts, compiled.bucket or 0,
+                          torch.nn.utils.rnn.PackedSequence, torch.nn.utils.rnn.PackedSequence._make)
+    for key, choice, which, (graph_exec, node, params, words, kernels, zeroed) in found:
         steps, batch = key[0], key[1]
         shapes = [[steps, batch, t.directions * t.output_size], [layers, batch, t.output_size],
                   [layers, batch, t.hidden_size] if lstm else [0]]
-        calls.add(steps, batch, graph_exec, node, params, words, kernels, key, choice, zeroed, shapes)
+        calls.add(steps, batch, graph_exec, node, params, words, kernels, key, choice, zeroed, shapes, which)
+    for key, choice, (graph_exec, unpack, repack, states_in, states_out, row_bytes, zeroed) in packed:
+        calls.add_packed(key[0], key[1], graph_exec, unpack, repack, states_in, states_out, row_bytes, key, choice,
+                         zeroed)
     return calls, later

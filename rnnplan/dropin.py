@@ -18,12 +18,11 @@ On a GPU the first call at a shape may time the candidates (`rnnplan.autotune`: 
 and torch's own cuDNN call in a CUDA graph) and keep the fastest; `explain()` says what was timed. A
 new length within a factor of `RETUNE_RATIO` of an autotuned one builds that one's choice alone.
 Calls of rnnplan's executors go by device pointers on the caller's stream (`rnnplan.torch_calls`,
-`backends.pointer_call`); a repeat call at a cached fixed-length shape goes through the compiled
-call path (`rnnplan.compiled_calls`: its checks, allocation and launches in C++) once that is
-built; a packed call at a shape already cached moves its rows, mask and padding in two kernel
-launches (`backends/cuda/packed.cu`); calls of fixed lengths may be captured in the caller's own
-CUDA graph after a warm-up call at that shape (a packed call copies its layout from the host and
-cannot be).
+`backends.pointer_call`); a packed call at a cached shape moves its rows, mask and padding in two
+kernel launches (`backends/cuda/packed.cu`); a repeat call, packed or not, goes through the compiled
+call path (`rnnplan.compiled_calls`: its checks, allocation and launches in C++) once that is built;
+calls of fixed lengths may be captured in the caller's own CUDA graph after a warm-up call at that
+shape (a packed call copies its layout from the host and cannot be).
 
 One call at a time: an executor's buffers (and its launches' argument buffers) serve every call at
 its shape, so calls from several threads at once need the caller's lock, and calls on different
@@ -195,8 +194,9 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
             why = compiled_calls.why_not()
             shapes = self._fast.shapes() if self._fast is not None else []
             path = "the compiled call path" if why is None else f"Python ({why})"
-            lines.append(f"  repeat calls at fixed lengths: {path}, {len(shapes)} shape(s) in its table"
-                         + "".join(f"; T={t} B={b} by {n} launch{'es' if n > 1 else ''}" for t, b, n in shapes))
+            lines.append(f"  repeat calls: {path}, {len(shapes)} entries in its table"
+                         + "".join(f"; T={t} B={b}{WHICH_CALLS[w]} by {n} launch{'es' if n > 1 else ''}"
+                                   for t, b, n, w in shapes))
         for key, seconds, done in self._builds.under_way():
             lines.append(shape(*key) + ("built in the background, installed by its next call" if done else
                                         f"building in the background for {seconds * 1e3:.0f} ms; its calls run "
@@ -314,7 +314,11 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
             return None
         self._counts[0] += 1
         h0, c0 = self._state(hx, batch)
-        return call(packed, data, h0, c0)
+        instantiated = call.call._graph_exec is not None
+        result = call(packed, data, h0, c0)
+        if not instantiated and self.fast_call:  # its graph is now (compiled_calls.packed_launches)
+            self._refresh_fast()
+        return result
 
     def _padded(self, steps: int) -> int:
         """The steps a call of `steps` runs: rounded up to a multiple of the bucket, if there is one."""
@@ -363,6 +367,7 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
         return (out if padded_steps == steps else out[:steps]), h_n, c_n
 
 
+WHICH_CALLS = ("", " (given a state)", " (without a state)", " packed")  # the compiled call path's entries
 _CACHES = frozenset({"_fast", "_fast_pending", "_executors", "_weights", "_shared", "_counts", "_builds", "_stand_ins",
                      "handle"})
 

@@ -244,4 +244,5 @@ def packed_by_pointers(call, spec):
         result = torch.nn.utils.rnn.PackedSequence(out, packed.batch_sizes, packed.sorted_indices,
                                                    packed.unsorted_indices)
         return result, ((h_n, c_n) if lstm else h_n)
+    run.call = call  # (whose graph, once instantiated, the compiled call path launches)
     return run

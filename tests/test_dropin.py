@@ -474,10 +474,12 @@ def test_gpu_one_launch_calls_return_outputs_of_their_own_on_any_stream(cell, ca
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs CuPy, a GPU and torch with CUDA")
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_gpu_the_cudnn_candidate_copies_by_one_launch_each_way(cell):
+@pytest.mark.parametrize("stateless", [True, False])
+def test_gpu_the_cudnn_candidate_copies_by_one_launch_each_way(cell, stateless):
     """torch's own call in a CUDA graph (autotune's cuDNN candidate), its copies in and out by
-    copies.cu: states given and left out (zeros, not the last call's), odd sizes (2-byte words),
-    and outputs of their own (a later call does not overwrite them)."""
+    copies.cu: states given and left out (zeros, not the last call's; or the twin's graph captured
+    without a state), odd sizes (2-byte words), and outputs of their own (a later call does not
+    overwrite them)."""
     from rnnplan.autotune import CudnnGraph
 
     torch.backends.cudnn.allow_tf32 = False
@@ -485,8 +487,9 @@ def test_gpu_the_cudnn_candidate_copies_by_one_launch_each_way(cell):
     kind = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
     m = kind(3, 5, num_layers=2).cuda().eval()
     x = torch.randn(7, 3, 3, device="cuda")
-    graph = CudnnGraph(copy.deepcopy(m), x, cell == "lstm", 2, 5)
-    assert graph.copies is not None
+    graph = CudnnGraph(copy.deepcopy(m), x, cell == "lstm", 2, 5, stateless=stateless)
+    assert graph.copies is not None and (graph.twin is not None) == stateless
+    assert not stateless or (graph.twin.copies is not None and graph.twin.graph is not graph.graph)
     h = torch.randn(2, 3, 5, device="cuda")
     state = (h, -h) if cell == "lstm" else h
     with torch.no_grad():
