@@ -154,16 +154,20 @@ def packed_against_padded(results: list) -> None:
             err = rel_err(fast(packed)[0].data, want)
             padded_ms = median_ms(lambda i: fast(x), 30)
             packed_ms = median_ms(lambda i: fast(packed), 30)
+            python_path = rp.compile(m, autotune=False, fast_call=False)
+            python_ms = median_ms(lambda i: python_path(packed), 30)  # (its warm-up builds the shape)
             cudnn_packed = median_ms(lambda i: m(packed), 30)
             # the plans alone, their CUDA graphs replayed: the masked kernels' own cost
             plan_ms = {varlen: _graph_ms(fast.executor(100, 64, varlen, x.device)) for varlen in (False, True)}
             pad_ms = median_ms(lambda i: torch.nn.utils.rnn.pad_packed_sequence(packed), 30)
         row = dict(kind="packed", row=f"LSTM 4x512 B64 T100 {precision}", padded_ms=padded_ms, packed_ms=packed_ms,
                    cudnn_packed_ms=cudnn_packed, rel_err=err, explain=fast.explain(), plan_padded_ms=plan_ms[False],
-                   plan_masked_ms=plan_ms[True], pad_packed_ms=pad_ms)
+                   plan_masked_ms=plan_ms[True], pad_packed_ms=pad_ms, packed_python_path_ms=python_ms,
+                   compiled_path=fast._fast is not None)
         results.append(row)
         print(f"  packed   {row['row']:<24} padded {padded_ms:7.3f}  packed {packed_ms:7.3f} "
-              f"({packed_ms / padded_ms - 1:+.0%})  cuDNN packed {cudnn_packed:7.3f}  err {err:.1e}; plans alone: "
+              f"({packed_ms / padded_ms - 1:+.0%}; Python path {python_ms:7.3f})  cuDNN packed {cudnn_packed:7.3f}  "
+              f"err {err:.1e}; plans alone: "
               f"padded {plan_ms[False]:7.3f} masked {plan_ms[True]:7.3f} ({plan_ms[True] / plan_ms[False] - 1:+.0%}); "
               f"pad_packed_sequence {pad_ms:7.3f}", flush=True)
     torch.backends.cudnn.allow_tf32 = True
