@@ -226,7 +226,7 @@ def cmd_kernels(a: argparse.Namespace) -> None:
 def cmd_bench(a: argparse.Namespace) -> None:
     from rnnplan.bench.matrix import main as bench_main
 
-    bench_main(quick=a.quick, out=a.out, repeats=a.repeats)
+    bench_main(quick=a.quick, out=a.out, repeats=a.repeats, rows=a.rows, precisions=a.precisions)
 
 
 def cmd_build_calls(a: argparse.Namespace) -> None:
@@ -293,6 +293,9 @@ def parser() -> argparse.ArgumentParser:
     pb = sub.add_parser("bench", help="GPU benchmark: the paper's ablation and rnnplan against cuDNN (needs CuPy, torch, a GPU)")
     pb.add_argument("--quick", action="store_true", help="fewer rows and repeats")
     pb.add_argument("--repeats", type=int, default=30)
+    pb.add_argument("--rows", nargs="+", metavar="TEXT", help="only the rows whose label contains one of these "
+                    "(say 'paper' or 'B8'); the ablation is then left out")
+    pb.add_argument("--precisions", nargs="+", metavar="P", help="only these of fp32, tf32, fp16, bf16")
     pb.add_argument("--out", metavar="DIR", default=None, help="write results.json, results.md and ablation.png here")
     pb.set_defaults(func=cmd_bench)
     pc = sub.add_parser("build-calls", help="build the drop-in's compiled call path now (a C++ extension; needs "

@@ -117,9 +117,10 @@ def ablation(torch, repeats: int, precision: str = "tf32") -> list[dict]:
 
 def _markdown(env: dict, abl: list[dict], rows: list[dict]) -> str:
     lines = [f"Device: {env['device']} ({env['sms']} SMs); torch {env['torch']}, cuDNN {env['cudnn']}, "
-             f"CuPy {env['cupy']}, CUDA {env['cuda']} (torch's), driver {env['driver']}; {env['date']}.", "",
-             "| ablation step (paper config, tf32) | ms | kernels | speed-up vs naive |", "|---|---|---|---|"]
-    lines += [f"| {r['step']} | {r['ms']:.3f} | {r['kernels']:,} | {abl[0]['ms'] / r['ms']:.1f}x |" for r in abl]
+             f"CuPy {env['cupy']}, CUDA {env['cuda']} (torch's), driver {env['driver']}; {env['date']}."]
+    if abl:  # (not run where rows were picked by label)
+        lines += ["", "| ablation step (paper config, tf32) | ms | kernels | speed-up vs naive |", "|---|---|---|---|"]
+        lines += [f"| {r['step']} | {r['ms']:.3f} | {r['kernels']:,} | {abl[0]['ms'] / r['ms']:.1f}x |" for r in abl]
     lines += ["", "rnnplan's own lowerings in their own columns (graph, persistent: '-' where it does not fit), "
               "then `rnnplan.compile` autotuned (its choice among them and cuDNN in a CUDA graph; 'C++' where its "
               "repeat calls took the compiled call path); ratios are cuDNN graph's time over ours. The compiled "
@@ -180,7 +181,25 @@ def _chart(abl: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(quick: bool = False, out: str | None = None, repeats: int = 30) -> None:
+def selected(quick: bool = False, rows: list[str] | None = None, precisions: list[str] | None = None) -> list[tuple]:
+    """(label, RNNSpec keywords, precision) of each matrix row to run: every row (the first two with
+    `quick`), or those whose label contains one of `rows`, in `precisions` (all four by default)."""
+    chosen = ROWS[:2] if quick else ROWS
+    if rows:
+        chosen = [(label, kw) for label, kw in ROWS if any(text in label for text in rows)]
+        if not chosen:
+            raise ValueError(f"no benchmark row's label contains {' or '.join(map(repr, rows))}; the rows are "
+                             + ", ".join(label for label, _ in ROWS))
+    wrong = sorted(set(precisions or ()) - set(PRECISIONS))
+    if wrong:
+        raise ValueError(f"precisions {wrong} unknown; they are {', '.join(PRECISIONS)}")
+    return [(label, kw, p) for label, kw in chosen for p in PRECISIONS if not precisions or p in precisions]
+
+
+def main(quick: bool = False, out: str | None = None, repeats: int = 30, rows: list[str] | None = None,
+         precisions: list[str] | None = None) -> None:
+    """The matrix (`selected`'s rows); the ablation too unless rows are picked by label."""
+    todo = selected(quick, rows, precisions)  # (named before anything is imported or built)
     try:
         import torch
     except ImportError as e:
@@ -194,22 +213,22 @@ def main(quick: bool = False, out: str | None = None, repeats: int = 30) -> None
     compiled_calls.load()  # (else the compiled module's repeat calls take the Python path: said in the env)
     env = {**environment(torch), "compiled_call_path": compiled_calls.why_not() or "loaded"}
     print(json.dumps(env), flush=True)
-    abl = ablation(torch, repeats)
-    rows = []
-    todo = [(label, kw, precision) for label, kw in (ROWS[:2] if quick else ROWS) for precision in PRECISIONS]
+    abl = [] if rows else ablation(torch, repeats)
+    results = []
     for done, (label, kw, precision) in enumerate(todo, 1):
         r = bench_row(torch, label, kw, precision, repeats)
-        rows.append(r)
+        results.append(r)
         persistent = "-" if r["persistent_ms"] is None else f"{r['persistent_ms']:8.3f}"
         print(f"  [{done}/{len(todo)}] {label:<30} {precision}  graph {r['rnnplan_ms']:8.3f}  persistent {persistent}  "
               f"compiled {r['compiled_ms']:8.3f} ({r['compiled_choice']})  cuDNN eager {r['cudnn_eager_ms']:8.3f}  "
               f"graph {r['cudnn_graph_ms']:8.3f}  compiled x{r['compiled_vs_cudnn_graph']:.2f} vs cuDNN graph  "
               f"err {r['rel_err']:.1e}", flush=True)
-    text = _markdown(env, abl, rows)
+    text = _markdown(env, abl, results)
     print(text)
     if out:
         d = Path(out)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "results.json").write_text(json.dumps(dict(environment=env, ablation=abl, rows=rows), indent=1))
+        (d / "results.json").write_text(json.dumps(dict(environment=env, ablation=abl, rows=results), indent=1))
         (d / "results.md").write_text(text)
-        _chart(abl, d / "ablation.png")
+        if abl:
+            _chart(abl, d / "ablation.png")
