@@ -173,9 +173,9 @@ def packed_launches(choice):
 
 
 def table(compiled):
-    """The C++ side's table of `compiled`'s fixed-length shapes on its buffers' CUDA device, with
-    whether some shape waits for its graph's instantiation (its first launch), or (None, whether
-    any would) where there are none or the extension is not loaded."""
+    """The C++ side's table of `compiled`'s shapes (fixed-length and packed) on its buffers' CUDA
+    device, with whether some shape waits for its graph's instantiation (its first launch), or
+    (None, whether any would) where there are none or the extension is not loaded."""
     return _table(compiled, list(compiled._executors.items()), compiled._executors.move_to_end, compiled._counts)
 
 

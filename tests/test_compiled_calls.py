@@ -122,7 +122,8 @@ def test_an_input_laid_out_otherwise_is_copied_time_major_first(ext, batch_first
     seen = []  # what the copy-in node would read, at the launch (the copy is freed after the call)
     driver.on_set = lambda: seen.append(list((ctypes.c_float * x.numel()).from_address(words[3])))
     out, (h_n, c_n) = calls(given, None)
-    assert seen == [x.flatten().tolist()] and words[3] not in (0, given.data_ptr()) and driver.log == [("set", 111, 222, 333), ("launch", 111, 0)]
+    assert seen == [x.flatten().tolist()] and words[3] not in (0, given.data_ptr())
+    assert driver.log == [("set", 111, 222, 333), ("launch", 111, 0)]
     assert out.shape == ((2, 6, 3) if batch_first else (6, 2, 3)) and h_n.shape == (2, 2, 3)
     assert (out.transpose(0, 1) if batch_first else out).is_contiguous()  # a view, as forward returns it
     assert words[7] == out.data_ptr() and counts == [1, 0]

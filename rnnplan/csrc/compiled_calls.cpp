@@ -7,7 +7,8 @@
 // node), it writes the seven pointers the copy-in node takes, sets that node's arguments and launches
 // the graph; else (graphs too large to copy) the copy-in kernel, the graph and the copy-out kernel,
 // three launches. The work of torch_calls.by_pointers and PointerCall.whole / start / finish (or the
-// cuDNN candidate's), without Python between the driver calls. Anything else returns None, and
+// cuDNN candidate's), without Python between the driver calls; a PackedSequence at a cached masked
+// shape is packed_by_pointers' work (`packed` below). Anything else returns None, and
 // forward takes its Python path, which raises the errors and handles the rest. The driver's functions
 // arrive as addresses (ctypes' view of libcuda), so nothing here needs CUDA's headers; the CUDA graph
 // objects belong to the Python objects an entry keeps alive.
@@ -210,7 +211,7 @@ class FastCalls {
     return is_capturing_(*stream, &capturing) == 0 && capturing == 0;
   }
 
-  // A tensor of `dtype` on the compiled device, one-dimensional of `n` elements, contiguous.
+  // An int64 tensor on the compiled device, one-dimensional of `n` elements, contiguous (an index).
   bool index_tensor(PyObject* o, int64_t n) const {
     if (!THPVariable_CheckExact(o)) return false;
     const at::Tensor& t = THPVariable_Unpack(o);
