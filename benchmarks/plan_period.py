@@ -11,6 +11,11 @@ It prints the cut, the period and where in plan(T) the inserted period comes fro
 out: their time labels change width with T (t05 against t005).
 
     python benchmarks/plan_period.py [--layers 4] [--hidden 512] [--batch 64] [--steps 100] [--chunk 10] [--cell lstm]
+        [--time 110 200 ...]
+
+With --time, it also times `build_plan` of those lengths both ways, medians of five in this process:
+from scratch, and extended from the cached plan of --steps (`lowering/extend.py`, as the planner
+does where the chunk is fixed), and checks that the two plans are the same.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ def main() -> None:
     for name, default in (("layers", 4), ("hidden", 512), ("batch", 64), ("steps", 100), ("chunk", 10)):
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--cell", default="lstm")
+    ap.add_argument("--time", type=int, nargs="*", default=[], metavar="T")
     a = ap.parse_args()
     spec = dict(cell=a.cell, input_size=a.hidden, hidden_size=a.hidden, num_layers=a.layers, batch=a.batch)
     options = rp.PlanOptions(lowering="graph", input_chunk=a.chunk)
@@ -43,8 +49,30 @@ def main() -> None:
     for m in (1, 2, 4):
         if found(short, rp.build_plan(rp.RNNSpec(**spec, seq_len=a.steps + m * a.chunk), options=options),
                  a.steps, m * a.chunk, a.batch):
-            return
-    print("no cut found: not periodic in the steady state at these lengths")
+            break
+    else:
+        print("no cut found: not periodic in the steady state at these lengths")
+    for t in a.time:
+        timed(rp.RNNSpec(**spec, seq_len=a.steps), t, options)
+
+
+def timed(short: rp.RNNSpec, steps: int, options: rp.PlanOptions) -> None:
+    import statistics
+    import time
+
+    longer = short.model_copy(update={"seq_len": steps})
+    ms, plans = {"from scratch": [], "extended": []}, {}
+    for _ in range(5):
+        for how in ms:
+            rp.plan_cache.clear()
+            if how == "extended":
+                rp.build_plan(short, options=options)
+            t0 = time.perf_counter()
+            plans[how] = rp.build_plan(longer, options=options)
+            ms[how].append((time.perf_counter() - t0) * 1e3)
+    same = plans["from scratch"].to_json() == plans["extended"].to_json()
+    print(f"  build_plan at T{steps}: from scratch {statistics.median(ms['from scratch']):.1f} ms, extended from "
+          f"T{short.seq_len} {statistics.median(ms['extended']):.1f} ms; the same plan: {same}")
 
 
 def found(short, long, steps: int, c: int, batch: int) -> bool:

@@ -21,7 +21,7 @@ MODULES = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removes
            for p in sorted(PACKAGE.rglob("*.py"))}
 # The size budget: lines of Python in the package, lines of one module, and lines of CUDA written
 # inside Python strings (the rest lives in .cu/.cuh files). Raise a budget only on purpose.
-PACKAGE_LINES = 10230  # 6800 until issues 17 (autotuning, calls by pointers, shared resources, packed calls) and 18;
+PACKAGE_LINES = 10480  # 6800 until issues 17 (autotuning, calls by pointers, shared resources, packed calls) and 18;
 # 7900 until the driver-API launches of issue 17 (backends/driver_launch.py, KernelCall) and reused autotune choices;
 # 8200 until the copy-in as a node of the plan's graph (now GraphWithKernels) and the driver's replay of cuDNN's graph;
 # 8400 until serving (issue 20: rnnplan/serve, about 560 lines); 9000 until the cluster hand-off (issue 19: the
@@ -37,7 +37,8 @@ PACKAGE_LINES = 10230  # 6800 until issues 17 (autotuning, calls by pointers, sh
 # with its caches empty: about 20); 10100 until the matrix's interleaved rounds (cuDNN graph's spread, the rows slower
 # than it: about 45); 10150 until packed calls and cuDNN's stateless twin on the compiled call path (issue 17,
 # items 3 and 6: packed_launches, the twin's capture, entries by the calls they take: about 40); 10200 until
-# `rnnplan bench --rows/--precisions` (the rows picked by label: about 25)
+# `rnnplan bench --rows/--precisions` (the rows picked by label: about 25); 10230 until plans extended by whole
+# periods (issue 17, item 2: lowering/extend.py and the planner's use of it, about 240)
 MODULE_LINES = 400
 CUDA_IN_PYTHON_LINES = 80
 # Top-level modules that meet the machine: they may import the backends (and the CLI, CuPy).

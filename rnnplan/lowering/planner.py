@@ -5,7 +5,9 @@ fills in the local one). The naive graph of a long sequence is never built: the 
 run on three steps and `passes/repeat_steps.py` repeats the middle one (the graph lowering), or the
 passes run on one step and the recurrence is built for the whole sequence (the persistent lowering).
 Both give the graph that the passes give on the whole naive graph (tests/test_repeat_steps.py,
-tests/test_persistent.py)."""
+tests/test_persistent.py). With the input chunk fixed, a graph-lowering plan of a longer sequence
+is made from a shorter one in the cache by inserting whole periods of its steady state
+(`lowering/extend.py`): the same plan (tests/test_extend.py), in a step per new step."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 from rnnplan.ir import Graph, build, verify
+from rnnplan.lowering.extend import extended
 from rnnplan.lowering.lower import lower
 from rnnplan.lowering.plan import Plan
 from rnnplan.lowering.recurrent import persistent_recurrence
@@ -63,8 +66,31 @@ def planned(spec: RNNSpec, options: PlanOptions, progress=None) -> Plan:
     key = (spec, options)
     found = PLAN_CACHE.get(key)
     if found is None:
-        found = PLAN_CACHE.put(key, _plan(spec, options, progress or (lambda *a: None)))
+        progress = progress or (lambda *a: None)
+        found = PLAN_CACHE.put(key, _extended_from_cache(spec, options, progress) or _plan(spec, options, progress))
     return found
+
+
+def _extended_from_cache(spec: RNNSpec, options: PlanOptions, progress) -> Plan | None:
+    """With the input chunk fixed, a graph-lowering plan of a shorter sequence of the same network
+    and options in the cache, extended by whole periods (`lowering/extend.py`: the same plan, in
+    a step per new step); None where none extends."""
+    if options.input_chunk is None:
+        return None
+    shorter = PLAN_CACHE.shorter(spec, options)
+    if not shorter or choose_lowering(spec, options) != (shorter[0].lowering, shorter[0].lowering_reason):
+        return None
+    names = tuple(PASSES if options.passes is None else options.passes)
+    with _no_cyclic_gc():
+        for plan in shorter:
+            progress("extend", 0, 1)
+            try:
+                found = extended(plan, spec.seq_len, lambda s: len(passed_graph(s, names, options)))
+            except ValueError:  # not a whole number of periods longer, no steady state, ...
+                continue
+            progress("done", 1, 1)
+            return found
+    return None
 
 
 class CacheInfo(NamedTuple):
@@ -111,6 +137,13 @@ class PlanCache:
             self._plans[key] = plan
             self.max_plans = self._max  # evicts down to the limit
         return plan
+
+    def shorter(self, spec: RNNSpec, options: PlanOptions) -> list[Plan]:
+        """The cached graph-lowering plans of `spec`'s network with `options` for shorter sequences,
+        longest first (what `extended` may make `spec`'s plan from)."""
+        found = [plan for (s, o), plan in self._plans.items() if o == options and s.seq_len < spec.seq_len
+                 and plan.lowering == "graph" and s.model_copy(update={"seq_len": spec.seq_len}) == spec]
+        return sorted(found, key=lambda plan: -plan.spec.seq_len)
 
     def info(self) -> CacheInfo:
         return CacheInfo(len(self._plans), self._max, sum(len(p.steps) for p in self._plans.values()),
