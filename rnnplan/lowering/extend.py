@@ -11,11 +11,13 @@ k: a step per new step, instead of the passes, the lowering and the graph.
 Needs: a graph-lowering plan of fixed-length, unidirectional sequences with `input_chunk` set, its
 steps issued by wavefront level (`wavefront_streams`; in topological order the layers follow each
 other, and no one cut moves them all on) and a steady state of at least two periods; T' - T a
-multiple of m c. Guarantees: the plan `build_plan`
-makes for the longer spec, field for field (tests/test_extend.py), verified and registered as the
-planner's. Does not: shorten a plan, bidirectional or masked plans (the reverse chain counts down
-from the sequence's end; a mask is one more sequence-long buffer), the persistent lowering (one
-kernel a sequence: a new length is planned in milliseconds already).
+multiple of m c. Guarantees: the plan `build_plan` makes for the longer spec, field for field
+(tests/test_extend.py), verified and registered as the planner's; a ValueError naming why where
+it does not apply (the planner then plans from scratch). Does not: shorten a plan, bidirectional
+or masked plans (the reverse chain counts down from the sequence's end; a mask is one more
+sequence-long buffer), the persistent lowering (one kernel a sequence: a new length is planned in
+milliseconds already), cycles longer than four chunks (spare streams taken in turn, unfused cells'
+many temporaries: refused, not guessed).
 """
 
 from __future__ import annotations
