@@ -99,14 +99,19 @@ def driver_functions() -> tuple[int, ...] | None:
                  ("cuGraphExecKernelNodeSetParams", "cuGraphLaunch", "cuStreamIsCapturing", "cuLaunchKernel"))
 
 
-def _kernel(copies) -> list[int] | None:
-    """A CopyJobs launch as the C++ side takes it: (function, grid x, grid y, block, params, the
-    address of its four changing words p0-p3), or None without the driver's launch."""
-    launch = copies.driver
-    if launch is None or launch.changing != (3, 4, 5, 6):
+def _fixed(launch, grid: tuple[int, int], changing: tuple[int, ...], first: int) -> list[int] | None:
+    """A driver_launch.FixedLaunch as the C++ side takes a kernel: (function, grid x, grid y, block,
+    params, the address of its word `first`, from which the C++ side writes the changing ones), or
+    None without the driver's launch or where other words change a call than those it writes."""
+    if launch is None or launch.changing != changing:
         return None
-    return [launch.function, *copies.grid, launch.block, ctypes.addressof(launch.params),
-            ctypes.addressof(launch.args) + 8 * 3]
+    return [launch.function, *grid, launch.block, ctypes.addressof(launch.params),
+            ctypes.addressof(launch.args) + 8 * first]
+
+
+def _kernel(copies) -> list[int] | None:
+    """A CopyJobs launch (copies.cu: its four changing words p0-p3)."""
+    return _fixed(copies.driver, copies.grid, (3, 4, 5, 6), 3)
 
 
 def launches(choice):
@@ -143,16 +148,6 @@ def _launches(run):
     return graph_exec, 0, 0, 0, kernels, zeroed
 
 
-def _whole(kernel_call, changing: tuple[int, ...], grid: tuple[int, int]) -> list[int] | None:
-    """A KernelCall as the C++ side takes a packed.cu kernel: (function, grid x, grid y, block,
-    params, the address of its first word), or None without the driver's launch or where the words
-    that change a call are not the ones the C++ side writes."""
-    launch = kernel_call.driver
-    if launch is None or launch.changing != changing:
-        return None
-    return [launch.function, *grid, launch.block, ctypes.addressof(launch.params), ctypes.addressof(launch.args)]
-
-
 def packed_launches(choice):
     """How a cached masked choice's packed calls are launched (torch_calls.packed_by_pointers), as
     the C++ side takes them: (graph exec, unpack, repack, states-in copy or [], states-out copy or
@@ -165,7 +160,10 @@ def packed_launches(choice):
     if getattr(run, "packed", None) is None or call is None or call.packing is None or call._graph_exec is None:
         return None
     unpack, repack = call.packing
-    kernels = [_whole(unpack, (0, 3, 4, 5), call._unpack_grid), _whole(repack, (1, 2, 3, 4, 6), (0, 1))]
+    # packed.cu's kernels: their changing words scattered, written from the first (the repack's grid
+    # is made a call, from the rows)
+    kernels = [_fixed(unpack.driver, call._unpack_grid, (0, 3, 4, 5), 0),
+               _fixed(repack.driver, (0, 1), (1, 2, 3, 4, 6), 0)]
     states = [[] if c is None else _kernel(c) for c in (call.states_in, call.states_out)]
     if None in kernels or None in states:
         return None
@@ -229,7 +227,7 @@ def _table(compiled, choices: list, move_to_end, counts):
     lstm, layers = t.cell == "lstm", t.num_layers * t.directions
     calls = ext.FastCalls(want.new_empty(0), lstm, t.batch_first, layers, t.input_size, t.output_size,
                           t.hidden_size, *functions, move_to_end, counts, compiled.bucket or 0,
-                          torch.nn.utils.rnn.PackedSequence, torch.nn.utils.rnn.PackedSequence._make)
+                          torch.nn.utils.rnn.PackedSequence)
     for key, choice, which, (graph_exec, node, params, words, kernels, zeroed) in found:
         steps, batch = key[0], key[1]
         shapes = [[steps, batch, t.directions * t.output_size], [layers, batch, t.output_size],

@@ -81,8 +81,8 @@ def compile(module, *, lowering: str = "auto", bucket: int | None = None, cache_
     own cuDNN call captured in a CUDA graph) and keeps the fastest; False keeps the planner's choice.
     `build="background"` (for servers): a new shape's executor builds on a worker thread while its
     calls run torch's own module (`rnnplan.background`); "blocking" builds it in the first call.
-    `fast_call` (GPU): repeat calls at cached fixed-length shapes go through the compiled call path
-    (`rnnplan.compiled_calls`, built once per machine on a worker thread) once it is loaded."""
+    `fast_call` (GPU): repeat calls at cached shapes (of fixed length, or packed) go through the compiled
+    call path (`rnnplan.compiled_calls`, built once per machine on a worker thread) once it is loaded."""
     return CompiledRNN(module, lowering=lowering, bucket=bucket, cache_bytes=cache_bytes, cast=cast, debug=debug,
                        autotune=autotune, build=build, fast_call=fast_call)
 
@@ -124,7 +124,7 @@ class CompiledRNN(torch.nn.Module, CandidateBuilds):
     def _new_caches(self) -> None:
         """What the module holds besides its options and buffers, empty (at construction, and in a
         copy: `copy.deepcopy`, pickling and `torch.save` carry the options and buffers alone)."""
-        # The compiled call path's table of this module's fixed-length GPU shapes (rnnplan.compiled_calls),
+        # The compiled call path's table of this module's GPU shapes (rnnplan.compiled_calls),
         # remade whenever the executor cache changes; pending while the extension is not loaded yet.
         self._fast, self._fast_pending = None, False
         self._executors: OrderedDict[tuple, Choice] = OrderedDict()

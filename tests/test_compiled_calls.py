@@ -19,7 +19,7 @@ SET_PARAMS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ct
 LAUNCH = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 IS_CAPTURING = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int))
 U = ctypes.c_uint
-PACKED = (0, torch.nn.utils.rnn.PackedSequence, torch.nn.utils.rnn.PackedSequence._make)  # no bucket
+PACKED = (0, torch.nn.utils.rnn.PackedSequence)  # no bucket
 LAUNCH_KERNEL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, U, U, U, U, U, U, U, ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.c_void_p)
 

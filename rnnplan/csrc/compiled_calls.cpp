@@ -89,7 +89,7 @@ class FastCalls {
   // where there is one); `hidden`: c's.
   FastCalls(const at::Tensor& like, bool lstm, bool batch_first, int64_t layers, int64_t input_size, int64_t width,
             int64_t hidden, int64_t set_params, int64_t launch, int64_t is_capturing, int64_t launch_kernel,
-            py::object move_to_end, py::list counts, int64_t bucket, py::object packed_type, py::object make_packed)
+            py::object move_to_end, py::list counts, int64_t bucket, py::object packed_type)
       : dtype_(like.scalar_type()), device_(like.device()), options_(like.options()), lstm_(lstm),
         batch_first_(batch_first), layers_(layers), input_size_(input_size), width_(width), hidden_(hidden),
         set_params_(reinterpret_cast<SetParams>(address(set_params))),
@@ -97,7 +97,7 @@ class FastCalls {
         is_capturing_(reinterpret_cast<IsCapturing>(address(is_capturing))),
         launch_kernel_(reinterpret_cast<LaunchKernel>(address(launch_kernel))),
         move_to_end_(std::move(move_to_end)), counts_(std::move(counts)), bucket_(bucket),
-        packed_type_(std::move(packed_type)), make_packed_(std::move(make_packed)) {}
+        packed_type_(packed_type), make_packed_(packed_type.attr("_make")) {}
 
   // One launch: `node`, `params`, `words` of the copy-in node. Three: node 0, `copies` the copy-in
   // and copy-out kernels. `which`: the calls it takes (0 all; 1 given a state, 2 without: cuDNN's
@@ -176,7 +176,7 @@ class FastCalls {
     uint64_t ins[4] = {reinterpret_cast<uintptr_t>(x.data_ptr()), h0, c0, 0};  // (no mask: fixed lengths)
     uint64_t outs_at[4] = {0, 0, 0, 0};
     for (int i = 0; i < 3; ++i) outs_at[i] = lstm_ || i < 2 ? reinterpret_cast<uintptr_t>(outs[i].data_ptr()) : 0;
-    if (!e->zeroed.is_none() && PySet_Clear(e->zeroed.ptr()) != 0) throw py::error_already_set();
+    cleared(e->zeroed);
     if (e->node != nullptr) {
       std::copy(ins, ins + 4, e->words);
       std::copy(outs_at, outs_at + 3, e->words + 4);
@@ -262,7 +262,7 @@ class FastCalls {
         sorted ? e->identity.data_ptr() : THPVariable_Unpack(unsorted_o).data_ptr());
     const uint64_t order = reinterpret_cast<uintptr_t>(
         sorted ? e->identity.data_ptr() : THPVariable_Unpack(sorted_o).data_ptr());
-    if (!e->zeroed.is_none() && PySet_Clear(e->zeroed.ptr()) != 0) throw py::error_already_set();
+    cleared(e->zeroed);
 
     e->unpack.words[0] = reinterpret_cast<uintptr_t>(data.data_ptr());
     e->unpack.words[3] = layout_ptr;
@@ -286,8 +286,10 @@ class FastCalls {
     e->repack.words[3] = order;
     e->repack.words[4] = static_cast<uint64_t>(steps);
     e->repack.words[6] = static_cast<uint64_t>(rows);
-    const int64_t words = rows * e->out_row_bytes / 2;  // the repack's grid, as packed_finish makes it
-    start(e->repack, static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(4096, (words + 255) / 256))), stream);
+    // The repack's grid, as packed_finish makes it (pointer_call._blocks: 2-byte words, at most 4096 blocks)
+    const int64_t words = rows * e->out_row_bytes / 2, block = e->repack.block;
+    start(e->repack, static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(4096, (words + block - 1) / block))),
+          stream);
     const uint64_t outs_at[4] = {0, reinterpret_cast<uintptr_t>(h_n.data_ptr()),
                                  lstm_ ? reinterpret_cast<uintptr_t>(c.data_ptr()) : 0, 0};
     if (e->states_out.function != nullptr) launch(e->states_out, outs_at, stream);
@@ -299,6 +301,12 @@ class FastCalls {
     py::object h = py::reinterpret_steal<py::object>(THPVariable_Wrap(h_n));
     if (!lstm_) return py::make_tuple(result, h);
     return py::make_tuple(result, py::make_tuple(h, py::reinterpret_steal<py::object>(THPVariable_Wrap(c))));
+  }
+
+  // The states the executor zeroed for a call without them: this call's copy-in writes them (a set
+  // of the Python side's, Executor.run's note; None for cuDNN's graph).
+  static void cleared(const py::object& zeroed) {
+    if (!zeroed.is_none() && PySet_Clear(zeroed.ptr()) != 0) throw py::error_already_set();
   }
 
   // The executor cache's LRU order and hit count, as forward's look-up keeps them.
@@ -372,7 +380,7 @@ class FastCalls {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<FastCalls>(m, "FastCalls")
       .def(py::init<const at::Tensor&, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                    int64_t, py::object, py::list, int64_t, py::object, py::object>())
+                    int64_t, py::object, py::list, int64_t, py::object>())
       .def("add", &FastCalls::add)
       .def("add_packed", &FastCalls::add_packed)
       .def("__len__", &FastCalls::size)
